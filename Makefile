@@ -1,0 +1,35 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: demo test lint bench install browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The UI end-to-end tests drive Debian's chromium headless; install it where it is missing (needs root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: $(STAMP)
+	bash examples/demo.sh
+
+lint: $(STAMP)
+	$(PY) -m ruff check grd_blocks flows tests bench examples
+	$(PY) -m mypy
+
+test: lint browser
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	bash bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

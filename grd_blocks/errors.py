@@ -1,0 +1,116 @@
+"""The one error hierarchy of grd.
+
+Invariant: every error grd raises on purpose is a ``GrdError``; each message names the input that was wrong,
+the rule it broke and how to fix it, and is built from structured fields so callers can inspect them.
+Subclasses also derive from the built-in exception that fits (``ValueError``, ``FileNotFoundError``,
+``OSError``), so code that catches built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GrdError(Exception):
+    """Root of every error grd raises on purpose."""
+
+
+# --- specs, durations and usage -------------------------------------------------------------------------
+
+
+class SpecError(GrdError, ValueError):
+    """A benchmark spec is invalid: names the file, the line, the key, the problem and the fix."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        self.fix = fix
+        where = self.file or "<spec>"
+        if line is not None:
+            where = f"{where}:{line}"
+        parts = [where]
+        if key:
+            parts.append(f"key '{key}'")
+        message = ": ".join(parts) + f": {problem}"
+        if fix:
+            message += f"; {fix}"
+        super().__init__(message)
+
+
+class DurationError(GrdError, ValueError):
+    """A duration (``90s``, ``5m``, ``1h30m`` or seconds) could not be parsed or is out of range."""
+
+    def __init__(self, value: object, rule: str) -> None:
+        self.value = value
+        self.rule = rule
+        super().__init__(
+            f"duration {value!r} is invalid: {rule}; "
+            "write seconds as a number (90, 1.5) or a string like '90s', '5m', '1h30m', or null for no limit"
+        )
+
+
+class UsageError(GrdError, ValueError):
+    """A command-line argument or API parameter is invalid."""
+
+
+# --- budgets and processes ------------------------------------------------------------------------------
+
+
+class BudgetError(GrdError, ValueError):
+    """A budget was asked for something its rules forbid (negative timeout, NaN, ...)."""
+
+
+class ProcessError(GrdError, OSError):
+    """A command could not be started or contained (executable missing, cwd missing, ...)."""
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+
+class CheckpointError(GrdError):
+    """Root of every checkpoint store error."""
+
+
+class InvalidRunKey(CheckpointError, ValueError):
+    """A run key is outside ``[A-Za-z0-9_.-]{1,128}`` (or is ``.``/``..``)."""
+
+    def __init__(self, run_key: object) -> None:
+        self.run_key = run_key
+        super().__init__(
+            f"run key {run_key!r} is invalid: run keys are 1-128 characters of [A-Za-z0-9_.-] "
+            "and not '.' or '..'; use e.g. 'nightly-2026-11-23' without '/' or spaces"
+        )
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No committed checkpoint matches what was asked for."""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint's files do not match its manifest (truncated, flipped bits, missing, garbage)."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A payload would execute code when loaded (a pickle outside torch's weights-only set)."""
+
+
+class StoreUnavailable(CheckpointError, OSError):
+    """The storage backend failed (disk full, server unreachable, wrong credentials); nothing committed lost."""
+
+
+class StaleWriter(CheckpointError):
+    """An older writer tried to move LATEST.json backwards; the newer checkpoint stays the latest."""
+
+
+class ConfigError(GrdError, ValueError):
+    """A block or library object was configured with invalid fields."""
