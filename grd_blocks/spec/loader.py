@@ -1,0 +1,333 @@
+"""Load a benchmark spec from YAML with line-accurate errors.
+
+Invariant: ``load_spec`` and ``parse_spec`` return a validated ``BenchmarkSpec`` or raise exactly one
+``SpecError`` naming the file, the line and the key (a dotted path such as ``phases[0].commands[1].timeout``),
+the problem and the fix; no pydantic or YAML exception escapes. The YAML is composed into a node tree first,
+so every mapping key and list item keeps the line it started on, and a pydantic error location maps back to
+the nearest line the user wrote. Environment values written as YAML numbers or booleans keep their exact text
+(``SEED: 01`` is ``"01"``, not ``"1"``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from grd_blocks.errors import SpecError
+from grd_blocks.spec.models import BenchmarkSpec, CommandSpec, Defaults, PhaseSpec, model_fields_at
+
+__all__ = ["dotted", "load_spec", "parse_spec"]
+
+Loc = tuple[str | int, ...]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+_MAX_NODES = 100_000
+_LOADER_FIELDS = {"source", "base_dir"}
+
+
+def dotted(loc: Loc) -> str:
+    """``("phases", 0, "timeout")`` -> ``"phases[0].timeout"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Tree:
+    """Plain Python data built from a composed YAML node tree, with the line of every key and list item."""
+
+    def __init__(self, loader: yaml.SafeLoader, source: str) -> None:
+        self.loader = loader
+        self.source = source
+        self.lines: dict[Loc, int] = {}
+        self._count = 0
+
+    def build(self, node: yaml.Node, loc: Loc, stack: frozenset[int]) -> Any:
+        self._count += 1
+        line = node.start_mark.line + 1
+        if id(node) in stack:
+            raise SpecError(
+                "a YAML alias refers to a node that contains it (a cycle)",
+                file=self.source,
+                line=line,
+                key=dotted(loc) or None,
+                fix="copy the values instead of using the alias",
+            )
+        if self._count > _MAX_NODES:
+            raise SpecError(
+                f"the spec expands to more than {_MAX_NODES} YAML nodes (aliases nested too deep?)",
+                file=self.source,
+                line=line,
+                key=dotted(loc) or None,
+                fix="write the spec out plainly",
+            )
+        inner = stack | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, loc, inner)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                self.lines[(*loc, i)] = item.start_mark.line + 1
+                items.append(self.build(item, (*loc, i), inner))
+            return items
+        if len(loc) >= 2 and loc[-2] == "env" and node.tag in _RAW_TAGS:
+            return str(node.value)  # keep exactly what the user wrote: 01, 1e-3, yes
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise SpecError(
+                f"cannot read value {node.value!r}: {getattr(exc, 'problem', exc)}",
+                file=self.source,
+                line=line,
+                key=dotted(loc) or None,
+                fix="quote it",
+            ) from None
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc, stack: frozenset[int]) -> dict[str, Any]:
+        own_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            raise SpecError(
+                f"bad YAML merge ('<<'): {getattr(exc, 'problem', exc)}",
+                file=self.source,
+                line=node.start_mark.line + 1,
+                key=dotted(loc) or None,
+                fix="merge only mappings: <<: *anchor",
+            ) from None
+        merged_count = len(node.value) - own_count
+        out: dict[str, Any] = {}
+        own_keys: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
+            line = key_node.start_mark.line + 1
+            key: Any = None
+            if isinstance(key_node, yaml.ScalarNode):
+                raw = loc[-1:] == ("env",) and key_node.tag in _RAW_TAGS  # env: {ON: 1} keeps "ON"
+                key = str(key_node.value) if raw else self.loader.construct_object(key_node)
+            if not isinstance(key, str):
+                raise SpecError(
+                    f"key {key_node.value if isinstance(key_node, yaml.ScalarNode) else '...'!r} is "
+                    "not a string",
+                    file=self.source,
+                    line=line,
+                    key=dotted(loc) or None,
+                    fix="keys are names such as timeout or commands",
+                )
+            is_own = index >= merged_count
+            if is_own and key in own_keys:
+                raise SpecError(
+                    f"key {key!r} appears twice in the same mapping",
+                    file=self.source,
+                    line=line,
+                    key=dotted((*loc, key)),
+                    fix="keep only one of them",
+                )
+            if is_own:
+                own_keys.add(key)
+            self.lines[(*loc, key)] = line
+            out[key] = self.build(value_node, (*loc, key), stack)
+        return out
+
+
+def _syntax_lines(exc: yaml.MarkedYAMLError) -> tuple[int | None, int | None]:
+    """The line to blame for a YAML syntax error, and the other line the parser named (if different).
+
+    The problem mark is where the parser gave up; at the end of the file (an unclosed quote or bracket) the
+    context mark, where the unclosed thing started, is the useful one.
+    """
+    problem = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
+    context = exc.context_mark.line + 1 if exc.context_mark is not None else None
+    first, second = problem, context
+    if "end of stream" in str(exc.problem) and context is not None:
+        first, second = context, problem
+    if first is None:
+        first, second = second, None
+    return first, second if second != first else None
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            line, other = _syntax_lines(exc)
+            detail = ": ".join(str(p) for p in (exc.context, exc.problem) if p)
+            if other is not None:
+                detail += f" (see also line {other})"
+            raise SpecError(
+                f"YAML syntax error: {detail}",
+                file=source,
+                line=line,
+                fix="check indentation, colons and quotes on this line and the one before",
+            ) from None
+        except yaml.YAMLError as exc:
+            raise SpecError(
+                f"YAML syntax error: {exc}", file=source, fix="check the file is valid YAML"
+            ) from None
+        if node is None:
+            raise SpecError(
+                "the spec is empty",
+                file=source,
+                line=1,
+                fix="write a mapping with name and phases (see the Spec reference in the README)",
+            )
+        tree = _Tree(loader, source)
+        tree.lines[()] = node.start_mark.line + 1
+        data = tree.build(node, (), frozenset())
+        return data, tree.lines
+    finally:
+        loader.dispose()
+
+
+def _model_at(parent: Loc) -> type[BaseModel]:
+    names = [part for part in parent if isinstance(part, str)]
+    if not names:
+        return BenchmarkSpec
+    if names[-1] == "defaults":
+        return Defaults
+    if names[-1] == "phases":
+        return PhaseSpec
+    return CommandSpec
+
+
+def _unknown_key_fix(key: str, parent: Loc) -> str:
+    valid = model_fields_at(_model_at(parent))
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}valid keys here: {', '.join(valid)}"
+
+
+_TYPE_FIXES = {
+    "string_type": 'quote the value: "..."',
+    "int_type": "write a whole number such as 2",
+    "int_parsing": "write a whole number such as 2",
+    "greater_than_equal": "write a number >= {ge}",
+    "bool_type": "write true or false",
+    "model_type": "write a mapping (key: value lines) here",
+    "model_attributes_type": "write a mapping (key: value lines) here",
+    "dict_type": "write a mapping (key: value lines) here",
+    "list_type": "write a list (lines starting with '- ') here",
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err: Any, loc: Loc, key_loc: Loc) -> tuple[str, str]:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    key = key_loc[-1] if key_loc else "spec"
+    if kind == "grd_spec":
+        return str(ctx["problem"]), str(ctx["fix"])
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r}", _unknown_key_fix(str(key), key_loc[:-1])
+    if kind == "missing":
+        return f"missing required key {key!r}", f"add '{key}:' here"
+    if kind == "literal_error":
+        return f"{_short(err['input'])} is not a valid {key}", f"use one of {ctx.get('expected', '')}"
+    fix = _TYPE_FIXES.get(kind, "see the Spec reference in the README").format(**ctx)
+    return f"{_short(err['input'])} is invalid for {key}: {err['msg'][:1].lower()}{err['msg'][1:]}", fix
+
+
+def _locate(loc: Loc, data: Any, lines: dict[Loc, int], missing: bool) -> tuple[Loc, int]:
+    """The part of ``loc`` that exists in the user's data (plus a missing key), and its line."""
+    prefix: Loc = ()
+    node = data
+    for part in loc:
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        else:
+            break
+        prefix = (*prefix, part)
+    line_loc = prefix
+    while line_loc not in lines and line_loc:
+        line_loc = line_loc[:-1]
+    key_loc = prefix
+    if missing and len(loc) > len(prefix) and isinstance(loc[len(prefix)], str):
+        key_loc = (*prefix, loc[len(prefix)])
+    return key_loc, lines.get(line_loc, 1)
+
+
+def _spec_error(exc: ValidationError, data: Any, lines: dict[Loc, int], source: str) -> SpecError:
+    found: list[tuple[int, int, Loc, str, str]] = []
+    for order, err in enumerate(exc.errors()):
+        loc: Loc = tuple(err["loc"])
+        if err["type"] == "grd_spec":
+            loc = (*loc, *(err.get("ctx") or {}).get("at", ()))
+        key_loc, line = _locate(loc, data, lines, missing=err["type"] in {"missing", "grd_spec"})
+        if err["type"] == "extra_forbidden":
+            key_loc = loc  # the unknown key itself is in the data
+        problem, fix = _describe(err, loc, key_loc)
+        rank = 0 if err["type"] == "extra_forbidden" else 1  # a misspelt key explains the "missing" one
+        found.append((line, rank * 1_000_000 + order, key_loc, problem, fix))
+    found.sort(key=lambda item: (item[0], item[1]))
+    line, _, key_loc, problem, fix = found[0]
+    if len(found) > 1:
+        fix += f" ({len(found) - 1} more problem{'s' if len(found) > 2 else ''} after this one)"
+    return SpecError(problem, file=source, line=line, key=dotted(key_loc) or None, fix=fix)
+
+
+def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | None = None) -> BenchmarkSpec:
+    """Validate the YAML ``text``; ``source`` names it in errors; ``base_dir`` defaults to its folder."""
+    data, lines = _compose(text, source)
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"the top level is a {type(data).__name__}, not a mapping",
+            file=source,
+            line=lines[()],
+            fix="start the file with 'name: my_benchmark' and 'phases:'",
+        )
+    for reserved in sorted(_LOADER_FIELDS & data.keys()):
+        raise SpecError(
+            f"unknown key {reserved!r} (it is set by the loader)",
+            file=source,
+            line=lines[(reserved,)],
+            key=reserved,
+            fix=_unknown_key_fix(reserved, ()),
+        )
+    if base_dir is None:
+        base_dir = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
+    try:
+        return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
+    except ValidationError as exc:
+        raise _spec_error(exc, data, lines, source) from None
+
+
+def load_spec(path: str | Path) -> BenchmarkSpec:
+    """Read and validate the spec file at ``path``; relative ``cwd`` values resolve against its folder."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(
+            "the spec file does not exist",
+            file=file,
+            fix=f"check the path (looked in {file.resolve().parent})",
+        ) from None
+    except IsADirectoryError:
+        raise SpecError(
+            "the path is a directory, not a spec file", file=file, fix="pass the YAML file inside it"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            file=file,
+            fix="save it as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise SpecError(
+            f"cannot read the spec file: {exc.strerror or exc}",
+            file=file,
+            fix="check it exists and is readable",
+        ) from None
+    return parse_spec(text, source=str(file), base_dir=file.resolve().parent)

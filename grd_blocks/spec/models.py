@@ -1,0 +1,266 @@
+"""The benchmark spec as pydantic v2 models: benchmark -> phases -> commands, plus optional cleanups.
+
+Invariants:
+
+- A model that validates is runnable as written: names match ``[A-Za-z0-9_.-]{1,63}``, durations are
+  ``None`` (not set) or finite seconds >= 0, timeouts are > 0, commands are a non-empty shell string or a
+  non-empty argv of strings, env maps strings to strings, names are unique within their scope, unknown keys
+  are refused.
+- Every rule violation raises a ``PydanticCustomError`` of type ``"grd_spec"`` whose context carries
+  ``problem``, ``fix`` and, where the culprit is deeper than the validated model, ``at`` (the rest of the
+  location); ``loader.py`` turns that into a ``SpecError`` naming file, line and key.
+- ``None`` means "not set here"; ``resolve.py`` applies precedence command > phase > defaults > built-in.
+- Models are frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic_core import PydanticCustomError
+
+from grd_blocks.budget.durations import parse_duration
+from grd_blocks.errors import DurationError
+
+__all__ = [
+    "NAME_PATTERN",
+    "BenchmarkSpec",
+    "CommandSpec",
+    "Defaults",
+    "OnTimeout",
+    "PhaseSpec",
+]
+
+OnTimeout = Literal["continue", "stop_phase", "stop_benchmark"]
+"""After a command times out: run the next one, skip the rest of its phase, or the rest of the benchmark."""
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+_NAME_FIX = "use 1-63 letters, digits, '_', '.' or '-', e.g. 'train_mlp'"
+
+
+def spec_error(problem: str, fix: str, at: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    """The error every spec rule raises; ``at`` locates the culprit below the model being validated."""
+    return PydanticCustomError("grd_spec", "{problem}; {fix}", {"problem": problem, "fix": fix, "at": at})
+
+
+def _name(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # pydantic reports the wrong type
+    if not NAME_PATTERN.fullmatch(value) or set(value) == {"."}:
+        shown = re.sub(r"[^A-Za-z0-9_.-]+", "_", value)[:63].strip(".") or "my_name"
+        raise spec_error(
+            f"name {value!r} is not allowed: names are 1-63 characters of [A-Za-z0-9_.-] and not only dots",
+            f"{_NAME_FIX} (say {shown!r})",
+        )
+    return value
+
+
+def _duration(value: object) -> object:
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except DurationError as exc:
+        raise spec_error(
+            f"duration {value!r} is invalid: {exc.rule}",
+            "write seconds (90, 1.5), '90s', '5m', '1h30m', or null for no limit",
+        ) from None
+
+
+def _timeout(value: object) -> object:
+    seconds = _duration(value)
+    if seconds == 0:
+        raise spec_error(
+            "a timeout of 0 would stop the work before it starts",
+            "use null (or leave the key out) for no limit, or a positive duration like '5m'",
+        )
+    return seconds
+
+
+def _run(value: object) -> object:
+    if isinstance(value, str):
+        if not value.strip():
+            raise spec_error("the command is empty", "write a shell command such as 'echo hello'")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise spec_error("the command list is empty", "write an argv list such as [python, train.py]")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise spec_error(
+                    f"argv item {i} is {item!r} ({type(item).__name__}), not a string",
+                    f'quote it: "{item}"'
+                    if isinstance(item, int | float | bool)
+                    else "write every item as a string",
+                    (i,),
+                )
+        if not value[0].strip():
+            raise spec_error(
+                "the program (argv item 0) is empty", "name the program to run, e.g. python", (0,)
+            )
+        return value
+    raise spec_error(
+        f"run must be a string (run under /bin/sh -c) or a list of strings (argv), "
+        f"not {type(value).__name__}",
+        "write run: 'echo hello' or run: [python, train.py]",
+    )
+
+
+def _env(value: object) -> object:
+    if not isinstance(value, dict):
+        raise spec_error(
+            f"env must be a mapping of names to strings, not {type(value).__name__}", "write env: {SEED: '1'}"
+        )
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise spec_error(
+                f"environment variable name {key!r} is invalid",
+                "use a non-empty name without '=' such as SEED",
+                (str(key),),
+            )
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, int | float):
+            item = str(item)
+        if not isinstance(item, str):
+            raise spec_error(
+                f"env value of {key} is {type(item).__name__ if item is not None else 'null'}, not a string",
+                f'quote it: {key}: "..."',
+                (key,),
+            )
+        if "\0" in item:
+            raise spec_error(f"env value of {key} contains a NUL byte", "remove it", (key,))
+        out[key] = item
+    return out
+
+
+def _cleanup(value: object) -> object:
+    if isinstance(value, str | list):
+        return {"name": "cleanup", "run": value}
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": "cleanup", **value}
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_name)]
+Duration = Annotated[float | None, BeforeValidator(_duration)]
+Timeout = Annotated[float | None, BeforeValidator(_timeout)]
+Run = Annotated[str | list[str], BeforeValidator(_run)]
+Env = Annotated[dict[str, str], BeforeValidator(_env)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommandSpec(_Model):
+    """One command: a shell string or an argv list, with optional limits of its own."""
+
+    name: Name = Field(description="Unique within its phase; [A-Za-z0-9_.-]{1,63}.")
+    run: Run = Field(description="A string runs under /bin/sh -c; a list is executed directly (argv).")
+    timeout: Timeout = Field(default=None, description="Its own limit; None falls back to defaults.timeout.")
+    grace: Duration = Field(default=None, description="SIGTERM -> SIGKILL grace; None falls back.")
+    env: Env = Field(
+        default_factory=dict, description="Extra environment variables (merged over the parent's)."
+    )
+    cwd: str | None = Field(
+        default=None, description="Working directory, relative to the spec file's directory."
+    )
+    on_timeout: OnTimeout | None = Field(
+        default=None, description="Policy after it times out; None falls back."
+    )
+
+
+Cleanup = Annotated[CommandSpec | None, BeforeValidator(_cleanup)]
+
+
+def _unique(names: list[str], what: str, field: str, offset: int = 0) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise spec_error(
+                f"{what} name {name!r} is used twice (items {seen[name] + offset} and {i + offset})",
+                f"give each {what} a unique name",
+                (field, i, "name"),
+            )
+        seen[name] = i
+
+
+class PhaseSpec(_Model):
+    """A group of commands run in order (or up to ``max_parallel`` at once) under the phase's own budget."""
+
+    name: Name = Field(description="Unique within the benchmark; [A-Za-z0-9_.-]{1,63}.")
+    timeout: Timeout = Field(
+        default=None, description="The phase's budget; None = bounded only by the benchmark."
+    )
+    grace: Duration = Field(default=None, description="Grace for its commands that set none.")
+    on_timeout: OnTimeout | None = Field(default=None, description="Policy for its commands that set none.")
+    max_parallel: StrictInt = Field(default=1, ge=1, description="How many of its commands may run at once.")
+    commands: list[CommandSpec] = Field(default_factory=list, description="Run in order.")
+    cleanup: Cleanup = Field(
+        default=None, description="Runs after the phase, even after a timeout (shielded)."
+    )
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> PhaseSpec:
+        _unique([c.name for c in self.commands], "command", "commands")
+        if self.cleanup is not None and self.cleanup.name in {c.name for c in self.commands}:
+            raise spec_error(
+                f"the cleanup's name {self.cleanup.name!r} is also a command's name in phase {self.name!r}",
+                "give the cleanup its own name: cleanup: {name: teardown, run: ...}",
+                ("cleanup", "name"),
+            )
+        return self
+
+
+class Defaults(_Model):
+    """Fallbacks for every command that does not set the key itself (nor its phase)."""
+
+    timeout: Timeout = Field(default=None, description="Default command timeout; None = no limit.")
+    grace: Duration = Field(default=None, description="Default grace; None = 5s built in.")
+    on_timeout: OnTimeout | None = Field(default=None, description="Default policy; None = 'continue'.")
+
+
+class BenchmarkSpec(_Model):
+    """A whole benchmark: its budget, defaults, phases and an optional final cleanup."""
+
+    name: Name = Field(description="[A-Za-z0-9_.-]{1,63}.")
+    timeout: Timeout = Field(default=None, description="The whole benchmark's budget; None = no limit.")
+    grace: Duration = Field(
+        default=None, description="Grace for commands when neither they, their phase nor defaults set one."
+    )
+    timeouts: StrictBool = Field(default=True, description="False disables every deadline (for debugging).")
+    defaults: Defaults = Field(default_factory=Defaults, description="Fallbacks for commands.")
+    phases: list[PhaseSpec] = Field(description="Run in order; at least one.")
+    cleanup: Cleanup = Field(
+        default=None, description="Runs after all phases, even after a timeout (shielded)."
+    )
+    source: str = Field(default="<string>", description="The file it was loaded from (set by the loader).")
+    base_dir: Path = Field(
+        default_factory=Path.cwd, description="Directory relative cwd values resolve against."
+    )
+
+    @model_validator(mode="after")
+    def _phases_valid(self) -> BenchmarkSpec:
+        if not self.phases:
+            raise spec_error(
+                "the benchmark has no phases",
+                "add phases: [{name: smoke, commands: [{name: hello, run: echo hello}]}]",
+                ("phases",),
+            )
+        _unique([p.name for p in self.phases], "phase", "phases")
+        for i, phase in enumerate(self.phases):
+            if not phase.commands:
+                raise spec_error(
+                    f"phase {phase.name!r} has no commands",
+                    "add commands: [{name: hello, run: echo hello}] or remove the phase",
+                    ("phases", i, "commands"),
+                )
+        return self
+
+
+def model_fields_at(model: type[BaseModel]) -> list[str]:
+    """The keys a user may write in ``model`` (loader-set fields excluded)."""
+    return [name for name in model.model_fields if name not in {"source", "base_dir"}]
