@@ -105,7 +105,7 @@ class UnsafeCheckpoint(CheckpointError):
 
 
 class StoreUnavailable(CheckpointError, OSError):
-    """The storage backend failed (disk full, server unreachable, wrong credentials); nothing committed lost."""
+    """The storage backend failed (disk full, unreachable server, bad credentials); nothing committed lost."""
 
 
 class StaleWriter(CheckpointError):
@@ -114,3 +114,55 @@ class StaleWriter(CheckpointError):
 
 class ConfigError(GrdError, ValueError):
     """A block or library object was configured with invalid fields."""
+
+
+class BenchmarkIncomplete(GrdError):
+    """A benchmark attempt ended with failed or timed-out commands; its flow has retries left (it resumes)."""
+
+
+class TrainingInterrupted(GrdError):
+    """A training attempt stopped early on purpose after committing a checkpoint; a retry resumes from it.
+
+    ``reason`` is ``"preempted"`` (SIGTERM), ``"cancelled"`` (SIGINT), ``"deadline"`` or ``"stop_at_step"``;
+    ``exit_code`` is what a standalone script should exit with (143, 130, 124, 75).
+    """
+
+    EXIT_CODES = {"preempted": 143, "cancelled": 130, "deadline": 124, "stop_at_step": 75}
+
+    def __init__(
+        self, reason: str, *, global_step: int, checkpoint_url: str | None, detail: str = ""
+    ) -> None:
+        self.reason = reason
+        self.global_step = global_step
+        self.checkpoint_url = checkpoint_url
+        self.exit_code = self.EXIT_CODES.get(reason, 1)
+        where = checkpoint_url or "no checkpoint store"
+        message = f"training stopped ({reason}) after global step {global_step}; state saved to {where}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(
+            message + "; run again with the same run key (or retry the flow run) to resume there"
+        )
+
+
+class TrainingTimedOut(TrainingInterrupted, TimeoutError):
+    """A training attempt saved and stopped before its deadline (exit code 124); the retry continues."""
+
+
+class ApprovalRejected(GrdError):
+    """A long run was refused at its approval step; the decision holds for the run key and its retries."""
+
+    def __init__(self, run_key: str, *, who: str, reason: str) -> None:
+        self.run_key = run_key
+        self.who = who
+        self.reason = reason
+        approver = who or "an unnamed approver"
+        super().__init__(
+            f"run {run_key!r} was not approved by {approver}: {reason or 'no reason given'}; "
+            "the decision holds for this run key, so start a new run key (or lower the estimate to fit the "
+            "default budget) to ask again"
+        )
+
+
+class ApprovalExpired(GrdError, TimeoutError):
+    """Nobody answered a long run's approval request in time; a retry of the flow run asks again."""

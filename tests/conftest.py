@@ -6,4 +6,4 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-pytest_plugins = ["tests.fixtures.prefect_api", "tests.fixtures.s3_server"]
+pytest_plugins = ["tests.fixtures.prefect_api", "tests.fixtures.prefect_server", "tests.fixtures.s3_server"]
