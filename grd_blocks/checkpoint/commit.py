@@ -1,0 +1,153 @@
+"""The commit protocol: how a checkpoint's files become visible all at once, or not at all.
+
+Invariant: a reader sees either no checkpoint ``{unit}_{N}`` or a complete one whose manifest lists exactly
+the payload bytes that are there. One small abstract type, two implementations:
+
+* ``RenameCommit`` (local disk): payload and manifest are written into a staging directory *inside the run
+  directory* (same filesystem, so ``rename`` is atomic), fsynced, then renamed into place; the run
+  directory is
+  fsynced after. ``LATEST.json`` is replaced through a temp file in the same directory + ``os.replace``.
+* ``ManifestLastCommit`` (object stores: S3, memory, ...): payload objects are written first, the manifest
+  object last; a single PUT is atomic, so the manifest's appearance is the commit.
+
+A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
+(invisible) and the new one renamed in; on object stores the old manifest is deleted before the new payload is
+written. A crash in between leaves N absent (never a mix of versions); readers then fall back to N-1.
+Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible.
+
+The manifest content is asked for (``manifest()``) only after every payload file is written, so the caller
+can hash the payload while it is being written. On local disk, after a commit, staging entries that crashed
+writers left behind are swept (staging.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+
+import fsspec
+
+from grd_blocks.checkpoint.fsio import transfer_options
+from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
+from grd_blocks.checkpoint.serialization import Blob
+from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
+
+
+class CommitProtocol(ABC):
+    """Makes a checkpoint directory and the LATEST pointer visible atomically on one kind of filesystem."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
+        self.fs = fs
+
+    @abstractmethod
+    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+        """Write ``files``, then ``manifest()`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or not at
+        all."""
+
+    @abstractmethod
+    def write_pointer(self, path: str, data: bytes) -> None:
+        """Replace the small file at ``path`` (``LATEST.json``) atomically."""
+
+    def remove(self, ckpt_dir: str) -> None:
+        """Delete a checkpoint: its manifest first (it vanishes at once), then the rest."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(join(ckpt_dir, MANIFEST_NAME))
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(ckpt_dir, recursive=True)
+
+    def sweep(self, run_dir: str) -> list[str]:
+        """Remove what crashed writers left in ``run_dir``; the names removed (none on object stores)."""
+        return []
+
+
+def _write_synced(path: str, data: Blob) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RenameCommit(CommitProtocol):
+    """Local disk: stage in ``{run_dir}/.tmp-{unit}_{N}-...``, fsync, ``rename`` into place."""
+
+    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+        run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        staging = os.path.join(run_dir, staging_name(TMP_PREFIX, name))
+        os.mkdir(staging)
+        try:
+            for file_name, data in files.items():
+                _write_synced(os.path.join(staging, file_name), data)
+            _write_synced(os.path.join(staging, MANIFEST_NAME), manifest())
+            _fsync_dir(staging)
+            old: str | None = None
+            if os.path.exists(ckpt_dir):
+                old = os.path.join(run_dir, staging_name(OLD_PREFIX, name))
+                os.rename(ckpt_dir, old)
+            os.rename(staging, ckpt_dir)
+            _fsync_dir(run_dir)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        if old is not None:
+            remove_tree(old)
+
+    def sweep(self, run_dir: str) -> list[str]:
+        return sweep_stale(run_dir)
+
+    def write_pointer(self, path: str, data: bytes) -> None:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        staging = os.path.join(directory, staging_name(TMP_PREFIX, basename(path)))
+        try:
+            _write_synced(staging, data)
+            os.replace(staging, path)
+            _fsync_dir(directory)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            raise
+
+
+class ManifestLastCommit(CommitProtocol):
+    """Object stores: payload objects first, the manifest object last (its PUT is the commit)."""
+
+    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+        manifest_path = join(ckpt_dir, MANIFEST_NAME)
+        replaced = False
+        try:
+            self.fs.rm_file(manifest_path)  # a retry of the same N: hide the old version before touching it
+            replaced = True
+        except FileNotFoundError:
+            pass
+        for file_name, data in files.items():
+            payload = bytes(data)
+            self.fs.pipe_file(join(ckpt_dir, file_name), payload, **transfer_options(self.fs, len(payload)))
+        self.fs.pipe_file(manifest_path, manifest())
+        if replaced:  # the old version may have had payload files the new one does not list
+            keep = {*files, MANIFEST_NAME}
+            for path in self.fs.ls(ckpt_dir, detail=False):
+                if basename(str(path)) not in keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm(str(path), recursive=True)
+
+    def write_pointer(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+
+def protocol_for(fs: fsspec.AbstractFileSystem) -> CommitProtocol:
+    """``RenameCommit`` for the local filesystem, ``ManifestLastCommit`` for everything else."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return RenameCommit(fs)
+    return ManifestLastCommit(fs)

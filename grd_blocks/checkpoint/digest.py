@@ -1,0 +1,169 @@
+"""sha256 digests of payload files, computed and checked on several cores with as little copying as we can.
+
+Invariants:
+
+* ``digest_later(data)`` yields the ``FileEntry`` whose ``sha256`` is ``hashlib.sha256(data)`` and, for
+  data larger than ``CHUNK``, whose ``chunks`` are the sha256 of each ``CHUNK``-sized piece. It runs in helper
+  threads (hashlib releases the GIL), overlapping whatever the caller does meanwhile (writing the bytes).
+* ``verify_fd(fd, entry, where)`` reads the file through the given descriptor only (so it describes the inode
+  the caller holds open, whatever happens to the path meanwhile) and raises ``CheckpointCorrupt`` naming
+  ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them,
+  else the whole-file sha256, reading the next piece while the previous one is hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
+from grd_blocks.errors import CheckpointCorrupt
+
+CHUNK = 8 * 1024 * 1024
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_buffers = threading.local()
+
+
+def _hasher_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            workers = max(2, min(8, os.cpu_count() or 2))
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grd-sha256")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: it starts a pool of its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def digest_later(data: bytes | memoryview) -> Callable[[], FileEntry]:
+    """Start hashing ``data``; the returned function waits and gives its ``FileEntry``."""
+    size = len(data)
+    if size <= CHUNK:
+        entry = FileEntry(size=size, sha256=sha256_hex(data))
+        return lambda: entry
+    view = memoryview(data)
+    pool = _hasher_pool()
+    whole = pool.submit(sha256_hex, view)
+    pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
+    return lambda: FileEntry(
+        size=size,
+        sha256=whole.result(),
+        chunk_size=CHUNK,
+        chunks=tuple(piece.result() for piece in pieces),
+    )
+
+
+def _read_into(fd: int, buffer: bytearray | memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    data = os.pread(fd, len(buffer), offset)
+    buffer[: len(data)] = data
+    return len(data)
+
+
+def _read_fully(fd: int, buffer: bytearray, offset: int, length: int) -> int:
+    view, done = memoryview(buffer), 0
+    while done < length:
+        count = _read_into(fd, view[done:length], offset + done)
+        if count == 0:
+            break
+        done += count
+    return done
+
+
+def _chunk_digest(fd: int, offset: int, length: int) -> str | None:
+    """sha256 of ``length`` bytes at ``offset`` (None if the file is shorter), in a per-thread buffer."""
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < length:
+        buffer = _buffers.buffer = bytearray(max(length, CHUNK))
+    if _read_fully(fd, buffer, offset, length) != length:
+        return None
+    return sha256_hex(memoryview(buffer)[:length])
+
+
+def sha256_fd(fd: int, size: int) -> tuple[str, int]:
+    """``(hex sha256, bytes read)`` of the first ``size`` bytes of ``fd`` (fewer if the file is shorter)."""
+    if size <= CHUNK:
+        data = os.pread(fd, size, 0)
+        return sha256_hex(data), len(data)
+    digest = hashlib.sha256()
+    buffers = (bytearray(CHUNK), bytearray(CHUNK))
+    pending: Future[None] | None = None
+    offset = turn = 0
+    try:
+        while offset < size:
+            buffer = buffers[turn % 2]  # the other buffer may be being hashed right now
+            count = _read_into(fd, buffer, offset)
+            if pending is not None:
+                pending.result()
+                pending = None
+            if count == 0:
+                break
+            count = min(count, size - offset)
+            pending = _hasher_pool().submit(digest.update, memoryview(buffer)[:count])
+            offset += count
+            turn += 1
+    finally:
+        if pending is not None:
+            pending.result()
+    return digest.hexdigest(), offset
+
+
+def _check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str) -> None:
+    wait(futures)  # all of them, even after a failure: the caller may close the file once this returns
+    step = entry.chunk_size or entry.size
+    for number, (future, expected) in enumerate(zip(futures, entry.chunks, strict=True)):
+        actual = future.result()
+        if actual != expected:
+            raise CheckpointCorrupt(
+                f"{where}: bytes {number * step}..{min(entry.size, (number + 1) * step)} have sha256 "
+                f"{actual}, its manifest says {expected}"
+            )
+
+
+def verify_bytes(data: bytes | memoryview, entry: FileEntry, where: str) -> None:
+    """Raise ``CheckpointCorrupt`` unless ``data`` has ``entry``'s size and digests."""
+    if len(data) != entry.size:
+        raise CheckpointCorrupt(f"{where} is {len(data)} bytes, its manifest says {entry.size}")
+    if entry.chunks and entry.chunk_size:
+        view, step, pool = memoryview(data), entry.chunk_size, _hasher_pool()
+        pieces: list[Future[str | None]] = [
+            pool.submit(sha256_hex, view[start : start + step]) for start in range(0, len(data), step)
+        ]
+        _check_pieces(pieces, entry, where)
+        return
+    digest = sha256_hex(data)
+    if digest != entry.sha256:
+        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+
+
+def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
+    """Raise ``CheckpointCorrupt`` unless the file open as ``fd`` has ``entry``'s size and digests."""
+    size = os.fstat(fd).st_size
+    if size != entry.size:
+        raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
+    if entry.chunks and entry.chunk_size:
+        step, pool = entry.chunk_size, _hasher_pool()
+        pieces = [
+            pool.submit(_chunk_digest, fd, start, min(step, size - start)) for start in range(0, size, step)
+        ]
+        _check_pieces(pieces, entry, where)
+        return
+    digest, count = sha256_fd(fd, size)
+    if count != entry.size:
+        raise CheckpointCorrupt(f"{where} is {count} bytes, its manifest says {entry.size}")
+    if digest != entry.sha256:
+        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")

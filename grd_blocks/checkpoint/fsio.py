@@ -1,0 +1,78 @@
+"""Opening a store URL as an fsspec filesystem, and turning backend failures into ``StoreUnavailable``.
+
+Invariant: every storage error that is not "this object does not exist" leaves grd as ``StoreUnavailable``
+naming the store URL and the operation (disk full, server unreachable, wrong credentials), with the original
+error chained; programming errors (TypeError, ...) and grd's own errors pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from grd_blocks.errors import GrdError, StoreUnavailable
+
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, KeyError, IndexError)
+
+
+def open_fs(
+    url: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``url`` -> (filesystem, root path in that filesystem's own notation)."""
+    with guard(url, "open the store"):
+        fs, path = url_to_fs(url, **dict(storage_options or {}))
+    return fs, str(path).rstrip("/") or "/"
+
+
+def unavailable(url: str, operation: str, exc: BaseException) -> StoreUnavailable:
+    error = StoreUnavailable(
+        f"checkpoint store {url}: {operation} failed ({type(exc).__name__}: {exc}); "
+        "committed checkpoints and "
+        "the previous latest are intact. Check free disk space, that the server/endpoint is reachable, "
+        "and the credentials"
+    )
+    error.url = url  # type: ignore[attr-defined]
+    error.operation = operation  # type: ignore[attr-defined]
+    return error
+
+
+@contextmanager
+def guard(url: str, operation: str, *, missing_ok: bool = False) -> Iterator[None]:
+    """Re-raise storage failures inside the block as ``StoreUnavailable``.
+
+    With ``missing_ok`` a ``FileNotFoundError`` passes through for the caller to handle (absent objects are
+    normal when reading); without it, a missing object (e.g. no such bucket) is a store failure too.
+    """
+    try:
+        yield
+    except GrdError:
+        raise
+    except FileNotFoundError as exc:
+        if missing_ok:
+            raise
+        raise unavailable(url, operation, exc) from exc
+    except _PROGRAMMING_ERRORS:
+        raise
+    except Exception as exc:
+        raise unavailable(url, operation, exc) from exc
+
+
+PARALLEL_PART_BYTES = 8 * 2**20
+PARALLEL_PARTS = 8
+
+
+def transfer_options(fs: fsspec.AbstractFileSystem, size: int) -> dict[str, int]:
+    """Keyword arguments for ``pipe_file``/``cat_file`` that move a large object in parallel parts.
+
+    s3fs sends anything under two 50 MiB parts as one request on one connection; a checkpoint payload of a
+    few hundred MiB is then bound by one stream. For S3 payloads of at least two parts, ask for 8 MiB parts,
+    8 at a time (multipart upload, ranged GETs). Other filesystems take no such arguments: empty there.
+    """
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "s3" not in protocols or size < 2 * PARALLEL_PART_BYTES:
+        return {}
+    return {"chunksize": PARALLEL_PART_BYTES, "max_concurrency": PARALLEL_PARTS}

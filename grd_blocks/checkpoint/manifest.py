@@ -1,0 +1,200 @@
+"""The manifest: the one file whose presence (and agreement with the payload) makes a checkpoint exist.
+
+Invariant: a manifest is written after every payload file it lists; it records each file's size and sha256,
+so a reader can tell a committed checkpoint from a torn, truncated or tampered one. Manifests and LATEST.json
+carry a ``checksum`` (sha256 of their own canonical JSON), so one flipped bit anywhere in them is detected
+too. ``parse_manifest`` and ``parse_latest`` never trust their input: anything malformed raises
+``CheckpointCorrupt`` naming the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from grd_blocks.checkpoint.layout import UNITS, Unit
+from grd_blocks.errors import CheckpointCorrupt
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One payload file: its size in bytes and the hex sha256 of its content.
+
+    A file larger than one chunk also lists the sha256 of each ``chunk_size`` piece (``chunks``), so a reader
+    can verify the pieces on several cores at once; ``sha256`` stays the whole file's (``sha256sum`` agrees).
+    """
+
+    size: int
+    sha256: str
+    chunk_size: int | None = None
+    chunks: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"size": self.size, "sha256": self.sha256}
+        if self.chunks:
+            out["chunk_size"] = self.chunk_size
+            out["chunks"] = list(self.chunks)
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything known about one committed checkpoint (the content of ``MANIFEST.json``)."""
+
+    unit: Unit
+    index: int
+    files: dict[str, FileEntry]
+    payload_format: str  # "torch" | "json"
+    handlers: dict[str, str]  # state key -> handler type string
+    created_at: str
+    writer: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
+    epoch: int | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+    def to_bytes(self) -> bytes:
+        obj = asdict(self)
+        obj["files"] = {name: entry.to_json() for name, entry in self.files.items()}
+        return _dump(obj)
+
+
+@dataclass(frozen=True)
+class LatestPointer:
+    """The content of ``LATEST.json``: which checkpoint directory is the newest committed one."""
+
+    unit: Unit
+    index: int
+    dirname: str
+    created_at: str
+    writer: str
+    format_version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        return _dump(asdict(self))
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps({**obj, "checksum": sha256_hex(_canonical(obj))}, indent=1, sort_keys=True).encode()
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def writer_id() -> str:
+    """``host:pid:attempt`` of this process (attempt from ``GRD_ATTEMPT``, else 1)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.environ.get('GRD_ATTEMPT', '1')}"
+
+
+def _load_object(data: bytes, path: str, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointCorrupt(
+            f"{what} {path} is not valid JSON ({exc}); it was damaged or not ours"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointCorrupt(f"{what} {path} is not a JSON object")
+    checksum = obj.pop("checksum", None)
+    if checksum != sha256_hex(_canonical(obj)):
+        raise CheckpointCorrupt(f"{what} {path} fails its checksum; it was damaged or edited by hand")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointCorrupt(
+            f"{what} {path} has format_version {version!r}; this grd reads version {FORMAT_VERSION}"
+        )
+    return obj
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise CheckpointCorrupt(f"{path}: field {key!r} is missing or has the wrong type ({value!r})")
+    return value
+
+
+def _unit(obj: dict[str, Any], path: str) -> Unit:
+    unit = obj.get("unit")
+    for known in UNITS:
+        if unit == known:
+            return known
+    raise CheckpointCorrupt(f"{path}: unit {unit!r} is not one of {UNITS}")
+
+
+def _chunks(entry: dict[str, Any], size: int, where: str) -> tuple[int | None, tuple[str, ...]]:
+    if "chunks" not in entry and "chunk_size" not in entry:
+        return None, ()
+    chunk_size, chunks = entry.get("chunk_size"), entry.get("chunks")
+    if (
+        not isinstance(chunk_size, int)
+        or isinstance(chunk_size, bool)
+        or chunk_size <= 0
+        or not isinstance(chunks, list)
+        or len(chunks) != -(-size // chunk_size)
+        or not all(isinstance(digest, str) and len(digest) == 64 for digest in chunks)
+    ):
+        raise CheckpointCorrupt(f"{where} has malformed chunk_size/chunks")
+    return chunk_size, tuple(chunks)
+
+
+def parse_manifest(data: bytes, path: str) -> Manifest:
+    """Parse and validate ``MANIFEST.json`` content read from ``path``."""
+    obj = _load_object(data, path, "manifest")
+    raw_files = _require(obj, "files", dict, path)
+    files: dict[str, FileEntry] = {}
+    for name, entry in raw_files.items():
+        if not isinstance(entry, dict) or "/" in name or name in ("", ".", ".."):
+            raise CheckpointCorrupt(f"{path}: file entry {name!r} is malformed")
+        size, digest = entry.get("size"), entry.get("sha256")
+        if not isinstance(size, int) or not isinstance(digest, str) or len(digest) != 64:
+            raise CheckpointCorrupt(f"{path}: file entry {name!r} has no valid size/sha256")
+        files[name] = FileEntry(size, digest, *_chunks(entry, size, f"{path}: file entry {name!r}"))
+    if not files:
+        raise CheckpointCorrupt(f"{path}: lists no payload files")
+    step, epoch = obj.get("step"), obj.get("epoch")
+    return Manifest(
+        unit=_unit(obj, path),
+        index=_require(obj, "index", int, path),
+        files=files,
+        payload_format=_require(obj, "payload_format", str, path),
+        handlers=_require(obj, "handlers", dict, path),
+        created_at=_require(obj, "created_at", str, path),
+        writer=_require(obj, "writer", str, path),
+        metrics=_require(obj, "metrics", dict, path),
+        metadata=_require(obj, "metadata", dict, path),
+        step=step if isinstance(step, int) else None,
+        epoch=epoch if isinstance(epoch, int) else None,
+    )
+
+
+def parse_latest(data: bytes, path: str) -> LatestPointer:
+    """Parse and validate ``LATEST.json`` content read from ``path``."""
+    obj = _load_object(data, path, "latest pointer")
+    return LatestPointer(
+        unit=_unit(obj, path),
+        index=_require(obj, "index", int, path),
+        dirname=_require(obj, "dirname", str, path),
+        created_at=_require(obj, "created_at", str, path),
+        writer=_require(obj, "writer", str, path),
+    )

@@ -1,0 +1,304 @@
+"""The read side of one run prefix: find the latest checkpoint, verify it, load it, fall back when damaged.
+
+Invariants:
+
+* ``latest()`` costs O(1) requests when LATEST.json is sound (read it, read the manifest it names, ``info``
+  each payload file); when anything is wrong it logs what, and scans for the newest checkpoint whose manifest
+  and sizes verify.
+* Nothing is deserialized before its size and sha256 match the manifest. On local disk each payload file is
+  opened once and that descriptor is both hashed and handed to the loader (serialization.VerifiedFile), so a
+  rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory.
+* ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
+  with step/epoch a damaged one raises ``CheckpointCorrupt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+
+from grd_blocks.checkpoint.digest import verify_bytes, verify_fd
+from grd_blocks.checkpoint.fsio import guard, transfer_options
+from grd_blocks.checkpoint.handlers import decode_state, restore_into
+from grd_blocks.checkpoint.layout import (
+    LATEST_NAME,
+    MANIFEST_NAME,
+    basename,
+    checkpoint_dirname,
+    join,
+    parse_dirname,
+)
+from grd_blocks.checkpoint.manifest import (
+    FileEntry,
+    LatestPointer,
+    Manifest,
+    parse_latest,
+    parse_manifest,
+)
+from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
+from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
+
+logger = logging.getLogger("grd.checkpoint")
+
+Fetched = dict[str, Blob | VerifiedFile]
+
+
+class RunReader:
+    """Read-only access to the checkpoints under one run prefix (``url``; ``path`` inside ``fs``)."""
+
+    def __init__(self, url: str, *, fs: fsspec.AbstractFileSystem, path: str, local: bool) -> None:
+        self.url = url.rstrip("/")
+        self.fs = fs
+        self.path = path.rstrip("/")
+        self.run_key = basename(self.url)
+        self._local = local
+
+    # ------------------------------------------------------------------ manifests and pointers
+    def _invalidate(self) -> None:
+        self.fs.invalidate_cache(self.path)
+
+    def _ref(self, manifest: Manifest) -> CheckpointRef:
+        name = checkpoint_dirname(manifest.unit, manifest.index)
+        return CheckpointRef(
+            run_key=self.run_key,
+            unit=manifest.unit,
+            index=manifest.index,
+            url=join(self.url, name),
+            created_at=manifest.created_at,
+            metrics=dict(manifest.metrics),
+            size_bytes=manifest.size_bytes,
+            writer=manifest.writer,
+            metadata=dict(manifest.metadata),
+            step=manifest.step,
+            epoch=manifest.epoch,
+            handlers=dict(manifest.handlers),
+        )
+
+    def _read_pointer(self) -> LatestPointer | None:
+        path = join(self.path, LATEST_NAME)
+        try:
+            with guard(self.url, f"read {LATEST_NAME}", missing_ok=True):
+                data = self.fs.cat_file(path)
+            return parse_latest(data, join(self.url, LATEST_NAME))
+        except (FileNotFoundError, CheckpointCorrupt):
+            return None
+
+    def _read_manifest(self, name: str) -> Manifest:
+        where = join(self.url, name, MANIFEST_NAME)
+        try:
+            with guard(self.url, f"read {name}/{MANIFEST_NAME}", missing_ok=True):
+                data = self.fs.cat_file(join(self.path, name, MANIFEST_NAME))
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"{where} is missing (the checkpoint was never committed)") from None
+        manifest = parse_manifest(data, where)
+        if checkpoint_dirname(manifest.unit, manifest.index) != name:
+            raise CheckpointCorrupt(f"{where} describes {manifest.unit}_{manifest.index}, not {name}")
+        return manifest
+
+    def _check_sizes(self, name: str, manifest: Manifest) -> None:
+        for file_name, entry in manifest.files.items():
+            try:
+                with guard(self.url, f"stat {name}/{file_name}", missing_ok=True):
+                    size = self.fs.info(join(self.path, name, file_name))["size"]
+            except FileNotFoundError:
+                raise CheckpointCorrupt(f"{join(self.url, name, file_name)} is missing") from None
+            if size != entry.size:
+                raise CheckpointCorrupt(
+                    f"{join(self.url, name, file_name)} is {size} bytes, its manifest says {entry.size}"
+                )
+
+    # ------------------------------------------------------------------ payload bytes
+    def _fetch_remote(self, name: str, file_name: str, entry: FileEntry) -> bytes:
+        where = join(self.url, name, file_name)
+        try:
+            with guard(self.url, f"read {name}/{file_name}", missing_ok=True):
+                data = self.fs.cat_file(
+                    join(self.path, name, file_name), **transfer_options(self.fs, entry.size)
+                )
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"{where} is missing") from None
+        verify_bytes(data, entry, where)
+        return bytes(data)
+
+    def _fetch_local(
+        self, name: str, file_name: str, entry: FileEntry, stack: contextlib.ExitStack
+    ) -> Blob | VerifiedFile:
+        where, path = join(self.url, name, file_name), join(self.path, name, file_name)
+        try:
+            with guard(self.url, f"open {name}/{file_name}", missing_ok=True):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"{where} is missing") from None
+        stack.callback(os.close, fd)
+        with guard(self.url, f"read {name}/{file_name}"):
+            size = os.fstat(fd).st_size
+            if size != entry.size:
+                raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
+            if file_name != TORCH_FILE:  # small: read once, hash the bytes
+                data = VerifiedFile(fd, path).read()
+                verify_bytes(data, entry, where)
+                return data
+            verify_fd(fd, entry, where)
+        return VerifiedFile(fd, path)
+
+    @contextlib.contextmanager
+    def _fetch_verified(self, name: str, manifest: Manifest) -> Iterator[Fetched]:
+        """Every payload file of ``name``, size and sha256 checked (``CheckpointCorrupt`` if not)."""
+        with contextlib.ExitStack() as stack:
+            files: Fetched = {}
+            for file_name, entry in manifest.files.items():
+                if self._local:
+                    files[file_name] = self._fetch_local(name, file_name, entry, stack)
+                else:
+                    files[file_name] = self._fetch_remote(name, file_name, entry)
+            yield files
+
+    # ------------------------------------------------------------------ finding checkpoints
+    def _names(self) -> list[str]:
+        """Checkpoint directory names present (committed or not), newest index first."""
+        self._invalidate()
+        try:
+            with guard(self.url, "list checkpoints", missing_ok=True):
+                entries = self.fs.ls(self.path, detail=False)
+        except FileNotFoundError:
+            return []
+        parsed = [(parse_dirname(basename(str(entry))), basename(str(entry))) for entry in entries]
+        found = [(key, name) for key, name in parsed if key is not None]
+        found.sort(key=lambda item: item[0][1], reverse=True)
+        return [name for _, name in found]
+
+    def _scan_newest(
+        self, *, skip: str | None = None, below: tuple[int, str] | None = None, quiet: bool = False
+    ) -> CheckpointRef | None:
+        """Newest checkpoint whose manifest and sizes verify (optionally strictly older than ``below``)."""
+        for name in self._names():
+            if name == skip:
+                continue
+            try:
+                manifest = self._read_manifest(name)
+                ref = self._ref(manifest)
+                if below is not None and ref.order >= below:
+                    continue
+                self._check_sizes(name, manifest)
+                return ref
+            except CheckpointCorrupt as exc:
+                if not quiet:
+                    logger.warning("skipping checkpoint %s: %s", join(self.url, name), exc)
+        return None
+
+    def latest(self) -> CheckpointRef | None:
+        """The newest committed checkpoint (O(1) requests via LATEST.json), or None if there is none."""
+        self._invalidate()
+        latest_url = join(self.url, LATEST_NAME)
+        try:
+            with guard(self.url, f"read {LATEST_NAME}", missing_ok=True):
+                data = self.fs.cat_file(join(self.path, LATEST_NAME))
+            pointer = parse_latest(data, latest_url)
+            manifest = self._read_manifest(pointer.dirname)
+            if (manifest.unit, manifest.index) != (pointer.unit, pointer.index):
+                raise CheckpointCorrupt(f"{latest_url} names {pointer.dirname} but its fields disagree")
+            self._check_sizes(pointer.dirname, manifest)
+            return self._ref(manifest)
+        except FileNotFoundError:
+            problem = f"{latest_url} is missing"
+        except CheckpointCorrupt as exc:
+            problem = str(exc)
+        ref = self._scan_newest()
+        if ref is not None:
+            logger.warning("%s; falling back to the newest checkpoint that verifies: %s", problem, ref.url)
+        return ref
+
+    def checkpoints(self) -> list[CheckpointRef]:
+        """Every committed checkpoint (manifest present and parseable), oldest first."""
+        refs: list[CheckpointRef] = []
+        for name in self._names():
+            try:
+                refs.append(self._ref(self._read_manifest(name)))
+            except CheckpointCorrupt as exc:
+                logger.debug("not listing %s: %s", name, exc)
+        return sorted(refs, key=lambda ref: ref.order)
+
+    def find(self, *, step: int | None = None, epoch: int | None = None) -> CheckpointRef:
+        """The committed checkpoint ``step_{step}`` / ``epoch_{epoch}``; ``CheckpointNotFound`` if absent."""
+        if step is not None:
+            name = checkpoint_dirname("step", step)
+        elif epoch is not None:
+            name = checkpoint_dirname("epoch", epoch)
+        else:
+            raise UsageError("find() needs step= or epoch=")
+        try:
+            return self._ref(self._read_manifest(name))
+        except CheckpointCorrupt as exc:
+            raise CheckpointNotFound(
+                f"no committed checkpoint {join(self.url, name)} ({exc}); list them with `grd checkpoints ls`"
+            ) from None
+
+    # ------------------------------------------------------------------ loading
+    def load(
+        self,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        into: Mapping[str, Any] | None = None,
+        map_location: Any = "cpu",
+    ) -> dict[str, Any] | None:
+        """The state of the latest valid checkpoint (or exactly ``step``/``epoch``); None if there is none.
+
+        Every sha256 is checked. Without step/epoch a damaged checkpoint is skipped with a warning and the
+        previous valid one is used; with step/epoch a damaged one raises ``CheckpointCorrupt``. Objects in
+        ``into`` (modules, optimizers, schedulers, scalers, tensors, dicts) are restored in place.
+        """
+        if step is not None or epoch is not None:
+            ref = self.find(step=step, epoch=epoch)
+            manifest = self._read_manifest(ref.name)
+            with self._fetch_verified(ref.name, manifest) as files:
+                return self._decode(ref, manifest, files, into, map_location)
+        candidate = self.latest()
+        while candidate is not None:
+            with contextlib.ExitStack() as stack:
+                try:
+                    manifest = self._read_manifest(candidate.name)
+                    files = stack.enter_context(self._fetch_verified(candidate.name, manifest))
+                except CheckpointCorrupt as exc:
+                    older = self._scan_newest(below=candidate.order)
+                    logger.warning(
+                        "checkpoint %s is damaged (%s); falling back to %s",
+                        candidate.url,
+                        exc,
+                        older.url if older else "no checkpoint",
+                    )
+                    candidate = older
+                    continue
+                return self._decode(candidate, manifest, files, into, map_location)
+        return None
+
+    def _decode(
+        self,
+        ref: CheckpointRef,
+        manifest: Manifest,
+        files: Fetched,
+        into: Mapping[str, Any] | None,
+        map_location: Any,
+    ) -> dict[str, Any]:
+        payload = deserialize(files, manifest.payload_format, where=ref.url, map_location=map_location)
+        if not isinstance(payload, dict):
+            raise CheckpointCorrupt(f"{ref.url}: payload is a {type(payload).__name__}, not a dict")
+        if into:
+            restore_into(into, payload, manifest.handlers)
+        return decode_state(payload, manifest.handlers)
+
+    def verify(self, ref: CheckpointRef | str) -> list[str]:
+        """Problems found in a checkpoint (manifest, presence, sizes, sha256); empty means it is sound."""
+        name = ref if isinstance(ref, str) else ref.name
+        try:
+            with self._fetch_verified(name, self._read_manifest(name)):
+                pass
+        except CheckpointCorrupt as exc:
+            return [str(exc)]
+        return []

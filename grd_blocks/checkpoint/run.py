@@ -1,0 +1,322 @@
+"""One run's checkpoints: ``{prefix}/{unit}_{N}/`` directories and ``{prefix}/LATEST.json``.
+
+This module is the write side (save, retention, delete); finding, verifying and loading is reader.py.
+
+Invariants:
+
+* A checkpoint exists only once its ``MANIFEST.json`` exists and agrees with its payload (commit.py). The
+  payload is serialized once, in memory; its sha256 is computed while the same buffer is being written.
+* LATEST.json never moves backwards: a save with a lower N is committed but leaves LATEST alone (a
+  ``StaleWriter`` warning is logged, nothing is raised).
+* Retention runs only after a commit and never deletes the newest, the latest or the best (retention.py).
+* A retry that saves the same N replaces that checkpoint (old version hidden first; see commit.py).
+* After a local commit, staging directories left by crashed writers are swept (staging.py); like retention,
+  that cleanup never fails the save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+
+from grd_blocks.checkpoint.async_writer import AsyncWriter
+from grd_blocks.checkpoint.commit import CommitProtocol, RenameCommit, protocol_for
+from grd_blocks.checkpoint.digest import digest_later
+from grd_blocks.checkpoint.fsio import guard, open_fs
+from grd_blocks.checkpoint.handlers import encode_state
+from grd_blocks.checkpoint.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
+from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, writer_id
+from grd_blocks.checkpoint.reader import RunReader
+from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
+from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
+from grd_blocks.checkpoint.serialization import serialize
+from grd_blocks.errors import ConfigError, StaleWriter, UsageError
+
+logger = logging.getLogger("grd.checkpoint")
+
+
+def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"metric {key!r}={value!r} is not a number; metrics must be floats") from None
+    return out
+
+
+def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    try:
+        return dict(json.loads(json.dumps(dict(metadata or {}))))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"checkpoint metadata must be JSON-serializable ({exc})") from None
+
+
+class RunCheckpoints(RunReader):
+    """Save, find, load and prune the checkpoints under one run prefix (``url``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        storage_options: Mapping[str, Any] | None = None,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
+        commit: CommitProtocol = protocol_for(fs)
+        super().__init__(url, fs=fs, path=path, local=isinstance(commit, RenameCommit))
+        self.storage_options = dict(storage_options or {})
+        self.retention = retention or RetentionPolicy()
+        self._commit = commit
+        self._writer = AsyncWriter(self.url)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        keep_last: int | None = None,
+        keep_best: int = 0,
+        monitor: str | None = None,
+        mode: Mode = "min",
+    ) -> RunCheckpoints:
+        """Open the run prefix ``url`` (any fsspec URL or local path)."""
+        fs, path = open_fs(url, storage_options)
+        policy = RetentionPolicy(keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode)
+        return cls(url, fs=fs, path=path, storage_options=storage_options, retention=policy)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints:
+        """Open a grd command's prefix: ``GRD_CHECKPOINT_URL`` (+ ``GRD_CHECKPOINT_STORAGE_OPTIONS``)."""
+        env = os.environ if environ is None else environ
+        url = env.get("GRD_CHECKPOINT_URL")
+        if not url:
+            raise ConfigError(
+                "GRD_CHECKPOINT_URL is not set; run this under `grd run`, or set it to a store prefix "
+                "such as ./checkpoints/my-run"
+            )
+        raw = env.get("GRD_CHECKPOINT_STORAGE_OPTIONS") or "{}"
+        try:
+            options = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"GRD_CHECKPOINT_STORAGE_OPTIONS is not JSON ({exc}): {raw[:200]!r}") from None
+        if not isinstance(options, dict):
+            raise ConfigError("GRD_CHECKPOINT_STORAGE_OPTIONS must be a JSON object")
+        return cls.from_url(url, storage_options=options)
+
+    def child(self, name: str) -> RunCheckpoints:
+        """A nested prefix ``{url}/{name}`` with the same options (``name`` follows run-key rules)."""
+        validate_run_key(name)
+        return RunCheckpoints(
+            join(self.url, name),
+            fs=self.fs,
+            path=join(self.path, name),
+            storage_options=self.storage_options,
+            retention=self.retention,
+        )
+
+    # ------------------------------------------------------------------ saving
+    def save(
+        self,
+        state: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CheckpointRef:
+        """Commit ``state`` as ``step_{step}`` (or ``epoch_{epoch}``; neither: the step after the latest).
+
+        Waits for an in-flight ``save_async`` first and raises its failure, if any.
+        """
+        self._writer.wait()
+        unit, index = self._resolve_index(step, epoch)
+        payload, types = encode_state(state, copy=False)
+        return self._write(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata))
+
+    def save_async(
+        self,
+        state: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Snapshot ``state`` now (tensors copied to CPU), write and commit it in the background.
+
+        At most one write is in flight: this waits for the previous one and raises its failure. Call
+        ``flush()`` to wait for the last one (also done at interpreter exit).
+        """
+        self._writer.wait()
+        unit, index = self._resolve_index(step, epoch)
+        payload, types = encode_state(state, copy=True)
+        clean_metrics, clean_metadata = _metrics(metrics), _metadata(metadata)
+        self._writer.submit(
+            lambda: self._write(payload, types, unit, index, step, epoch, clean_metrics, clean_metadata),
+            what=checkpoint_dirname(unit, index),
+        )
+
+    def flush(self) -> None:
+        """Wait for the in-flight background save and raise its failure, if any."""
+        self._writer.wait()
+
+    def _resolve_index(self, step: int | None, epoch: int | None) -> tuple[Unit, int]:
+        for name, value in (("step", step), ("epoch", epoch)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UsageError(f"{name}={value!r} is invalid: pass an int >= 0")
+        if step is not None:
+            return "step", step
+        if epoch is not None:
+            return "epoch", epoch
+        latest = self.latest()
+        return "step", 0 if latest is None else latest.index + 1
+
+    def _write(
+        self,
+        payload: dict[str, Any],
+        types: dict[str, str],
+        unit: Unit,
+        index: int,
+        step: int | None,
+        epoch: int | None,
+        metrics: dict[str, float],
+        metadata: dict[str, Any],
+    ) -> CheckpointRef:
+        files, payload_format = serialize(payload)
+        digests = {file_name: digest_later(data) for file_name, data in files.items()}
+        built: list[Manifest] = []
+
+        def manifest() -> bytes:  # called once the payload is written (and hashed meanwhile)
+            built.append(
+                Manifest(
+                    unit=unit,
+                    index=index,
+                    files={file_name: entry() for file_name, entry in digests.items()},
+                    payload_format=payload_format,
+                    handlers=types,
+                    created_at=now_iso(),
+                    writer=writer_id(),
+                    metrics=metrics,
+                    metadata=metadata,
+                    step=step,
+                    epoch=epoch,
+                )
+            )
+            return built[-1].to_bytes()
+
+        name = checkpoint_dirname(unit, index)
+        with guard(self.url, f"save {name}"):
+            self._commit.commit(join(self.path, name), files, manifest)
+        ref = self._ref(built[-1])
+        self._advance_latest(ref)
+        self._apply_retention(ref)
+        self._sweep_staging()
+        return ref
+
+    def _advance_latest(self, ref: CheckpointRef) -> None:
+        current = self._read_pointer()
+        current_index: int | None = current.index if current is not None else None
+        if current is None:  # missing or unreadable: never let a stale writer win by default
+            newest = self._scan_newest(skip=ref.name, quiet=True)
+            current_index = newest.index if newest is not None else None
+        if current_index is not None and current_index > ref.index:
+            stale = StaleWriter(
+                f"{ref.url} was committed, but LATEST.json already points at index {current_index} > "
+                f"{ref.index}; LATEST is left alone (it never moves backwards). An older writer (a retry "
+                "that resumed from an earlier checkpoint, or a zombie attempt) is still saving"
+            )
+            logger.warning("StaleWriter: %s", stale)
+            return
+        pointer = LatestPointer(
+            unit=ref.unit,
+            index=ref.index,
+            dirname=ref.name,
+            created_at=ref.created_at,
+            writer=ref.writer or "",
+        )
+        with guard(self.url, f"update {LATEST_NAME} to {ref.name}"):
+            self._commit.write_pointer(join(self.path, LATEST_NAME), pointer.to_bytes())
+
+    def _apply_retention(self, newest: CheckpointRef) -> None:
+        if not self.retention.active:
+            return
+        try:
+            pointer = self._read_pointer()
+            protected = {newest.name} | ({pointer.dirname} if pointer is not None else set())
+            for ref in select_deletions(self.checkpoints(), self.retention, protected=protected):
+                logger.info("retention: deleting %s", ref.url)
+                with guard(self.url, f"delete {ref.name} (retention)"):
+                    self._commit.remove(join(self.path, ref.name))
+        except Exception:  # the new checkpoint is committed; a failed cleanup must not fail the save
+            logger.warning(
+                "retention after committing %s failed; will retry after the next save",
+                newest.url,
+                exc_info=True,
+            )
+
+    def _sweep_staging(self) -> None:
+        try:
+            self._commit.sweep(self.path)
+        except Exception:  # the new checkpoint is committed; a failed cleanup must not fail the save
+            logger.warning("sweeping stale staging entries in %s failed", self.url, exc_info=True)
+
+    # ------------------------------------------------------------------ reading (reader.py)
+    def load(
+        self,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        into: Mapping[str, Any] | None = None,
+        map_location: Any = "cpu",
+    ) -> dict[str, Any] | None:
+        """Wait for an in-flight ``save_async``, then ``RunReader.load`` (every sha256 checked, fallback)."""
+        self._writer.wait()
+        return super().load(step=step, epoch=epoch, into=into, map_location=map_location)
+
+    def delete(self, ref: CheckpointRef | str) -> None:
+        """Delete a checkpoint (manifest first); if LATEST pointed at it, repoint it to the newest left."""
+        self._writer.wait()
+        name = ref if isinstance(ref, str) else ref.name
+        with guard(self.url, f"delete {name}"):
+            self._commit.remove(join(self.path, name))
+        pointer = self._read_pointer()
+        if pointer is not None and pointer.dirname != name:
+            return
+        newest = self._scan_newest(quiet=True)
+        with guard(self.url, f"update {LATEST_NAME} after deleting {name}"):
+            if newest is None:
+                if pointer is not None:
+                    self.fs.rm_file(join(self.path, LATEST_NAME))
+                return
+            moved = LatestPointer(
+                unit=newest.unit,
+                index=newest.index,
+                dirname=newest.name,
+                created_at=newest.created_at,
+                writer=newest.writer or "",
+            )
+            self._commit.write_pointer(join(self.path, LATEST_NAME), moved.to_bytes())
+
+    def hints(self, *, target: int | None = None) -> ResumeHints:
+        """Where to resume: the latest checkpoint's unit, index, step/epoch, URL; ``remaining`` to target."""
+        ref = self.latest()
+        if ref is None:
+            return ResumeHints(has_checkpoint=False, remaining=target)
+        return ResumeHints(
+            has_checkpoint=True,
+            unit=ref.unit,
+            latest_index=ref.index,
+            epoch=ref.epoch if ref.epoch is not None else (ref.index if ref.unit == "epoch" else None),
+            step=ref.step if ref.step is not None else (ref.index if ref.unit == "step" else None),
+            url=ref.url,
+            remaining=None if target is None else max(0, target - ref.index),
+        )

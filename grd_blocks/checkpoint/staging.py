@@ -1,0 +1,134 @@
+"""Local staging entries (``.tmp-*`` / ``.old-*`` in a run directory): their names; sweeping stale ones.
+
+A local commit stages a checkpoint in ``.tmp-{name}-{token}-{writer tag}-{pid}/`` and moves a replaced one
+aside to ``.old-...``; ``LATEST.json`` is staged as a ``.tmp-LATEST.json-...`` file. A writer that crashes
+leaves them behind (invisible to readers, but they take disk space).
+
+Invariant: ``sweep_stale`` removes an entry only when no live writer can still be using it:
+
+* its writer tag (this host, boot and pid namespace) matches ours and its pid no longer exists; or
+* it has another writer tag or none (another host, an older grd) and nothing in it changed for
+  ``STALE_AFTER_S``.
+
+It never touches anything whose name does not start with ``.tmp-`` or ``.old-``; failures are logged, never
+raised (a sweep runs after a commit succeeded and must not fail it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from functools import cache
+from typing import Final
+
+from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
+
+logger = logging.getLogger("grd.checkpoint")
+
+STALE_AFTER_S: Final = 3600.0
+"""Age after which a staging entry of an unknown (or other-host) writer is removed."""
+
+_OWNER_RE: Final = re.compile(r"-(?P<tag>[0-9a-f]{8})-(?P<pid>[0-9]+)$")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+@cache
+def writer_tag() -> str:
+    """8 hex chars naming this host, boot and pid namespace (where a pid in a staging name is meaningful)."""
+    identity = f"{socket.gethostname()}|{_boot_id()}|{_pid_namespace()}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:8]
+
+
+def staging_name(prefix: str, what: str) -> str:
+    """``.tmp-step_3-{token}-{tag}-{pid}`` for ``(TMP_PREFIX, "step_3")``."""
+    return f"{prefix}{what}-{uuid.uuid4().hex[:12]}-{writer_tag()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _last_change(path: str) -> float:
+    newest = os.lstat(path).st_mtime
+    if os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.scandir(path):
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
+def is_stale(path: str, *, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether the staging entry at ``path`` can no longer belong to a live writer (see the invariant)."""
+    name = os.path.basename(path)
+    if not name.startswith((TMP_PREFIX, OLD_PREFIX)):
+        return False
+    owner = _OWNER_RE.search(name)
+    if owner is not None and owner.group("tag") == writer_tag():
+        return not _pid_alive(int(owner.group("pid")))
+    try:
+        age = (time.time() if now is None else now) - _last_change(path)
+    except FileNotFoundError:
+        return False
+    return age >= stale_after_s
+
+
+def remove_tree(path: str) -> None:
+    """Delete a checkpoint-like directory manifest first (so it is never seen half-deleted), or a file."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, MANIFEST_NAME))
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def sweep_stale(run_dir: str, *, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Remove the stale staging entries directly inside ``run_dir``; returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = [
+            entry.name for entry in os.scandir(run_dir) if entry.name.startswith((TMP_PREFIX, OLD_PREFIX))
+        ]
+    except OSError:
+        logger.warning("cannot list %s to sweep stale staging entries", run_dir, exc_info=True)
+        return removed
+    for name in entries:
+        path = os.path.join(run_dir, name)
+        try:
+            if is_stale(path, now=now, stale_after_s=stale_after_s):
+                logger.info("removing stale staging entry %s (its writer is gone)", path)
+                remove_tree(path)
+                removed.append(name)
+        except OSError:
+            logger.warning("cannot sweep stale staging entry %s", path, exc_info=True)
+    return removed

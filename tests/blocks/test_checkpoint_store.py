@@ -1,0 +1,142 @@
+"""The CheckpointStore Prefect Block: standards, save/load by name, secrets masked, resolve_store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import uuid
+
+import pytest
+import torch
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+from pydantic import SecretStr
+
+from grd_blocks.blocks import CheckpointStore, resolve_store
+from grd_blocks.cli_store import register
+from grd_blocks.errors import ConfigError, StoreUnavailable
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+
+
+class TestCheckpointStoreStandards(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self) -> type[CheckpointStore]:
+        return CheckpointStore
+
+
+def test_slug_is_fixed() -> None:
+    assert CheckpointStore.get_block_type_slug() == "grd-checkpoint-store"
+
+
+def test_block_methods_do_not_shadow_block_save_and_load() -> None:
+    assert not {"save", "load", "delete", "asave", "aload"} & set(vars(CheckpointStore))
+
+
+def test_block_delegates_to_engine(tmp_path: pathlib.Path) -> None:
+    store = CheckpointStore(url=str(tmp_path / "ck"), keep_last=1)
+    store.save_checkpoint("r", state={"w": torch.ones(3)}, step=0, metrics={"loss": 1.0})
+    store.save_checkpoint("r", state={"w": torch.ones(3) * 2}, step=1, metrics={"loss": 0.5})
+    assert [ref.index for ref in store.list_checkpoints("r")] == [1]
+    latest = store.latest_checkpoint("r")
+    assert latest is not None and latest.index == 1
+    loaded = store.load_checkpoint("r")
+    assert loaded is not None and torch.equal(loaded["w"], torch.ones(3) * 2)
+    assert store.resume_hints("r", target=5).remaining == 4 and store.list_runs() == ["r"]
+
+
+def test_secrets_are_masked_everywhere_but_the_engine(caplog: pytest.LogCaptureFixture) -> None:
+    store = CheckpointStore(
+        url="s3://bucket/ckpts",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id=SecretStr("AKIDEXAMPLE"),
+        aws_secret_access_key=SecretStr(SECRET),
+        storage_options={"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}},
+    )
+    assert SECRET not in repr(store) and SECRET not in str(store) and SECRET not in store.model_dump_json()
+    assert "key" not in store.public_storage_options()
+    with caplog.at_level(logging.DEBUG), pytest.raises(StoreUnavailable, match=r"s3://bucket/ckpts") as info:
+        store.save_checkpoint("r", state={"a": 1}, step=0)
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+    assert store.engine().storage_options["secret"] == SECRET
+
+
+def test_s3_fields_on_a_local_url_are_rejected(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="not s3://"):
+        CheckpointStore(url=str(tmp_path), endpoint_url="http://127.0.0.1:9").engine()
+
+
+def test_command_environment_passes_secrets_only_as_aws_env(tmp_path: pathlib.Path) -> None:
+    store = CheckpointStore(
+        url="s3://b/p", endpoint_url="http://127.0.0.1:9", aws_secret_access_key=SecretStr(SECRET)
+    )
+    env = store.command_environment("run1", "commands", "train.fit")
+    assert env["GRD_CHECKPOINT_URL"] == "s3://b/p/run1/commands/train.fit"
+    assert SECRET not in env["GRD_CHECKPOINT_STORAGE_OPTIONS"] and env["AWS_SECRET_ACCESS_KEY"] == SECRET
+
+
+def test_resolve_store_treats_paths_and_urls_as_unsaved_blocks(tmp_path: pathlib.Path) -> None:
+    assert resolve_store(str(tmp_path)).url == str(tmp_path)
+    assert resolve_store("s3://b/p").url == "s3://b/p"
+    assert resolve_store("./ck").url == "./ck"
+    with pytest.raises(ConfigError, match="neither a URL/path nor a block name"):
+        resolve_store("Bad Name!")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_block_saves_and_loads_by_name_with_secret(tmp_path: pathlib.Path) -> None:
+    name = f"ck-{uuid.uuid4().hex[:8]}"
+    CheckpointStore(
+        url=str(tmp_path / "ck"), keep_last=2, monitor="loss", keep_best=1, aws_secret_access_key=None
+    ).save(name)
+    loaded = CheckpointStore.load(name)
+    assert (loaded.url, loaded.keep_last, loaded.keep_best) == (str(tmp_path / "ck"), 2, 1)
+    loaded.save_checkpoint("r", state={"a": 1}, step=0)
+    assert resolve_store(name).load_checkpoint("r") == {"a": 1}
+
+    s3_name = f"s3-{uuid.uuid4().hex[:8]}"
+    CheckpointStore(url="s3://b/p", aws_secret_access_key=SecretStr(SECRET)).save(s3_name)
+    reloaded = CheckpointStore.load(s3_name)
+    assert reloaded.aws_secret_access_key is not None
+    assert reloaded.aws_secret_access_key.get_secret_value() == SECRET
+    with pytest.raises(ConfigError, match="grd store create"):
+        resolve_store(f"missing-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_resolve_store_none_uses_default_block_else_local(tmp_path: pathlib.Path) -> None:
+    CheckpointStore.delete("default") if _exists("default") else None
+    assert resolve_store(None).url == "./checkpoints"
+    CheckpointStore(url=str(tmp_path / "default-store")).save("default", overwrite=True)
+    try:
+        assert resolve_store(None).url == str(tmp_path / "default-store")
+    finally:
+        CheckpointStore.delete("default")
+
+
+def _exists(name: str) -> bool:
+    try:
+        CheckpointStore.load(name)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_cli_store_create_then_ls_by_block_name(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parser = argparse.ArgumentParser(prog="grd")
+    register(parser.add_subparsers(required=True))
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    args = parser.parse_args(["store", "create", name, str(tmp_path / "ck"), "--keep-last", "3"])
+    assert args.func(args) == 0
+    CheckpointStore.load(name).save_checkpoint("r", state={"a": 1}, step=4, metrics={"loss": 0.25})
+    args = parser.parse_args(["checkpoints", "ls", name, "r"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "step_4*" in out and "loss=0.25" in out
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    args = parser.parse_args(["store", "create", name + "x", "s3://b/p", "--aws-credentials-from-env"])
+    assert args.func(args) == 2
+    assert "AWS_ACCESS_KEY_ID" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""save_async: snapshot now, write in the background, one in flight, failures surface on the next call."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from typing import Any, cast
+
+import fsspec
+import pytest
+import torch
+
+from grd_blocks.checkpoint import RunCheckpoints
+from grd_blocks.errors import StoreUnavailable
+from tests.checkpoint.conftest import Backend, RecordingFS
+
+
+class GatedFS(RecordingFS):
+    """Holds every pipe_file until ``gate`` is set, so a test can observe a write in flight."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
+        super().__init__(fs)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        inner = super().__getattr__(name)
+        if name != "pipe_file":
+            return inner
+
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            assert self.gate.wait(30), "test never opened the gate"
+            return inner(*args, **kwargs)
+
+        return gated
+
+
+def test_save_async_snapshots_state_at_call_time(backend: Backend) -> None:
+    run = backend.run()
+    weights = torch.zeros(1000)
+    run.save_async({"w": weights, "meta": {"lr": 0.1}}, step=1)
+    weights.add_(5.0)  # the training loop goes on mutating its tensors
+    run.flush()
+    loaded = run.load()
+    assert loaded is not None and torch.equal(loaded["w"], torch.zeros(1000))
+
+
+def test_at_most_one_async_write_in_flight(backend: Backend) -> None:
+    if backend.name == "local":
+        pytest.skip("local commits write through os (fsync + rename), not pipe_file")
+    engine = backend.engine()
+    gated = GatedFS(engine.fs)
+    run = RunCheckpoints(
+        f"{backend.url}/gated", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/gated"
+    )
+    run.save_async({"s": 1}, step=1)
+    assert gated.entered.wait(30)
+    second_done = threading.Event()
+
+    def second() -> None:
+        run.save_async({"s": 2}, step=2)
+        second_done.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert not second_done.wait(0.2)  # blocked behind the first write (a bounded negative check)
+    assert run._writer.in_flight
+    gated.gate.set()
+    thread.join(30)
+    assert second_done.is_set()
+    run.flush()
+    assert [ref.index for ref in run.checkpoints()] == [1, 2]
+
+
+def test_async_failure_is_raised_on_flush_and_then_cleared(backend: Backend) -> None:
+    if backend.name == "local":
+        pytest.skip("local ENOSPC is covered with a real full tmpfs in test_local_commit")
+    engine = backend.engine()
+    good = engine.run("run")
+    good.save({"s": 1}, step=1)
+    failing = RecordingFS(engine.fs, fail={"pipe_file": OSError(errno.ENOSPC, "No space left on device")})
+    run = RunCheckpoints(good.url, fs=cast(fsspec.AbstractFileSystem, failing), path=good.path)
+    run.save_async({"s": 2}, step=2)
+    with pytest.raises(StoreUnavailable, match="No space left") as info:
+        run.flush()
+    assert any("background save of step_2" in note for note in getattr(info.value, "__notes__", []))
+    run.flush()  # reported once
+    assert good.load() == {"s": 1}
+
+
+def test_async_failure_is_raised_on_next_save(backend: Backend) -> None:
+    if backend.name == "local":
+        pytest.skip("local ENOSPC is covered with a real full tmpfs in test_local_commit")
+    engine = backend.engine()
+    failing = RecordingFS(engine.fs, fail={"pipe_file": OSError(errno.ENOSPC, "No space left on device")})
+    run = RunCheckpoints(
+        f"{backend.url}/r", fs=cast(fsspec.AbstractFileSystem, failing), path=f"{engine.path}/r"
+    )
+    run.save_async({"s": 1}, step=1)
+    with pytest.raises(StoreUnavailable):
+        run.save({"s": 2}, step=2)

@@ -1,0 +1,73 @@
+"""Local disk commit: staging inside the run dir, atomic rename, real ENOSPC on a full tmpfs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.errors import StoreUnavailable
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A real 1 MiB tmpfs (needs permission to mount; skipped where there is none)."""
+    mount_point = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_raises_store_unavailable_and_keeps_previous_latest(tiny_disk: pathlib.Path) -> None:
+    engine = CheckpointEngine(str(tiny_disk / "store"))
+    run = engine.run("run")
+    run.save({"w": torch.zeros(1000)}, step=1)
+    with pytest.raises(StoreUnavailable, match=r"save step_2 failed.*No space left") as info:
+        run.save({"w": torch.zeros(2_000_000)}, step=2)  # 8 MB on a 1 MiB disk
+    assert str(tiny_disk) in str(info.value)
+    latest = run.latest()
+    assert latest is not None and latest.index == 1
+    assert sorted(os.listdir(tiny_disk / "store" / "run")) == ["LATEST.json", "step_1"]  # no staging left
+
+
+def test_async_full_disk_error_surfaces_on_flush(tiny_disk: pathlib.Path) -> None:
+    run = CheckpointEngine(str(tiny_disk / "store")).run("run")
+    run.save_async({"w": torch.zeros(2_000_000)}, step=1)
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        run.flush()
+    assert run.latest() is None
+
+
+def test_retry_replacement_leaves_no_staging_or_old_dirs(tmp_path: pathlib.Path) -> None:
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    for attempt in range(3):
+        run.save({"attempt": attempt, "t": torch.ones(3)}, step=4)
+    assert sorted(os.listdir(tmp_path / "store" / "run")) == ["LATEST.json", "step_4"]
+    loaded = run.load()
+    assert loaded is not None and loaded["attempt"] == 2
+
+
+def test_relative_url_is_resolved_against_cwd(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    engine = CheckpointEngine("./checkpoints")
+    engine.save_checkpoint("r", state={"a": 1}, step=0)
+    assert (tmp_path / "checkpoints" / "r" / "step_0" / "MANIFEST.json").is_file()
+    assert engine.run_url("r") == "./checkpoints/r"

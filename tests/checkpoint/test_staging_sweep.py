@@ -1,0 +1,84 @@
+"""Staging entries left by crashed local writers are swept after the next successful save; live ones stay."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.checkpoint.staging import STALE_AFTER_S, staging_name, sweep_stale, writer_tag
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+CRASHING_WRITER = """
+import os, sys
+from fsspec.implementations.local import LocalFileSystem
+from grd_blocks.checkpoint.commit import RenameCommit
+
+def crash() -> bytes:
+    os._exit(9)  # the process dies after the payload is written, before its manifest
+
+RenameCommit(LocalFileSystem()).commit(sys.argv[1], {"state.json": b'{"a": 1}'}, crash)
+"""
+
+
+def _age(path: pathlib.Path, seconds: float) -> None:
+    when = time.time() - seconds
+    for item in [path, *path.iterdir()] if path.is_dir() else [path]:
+        os.utime(item, (when, when))
+
+
+def test_save_sweeps_the_staging_dir_of_a_writer_that_died(tmp_path: pathlib.Path) -> None:
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    run.save({"a": 0}, step=0)
+    run_dir = tmp_path / "store" / "run"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(run_dir / "step_1")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = writer.communicate(timeout=120)
+    assert writer.returncode == 9, stderr
+    left = [name for name in os.listdir(run_dir) if name.startswith(".tmp-step_1-")]
+    assert len(left) == 1 and (run_dir / left[0] / "state.json").is_file()
+    assert left[0].endswith(f"-{writer_tag()}-{writer.pid}")  # the dead writer is named in the entry
+    latest = run.latest()
+    assert latest is not None and latest.index == 0
+
+    run.save({"a": 2}, step=2)
+    assert sorted(os.listdir(run_dir)) == ["LATEST.json", "step_0", "step_2"]
+
+
+def test_sweep_keeps_live_and_recent_entries_and_removes_old_unknown_ones(tmp_path: pathlib.Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    entries = {
+        "live": run_dir / staging_name(".tmp-", "step_3"),  # this process: a writer that is still running
+        "recent_foreign": run_dir / ".tmp-step_4-0123456789ab-ffffffff-1",  # another host, just now
+        "recent_legacy": run_dir / ".old-step_5-abc",  # no writer recorded, just now
+        "old_foreign": run_dir / ".tmp-step_6-0123456789ab-ffffffff-1",
+        "old_legacy_pointer": run_dir / ".tmp-LATEST.json-abc",
+        "committed": run_dir / "step_7",
+    }
+    for key, path in entries.items():
+        if key == "old_legacy_pointer":
+            path.write_text("{}")
+        else:
+            path.mkdir()
+            (path / "state.json").write_text("{}")
+    _age(entries["old_foreign"], STALE_AFTER_S + 60)
+    _age(entries["old_legacy_pointer"], STALE_AFTER_S + 60)
+    _age(entries["committed"], STALE_AFTER_S * 10)
+    if writer_tag() == "ffffffff":  # pragma: no cover - 1 in 4 billion
+        return
+
+    removed = sweep_stale(str(run_dir))
+
+    assert sorted(removed) == sorted([entries["old_foreign"].name, entries["old_legacy_pointer"].name])
+    assert sorted(os.listdir(run_dir)) == sorted(
+        entries[key].name for key in ("live", "recent_foreign", "recent_legacy", "committed")
+    )
