@@ -1,0 +1,97 @@
+"""The ``train`` flow: the reference MLP run, checkpointed to a store, resumed by retries.
+
+Invariant: the run key is ``run_key``, else ``resume_from`` (a run key, or the run named by a checkpoint URL),
+else the flow run id, which Prefect keeps across automatic retries and UI "Retry": so a retry continues from
+``{store}/{run_key}``'s newest checkpoint. A stop by SIGTERM or the deadline raises (Failed: Prefect retries);
+a stop by SIGINT, or by the SIGTERM of a cancel asked in the UI or API, returns a Cancelled state; the
+checkpoint is committed in every case.
+With ``approval_budget``, a run estimated beyond it waits for approval before training, and every attempt is
+bounded by the approved limit (its pacer saves before it). Every commit updates the checkpoint index
+artifact and emits ``grd.checkpoint.committed``; each epoch updates the progress artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.objects import State, StateType
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+
+from grd_blocks.blocks import resolve_store
+from grd_blocks.errors import TrainingInterrupted
+from grd_blocks.orchestration.runkey import resolve_run_key
+from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
+from grd_blocks.training.config import TrainConfig
+from grd_blocks.training.long_run import approve_training
+from grd_blocks.training.reference import train_mlp
+from grd_blocks.training.resume import CheckpointUrl, is_url, split_checkpoint_url
+
+
+def _flow_run_id() -> str | None:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+
+
+def _cancel_requested() -> bool:
+    """Whether someone asked Prefect to cancel this run (its worker then sends SIGTERM, like preemption)."""
+    flow_run_id = _flow_run_id()
+    if flow_run_id is None:
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception:  # the API being unreachable must not turn a saved stop into a crash
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
+@flow(name="grd-train", retries=2, retry_delay_seconds=0, validate_parameters=True)
+def train(
+    config: TrainConfig,
+    store: str | None = None,
+    run_key: str | None = None,
+    resume_from: str | None = None,
+    approval_budget: str | None = None,
+    auto_approve: bool = False,
+) -> dict[str, Any] | State[Any]:
+    """Train ``config`` as run ``run_key`` in ``store`` (block name or URL), resuming where it stopped.
+
+    ``approval_budget`` (a duration such as "2h"): a run estimated beyond it (remaining epochs x measured
+    or ``config.estimated_epoch_s`` seconds) waits for approval; ``auto_approve`` approves it (CI).
+    """
+    logger = get_run_logger()
+    source: CheckpointUrl | None = None
+    resume_key = resume_from
+    if resume_from and is_url(resume_from):
+        source = split_checkpoint_url(resume_from)
+        resume_key = None if run_key else source.run_key
+    key = resolve_run_key(run_key, resume_key, _flow_run_id())
+    block: Any = resolve_store(store)
+    checkpoints = block.engine().run(key)
+    logger.info("run key %s, checkpoints %s", key, checkpoints.url)
+    budget = approve_training(
+        config,
+        key,
+        checkpoints,
+        approval_budget=approval_budget,
+        auto_approve=auto_approve,
+        store=block,
+        resume_from=source,
+    )
+    observer = TrainingArtifacts(key, checkpoints, target_epochs=config.epochs, attempt=flow_run.run_count)
+    try:
+        result = train_mlp(config, checkpoints, resume_from=source, budget=budget, observer=observer)
+    except TrainingInterrupted as exc:
+        logger.warning("%s", exc)
+        if exc.reason == "cancelled" or (exc.reason == "preempted" and _cancel_requested()):
+            return Cancelled(
+                message=str(exc), data={"checkpoint_url": exc.checkpoint_url, "global_step": exc.global_step}
+            )
+        raise
+    if result.resumed_url:
+        logger.info("resumed from %s at epoch %s", result.resumed_url, result.resumed_epoch)
+    return result.to_dict()

@@ -1,0 +1,317 @@
+"""``ResumableTraining``: the helper a training loop calls at each step and epoch boundary.
+
+Invariants:
+
+* ``resume()`` restores every object passed in ``objects`` (model, optimizer, scheduler, ...) and, last, the
+  RNG state of this rank (torch, CUDA, numpy, random: dropout included), and returns the position to continue
+  at; nothing that consumes random numbers may run between ``resume()`` and the first step.
+* After ``step_done()`` / ``epoch_done()`` return, the step is counted; they save when a checkpoint is due
+  (every epoch, or every ``save_every_steps`` steps) and, when a stop was asked for (SIGTERM, SIGINT,
+  ``stop_at_step``) or the deadline is too close for one more step and a save, they save first and then raise
+  ``TrainingInterrupted`` (``TrainingTimedOut`` for the deadline). No completed step is ever lost by a stop.
+* Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
+  an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
+  ranks wait at a barrier until the checkpoint is committed.
+* An ``observer`` (rank 0 only) hears of the start/resume, every commit and every finished epoch; it is
+  telemetry: whatever it raises is logged and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints, capture_rng_state, restore_rng_state
+from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
+from grd_blocks.training import dist
+from grd_blocks.training.pacing import Pacer
+from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, load_position, newest
+from grd_blocks.training.shutdown import GracefulShutdown
+
+logger = logging.getLogger("grd.training")
+
+_REASONS = ("", "preempted", "cancelled", "deadline", "stop_at_step")
+
+
+class TrainingObserver(Protocol):
+    """What a ``ResumableTraining`` reports as it goes (artifacts, events); called on rank 0 only."""
+
+    def started(self, position: Position, *, resumed_url: str | None, steps_per_epoch: int) -> None:
+        """``resume()`` finished: training continues at ``position`` (from ``resumed_url``, if any)."""
+
+    def committed(self, ref: CheckpointRef, position: Position, prefix: RunCheckpoints) -> None:
+        """Checkpoint ``ref`` (under ``prefix``, this run's or its ``partial/`` child) was committed."""
+
+    def epoch_finished(self, position: Position) -> None:
+        """An epoch ended; ``position.epoch`` epochs are done."""
+
+
+class ResumableTraining:
+    """Checkpoint/resume bookkeeping for one training run (see the module docstring for the guarantees)."""
+
+    def __init__(
+        self,
+        checkpoints: RunCheckpoints | None,
+        objects: Mapping[str, Any],
+        *,
+        steps_per_epoch: int,
+        save_every_steps: int | None = None,
+        pacer: Pacer | None = None,
+        shutdown: GracefulShutdown | None = None,
+        stop_at_step: int | None = None,
+        resume_from: CheckpointUrl | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        observer: TrainingObserver | None = None,
+    ) -> None:
+        if steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch={steps_per_epoch} must be >= 1; give the loader more data")
+        if save_every_steps is not None and save_every_steps < 1:
+            raise ConfigError(
+                f"save_every_steps={save_every_steps} must be >= 1, or None to save every epoch"
+            )
+        self.checkpoints = checkpoints
+        self.objects = dict(objects)
+        self.steps_per_epoch = steps_per_epoch
+        self.save_every_steps = save_every_steps
+        self.pacer = pacer or Pacer.from_sources()
+        self.shutdown = shutdown or GracefulShutdown()
+        self.stop_at_step = stop_at_step
+        self.resume_from = resume_from
+        self.metadata = dict(metadata or {})
+        self.clock = clock
+        self.observer = observer
+        self.position = Position()
+        self.resumed_from: Position | None = None
+        self.resumed_url: str | None = None
+        self.last_checkpoint_url: str | None = None
+        self.saves = 0
+        self._boundary_at: float | None = None
+        self._saved_at: Position | None = None
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> ResumableTraining:
+        self.shutdown.install()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.checkpoints is not None and dist.rank() == 0:
+            self.checkpoints.flush()
+        self.shutdown.uninstall()
+
+    @property
+    def unit(self) -> str:
+        return "epoch" if self.save_every_steps is None else "step"
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> Position:
+        """Restore the newest committed state (see ``_load``); returns the position to continue at."""
+        state: dict[str, Any] | None = None
+        if self.checkpoints is not None or self.resume_from is not None:
+            state, position, url = self._load()
+            if state is not None:
+                self.position, self.resumed_from, self.resumed_url = position, position, url
+                self._saved_at = position
+                self._check_compatible(state, url)
+                ranks = state.get("rng_by_rank")
+                rng = (
+                    ranks[dist.rank()]
+                    if isinstance(ranks, list) and len(ranks) > dist.rank()
+                    else state["rng"]
+                )
+                restore_rng_state(rng)
+                logger.info(
+                    "resumed %s at epoch %d batch %d (global step %d)",
+                    url,
+                    position.epoch,
+                    position.batch,
+                    position.global_step,
+                )
+        self._notify("started", self.position, resumed_url=self.resumed_url,
+                     steps_per_epoch=self.steps_per_epoch)
+        self._boundary_at = self.clock()
+        return self.position
+
+    def _notify(self, what: str, *args: Any, **kwargs: Any) -> None:
+        """Tell the observer (rank 0 only); telemetry never stops training, so failures are logged."""
+        if self.observer is None or dist.rank() != 0:
+            return
+        try:
+            getattr(self.observer, what)(*args, **kwargs)
+        except Exception:
+            logger.warning("training observer failed in %s(); training goes on", what, exc_info=True)
+
+    def _load(self) -> tuple[dict[str, Any] | None, Position, str | None]:
+        """The newest of: this run's own checkpoints and ``resume_from`` (more global steps wins).
+
+        So a fork (``resume_from`` another run or one of its checkpoints) starts there, and a retry of that
+        fork continues from its own newer progress instead of starting over.
+        """
+        candidates: list[tuple[int, RunCheckpoints, CheckpointRef]] = []
+        pinned: tuple[RunCheckpoints, CheckpointRef] | None = None
+        if self.resume_from is not None:
+            source = RunCheckpoints.from_url(self.resume_from.run_url, storage_options=self._options())
+            if self.resume_from.index is not None:
+                unit = self.resume_from.unit or ""
+                prefix = source.child(PARTIAL) if unit.startswith("partial:") else source
+                kind = unit.split(":")[-1]
+                ref = prefix.find(
+                    step=self.resume_from.index if kind == "step" else None,
+                    epoch=self.resume_from.index if kind == "epoch" else None,
+                )
+                pinned = (prefix, ref)
+            else:
+                found = newest(source)
+                pinned = found
+        if pinned is not None:
+            candidates.append((_steps(pinned[1]), *pinned))
+        if self.checkpoints is not None:
+            own = newest(self.checkpoints)
+            if own is not None:
+                candidates.append((_steps(own[1]), *own))
+        if not candidates:
+            return None, Position(), None
+        _, prefix, ref = max(candidates, key=lambda item: item[0])
+        if (
+            pinned is not None
+            and ref is pinned[1]
+            and self.resume_from is not None
+            and self.resume_from.index is not None
+        ):
+            return load_position(prefix, ref, unit=ref.unit, index=ref.index, into=self.objects)
+        return load_position(prefix, ref, into=self.objects)
+
+    def _options(self) -> dict[str, Any]:
+        return dict(self.checkpoints.storage_options) if self.checkpoints is not None else {}
+
+    def _check_compatible(self, state: Mapping[str, Any], url: str | None) -> None:
+        saved = state.get("layout")
+        if not isinstance(saved, Mapping):
+            return
+        mine = self._layout()
+        if (
+            int(saved.get("steps_per_epoch", mine["steps_per_epoch"])) != mine["steps_per_epoch"]
+            or int(saved.get("world_size", mine["world_size"])) != mine["world_size"]
+        ):
+            raise ConfigError(
+                f"checkpoint {url} was written with {dict(saved)} but this run has {mine}; resume with "
+                "the same "
+                "batch size, data size and number of ranks, or start a new run key"
+            )
+
+    def _layout(self) -> dict[str, int]:
+        return {"steps_per_epoch": self.steps_per_epoch, "world_size": dist.world_size()}
+
+    def skip_batches(self, epoch: int) -> int:
+        """Batches of ``epoch`` already done (non-zero only in the epoch a checkpoint stopped in)."""
+        return self.position.batch if epoch == self.position.epoch else 0
+
+    # ------------------------------------------------------------------ boundaries
+    def step_done(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Count one finished optimizer step; save if due; if stopping, save and raise."""
+        pos = self.position
+        self.position = Position(pos.epoch, pos.batch + 1, pos.global_step + 1)
+        self._observe_step()
+        if self.position.batch >= self.steps_per_epoch:
+            return  # the epoch's last step: epoch_done() is the boundary that saves and stops
+        due = self.save_every_steps is not None and self.position.global_step % self.save_every_steps == 0
+        self._boundary(due, metrics)
+
+    def epoch_done(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Close the epoch (its last ``step_done`` must have been called); save if due; stop if asked."""
+        pos = self.position
+        if pos.batch != self.steps_per_epoch:
+            raise ConfigError(
+                f"epoch_done() after {pos.batch} of {self.steps_per_epoch} steps of epoch {pos.epoch}; call "
+                "step_done() once per optimizer step and epoch_done() after the epoch's last one"
+            )
+        self.position = Position(pos.epoch + 1, 0, pos.global_step)
+        due = self.save_every_steps is None or self.position.global_step % self.save_every_steps == 0
+        self._notify("epoch_finished", self.position)
+        self._boundary(due, metrics)
+
+    def _observe_step(self) -> None:
+        now = self.clock()
+        if self._boundary_at is not None:
+            self.pacer.step.observe(now - self._boundary_at)
+        self._boundary_at = now
+
+    def _stop_code(self) -> int:
+        if self.shutdown.requested:
+            return _REASONS.index(self.shutdown.reason or "preempted")
+        if self.stop_at_step is not None and self.position.global_step == self.stop_at_step:
+            return _REASONS.index("stop_at_step")
+        if self.pacer.should_stop():
+            return _REASONS.index("deadline")
+        return 0
+
+    def _boundary(self, due: bool, metrics: Mapping[str, float] | None) -> None:
+        stop_code, due_flag = dist.agree_max([self._stop_code(), int(due)])
+        if due_flag or stop_code:
+            reason = _REASONS[stop_code] if stop_code else "interval"
+            self.save(metrics=metrics, reason=reason)
+        self._boundary_at = self.clock()  # saving is not part of the next step's time
+        if stop_code:
+            reason = _REASONS[stop_code]
+            error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
+            detail = self.pacer.describe() if reason == "deadline" else ""
+            raise error(
+                reason,
+                global_step=self.position.global_step,
+                checkpoint_url=self.last_checkpoint_url,
+                detail=detail,
+            )
+
+    def finish(self, metrics: Mapping[str, float] | None = None) -> str | None:
+        """Save the final position unless the last checkpoint already holds it; returns its URL."""
+        if self._saved_at != self.position:
+            return self.save(metrics=metrics, reason="final")
+        return self.last_checkpoint_url
+
+    # ------------------------------------------------------------------ saving
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds: the objects, this position, the layout and the RNG state(s)."""
+        rng = capture_rng_state()
+        state: dict[str, Any] = dict(self.objects)
+        state["position"] = self.position.metadata()
+        state["layout"] = self._layout()
+        state["rng"] = rng
+        if dist.active():
+            state["rng_by_rank"] = dist.gather(rng)
+        return state
+
+    def save(self, *, metrics: Mapping[str, float] | None = None, reason: str = "interval") -> str | None:
+        """Commit the current state now (rank 0 writes, every rank waits); returns the checkpoint URL."""
+        started = self.clock()
+        state = self.state()  # a collective when distributed: every rank must get here
+        url: str | None = None
+        if self.checkpoints is not None and dist.rank() == 0:
+            pos = self.position
+            meta = {**self.metadata, **pos.metadata(), "reason": reason, **self._layout()}
+            prefix = self.checkpoints
+            if self.unit == "step":
+                ref = prefix.save(state, step=pos.global_step, metrics=metrics, metadata=meta)
+            elif pos.batch == 0:
+                ref = prefix.save(state, epoch=pos.epoch, metrics=metrics, metadata=meta)
+            else:
+                prefix = self.checkpoints.child(PARTIAL)
+                ref = prefix.save(state, step=pos.global_step, metrics=metrics, metadata=meta)
+            url = ref.url
+            logger.info("saved %s (%s)", url, reason)
+            self._notify("committed", ref, pos, prefix)
+        url = dist.broadcast(url)
+        dist.barrier()
+        self.pacer.save.observe(self.clock() - started)
+        self.last_checkpoint_url = url
+        self._saved_at = self.position
+        self.saves += 1
+        return url
+
+
+def _steps(ref: CheckpointRef) -> int:
+    return int(ref.metadata.get("global_step", ref.index))

@@ -1,0 +1,126 @@
+"""Deadline-aware checkpointing: stop (after saving) while there is still time to save.
+
+Invariant: at a step boundary the pacer says "stop now" when the time left is less than
+``safety * (one more step + one save) + margin_s``; step and save times are estimated as the larger of an
+exponential moving average and the maximum of the last ``window`` observations (a slow outlier is believed at
+once, a fast one only slowly), and the save estimate starts at ``initial_save_s`` until a save was measured.
+The deadline is absolute monotonic seconds (``math.inf`` = none); it comes from an explicit deadline, a
+``Budget`` (its effective deadline, so a parent's deadline counts too) or ``GRD_TIME_LEFT_S`` read at
+``from_sources`` time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from grd_blocks.budget import Budget
+from grd_blocks.errors import ConfigError
+
+
+class DurationEstimate:
+    """EMA and max of the last ``window`` samples; ``value`` is the larger (``prior`` before any sample)."""
+
+    def __init__(self, *, prior: float = 0.0, alpha: float = 0.3, window: int = 5) -> None:
+        self.prior = prior
+        self.alpha = alpha
+        self.ema: float | None = None
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.ema = seconds if self.ema is None else self.alpha * seconds + (1 - self.alpha) * self.ema
+        self.recent.append(seconds)
+
+    @property
+    def value(self) -> float:
+        if self.ema is None:
+            return self.prior
+        return max(self.ema, max(self.recent))
+
+    @property
+    def samples(self) -> int:
+        return len(self.recent)
+
+
+class Pacer:
+    """Decides at each step boundary whether to save and stop before ``deadline``."""
+
+    def __init__(
+        self,
+        deadline: float = math.inf,
+        *,
+        budget: Budget | None = None,
+        initial_save_s: float = 1.0,
+        safety: float = 1.5,
+        margin_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.deadline = deadline
+        self.budget = budget
+        self.clock = budget.clock if budget is not None else clock
+        self.safety = safety
+        self.margin_s = margin_s
+        self.step = DurationEstimate()
+        self.save = DurationEstimate(prior=initial_save_s)
+
+    @classmethod
+    def from_sources(
+        cls,
+        *,
+        deadline: float | None = None,
+        time_left_s: float | None = None,
+        budget: Budget | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        initial_save_s: float = 1.0,
+    ) -> Pacer:
+        """Earliest of ``deadline`` (absolute), now + ``time_left_s``, ``budget``, now + $GRD_TIME_LEFT_S."""
+        env = os.environ if environ is None else environ
+        now = clock()
+        candidates = [math.inf if deadline is None else deadline]
+        if time_left_s is not None:
+            candidates.append(now + time_left_s)
+        raw = env.get("GRD_TIME_LEFT_S")
+        if raw:
+            try:
+                candidates.append(now + float(raw))
+            except ValueError:
+                raise ConfigError(
+                    f"GRD_TIME_LEFT_S={raw!r} is not a number of seconds; set it to e.g. 600 or unset it"
+                ) from None
+        return cls(min(candidates), budget=budget, clock=clock, initial_save_s=initial_save_s)
+
+    def remaining(self) -> float:
+        """Seconds left before the earliest deadline (inf when there is none)."""
+        left = self.deadline - self.clock()
+        if self.budget is not None:
+            left = min(left, self.budget.remaining())
+        return max(0.0, left)
+
+    @property
+    def limited(self) -> bool:
+        return math.isfinite(self.deadline) or (
+            self.budget is not None and math.isfinite(self.budget.remaining())
+        )
+
+    def needed_s(self) -> float:
+        """Time one more step plus the save after it would take, with the safety factor and margin."""
+        return self.safety * (self.step.value + self.save.value) + self.margin_s
+
+    def should_stop(self) -> bool:
+        """True when another step might leave no time to save before the deadline."""
+        if self.budget is not None and self.budget.cancelled:
+            return True
+        if not self.limited:
+            return False
+        return self.remaining() < self.needed_s()
+
+    def describe(self) -> str:
+        return (
+            f"{self.remaining():.2f}s left, one step ~{self.step.value:.3f}s, one save "
+            f"~{self.save.value:.3f}s (x{self.safety} + {self.margin_s}s)"
+        )
