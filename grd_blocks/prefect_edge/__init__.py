@@ -1,0 +1,34 @@
+"""Prefect-specific helpers at the library's edge: the approval ledger and its audit artifact, and grd events.
+
+Nothing in the core (budgets, process runner, checkpoint commit protocol) imports this package.
+"""
+
+from __future__ import annotations
+
+from grd_blocks.prefect_edge.artifacts import approval_artifact_key, artifact_key, publish_approval_audit
+from grd_blocks.prefect_edge.events import (
+    EVENT_NAMES,
+    checkpoint_committed,
+    command_completed,
+    command_timed_out,
+    emit_grd_event,
+    run_resource_id,
+    run_resumed,
+)
+from grd_blocks.prefect_edge.ledger import ApprovalLedger, ApprovalRecord, open_ledger
+
+__all__ = [
+    "EVENT_NAMES",
+    "ApprovalLedger",
+    "ApprovalRecord",
+    "approval_artifact_key",
+    "artifact_key",
+    "checkpoint_committed",
+    "command_completed",
+    "command_timed_out",
+    "emit_grd_event",
+    "open_ledger",
+    "publish_approval_audit",
+    "run_resource_id",
+    "run_resumed",
+]

@@ -1,0 +1,121 @@
+"""Cancelling a deployment run from the API (as the UI's "Cancel" does) leaves no process of it alive.
+
+The command spawns a tree that tries every way out: a plain grandchild, a ``setsid`` escape into its own
+session and a double-forked daemon (re-parented away from the command), each recording its pid. After the
+cancel, every one of them (and the flow-run process) is gone: checked through /proc with the start time
+recorded before, so a reused pid is not mistaken for a survivor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import (
+    cancel_like_the_ui,
+    flow_run_pids,
+    read_json,
+    start_time,
+    still_running,
+    task_run_states,
+    trigger,
+    write_spec,
+)
+from tests.fixtures.prefect_server import PrefectServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+# $1 is the directory the pids go to. `exec sleep` keeps each pid the one recorded.
+TREE = """\
+#!/bin/sh
+D=$1
+sh -c 'echo $$ > "$0/grandchild.pid"; exec sleep 600' "$D" &
+setsid sh -c 'echo $$ > "$0/setsid.pid"; exec sleep 600' "$D" &
+sh -c 'sh -c '"'"'trap "" TERM; echo $$ > "$0/daemon.pid"; while :; do sleep 1; done'"'"' "$0" & exit 0' "$D"
+echo $$ > "$D/command.pid"
+wait
+"""
+ROLES = ("command", "grandchild", "setsid", "daemon")
+
+SPEC = """\
+    name: e2e-cancel
+    timeout: 5m
+    grace: 2s
+    phases:
+      - name: work
+        commands:
+          - name: tree
+            run: sh $D/tree.sh $D/pids
+    """
+
+
+def test_cancel_from_the_api_leaves_no_process_of_the_run_alive(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    (tmp_path / "tree.sh").write_text(TREE)
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    spec = write_spec(tmp_path, SPEC)
+    report_path = tmp_path / "report.json"
+    flow_run_id = trigger(deployed, "grd-benchmark/grd-benchmark", {
+        "spec_path": str(spec), "store": str(tmp_path / "store"), "report_path": str(report_path)})
+
+    def tree_is_up() -> dict[str, tuple[int, int]] | None:
+        stamps: dict[str, tuple[int, int]] = {}
+        for role in ROLES:
+            path = pids_dir / f"{role}.pid"
+            text = path.read_text().strip() if path.exists() else ""
+            started = start_time(int(text)) if text else None
+            if started is None:
+                return None
+            stamps[role] = (int(text), started)
+        return stamps
+
+    stamps: dict[str, tuple[int, int]] = wait_until(tree_is_up, "the command's tree to write its pids", 150)
+    engine = {pid: start_time(pid) for pid in flow_run_pids(flow_run_id)}
+    assert engine, f"no process carries PREFECT__FLOW_RUN_ID={flow_run_id}"
+    for pid, started in engine.items():
+        if started is not None:
+            stamps[f"flow-run process {pid}"] = (pid, started)
+
+    cancel_like_the_ui(deployed, flow_run_id)
+    run = deployed.wait_for_state(flow_run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout_s=120)
+    assert run["state"]["type"] == "CANCELLED", run["state"]
+
+    def survivors() -> list[str]:
+        return [f"{role} (pid {pid})" for role, (pid, started) in stamps.items()
+                if still_running(pid, started)]
+
+    # The Cancelled state may be committed a moment before the last kill lands; allow a bounded settle.
+    try:
+        wait_until(lambda: not survivors(), "every process of the cancelled run to be gone", 20)
+    except AssertionError:
+        alive = survivors()
+        raise AssertionError(f"survivors of the cancelled run: {alive}\n{deployed.logs_tail()}") from None
+    assert task_run_states(deployed, flow_run_id).get("work.tree") == "CANCELLED"
+    if report_path.exists():
+        report = read_json(report_path)
+        assert report["status"] == "CANCELLED", report
+        assert report["phases"][0]["commands"][0]["status"] == "CANCELLED", report
+
+
+def test_cancel_of_a_training_run_commits_a_checkpoint_and_ends_cancelled(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    """The worker's SIGTERM reaches the training loop, which saves at the next step and stops; no retry."""
+    from grd_blocks.checkpoint import CheckpointEngine
+
+    store = tmp_path / "store"
+    config = {"epochs": 30, "batch_size": 16, "samples": 256, "step_delay_s": 0.2}
+    flow_run_id = trigger(deployed, "grd-train/grd-train", {"config": config, "store": str(store)})
+    engine = CheckpointEngine(str(store))
+    before = wait_until(lambda: engine.latest_checkpoint(flow_run_id), "a first checkpoint", 150)
+    cancel_like_the_ui(deployed, flow_run_id)
+    run = deployed.wait_for_state(flow_run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout_s=120)
+    assert run["state"]["type"] == "CANCELLED", run["state"]
+    stop = engine.run(flow_run_id).child("partial").latest()  # the checkpoint saved at the stop itself
+    assert stop is not None and stop.index > before.index * 16, (before, stop)  # 16 steps an epoch
+    assert not flow_run_pids(flow_run_id)
+    run_count = deployed.flow_run(flow_run_id)["run_count"]
+    assert run_count == 1, f"a cancelled run was retried: run_count {run_count}"
