@@ -33,7 +33,7 @@ def test_grd_approve_resumes_the_paused_run_with_the_limit_and_a_retry_is_not_as
 ) -> None:
     flow_run_id, params = start_probe(deployed, tmp_path, "e2e-cli")
     done = subprocess.run(
-        [sys.executable, "-m", "grd_blocks.cli_approve", "approve", flow_run_id, "--minutes", "90",
+        [str(Path(sys.executable).parent / "grd"), "approve", flow_run_id, "--minutes", "90",
          "--reason", "quarterly eval", "--approver", "ana"],
         env=deployed.env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

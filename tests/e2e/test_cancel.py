@@ -94,10 +94,9 @@ def test_cancel_from_the_api_leaves_no_process_of_the_run_alive(
         alive = survivors()
         raise AssertionError(f"survivors of the cancelled run: {alive}\n{deployed.logs_tail()}") from None
     assert task_run_states(deployed, flow_run_id).get("work.tree") == "CANCELLED"
-    if report_path.exists():
-        report = read_json(report_path)
-        assert report["status"] == "CANCELLED", report
-        assert report["phases"][0]["commands"][0]["status"] == "CANCELLED", report
+    report = read_json(report_path)
+    assert report["status"] == "CANCELLED", report
+    assert report["phases"][0]["commands"][0]["status"] == "CANCELLED", report
 
 
 def test_cancel_of_a_training_run_commits_a_checkpoint_and_ends_cancelled(
@@ -116,6 +115,7 @@ def test_cancel_of_a_training_run_commits_a_checkpoint_and_ends_cancelled(
     assert run["state"]["type"] == "CANCELLED", run["state"]
     stop = engine.run(flow_run_id).child("partial").latest()  # the checkpoint saved at the stop itself
     assert stop is not None and stop.index > before.index * 16, (before, stop)  # 16 steps an epoch
-    assert not flow_run_pids(flow_run_id)
+    # The flow returns its Cancelled state before its process has flushed logs and exited: a bounded settle.
+    wait_until(lambda: not flow_run_pids(flow_run_id), "the cancelled run's processes to exit", 30)
     run_count = deployed.flow_run(flow_run_id)["run_count"]
     assert run_count == 1, f"a cancelled run was retried: run_count {run_count}"

@@ -1,0 +1,230 @@
+"""The benchmark flow: benchmark -> a subflow per phase -> a task per command (thin: it composes grd_blocks).
+
+Invariant: every command runs through ``grd_blocks.process.run_command`` with its budget's effective deadline.
+Prefect's own ``timeout_seconds`` is only a backstop, set beyond the deadline plus grace and a margin, on the
+phase subflows and cleanup tasks (they run in the main thread, where Prefect can interrupt them; command tasks
+run in worker threads, where it cannot, and an interrupted phase cancels them down the kill ladder). Each
+node's Prefect state matches its report status (Completed, Failed, Failed named TimedOut, Cancelled), the
+report is written as JSON and published as a table artifact, and each finished command is committed to the
+run's progress so a retry (same flow run id) or a new run with ``resume_from`` skips what already completed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import Task, flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
+
+from grd_blocks.errors import BenchmarkIncomplete, UsageError
+from grd_blocks.orchestration.execute import execute
+from grd_blocks.orchestration.prefect_states import final_state, line_logger, publish_table
+from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun, bind_run, current_run
+from grd_blocks.orchestration.runkey import resolve_run_key
+from grd_blocks.orchestration.scheduler import run_commands
+from grd_blocks.orchestration.status import Status
+from grd_blocks.orchestration.store import open_store
+from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
+from grd_blocks.spec import CommandSpec, PhaseSpec, load_spec
+
+__all__ = ["benchmark", "command_task", "phase_flow"]
+
+
+def _task_run_name(parameters: dict[str, Any]) -> str:
+    """``phase.command`` (the benchmark's name for its own cleanup): computed by Prefect for each task run."""
+    phase = parameters.get("phase")
+    if phase is None:
+        phase = current_run().spec.name
+    return f"{phase}.{parameters.get('command')}"
+
+
+@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name=cast(Any, _task_run_name))
+def command_task(phase: str | None, command: str, cleanup: bool = False) -> State[Any]:
+    """Run one command of ``phase``, or a cleanup (``cleanup=True``: shielded budget, not cancelled);
+    ``phase=None`` is the benchmark's own cleanup. Its final state's message is the outcome (Prefect logs it
+    as "Finished in state ..."), so nothing else is logged per command but the command's own output lines."""
+    run = current_run()
+    if phase is None:
+        if run.spec.cleanup is None or not cleanup:
+            raise UsageError(f"benchmark {run.spec.name!r} has no cleanup named {command!r}")
+        plan = run.plan_cleanup(None, run.spec.cleanup)
+    else:
+        phase_run = run.active_phase(phase)
+        spec = run.command_spec(phase_run.spec, command)
+        plan = run.plan_cleanup(phase_run, spec) if cleanup else run.plan_command(phase_run, spec)
+    label = f"{plan.phase}.{command}"
+    sink = line_logger(get_run_logger(), label)
+    try:
+        row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
+    finally:
+        sink.close()
+    if not cleanup and phase is not None:
+        run.record(phase, row)
+    message = f"{label}: {row.status.value} (returncode {row.returncode}, {row.elapsed_s:.1f}s)"
+    return final_state(row.status, row.model_dump(mode="json"), message)
+
+
+def _state_data(state: State[Any]) -> Any:
+    """What a finished run returned, read from memory when Prefect kept it there (no event-loop hop)."""
+    data = state.data
+    if isinstance(data, ResultRecord):
+        return data.result
+    return state.result(raise_on_failure=False)
+
+
+def _row_from_state(state: State[Any], name: str) -> CommandReport:
+    data = _state_data(state)
+    if isinstance(data, dict):
+        return CommandReport.model_validate(data)
+    status = Status.TIMEOUT if state.name == "TimedOut" else Status.FAILED
+    reason = f"Prefect ended the task: {state.name}: {state.message}"
+    return CommandReport(name=name, status=status, reason=reason)
+
+
+@functools.lru_cache(maxsize=32)
+def _runner(backstop: float | None) -> Task[..., State[Any]]:
+    """The command task with Prefect's ``timeout_seconds`` backstop (built once per distinct value)."""
+    return command_task if backstop is None else command_task.with_options(timeout_seconds=backstop)
+
+
+def _call_command(run: BenchmarkRun, phase: str | None, command: CommandSpec, *, cleanup: bool,
+                  backstop: float | None) -> CommandReport:
+    state = _runner(backstop)(phase, command.name, cleanup, return_state=True)
+    return _row_from_state(state, command.name)
+
+
+def _cleanup(run: BenchmarkRun, phase_run: PhaseRun | None, command: CommandSpec) -> CommandReport:
+    phase = phase_run.spec.name if phase_run is not None else None
+    backstop = run.cleanup_backstop(phase_run.spec if phase_run else None, command)
+    return _call_command(run, phase, command, cleanup=True, backstop=backstop)
+
+
+@flow(name="grd-phase", validate_parameters=False)
+def phase_flow(phase: str) -> State[Any]:
+    """Run one phase: its commands (up to ``max_parallel`` at once), then its cleanup, shielded."""
+    run = current_run()
+    phase_run = run.begin_phase(run.phase_spec(phase))
+    spec = phase_run.spec
+    rows: list[CommandReport] = []
+    cleanup_row: CommandReport | None = None
+    try:
+        rows = run_commands(
+            spec.commands,
+            start=lambda c: _call_command(run, phase, c, cleanup=False, backstop=None),
+            gate=phase_run.gate,
+            cancel=run.cancel,
+            max_parallel=spec.max_parallel,
+            reuse=lambda c: run.reusable(phase, c.name),
+            done=lambda c, row: run.observe(phase_run, c, row),
+        )
+    finally:
+        run.flush_progress()
+        if spec.cleanup is not None:
+            cleanup_row = _cleanup(run, phase_run, spec.cleanup)
+    report = run.phase_report(phase_run, rows, cleanup_row)
+    return final_state(report.status, report.model_dump(mode="json"), f"phase {phase}: {report.status.value}")
+
+
+def _phase_from_state(state: State[Any], run: BenchmarkRun, name: str) -> PhaseReport:
+    data = _state_data(state)
+    if isinstance(data, dict):
+        return PhaseReport.model_validate(data)
+    status = Status.CANCELLED if run.cancel.is_set() else Status.FAILED
+    phase = run.phase_spec(name)
+    reason = f"the phase flow ended as {state.name}: {state.message}"
+    rows = [CommandReport(name=c.name, status=status, reason=reason) for c in phase.commands]
+    return PhaseReport(name=name, status=status, commands=rows)
+
+
+def _stopped_phases(run: BenchmarkRun, phases: list[PhaseSpec], exc: BaseException) -> list[PhaseReport]:
+    """Rows for the phases a stopped run did not finish (the interrupted one first): what finished keeps its
+    result, everything else is CANCELLED."""
+    reason = f"the flow run was stopped ({type(exc).__name__}) before this command finished"
+    return [
+        PhaseReport(
+            name=phase.name,
+            status=Status.CANCELLED,
+            commands=[
+                run.progress.finished(phase.name, command.name)
+                or CommandReport(name=command.name, status=Status.CANCELLED, reason=reason)
+                for command in phase.commands
+            ],
+        )
+        for phase in phases
+    ]
+
+
+def _retries_left() -> int:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return 0
+    retries = context.flow_run.empirical_policy.retries or 0
+    return max(0, retries - (context.flow_run.run_count - 1))
+
+
+@flow(name="grd-benchmark", validate_parameters=True)
+def benchmark(
+    spec_path: str,
+    run_key: str | None = None,
+    resume_from: str | None = None,
+    store: str | None = None,
+    timeouts: bool = True,
+    report_path: str | None = None,
+) -> State[Any]:
+    """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
+    ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``."""
+    spec = load_spec(spec_path)
+    context = FlowRunContext.get()
+    flow_run_id = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+    key = resolve_run_key(run_key, resume_from, flow_run_id)
+    access, progress = open_store(store, key)
+    logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
+    logger = get_run_logger()
+    run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, store=access,
+                       progress_root=progress, logger=logger)
+    logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
+                "on" if run.timeouts else "OFF", logs_dir)
+    phases: list[PhaseReport] = []
+    expired = False
+    cleanup_row: CommandReport | None = None
+    with bind_run(run):
+        try:
+            for phase in spec.phases:
+                skip = run.gate.skip()
+                if skip is not None:
+                    expired = expired or skip.budget_expired
+                    phases.append(run.skipped_phase(phase, skip))
+                    continue
+                backstop = run.phase_backstop(phase)
+                subflow = phase_flow.with_options(flow_run_name=phase.name, timeout_seconds=backstop)
+                phases.append(_phase_from_state(subflow(phase.name, return_state=True), run, phase.name))
+        except BaseException as exc:
+            # SIGTERM from the worker (the UI's Cancel), Ctrl-C or Prefect's backstop ended the run mid-phase;
+            # the phase already stopped its commands. Say so in the report before the run ends.
+            run.cancel.set()
+            phases += _stopped_phases(run, spec.phases[len(phases):], exc)
+            write_report(run.report(phases, None, flow_run_id, budget_expired=expired),
+                         report_path or logs_dir / "report.json")
+            raise
+        finally:
+            run.close()
+            if spec.cleanup is not None:
+                cleanup_row = _cleanup(run, None, spec.cleanup)
+    report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired)
+    path = write_report(report, report_path or logs_dir / "report.json")
+    publish_table(report)
+    logger.info("benchmark %s: %s (exit code %s); report %s", spec.name, report.status.value,
+                report.exit_code, path)
+    if report.status in (Status.FAILED, Status.TIMEOUT) and _retries_left() > 0:
+        raise BenchmarkIncomplete(
+            f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "
+            "which skips every command that completed"
+        )
+    return final_state(report.status, report.model_dump(mode="json"),
+                       f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")

@@ -1,0 +1,115 @@
+"""What a command receives (DESIGN.md): its environment and where its own checkpoints live.
+
+Invariant: a command's environment is the parent's (as it was when the run started), then the spec's ``env``,
+then grd's ``GRD_*`` variables (grd's win); ``PYTHONUNBUFFERED=1`` unless the spec's ``env`` sets it. Secrets
+of the store travel only as ``AWS_*`` variables, never inside ``GRD_CHECKPOINT_STORAGE_OPTIONS``. A local
+store URL is made absolute, so a command with another ``cwd`` writes to the same place.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StoreAccess", "command_env", "store_access"]
+
+_SECRET_WORDS = ("secret", "password", "token", "key_id", "access_key", "session")
+
+
+def _absolute(url: str) -> str:
+    if url.startswith("file://"):
+        return "file://" + str(Path(url[len("file://"):]).absolute())
+    if "://" in url or "::" in url:
+        return url.rstrip("/")
+    return str(Path(url).absolute())
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter()) if callable(getter) else str(value)
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """How a command reaches the checkpoint store: URL, non-secret options, and secrets as env variables."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def storage_options_json(self) -> str:
+        """``GRD_CHECKPOINT_STORAGE_OPTIONS``: the non-secret options as JSON (computed once)."""
+        return json.dumps(self.storage_options, sort_keys=True, default=str)
+
+    def prefix(self, run_key: str, *parts: str) -> str:
+        """``{url}/{run_key}/{parts...}``."""
+        return "/".join([self.url.rstrip("/"), run_key, *parts])
+
+    def command_url(self, run_key: str, phase: str, command: str) -> str:
+        """A command's own checkpoint prefix: ``{url}/{run_key}/commands/{phase}.{command}``."""
+        return self.prefix(run_key, "commands", f"{phase}.{command}")
+
+
+def store_access(store: object) -> StoreAccess:
+    """Read a ``CheckpointStore`` block: url (made absolute), ``public_storage_options()``, AWS secrets."""
+    url = _absolute(str(getattr(store, "url", "./checkpoints")))
+    public = getattr(store, "public_storage_options", None)
+    raw = public() if callable(public) else dict(getattr(store, "storage_options", None) or {})
+    options = {k: v for k, v in dict(raw).items() if not any(word in k.lower() for word in _SECRET_WORDS)}
+    env: dict[str, str] = {}
+    endpoint = getattr(store, "endpoint_url", None)
+    if endpoint:
+        options.setdefault("endpoint_url", endpoint)
+        env["AWS_ENDPOINT_URL"] = str(endpoint)
+    key_id = _secret(getattr(store, "aws_access_key_id", None))
+    secret = _secret(getattr(store, "aws_secret_access_key", None))
+    if key_id:
+        env["AWS_ACCESS_KEY_ID"] = key_id
+    if secret:
+        env["AWS_SECRET_ACCESS_KEY"] = secret
+    return StoreAccess(url=url, storage_options=options, secret_env=env)
+
+
+def _seconds(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{max(0.0, value):.3f}"
+
+
+def command_env(
+    *,
+    spec_env: Mapping[str, str],
+    run_key: str,
+    attempt: int,
+    time_left_s: float,
+    grace_s: float,
+    phase: str,
+    command: str,
+    store: StoreAccess | None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The full environment of one command (``GRD_TIME_LEFT_S`` is ``inf`` when it has no deadline)."""
+    env = dict(os.environ if base is None else base)
+    env.update(spec_env)
+    if "PYTHONUNBUFFERED" not in spec_env:
+        env["PYTHONUNBUFFERED"] = "1"
+    env.update(
+        GRD_TIME_LEFT_S=_seconds(time_left_s),
+        GRD_GRACE_S=_seconds(grace_s),
+        GRD_RUN_KEY=run_key,
+        GRD_ATTEMPT=str(attempt),
+        GRD_PHASE=phase,
+        GRD_COMMAND=command,
+    )
+    if store is not None:
+        env.update(store.secret_env)
+        env["GRD_CHECKPOINT_URL"] = store.command_url(run_key, phase, command)
+        env["GRD_CHECKPOINT_STORAGE_OPTIONS"] = store.storage_options_json
+    return env

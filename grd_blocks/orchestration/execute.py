@@ -1,0 +1,123 @@
+"""Run one command under its budget and turn what happened into a report row.
+
+Invariant: the command is started with the budget's effective deadline (absolute, monotonic) and its resolved
+grace; the status follows the outcome alone: could not start or non-zero exit -> FAILED, killed on its
+deadline -> TIMEOUT (never FAILED), stopped by cancellation -> CANCELLED, exit 0 -> COMPLETED. A row's
+``timeout`` block is filled only for TIMEOUT and names the level of the budget whose deadline was binding.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grd_blocks.budget import Budget
+from grd_blocks.errors import GrdError
+from grd_blocks.orchestration.environment import StoreAccess, command_env
+from grd_blocks.orchestration.status import Status
+from grd_blocks.process import CommandOutcome, run_command
+from grd_blocks.report import CommandReport, TimeoutInfo
+
+__all__ = ["CommandPlan", "LineSink", "execute", "outcome_row"]
+
+LineSink = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class CommandPlan:
+    """Everything needed to start one command; ``budget`` started when the command was planned."""
+
+    phase: str
+    name: str
+    run: str | list[str]
+    budget: Budget
+    grace_s: float
+    configured_s: float | None
+    run_key: str
+    attempt: int
+    log_path: Path
+    cwd: Path | None = None
+    spec_env: Mapping[str, str] = field(default_factory=dict)
+    store: StoreAccess | None = None
+    parent_env: Mapping[str, str] | None = None  # the environment commands start from (None: os.environ now)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) -> CommandReport:
+    """The report row of ``plan`` after ``run_command`` returned ``outcome``."""
+    timeout: TimeoutInfo | None = None
+    if outcome.spawn_error is not None:
+        status = Status.FAILED
+    elif outcome.cancelled:
+        status = Status.CANCELLED
+    elif outcome.timed_out:
+        status = Status.TIMEOUT
+        timeout = TimeoutInfo(
+            level=plan.budget.binding().level,
+            configured_s=plan.configured_s,
+            effective_s=None if math.isinf(granted_s) else round(granted_s, 3),
+            inherited=plan.budget.inherited(),
+            term_sent_s=_round(outcome.term_sent_s),
+            kill_sent_s=_round(outcome.kill_sent_s),
+            survivors=outcome.survivors,
+        )
+    else:
+        status = Status.COMPLETED if outcome.returncode == 0 else Status.FAILED
+    return CommandReport(
+        name=plan.name,
+        status=status,
+        returncode=outcome.returncode,
+        elapsed_s=round(outcome.elapsed_s, 3),
+        attempts=plan.attempt,
+        stdout_tail=outcome.stdout_tail,
+        stderr_tail=outcome.stderr_tail,
+        timeout=timeout,
+        budget_s=None if math.isinf(granted_s) else round(granted_s, 3),
+        reason=outcome.spawn_error,
+        log_path=outcome.log_path,
+    )
+
+
+def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
+            cancel: threading.Event | None = None) -> CommandReport:
+    """Run ``plan`` to its end (exit, deadline or cancellation) and return its row; never raises GrdError."""
+    granted = plan.budget.remaining()
+    env = command_env(
+        spec_env=plan.spec_env,
+        run_key=plan.run_key,
+        attempt=plan.attempt,
+        time_left_s=granted,
+        grace_s=plan.grace_s,
+        phase=plan.phase,
+        command=plan.name,
+        store=plan.store,
+        base=plan.parent_env,
+    )
+    try:  # run_command creates the log file's directory
+        outcome = run_command(
+            plan.run,
+            deadline=plan.budget.effective_deadline,
+            grace_s=plan.grace_s,
+            env=env,
+            cwd=plan.cwd,
+            log_path=plan.log_path,
+            on_line=on_line,
+            cancel=cancel,
+            clock=plan.budget.clock,
+        )
+    except (GrdError, OSError) as exc:
+        return CommandReport(
+            name=plan.name,
+            status=Status.FAILED,
+            attempts=plan.attempt,
+            budget_s=None if math.isinf(granted) else round(granted, 3),
+            reason=f"could not start: {exc}",
+            log_path=str(plan.log_path),
+        )
+    return outcome_row(plan, outcome, granted)

@@ -1,0 +1,218 @@
+"""Progress of a run: the final row of every finished command, kept in the store so that a retry resumes.
+
+Invariant: the store holds progress *snapshots* under ``{store}/{run_key}/progress`` (one JSON checkpoint
+each, step = snapshot number): ``rows`` maps ``phase.command`` to the row of its latest finished attempt. A
+snapshot holds every row read at start plus every row recorded before it was taken, so a newer snapshot never
+drops a row; a snapshot is written only after the previous one was read (a store that could not be read is
+never overwritten with fewer rows). A row is recorded only after its command ended, so a row seen on resume is
+final. Only COMPLETED rows are reused; failed, timed-out and cancelled commands run again with the attempt
+count carried on. A store that fails does not fail the benchmark: the error is logged once and kept in
+``errors``.
+
+Writes are coalesced by one background thread: the first row is written at once, later ones at most every
+``interval_s`` (default 0.5 s; stretched to ``COST_FACTOR`` times the last write's duration, so snapshot
+writes of a huge run stay under ~10% of one core) while rows keep arriving, and at once on ``flush()`` (the
+flows flush at the end of each phase), ``close()`` (end of the run, also on SIGTERM or Ctrl-C through the
+flows' ``finally``) and at interpreter exit. Window: a command that ended less than one interval plus one
+snapshot write before the process was killed hard (SIGKILL, power loss) may be missing from the store; it
+then simply runs again on resume (1,000 rows: ~25 ms per write, so the window is ~0.5 s). A command reported
+COMPLETED whose row reached the store is always skipped on resume.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import threading
+import time
+import weakref
+from typing import Any, Protocol
+
+from grd_blocks.orchestration.status import Status
+from grd_blocks.report import CommandReport
+
+__all__ = ["COST_FACTOR", "DEFAULT_INTERVAL_S", "FORMAT", "ProgressLog", "ProgressPrefix"]
+
+DEFAULT_INTERVAL_S = 0.5
+COST_FACTOR = 10.0
+FORMAT = "grd-progress/1"
+_EXIT_FLUSH_S = 10.0  # how long interpreter exit waits for the last snapshot
+
+
+class ProgressPrefix(Protocol):
+    """The part of ``RunCheckpoints`` progress uses: one checkpoint prefix."""
+
+    def save(self, state: Any, *, step: int | None = None) -> object: ...
+    def latest(self) -> object | None: ...
+    def load(self) -> dict[str, Any] | None: ...
+
+
+class ProgressLog:
+    """Reads and commits command rows of one run under ``root`` (None: progress is not kept). Thread-safe."""
+
+    def __init__(self, root: ProgressPrefix | None, *, logger: logging.Logger | logging.LoggerAdapter[Any],
+                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.root = root
+        self.logger = logger
+        self.interval_s = interval_s
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._rows: dict[str, dict[str, Any]] = {}  # recorded by this process, newest attempt wins
+        self._version = 0  # bumped by every record
+        self._saved_version = 0  # version of the last snapshot that reached the store
+        self._attempted_version = 0  # version of the last snapshot tried
+        self._started = 0  # snapshot writes started / finished (success or not)
+        self._finished = 0
+        self._flush_wanted = False
+        self._stopping = False
+        self._last_write = -math.inf
+        self._last_cost = 0.0  # seconds the last snapshot write took
+        self._writer: threading.Thread | None = None
+        self._load_lock = threading.Lock()
+        self._loaded: dict[str, dict[str, Any]] | None = None  # the snapshot read at start
+        self._load_tried = False
+        self._step = 0  # number of the newest snapshot in the store
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, dict[str, Any]] | None:
+        """The rows of the newest snapshot (read once), or None while the store cannot be read."""
+        with self._load_lock:
+            if self._loaded is not None or self.root is None:
+                return self._loaded
+            try:
+                ref = self.root.latest()
+                state = self.root.load() if ref is not None else None
+            except Exception as exc:
+                self._fail("read", exc)
+                return None
+            finally:
+                self._load_tried = True
+            rows = state.get("rows") if isinstance(state, dict) else None
+            self._loaded = dict(rows) if isinstance(rows, dict) else {}
+            self._step = int(getattr(ref, "index", 0) or 0)
+            return self._loaded
+
+    def previous(self, phase: str, command: str) -> CommandReport | None:
+        """The row committed by an earlier attempt of this run key, or None."""
+        if self.root is None:
+            return None
+        loaded = self._loaded if self._load_tried else self._load()
+        entry = (loaded or {}).get(f"{phase}.{command}")
+        if not isinstance(entry, dict) or "row" not in entry:
+            return None
+        try:
+            return CommandReport.model_validate(entry["row"])
+        except ValueError as exc:
+            self._fail(f"read of {phase}.{command}", exc)
+            return None
+
+    def finished(self, phase: str, command: str) -> CommandReport | None:
+        """The row kept for ``phase.command`` (recorded by this attempt or loaded from an earlier one)."""
+        with self._cond:
+            entry = self._rows.get(f"{phase}.{command}")
+        return None if entry is None else CommandReport.model_validate(entry["row"])
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    def record(self, phase: str, row: CommandReport) -> None:
+        """Keep ``row`` (the final result of one attempt of ``phase.row.name``) for the next snapshot."""
+        if self.root is None or row.status is Status.SKIPPED:
+            return
+        entry = {"phase": phase, "row": row.model_dump(mode="json")}
+        with self._cond:
+            self._rows[f"{phase}.{row.name}"] = entry
+            self._version += 1
+            if self._writer is None and not self._stopping:
+                self._writer = threading.Thread(target=self._write_loop, name="grd-progress", daemon=True)
+                self._writer.start()
+                _OPEN.add(self)
+            self._cond.notify_all()
+
+    def _has_work(self) -> bool:
+        return self._version > self._attempted_version or self._flush_wanted
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._has_work() and not self._stopping:
+                    self._cond.wait()
+                if not self._has_work():
+                    return
+                while not (self._flush_wanted or self._stopping):
+                    wait = max(self.interval_s, COST_FACTOR * self._last_cost)
+                    left = self._last_write + wait - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                version, rows = self._version, dict(self._rows)
+                self._flush_wanted = False
+                self._started += 1
+            began = time.monotonic()
+            saved = self._write(rows)
+            with self._cond:
+                self._last_cost = time.monotonic() - began
+                self._attempted_version = version
+                if saved:
+                    self._saved_version = version
+                self._finished += 1
+                self._last_write = time.monotonic()
+                self._cond.notify_all()
+
+    def _write(self, rows: dict[str, dict[str, Any]]) -> bool:
+        assert self.root is not None
+        loaded = self._load()
+        if loaded is None:
+            return False  # never replace a snapshot we could not read
+        try:
+            self.root.save({"format": FORMAT, "rows": {**loaded, **rows}}, step=self._step + 1)
+        except Exception as exc:
+            self._fail("commit", exc)
+            return False
+        self._step += 1
+        return True
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        with self._cond:
+            first = not self.errors
+            self.errors.append(f"{what}: {exc}")
+        if first:
+            self.logger.warning("progress %s failed (%s); the run continues but may not resume there",
+                                what, exc)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write every recorded row now and wait for it (``timeout`` seconds at most); True once stored."""
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._writer is None or self._saved_version >= self._version:
+                return self._saved_version >= self._version
+            need = self._started + 1  # a write started from now on holds every row recorded so far
+            self._flush_wanted = True
+            self._cond.notify_all()
+            while self._finished < need and self._writer is not None and self._writer.is_alive():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 1.0))
+            return self._saved_version >= self._version
+
+    def close(self) -> None:
+        """Flush, then stop the writer thread."""
+        self.flush()
+        with self._cond:
+            self._stopping = True
+            writer, self._writer = self._writer, None
+            self._cond.notify_all()
+        if writer is not None:
+            writer.join()
+        _OPEN.discard(self)
+
+
+_OPEN: weakref.WeakSet[ProgressLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for log in list(_OPEN):
+        log.flush(timeout=_EXIT_FLUSH_S)

@@ -1,0 +1,36 @@
+"""Run identity: the key under which a run's progress and checkpoints live.
+
+Invariant (DESIGN.md): run key = the explicit run key, else the run being resumed, else the Prefect flow run
+id, which stays the same across a flow run's retries, so a retry resumes. A key is ``[A-Za-z0-9_.-]{1,128}``,
+not ``.`` or ``..``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from grd_blocks.errors import InvalidRunKey, UsageError
+
+__all__ = ["resolve_run_key", "validate_run_key"]
+
+_RUN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def validate_run_key(run_key: str) -> str:
+    """Return ``run_key`` unchanged, or raise ``InvalidRunKey`` naming it and the rule."""
+    if not _RUN_KEY.fullmatch(run_key) or run_key in (".", ".."):
+        raise InvalidRunKey(run_key)
+    return run_key
+
+
+def resolve_run_key(run_key: str | None, resume_from: str | None, flow_run_id: str | None) -> str:
+    """The run key of a run: ``run_key``, else ``resume_from``, else ``flow_run_id``."""
+    if run_key and resume_from and run_key != resume_from:
+        raise UsageError(
+            f"run key {run_key!r} and resume_from {resume_from!r} differ: resuming continues that run "
+            "under its own key; pass only one of them (or the same key twice)"
+        )
+    chosen = run_key or resume_from or flow_run_id
+    if not chosen:
+        raise UsageError("no run key: pass run_key or resume_from, or run inside a Prefect flow run")
+    return validate_run_key(chosen)

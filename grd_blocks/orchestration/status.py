@@ -1,0 +1,54 @@
+"""Statuses of commands, phases and benchmarks, how they roll up, and the exit code they map to.
+
+Invariant: TIMEOUT is never reported as FAILED. A phase or benchmark is FAILED if anything in it failed, else
+TIMEOUT if anything timed out (or its own budget expired while work was left), else CANCELLED if anything was
+cancelled, else COMPLETED; a node where everything was skipped is SKIPPED. Exit codes: 0 completed (or
+skipped), 1 failed or cancelled, 124 timed out and nothing failed; 2 is reserved for a bad spec or usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """The outcome of one command, phase or benchmark."""
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+
+_PRECEDENCE = (Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.COMPLETED)
+
+
+def rollup(statuses: Iterable[Status], *, budget_expired: bool = False) -> Status:
+    """The status of a node from its children's.
+
+    ``budget_expired`` says the node's own budget ran out while work was left (skipped or killed), which makes
+    it at least TIMEOUT. An empty node is COMPLETED; one whose children were all skipped is SKIPPED.
+    """
+    seen = set(statuses)
+    if budget_expired:
+        seen.add(Status.TIMEOUT)
+    for status in _PRECEDENCE:
+        if status in seen:
+            return status
+    return Status.SKIPPED if seen else Status.COMPLETED
+
+
+def exit_code(status: Status) -> int:
+    """The process exit code `grd run` returns for a benchmark that ended in ``status``."""
+    if status is Status.TIMEOUT:
+        return EXIT_TIMEOUT
+    if status in (Status.FAILED, Status.CANCELLED):
+        return EXIT_FAILED
+    return EXIT_OK

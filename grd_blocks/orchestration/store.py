@@ -1,0 +1,33 @@
+"""Open the checkpoint store of a run: how commands reach it, and the run's progress prefix.
+
+Invariant: progress lives at ``{store}/{run_key}/progress`` and never in a command's own prefix
+(``{store}/{run_key}/commands/{phase}.{command}``), so a command cannot overwrite the run's progress. Progress
+snapshots keep only the newest ``PROGRESS_KEEP`` (each holds every row; the store's own retention settings
+apply to the commands' checkpoints, not to progress).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grd_blocks.orchestration.environment import StoreAccess, store_access
+from grd_blocks.orchestration.progress import ProgressPrefix
+
+__all__ = ["PROGRESS_KEEP", "open_store"]
+
+PROGRESS_KEEP = 2
+
+
+def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
+    """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
+    from grd_blocks.blocks import resolve_store
+    from grd_blocks.checkpoint.retention import RetentionPolicy
+    from grd_blocks.checkpoint.run import RunCheckpoints
+
+    block: Any = resolve_store(name_or_url)
+    run = block.engine().run(run_key).child("progress")
+    progress: ProgressPrefix = RunCheckpoints(
+        run.url, fs=run.fs, path=run.path, storage_options=run.storage_options,
+        retention=RetentionPolicy(keep_last=PROGRESS_KEEP),
+    )
+    return store_access(block), progress

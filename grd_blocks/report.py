@@ -1,0 +1,185 @@
+"""The report of a benchmark run: its JSON shape (DESIGN.md, `grd run`) and its readable renderings.
+
+Invariant: every report serialises to the same keys whether or not a node timed out (``timeout`` is ``null``
+unless the command timed out); statuses are the strings of ``Status``; durations are seconds rounded to ms.
+A row read back from a progress checkpoint (``CommandReport.model_validate``) equals the row that was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from grd_blocks.orchestration.status import Status, exit_code
+
+__all__ = [
+    "BenchmarkReport",
+    "CommandReport",
+    "PhaseReport",
+    "TimeoutInfo",
+    "render_summary",
+    "table_rows",
+    "write_report",
+]
+
+_MARK = {
+    Status.COMPLETED: "✅ COMPLETED",
+    Status.FAILED: "❌ FAILED",
+    Status.TIMEOUT: "⏱ TIMEOUT",
+    Status.CANCELLED: "🚫 CANCELLED",
+    Status.SKIPPED: "⏭ SKIPPED",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TimeoutInfo(_Model):
+    """How a command that timed out was stopped."""
+
+    level: str = Field(description="Level of the budget whose deadline stopped it (command, phase, ...).")
+    configured_s: float | None = Field(description="The command's own timeout; null if it had none.")
+    effective_s: float | None = Field(description="Seconds granted at start (min over its chain).")
+    inherited: bool = Field(description="True when an enclosing budget's deadline, not its own, stopped it.")
+    term_sent_s: float | None = Field(description="Seconds after start when SIGTERM went to the tree.")
+    kill_sent_s: float | None = Field(description="When SIGKILL went; null if SIGTERM sufficed.")
+    survivors: int = Field(description="Processes still alive after SIGKILL (0: none escaped).")
+
+
+class CommandReport(_Model):
+    """One command (or cleanup command) of a phase."""
+
+    name: str
+    status: Status
+    returncode: int | None = None
+    elapsed_s: float = 0.0
+    attempts: int = 0
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    timeout: TimeoutInfo | None = None
+    budget_s: float | None = Field(default=None, description="Seconds granted at start; null = no limit.")
+    resumed: bool = Field(default=False, description="Completed by an earlier attempt; not re-run.")
+    reason: str | None = Field(default=None, description="Why it was skipped, cancelled or could not start.")
+    log_path: str | None = None
+
+
+class PhaseReport(_Model):
+    """One phase: its commands in spec order and its cleanup."""
+
+    name: str
+    status: Status
+    elapsed_s: float = 0.0
+    timeout_s: float | None = None
+    commands: list[CommandReport] = Field(default_factory=list)
+    cleanup: CommandReport | None = None
+
+
+class BenchmarkReport(_Model):
+    """A whole benchmark run; ``exit_code`` is what `grd run` exits with."""
+
+    benchmark: str
+    status: Status
+    run_key: str
+    flow_run_id: str | None = None
+    elapsed_s: float = 0.0
+    exit_code: int = 0
+    timeouts: bool = True
+    spec: str = ""
+    phases: list[PhaseReport] = Field(default_factory=list)
+    cleanup: CommandReport | None = None
+
+    def to_json(self) -> str:
+        """The report as indented JSON text."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+    def with_status(self, status: Status) -> BenchmarkReport:
+        """A copy whose status and exit code are ``status``'s."""
+        return self.model_copy(update={"status": status, "exit_code": exit_code(status)})
+
+
+def write_report(report: BenchmarkReport, path: str | Path) -> Path:
+    """Write ``report`` as JSON to ``path`` atomically (temp file in the same directory, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(report.to_json(), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _note(row: CommandReport) -> str:
+    if row.resumed:
+        return "resumed: completed in an earlier attempt"
+    if row.timeout is not None:
+        t = row.timeout
+        whose = f"{t.level} deadline" + (" (inherited)" if t.inherited else "")
+        ladder = f"TERM at {_seconds(t.term_sent_s)}"
+        if t.kill_sent_s is not None:
+            ladder += f", KILL at {_seconds(t.kill_sent_s)}"
+        if t.survivors:
+            ladder += f", {t.survivors} SURVIVED"
+        return f"{whose}, granted {_seconds(t.effective_s)}; {ladder}"
+    return row.reason or ""
+
+
+def _rows(report: BenchmarkReport) -> Iterable[tuple[str, str, CommandReport]]:
+    for phase in report.phases:
+        for row in phase.commands:
+            yield phase.name, row.name, row
+        if phase.cleanup is not None:
+            yield phase.name, f"{phase.cleanup.name} (cleanup)", phase.cleanup
+    if report.cleanup is not None:
+        yield "-", f"{report.cleanup.name} (cleanup)", report.cleanup
+
+
+def table_rows(report: BenchmarkReport) -> list[dict[str, str]]:
+    """Rows for a Prefect table artifact: one per command, TIMEOUT rows marked with ⏱."""
+    return [
+        {
+            "phase": phase,
+            "command": command,
+            "status": _MARK[row.status],
+            "returncode": "-" if row.returncode is None else str(row.returncode),
+            "elapsed": _seconds(row.elapsed_s),
+            "attempts": str(row.attempts),
+            "note": _note(row),
+        }
+        for phase, command, row in _rows(report)
+    ]
+
+
+def render_summary(report: BenchmarkReport) -> str:
+    """A plain-text table of every command, then one line with the benchmark's status and exit code."""
+    header = ("PHASE", "COMMAND", "STATUS", "RC", "ELAPSED", "NOTE")
+    body = [
+        (
+            phase,
+            command,
+            row.status.value,
+            "-" if row.returncode is None else str(row.returncode),
+            _seconds(row.elapsed_s),
+            _note(row),
+        )
+        for phase, command, row in _rows(report)
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *body]:
+        cells = [cell.ljust(width) for cell, width in zip(r[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    phases = ", ".join(f"{p.name}={p.status.value}" for p in report.phases)
+    lines.append("")
+    lines.append(
+        f"benchmark {report.benchmark!r}: {report.status.value} in {_seconds(report.elapsed_s)} "
+        f"(phases: {phases or 'none'}; run key {report.run_key}; exit code {report.exit_code})"
+    )
+    return "\n".join(lines)

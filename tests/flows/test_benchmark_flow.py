@@ -1,0 +1,188 @@
+"""The benchmark flow on a real Prefect API with real processes: deadlines, statuses, states, artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import cast
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from grd_blocks.orchestration.prefect_states import artifact_key
+from grd_blocks.orchestration.status import Status
+from tests.flows.helpers import run_spec
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+async def _artifact_rows(key: str) -> list[dict[str, str]]:
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    data = found[0].data if found else "[]"
+    raw = json.loads(data) if isinstance(data, str) else data
+    rows = cast(list[dict[str, str]], raw or [])
+    return rows
+
+
+def test_a_90s_command_in_a_phase_with_2s_is_stopped_and_reported_inherited(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: inherit-demo
+        timeout: 5m
+        phases:
+          - name: smoke
+            timeout: 2s
+            commands:
+              - name: train
+                run: sleep 90
+                timeout: 90s
+                grace: 1s
+        """)
+    row = result.command("smoke", "train")
+    assert row.status is Status.TIMEOUT and row.timeout is not None
+    assert (row.timeout.level, row.timeout.inherited, row.timeout.configured_s) == ("phase", True, 90)
+    assert row.timeout.effective_s is not None and row.timeout.effective_s <= 2
+    assert row.elapsed_s < 30 and row.timeout.survivors == 0
+    assert result.phase("smoke").status is Status.TIMEOUT
+    assert result.report.status is Status.TIMEOUT and result.report.exit_code == 124
+    assert result.state.is_failed() and result.state.name == "TimedOut"
+    rows = asyncio.run(_artifact_rows(artifact_key("inherit-demo")))
+    assert [(r["command"], r["status"]) for r in rows] == [("train", "⏱ TIMEOUT")]
+
+
+def test_completed_and_failed_statuses_roll_up_and_match_the_flow_state(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: mixed
+        phases:
+          - name: p
+            commands:
+              - {name: ok, run: echo hello}
+              - {name: bad, run: "echo oops >&2; exit 3"}
+          - name: q
+            commands:
+              - {name: later, run: "true"}
+        """)
+    assert result.command("p", "ok").status is Status.COMPLETED
+    bad = result.command("p", "bad")
+    assert (bad.status, bad.returncode, bad.stderr_tail.strip()) == (Status.FAILED, 3, "oops")
+    assert result.phase("q").status is Status.COMPLETED
+    assert result.report.status is Status.FAILED and result.report.exit_code == 1
+    assert result.state.is_failed() and result.state.name == "Failed"
+
+
+def test_all_completed_is_exit_0_and_a_completed_state_and_logs_are_saved(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: green
+        phases:
+          - name: p
+            commands:
+              - {name: hello, run: "echo hello $GRD_RUN_KEY"}
+        """)
+    row = result.command("p", "hello")
+    assert row.status is Status.COMPLETED and "hello t1" in row.stdout_tail
+    assert row.log_path is not None and "hello t1" in Path(row.log_path).read_text()
+    assert Path(row.log_path).parent == result.report_path.parent / "t1"
+    assert result.report.exit_code == 0 and result.state.is_completed()
+
+
+_POLICY_SPEC = """
+    name: policy
+    defaults: {{grace: 0.5s}}
+    phases:
+      - name: a
+        commands:
+          - {{name: slow, run: sleep 30, timeout: 0.5s, on_timeout: {policy}}}
+          - {{name: next, run: "true"}}
+      - name: b
+        commands:
+          - {{name: other, run: "true"}}
+    """
+
+
+@pytest.mark.parametrize(
+    ("policy", "next_status", "other_status"),
+    [
+        ("continue", Status.COMPLETED, Status.COMPLETED),
+        ("stop_phase", Status.SKIPPED, Status.COMPLETED),
+        ("stop_benchmark", Status.SKIPPED, Status.SKIPPED),
+    ],
+)
+def test_on_timeout_policy_decides_what_is_skipped(tmp_path: Path, policy: str, next_status: Status,
+                                                   other_status: Status) -> None:
+    result = run_spec(tmp_path, _POLICY_SPEC.format(policy=policy))
+    slow = result.command("a", "slow")
+    assert slow.status is Status.TIMEOUT and slow.timeout is not None and slow.timeout.level == "command"
+    assert not slow.timeout.inherited
+    assert result.command("a", "next").status is next_status
+    assert result.command("b", "other").status is other_status
+    if next_status is Status.SKIPPED:
+        assert f"on_timeout={policy}" in (result.command("a", "next").reason or "")
+    assert result.report.status is Status.TIMEOUT and result.report.exit_code == 124
+
+
+def test_parallel_commands_overlap_and_keep_independent_timers(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: parallel
+        phases:
+          - name: p
+            max_parallel: 2
+            timeout: 60s
+            commands:
+              - name: short
+                run: "echo $$ > $D/short.pid; sleep 60"
+                timeout: 1.5s
+                grace: 0.5s
+              - name: long
+                run: >-
+                  while [ ! -s $D/short.pid ]; do sleep 0.05; done;
+                  kill -0 $(cat $D/short.pid) || exit 9; sleep 3; echo long-done
+                timeout: 30s
+        """)
+    short, long = result.command("p", "short"), result.command("p", "long")
+    assert short.status is Status.TIMEOUT and short.timeout is not None
+    assert (short.timeout.level, short.timeout.inherited) == ("command", False)
+    # `long` saw `short` alive (they overlapped) and then outlived short's deadline: timers are per command.
+    assert long.status is Status.COMPLETED and "long-done" in long.stdout_tail
+
+
+def test_cleanup_runs_after_a_timeout_and_a_hanging_cleanup_is_killed_and_recorded(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: cleanups
+        phases:
+          - name: p
+            timeout: 1s
+            commands:
+              - {name: work, run: sleep 60, grace: 0.5s}
+            cleanup:
+              name: hang
+              run: "echo cleaning > $D/cleaned; sleep 60"
+              timeout: 1s
+              grace: 0.5s
+        cleanup:
+          name: final
+          run: "echo bye > $D/final"
+        """)
+    assert result.command("p", "work").status is Status.TIMEOUT
+    hang = result.phase("p").cleanup
+    assert hang is not None and hang.status is Status.TIMEOUT
+    assert hang.timeout is not None and hang.timeout.level == "cleanup" and hang.timeout.survivors == 0
+    assert (tmp_path / "cleaned").read_text().strip() == "cleaning"  # it ran after the phase had expired
+    final = result.report.cleanup
+    assert final is not None and final.status is Status.COMPLETED and (tmp_path / "final").exists()
+    assert result.report.status is Status.TIMEOUT
+
+
+def test_no_timeouts_disables_every_deadline(tmp_path: Path) -> None:
+    result = run_spec(tmp_path, """
+        name: debug
+        timeout: 0.2s
+        phases:
+          - name: p
+            timeout: 0.2s
+            commands:
+              - {name: nap, run: sleep 1, timeout: 0.2s}
+        """, timeouts=False)
+    assert result.command("p", "nap").status is Status.COMPLETED
+    assert result.report.timeouts is False and result.report.exit_code == 0

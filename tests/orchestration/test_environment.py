@@ -1,0 +1,58 @@
+"""What a command receives: GRD_* variables, PYTHONUNBUFFERED unless the spec sets it, secrets as AWS_*."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from grd_blocks.orchestration.environment import command_env, store_access
+
+
+class _Store:
+    url = "s3://bucket/ckpts"
+    endpoint_url = "http://127.0.0.1:8333"
+    aws_access_key_id = SecretStr("AKID")
+    aws_secret_access_key = SecretStr("s3cr3t")
+
+    def public_storage_options(self) -> dict[str, object]:
+        return {"endpoint_url": self.endpoint_url, "use_ssl": False}
+
+
+def test_command_env_carries_budget_identity_and_its_checkpoint_prefix() -> None:
+    env = command_env(spec_env={"SEED": "1"}, run_key="r1", attempt=2, time_left_s=12.3456, grace_s=5,
+                      phase="train", command="fit", store=store_access(_Store()), base={"PATH": "/bin"})
+    assert env["GRD_TIME_LEFT_S"] == "12.346"
+    assert env["GRD_GRACE_S"] == "5.000"
+    assert (env["GRD_RUN_KEY"], env["GRD_ATTEMPT"], env["SEED"], env["PATH"]) == ("r1", "2", "1", "/bin")
+    assert env["GRD_CHECKPOINT_URL"] == "s3://bucket/ckpts/r1/commands/train.fit"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_secrets_travel_only_as_aws_variables() -> None:
+    env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=1, grace_s=1, phase="p", command="c",
+                      store=store_access(_Store()), base={})
+    options = json.loads(env["GRD_CHECKPOINT_STORAGE_OPTIONS"])
+    assert options == {"endpoint_url": "http://127.0.0.1:8333", "use_ssl": False}
+    assert "s3cr3t" not in env["GRD_CHECKPOINT_STORAGE_OPTIONS"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("AKID", "s3cr3t")
+
+
+def test_spec_may_set_pythonunbuffered_and_unlimited_budget_reads_inf() -> None:
+    env = command_env(spec_env={"PYTHONUNBUFFERED": "0"}, run_key="r", attempt=1, time_left_s=math.inf,
+                      grace_s=5, phase="p", command="c", store=None, base={})
+    assert env["PYTHONUNBUFFERED"] == "0"
+    assert float(env["GRD_TIME_LEFT_S"]) == math.inf
+    assert "GRD_CHECKPOINT_URL" not in env
+
+
+def test_a_relative_local_store_is_made_absolute_for_commands_with_another_cwd(tmp_path: Path,
+                                                                              monkeypatch: object) -> None:
+    class Local:
+        url = "./checkpoints"
+
+    access = store_access(Local())
+    assert Path(access.url).is_absolute()
+    assert access.command_url("r", "p", "c").endswith("/checkpoints/r/commands/p.c")

@@ -1,0 +1,163 @@
+"""Progress snapshots: every recorded row reaches the store (coalesced), survives later attempts, and exit;
+skipped rows are not kept; a store that fails warns once and is never overwritten with fewer rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grd_blocks.checkpoint.run import RunCheckpoints
+from grd_blocks.orchestration.progress import ProgressLog
+from grd_blocks.orchestration.status import Status
+from grd_blocks.orchestration.store import open_store
+from grd_blocks.report import CommandReport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Counting:
+    """A real progress prefix that counts its snapshot writes and can be told to fail reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.saves = 0
+        self.fail_reads = False
+
+    def save(self, state: Any, *, step: int | None = None) -> object:
+        self.saves += 1
+        return self.inner.save(state, step=step)
+
+    def latest(self) -> object | None:
+        if self.fail_reads:
+            raise OSError("store unreachable")
+        ref: object | None = self.inner.latest()
+        return ref
+
+    def load(self) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.inner.load()
+        return result
+
+
+def _prefix(tmp_path: Path) -> Any:
+    return open_store(str(tmp_path / "ckpt"), "run-1")[1]
+
+
+def _log(tmp_path: Path, *, interval_s: float = 0.5) -> ProgressLog:
+    return ProgressLog(_prefix(tmp_path), logger=logging.getLogger("test"), interval_s=interval_s)
+
+
+def _row(name: str, status: Status = Status.COMPLETED, attempts: int = 1) -> CommandReport:
+    return CommandReport(name=name, status=status, returncode=0 if status is Status.COMPLETED else 1,
+                         attempts=attempts, stdout_tail=f"{name} out\n")
+
+
+def test_a_committed_row_is_what_the_next_attempt_reads(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    row = CommandReport(name="fit", status=Status.TIMEOUT, returncode=-15, attempts=2, stdout_tail="step 3\n")
+    log.record("train", row)
+    log.close()
+    assert _log(tmp_path).previous("train", "fit") == row
+    assert (tmp_path / "ckpt" / "run-1" / "progress" / "LATEST.json").is_file()
+
+
+def test_rows_recorded_faster_than_the_interval_are_coalesced_and_all_stored_by_flush(tmp_path: Path) -> None:
+    prefix = _Counting(_prefix(tmp_path))
+    log = ProgressLog(prefix, logger=logging.getLogger("test"), interval_s=3600.0)
+    rows = [_row(f"c{i}") for i in range(50)]
+    for row in rows:
+        log.record("p", row)
+    assert log.flush()
+    assert 1 <= prefix.saves <= 2, "50 rows inside one interval: the first write, then one at flush at most"
+    fresh = _log(tmp_path)
+    assert [fresh.previous("p", row.name) for row in rows] == rows
+    log.close()
+    assert prefix.saves <= 2, "close after a flush with nothing new writes nothing"
+
+
+def test_a_later_attempt_keeps_the_rows_of_earlier_ones(tmp_path: Path) -> None:
+    first = _log(tmp_path)
+    first.record("p", _row("a"))
+    first.record("p", _row("b", Status.FAILED))
+    first.close()
+    second = _log(tmp_path)
+    assert second.previous("p", "b") == _row("b", Status.FAILED)
+    second.record("p", _row("b", attempts=2))
+    second.close()
+    third = _log(tmp_path)
+    assert third.previous("p", "a") == _row("a")
+    assert third.previous("p", "b") == _row("b", attempts=2)
+    latest = RunCheckpoints.from_url(str(tmp_path / "ckpt" / "run-1" / "progress")).checkpoints()
+    assert len(latest) <= 2, "old snapshots are pruned (each holds every row)"
+
+
+def test_skipped_rows_are_not_committed(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    log.record("p", CommandReport(name="x", status=Status.SKIPPED, reason="stop_phase"))
+    log.close()
+    assert _log(tmp_path).previous("p", "x") is None
+
+
+def test_a_store_that_cannot_be_read_is_never_overwritten_with_fewer_rows(tmp_path: Path) -> None:
+    first = _log(tmp_path)
+    first.record("p", _row("a"))
+    first.close()
+    prefix = _Counting(_prefix(tmp_path))
+    prefix.fail_reads = True
+    second = ProgressLog(prefix, logger=logging.getLogger("test"))
+    assert second.previous("p", "a") is None
+    second.record("p", _row("b"))
+    assert not second.flush()
+    second.close()
+    assert prefix.saves == 0 and "store unreachable" in second.errors[0]
+    assert _log(tmp_path).previous("p", "a") == _row("a")
+
+
+def test_rows_still_pending_are_written_when_the_process_exits(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import logging, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from grd_blocks.orchestration.progress import ProgressLog
+        from grd_blocks.orchestration.store import open_store
+        from grd_blocks.report import CommandReport
+        log = ProgressLog(open_store({str(tmp_path / "ckpt")!r}, "run-1")[1], logger=logging.getLogger("t"),
+                          interval_s=3600.0)
+        for i in range(20):
+            log.record("p", CommandReport(name=f"c{{i}}", status="COMPLETED", attempts=1))
+        # no flush, no close: interpreter exit must write the last snapshot
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    fresh = _log(tmp_path)
+    assert all(fresh.previous("p", f"c{i}") is not None for i in range(20))
+
+
+class _BrokenPrefix:
+    def save(self, state: Any, *, step: int | None = None) -> object:
+        raise OSError("disk full")
+
+    def latest(self) -> object | None:
+        return None
+
+    def load(self) -> dict[str, Any] | None:
+        return None
+
+
+def test_a_failing_store_is_logged_once_and_never_fails_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    log = ProgressLog(_BrokenPrefix(), logger=logging.getLogger("grd.test"))
+    with caplog.at_level(logging.WARNING, logger="grd.test"):
+        assert log.previous("p", "a") is None
+        log.record("p", CommandReport(name="a", status=Status.COMPLETED, attempts=1))
+        log.record("p", CommandReport(name="b", status=Status.COMPLETED, attempts=1))
+        assert not log.flush()
+        log.close()
+    assert log.errors and all("disk full" in e for e in log.errors)
+    assert sum("progress" in r.message for r in caplog.records) == 1

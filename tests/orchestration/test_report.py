@@ -1,0 +1,55 @@
+"""The report's JSON shape (DESIGN.md) and its renderings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grd_blocks.orchestration.status import Status
+from grd_blocks.report import (
+    BenchmarkReport,
+    CommandReport,
+    PhaseReport,
+    TimeoutInfo,
+    render_summary,
+    table_rows,
+    write_report,
+)
+
+
+def _report() -> BenchmarkReport:
+    timeout = TimeoutInfo(level="phase", configured_s=90, effective_s=2.0, inherited=True, term_sent_s=2.0,
+                          kill_sent_s=None, survivors=0)
+    train = CommandReport(name="train", status=Status.TIMEOUT, returncode=-15, elapsed_s=2.01, attempts=1,
+                          stdout_tail="step 1\n", timeout=timeout, budget_s=2.0)
+    ok = CommandReport(name="hello", status=Status.COMPLETED, returncode=0, elapsed_s=0.01, attempts=1)
+    phase = PhaseReport(name="smoke", status=Status.TIMEOUT, elapsed_s=2.1, commands=[ok, train])
+    return BenchmarkReport(benchmark="nightly", status=Status.TIMEOUT, run_key="r1", flow_run_id="f",
+                           elapsed_s=2.2, exit_code=124, phases=[phase])
+
+
+def test_json_has_the_design_keys_and_timeout_block() -> None:
+    data = json.loads(_report().to_json())
+    assert {"benchmark", "status", "run_key", "flow_run_id", "elapsed_s", "phases"} <= data.keys()
+    phase = data["phases"][0]
+    assert {"name", "status", "elapsed_s", "commands"} <= phase.keys()
+    hello, train = phase["commands"]
+    assert {"name", "status", "returncode", "elapsed_s", "attempts", "stdout_tail", "stderr_tail",
+            "timeout"} <= train.keys()
+    assert train["timeout"] == {"level": "phase", "configured_s": 90, "effective_s": 2.0, "inherited": True,
+                                "term_sent_s": 2.0, "kill_sent_s": None, "survivors": 0}
+    assert hello["timeout"] is None and hello.keys() == train.keys()
+    assert data["status"] == "TIMEOUT"
+
+
+def test_a_row_round_trips_through_json(tmp_path: Path) -> None:
+    report = _report()
+    path = write_report(report, tmp_path / "sub" / "r.json")
+    assert BenchmarkReport.model_validate_json(path.read_text()) == report
+
+
+def test_summary_and_artifact_rows_make_timeouts_visible() -> None:
+    text = render_summary(_report())
+    assert "TIMEOUT" in text and "phase deadline (inherited)" in text and "exit code 124" in text
+    rows = table_rows(_report())
+    assert [r["status"] for r in rows] == ["✅ COMPLETED", "⏱ TIMEOUT"]

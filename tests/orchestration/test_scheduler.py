@@ -1,0 +1,120 @@
+"""max_parallel scheduling: spec order kept, stops skip unstarted commands, interruptions cancel and join."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from grd_blocks.orchestration.policy import Skip
+from grd_blocks.orchestration.scheduler import run_commands
+from grd_blocks.orchestration.status import Status
+from grd_blocks.report import CommandReport
+
+
+@dataclass(frozen=True)
+class Cmd:
+    name: str
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.stopped: str | None = None
+
+    def skip(self) -> Skip | None:
+        return None if self.stopped is None else Skip(Status.SKIPPED, self.stopped)
+
+
+def _ok(cmd: Cmd) -> CommandReport:
+    return CommandReport(name=cmd.name, status=Status.COMPLETED, returncode=0, attempts=1)
+
+
+def test_max_parallel_runs_commands_at_the_same_time() -> None:
+    barrier = threading.Barrier(3, timeout=30)
+
+    def start(cmd: Cmd) -> CommandReport:
+        barrier.wait()  # passes only if all three run at once
+        return _ok(cmd)
+
+    rows = run_commands([Cmd("a"), Cmd("b"), Cmd("c")], start=start, gate=Gate(), cancel=threading.Event(),
+                        max_parallel=3)
+    assert [r.name for r in rows] == ["a", "b", "c"]
+    assert {r.status for r in rows} == {Status.COMPLETED}
+
+
+def test_sequential_phase_never_overlaps_commands() -> None:
+    running = []
+    overlaps = []
+    lock = threading.Lock()
+
+    def start(cmd: Cmd) -> CommandReport:
+        with lock:
+            running.append(cmd.name)
+            overlaps.append(len(running) > 1)
+        with lock:
+            running.remove(cmd.name)
+        return _ok(cmd)
+
+    run_commands([Cmd(str(i)) for i in range(20)], start=start, gate=Gate(), cancel=threading.Event())
+    assert overlaps == [False] * 20
+
+
+def test_commands_after_a_stop_are_skipped_and_never_started() -> None:
+    gate = Gate()
+    started: list[str] = []
+
+    def start(cmd: Cmd) -> CommandReport:
+        started.append(cmd.name)
+        if cmd.name == "b":
+            gate.stopped = "on_timeout=stop_phase after 'p.b' timed out"
+            return CommandReport(name="b", status=Status.TIMEOUT)
+        return _ok(cmd)
+
+    commands = [Cmd("a"), Cmd("b"), Cmd("c"), Cmd("d")]
+    rows = run_commands(commands, start=start, gate=gate, cancel=threading.Event())
+    assert started == ["a", "b"]
+    assert [r.status for r in rows] == [Status.COMPLETED, Status.TIMEOUT, Status.SKIPPED, Status.SKIPPED]
+    assert rows[3].reason == "on_timeout=stop_phase after 'p.b' timed out"
+
+
+def test_reused_rows_are_not_started_again() -> None:
+    started: list[str] = []
+
+    def start(cmd: Cmd) -> CommandReport:
+        started.append(cmd.name)
+        return _ok(cmd)
+
+    def reuse(cmd: Cmd) -> CommandReport | None:
+        return _ok(cmd).model_copy(update={"resumed": True}) if cmd.name == "a" else None
+
+    rows = run_commands([Cmd("a"), Cmd("b")], start=start, gate=Gate(), cancel=threading.Event(), reuse=reuse)
+    assert started == ["b"] and rows[0].resumed and not rows[1].resumed
+
+
+def test_a_crashing_start_becomes_a_failed_row_not_a_lost_command() -> None:
+    def start(cmd: Cmd) -> CommandReport:
+        raise RuntimeError("boom")
+
+    [row] = run_commands([Cmd("a")], start=start, gate=Gate(), cancel=threading.Event())
+    assert row.status is Status.FAILED and "boom" in (row.reason or "")
+
+
+def test_an_interruption_sets_cancel_and_joins_running_commands_first() -> None:
+    cancel = threading.Event()
+    finished: list[str] = []
+
+    def start(cmd: Cmd) -> CommandReport:
+        if cmd.name == "slow":
+            assert cancel.wait(30), "cancel was never set"
+        finished.append(cmd.name)
+        return _ok(cmd)
+
+    def done(cmd: Cmd, row: CommandReport) -> None:
+        if cmd.name == "fast":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_commands([Cmd("slow"), Cmd("fast")], start=start, gate=Gate(), cancel=cancel, max_parallel=2,
+                     done=done)
+    assert cancel.is_set() and sorted(finished) == ["fast", "slow"]
