@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,41 @@ def _command(report: dict[str, Any], phase: str, name: str) -> dict[str, Any]:
     raise SystemExit(f"demo check: no command {phase}.{name} in the report")
 
 
+def _started_epoch(command: dict[str, Any]) -> int:
+    """The epoch examples/train_mlp.py says it started at ("starting at epoch N batch B ...")."""
+    match = re.search(r"starting at epoch (\d+)", command.get("stdout_tail") or "")
+    return int(match.group(1)) if match else -1
+
+
+def check_resumed(first_path: str, path: str, code: int) -> int:
+    """The resumed run skipped what completed and continued the training at a later epoch."""
+    first = json.loads(Path(first_path).read_text())
+    report = json.loads(Path(path).read_text())
+    problems = []
+    if report["run_key"] != first["run_key"]:
+        problems.append(f"the resumed run has run key {report['run_key']}, expected {first['run_key']}")
+    for phase, name in [("smoke", "hello"), ("smoke", "steps")]:
+        if not _command(report, phase, name).get("resumed"):
+            problems.append(f"{phase}.{name} completed before and should be skipped (resumed: true)")
+    stopped_at = _started_epoch(_command(first, "learn", "mlp"))
+    mlp = _command(report, "learn", "mlp")
+    resumed_at = _started_epoch(mlp)
+    if _command(first, "learn", "mlp")["status"] != "TIMEOUT" or stopped_at != 0:
+        problems.append("the first run's training should start at epoch 0 and end TIMEOUT")
+    if resumed_at <= 0:
+        tail = mlp.get("stdout_tail")
+        problems.append(f"the resumed training should start after epoch 0, it says {tail!r}")
+    if problems:
+        print("demo check FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(
+        f"demo check OK: the retry (run key {report['run_key']}) skipped the commands that had completed, "
+        f"and the training resumed from its checkpoint at epoch {resumed_at} (it had started at epoch 0); "
+        f"it is now {mlp['status']}. grd exit code {code}."
+    )
+    return 0
+
+
 def main(path: str, code: int) -> int:
     report = json.loads(Path(path).read_text())
     expect = {
@@ -24,6 +60,7 @@ def main(path: str, code: int) -> int:
         ("smoke", "steps"): "COMPLETED",
         ("smoke", "broken"): "FAILED",
         ("train", "long"): "TIMEOUT",
+        ("learn", "mlp"): "TIMEOUT",
         ("wrapup", "summary"): "COMPLETED",
     }
     problems = [
@@ -51,4 +88,6 @@ def main(path: str, code: int) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--resumed":  # check_demo.py --resumed FIRST_REPORT RESUMED_REPORT CODE
+        sys.exit(check_resumed(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     sys.exit(main(sys.argv[1], int(sys.argv[2])))

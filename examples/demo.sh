@@ -11,4 +11,12 @@ echo "== grd run examples/benchmark.yaml (first start of the ephemeral Prefect A
 code=$?
 echo
 echo "== grd exited with $code (0 completed, 1 failed, 124 timed out, 2 bad spec)"
-exec .venv/bin/python examples/check_demo.py reports/demo.json "$code"
+.venv/bin/python examples/check_demo.py reports/demo.json "$code" || exit 1
+key=$(.venv/bin/python -c 'import json; print(json.load(open("reports/demo.json"))["run_key"])')
+echo
+echo "== retry: grd run examples/benchmark.yaml --resume $key (finished commands are skipped, training resumes)"
+.venv/bin/grd run examples/benchmark.yaml --resume "$key" --report reports/demo-resumed.json
+code=$?
+echo
+echo "== grd exited with $code"
+exec .venv/bin/python examples/check_demo.py --resumed reports/demo.json reports/demo-resumed.json "$code"

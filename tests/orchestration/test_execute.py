@@ -30,6 +30,8 @@ phases:
         run: [sh, -c, "echo oops >&2; exit 3"]
       - name: missing
         run: [definitely-not-a-command-grd]
+      - name: stops-itself
+        run: [sh, -c, "echo saved before my budget ran out; exit 124"]
 """
 
 
@@ -66,6 +68,12 @@ def test_nonzero_exit_is_failed_with_its_stderr_kept(tmp_path: Path) -> None:
     row = _exec(_run(tmp_path), "plain", "bad")
     assert row.status is Status.FAILED and row.returncode == 3
     assert "oops" in row.stderr_tail and row.timeout is None
+
+
+def test_a_command_that_stops_itself_for_its_budget_with_exit_124_is_a_timeout(tmp_path: Path) -> None:
+    row = _exec(_run(tmp_path), "plain", "stops-itself")
+    assert row.status is Status.TIMEOUT and row.returncode == 124
+    assert row.timeout is not None and row.timeout.term_sent_s is None and row.timeout.survivors == 0
 
 
 def test_a_missing_executable_is_failed_with_a_reason_naming_it(tmp_path: Path) -> None:
