@@ -25,11 +25,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check grd_blocks flows tests bench examples
 	$(PY) -m mypy
 
-# tests/training runs in a pytest process of its own: DataLoader workers forked from a test process that already
-# hosts the session's Prefect test harness die at start (exit 1, no traceback; root cause still open).
 test: lint browser
-	$(PY) -m pytest -q --ignore=tests/training
-	$(PY) -m pytest -q tests/training
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	bash bench/run_all.sh

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -97,6 +98,19 @@ def _worker_init(seed: int, epoch: int) -> _WorkerInit:
     return _WorkerInit(seed, epoch)
 
 
+def _forget_inherited_thread_exit_hooks() -> None:
+    """Drop the thread-exit hooks a forked DataLoader worker inherited from its parent.
+
+    Prefect (3.8.x) registers one for each of its background services (events, logs) once a flow has run in
+    the process; after a fork they run against the services' reset state and raise, so every worker forked
+    from a process that ran a flow exits with code 1 and the DataLoader fails ("worker exited unexpectedly").
+    A worker owns no Prefect service, so nothing of the parent's needs draining at its exit.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()
+
+
 class _WorkerInit:
     """Picklable ``worker_init_fn``: seeds a worker's torch/numpy/random from (seed, epoch, worker_id)."""
 
@@ -104,6 +118,7 @@ class _WorkerInit:
         self.seed, self.epoch = seed, epoch
 
     def __call__(self, worker_id: int) -> None:
+        _forget_inherited_thread_exit_hooks()
         value = epoch_seed(self.seed, self.epoch, worker_id)
         torch.manual_seed(value)
         np.random.seed(value % 2**32)
