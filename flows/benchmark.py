@@ -29,6 +29,7 @@ from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import Status
 from grd_blocks.orchestration.store import open_store
+from grd_blocks.prefect_edge.events import command_completed, command_timed_out
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
 from grd_blocks.spec import CommandSpec, PhaseSpec, load_spec
 
@@ -66,8 +67,20 @@ def command_task(phase: str | None, command: str, cleanup: bool = False) -> Stat
         sink.close()
     if not cleanup and phase is not None:
         run.record(phase, row)
+        _announce(run.run_key, plan.phase, command, row)
     message = f"{label}: {row.status.value} (returncode {row.returncode}, {row.elapsed_s:.1f}s)"
     return final_state(row.status, row.model_dump(mode="json"), message)
+
+
+def _announce(run_key: str, phase: str, command: str, row: CommandReport) -> None:
+    """Prefect events for automations: ``grd.command.completed`` for every ended command, and
+    ``grd.command.timed_out`` (with the report's timeout block) for a TIMEOUT. Buffered; never raises."""
+    if row.resumed:
+        return
+    command_completed(run_key, phase, command, status=row.status.value, returncode=row.returncode,
+                      elapsed_s=row.elapsed_s)
+    if row.status is Status.TIMEOUT and row.timeout is not None:
+        command_timed_out(run_key, phase, command, timeout=row.timeout.model_dump(mode="json"))
 
 
 def _state_data(state: State[Any]) -> Any:
