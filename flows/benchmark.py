@@ -21,6 +21,8 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
 
+from grd_blocks.approval import require_approval
+from grd_blocks.budget import parse_duration
 from grd_blocks.errors import BenchmarkIncomplete, UsageError
 from grd_blocks.orchestration.execute import execute
 from grd_blocks.orchestration.prefect_states import final_state, line_logger, publish_table
@@ -31,7 +33,7 @@ from grd_blocks.orchestration.status import Status
 from grd_blocks.orchestration.store import open_store
 from grd_blocks.prefect_edge.events import command_completed, command_timed_out
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
-from grd_blocks.spec import CommandSpec, PhaseSpec, load_spec
+from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, load_spec
 
 __all__ = ["benchmark", "command_task", "phase_flow"]
 
@@ -155,6 +157,22 @@ def _phase_from_state(state: State[Any], run: BenchmarkRun, name: str) -> PhaseR
     return PhaseReport(name=name, status=status, commands=rows)
 
 
+def _approved_limit(
+    spec: BenchmarkSpec, run_key: str, store: str | None, approval_budget: str | None, *, auto_approve: bool
+) -> float | None:
+    """The long-run limit for this run: None without ``approval_budget``; the approved limit when the spec's
+    timeout exceeds it (asked once per run key; retries reuse the decision); else ``approval_budget``."""
+    default_s = parse_duration(approval_budget)
+    if default_s is None:
+        return None
+    if spec.timeout is None:
+        get_run_logger().warning("benchmark %s has no timeout: capped at its approval budget of %.0fs",
+                                 spec.name, default_s)
+        return default_s
+    approval = require_approval(run_key, spec.timeout, default_s, auto_approve=auto_approve, store=store)
+    return approval.limit_s
+
+
 def _stopped_phases(run: BenchmarkRun, phases: list[PhaseSpec], exc: BaseException) -> list[PhaseReport]:
     """Rows for the phases a stopped run did not finish (the interrupted one first): what finished keeps its
     result, everything else is CANCELLED."""
@@ -189,18 +207,25 @@ def benchmark(
     store: str | None = None,
     timeouts: bool = True,
     report_path: str | None = None,
+    approval_budget: str | None = None,
+    auto_approve: bool = False,
 ) -> State[Any]:
     """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
-    ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``."""
+    ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``.
+
+    ``approval_budget`` (a duration such as "2h"): a benchmark whose own timeout exceeds it waits for approval
+    (UI form or ``grd approve``) before any phase starts, and then runs under the approved limit;
+    ``auto_approve`` approves it (CI). A benchmark with no timeout is capped at ``approval_budget``."""
     spec = load_spec(spec_path)
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
     key = resolve_run_key(run_key, resume_from, flow_run_id)
+    limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
     access, progress = open_store(store, key)
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     logger = get_run_logger()
-    run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, store=access,
-                       progress_root=progress, logger=logger)
+    run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
+                       store=access, progress_root=progress, logger=logger)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     phases: list[PhaseReport] = []

@@ -3,7 +3,8 @@
 Invariant: the command is started with the budget's effective deadline (absolute, monotonic) and its resolved
 grace; the status follows the outcome alone: could not start or non-zero exit -> FAILED, killed on its
 deadline, or exited 124 (it stopped itself for its budget) -> TIMEOUT (never FAILED), stopped by cancellation
--> CANCELLED, exit 0 -> COMPLETED. A row's ``timeout`` block is filled only for TIMEOUT and names the level of the budget whose deadline was binding.
+-> CANCELLED, exit 0 -> COMPLETED. A row's ``timeout`` block is filled only for TIMEOUT and names the level
+of the budget whose deadline was binding.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
     elif outcome.cancelled:
         status = Status.CANCELLED
     elif outcome.timed_out or outcome.returncode == EXIT_TIMEOUT:
-        # 124 is the command saying "my budget ran out" itself (GNU timeout's code; grd's training helpers save a
-        # checkpoint and exit 124 before GRD_TIME_LEFT_S runs out): a timeout, never a failure.
+        # 124 is the command saying "my budget ran out" itself (GNU timeout's code; grd's training helpers
+        # save a checkpoint and exit 124 before GRD_TIME_LEFT_S runs out): a timeout, never a failure.
         status = Status.TIMEOUT
         timeout = TimeoutInfo(
             level=plan.budget.binding().level,

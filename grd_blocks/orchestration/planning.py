@@ -31,9 +31,14 @@ __all__ = [
 ]
 
 
-def benchmark_budget(spec: BenchmarkSpec, *, timeouts: bool, clock: Clock) -> Budget:
-    """The root budget of a run, starting now."""
-    return Budget.after(spec.timeout if timeouts else None, name=spec.name, level="benchmark", clock=clock)
+def benchmark_budget(
+    spec: BenchmarkSpec, *, timeouts: bool, clock: Clock, limit_s: float | None = None
+) -> Budget:
+    """The root budget of a run, starting now: the spec's timeout, capped by an approved ``limit_s``."""
+    seconds = spec.timeout if timeouts else None
+    if timeouts and limit_s is not None:
+        seconds = limit_s if seconds is None else min(seconds, limit_s)
+    return Budget.after(seconds, name=spec.name, level="benchmark", clock=clock)
 
 
 def phase_budget(parent: Budget, phase: PhaseSpec, *, timeouts: bool) -> Budget:

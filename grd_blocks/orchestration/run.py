@@ -55,6 +55,7 @@ class BenchmarkRun:
     run_key: str
     logs_dir: Path
     timeouts: bool = True
+    limit_s: float | None = None  # an approved long-run limit capping the benchmark's budget
     store: StoreAccess | None = None
     progress_root: ProgressPrefix | None = None
     clock: Clock = time.monotonic
@@ -71,7 +72,8 @@ class BenchmarkRun:
 
     def __post_init__(self) -> None:
         self.timeouts = self.timeouts and self.spec.timeouts
-        self.budget = planning.benchmark_budget(self.spec, timeouts=self.timeouts, clock=self.clock)
+        self.budget = planning.benchmark_budget(self.spec, timeouts=self.timeouts, clock=self.clock,
+                                                limit_s=self.limit_s)
         self.gate = RunGate(self.budget, self.cancel)
         self.progress = ProgressLog(self.progress_root, logger=self.logger)
         self.parent_env = dict(os.environ)  # read once: every command starts from the run's environment
