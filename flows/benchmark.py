@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
+from prefect.runtime import flow_run
 
 from grd_blocks.approval import require_approval
 from grd_blocks.budget import parse_duration
@@ -31,7 +32,7 @@ from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import Status
 from grd_blocks.orchestration.store import open_store
-from grd_blocks.prefect_edge.events import command_completed, command_timed_out
+from grd_blocks.prefect_edge.events import command_completed, command_timed_out, run_resumed
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
 from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, load_spec
 
@@ -83,6 +84,20 @@ def _announce(run_key: str, phase: str, command: str, row: CommandReport) -> Non
                       elapsed_s=row.elapsed_s)
     if row.status is Status.TIMEOUT and row.timeout is not None:
         command_timed_out(run_key, phase, command, timeout=row.timeout.model_dump(mode="json"))
+
+
+def _announce_resume(run: BenchmarkRun) -> None:
+    """``grd.run.resumed`` when this attempt starts with commands an earlier one completed (to be skipped)."""
+    done = [
+        f"{phase.name}.{command.name}"
+        for phase in run.spec.phases
+        for command in phase.commands
+        if (row := run.progress.previous(phase.name, command.name)) is not None
+        and row.status is Status.COMPLETED
+    ]
+    if done:
+        run.logger.info("resuming run %s: %d completed command(s) will be skipped", run.run_key, len(done))
+        run_resumed(run.run_key, attempt=int(flow_run.run_count or 1), detail={"skipped": done})
 
 
 def _state_data(state: State[Any]) -> Any:
@@ -228,6 +243,7 @@ def benchmark(
                        store=access, progress_root=progress, logger=logger)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
+    _announce_resume(run)
     phases: list[PhaseReport] = []
     expired = False
     cleanup_row: CommandReport | None = None

@@ -34,3 +34,19 @@ def test_a_timed_out_command_emits_timed_out_and_completed_events_about_its_run(
     ]
     timed_out = next(e for e in events if e.event == "grd.command.timed_out")
     assert timed_out.payload["level"] == "phase" and timed_out.payload["inherited"] is True
+
+
+def test_an_attempt_that_skips_completed_commands_emits_run_resumed(tmp_path: Path) -> None:
+    spec = """
+        name: resume-events
+        phases:
+          - name: smoke
+            commands:
+              - {name: ok, run: "true"}
+              - {name: bad, run: "exit 3"}
+        """
+    run_spec(tmp_path, spec, run_key="ev-resume-1")
+    run_spec(tmp_path, spec, run_key="ev-resume-1")
+    events = read_events("ev-resume-1", 4)  # ok + bad, then bad again + the resume (ok is skipped)
+    resumed = [e for e in events if e.event == "grd.run.resumed"]
+    assert len(resumed) == 1 and resumed[0].payload["skipped"] == ["smoke.ok"]
