@@ -25,8 +25,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check grd_blocks flows tests bench examples
 	$(PY) -m mypy
 
+# tests/training asserts bit-for-bit RNG continuity: it runs in a pytest process of its own, before any Prefect
+# flow has run there, because Prefect's background services (started by the first in-process flow run) may draw
+# from Python's global `random` at any moment.
 test: lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/training
+	$(PY) -m pytest -q tests/training
 
 bench: $(STAMP)
 	bash bench/run_all.sh
