@@ -47,11 +47,11 @@ class CheckpointEngine:
 
     def run(self, run_key: str) -> RunCheckpoints:
         """One run's checkpoints; ``InvalidRunKey`` for a key outside ``[A-Za-z0-9_.-]{1,128}``."""
-        validate_run_key(run_key)
-        return RunCheckpoints(
-            join(self.url, run_key),
+        return RunCheckpoints.under(
+            self.url,
+            self.path,
+            run_key,
             fs=self.fs,
-            path=join(self.path, run_key),
             storage_options=self.storage_options,
             retention=self.retention,
         )

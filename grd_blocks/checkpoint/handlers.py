@@ -6,7 +6,7 @@ manifest so ``load(into=...)`` restores objects (``load_state_dict``) with the h
 Handlers never keep references to live objects after ``snapshot``: it deep-copies tensors to CPU.
 
 Lazy imports: this module never imports torch or numpy. A value can only be a torch (numpy) object if its
-module is already in ``sys.modules``, so every type test looks the class up there first (``_torch()``);
+module is already in ``sys.modules``, so every type test looks the class up there first (``loaded_torch()``);
 torch is imported only to encode a numpy array (stored as a tensor).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from grd_blocks.errors import CheckpointError, UsageError
 _PLAIN_LEAVES = (str, int, float, bool, type(None))
 
 
-def _torch() -> ModuleType | None:
+def loaded_torch() -> ModuleType | None:
     """torch if something already imported it, else None (then no value can be a torch object)."""
     return sys.modules.get("torch")
 
@@ -44,7 +44,7 @@ def _resolve(module: ModuleType | None, dotted: str) -> type | None:
 
 
 def _is_torch(value: object, dotted: str) -> bool:
-    kind = _resolve(_torch(), dotted)
+    kind = _resolve(loaded_torch(), dotted)
     return kind is not None and isinstance(value, kind)
 
 
@@ -209,7 +209,7 @@ def handler_named(type_name: str) -> Handler:
 
 
 def _is_torch_leaf(value: object) -> bool:
-    torch = _torch()
+    torch = loaded_torch()
     return torch is not None and isinstance(value, torch.Tensor | torch.dtype | torch.device | torch.Size)
 
 
@@ -236,21 +236,11 @@ def check_plain(value: Any, where: str) -> None:
     )
 
 
-def snapshot(value: Any) -> Any:
-    """Deep copy of plain data with every tensor detached and copied to CPU (safe to write later)."""
-    if _is_torch(value, "Tensor"):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: snapshot(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [snapshot(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(snapshot(item) for item in value)
-    return value
-
-
-def encode_state(state: Mapping[str, Any], *, copy: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """``state`` -> (plain payload per key, handler type per key); ``copy`` snapshots tensors to CPU."""
+def encode_state(
+    state: Mapping[str, Any], *, copy: Callable[[Any], Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``state`` -> (plain payload per key, handler type per key); ``copy`` (e.g.
+    ``SnapshotBuffers.copy``) snapshots each key's plain data, tensors included, to be written later."""
     payload: dict[str, Any] = {}
     types: dict[str, str] = {}
     for key, value in state.items():
@@ -261,7 +251,7 @@ def encode_state(state: Mapping[str, Any], *, copy: bool) -> tuple[dict[str, Any
         handler = handler_for_value(value)
         data = handler.to_payload(value)
         check_plain(data, repr(key))
-        payload[key] = snapshot(data) if copy else data
+        payload[key] = copy(data) if copy is not None else data
         types[key] = handler.type_name
     return payload, types
 

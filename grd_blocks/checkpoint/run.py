@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -35,6 +36,7 @@ from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
 from grd_blocks.checkpoint.serialization import serialize
+from grd_blocks.checkpoint.snapshot import SnapshotBuffers
 from grd_blocks.errors import ConfigError, StaleWriter, UsageError
 
 logger = logging.getLogger("grd.checkpoint")
@@ -57,6 +59,20 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         raise UsageError(f"checkpoint metadata must be JSON-serializable ({exc})") from None
 
 
+@dataclass(frozen=True)
+class _PendingSave:
+    """A save's encoded state and validated arguments, ready to serialize and commit."""
+
+    payload: dict[str, Any]
+    types: dict[str, str]
+    unit: Unit
+    index: int
+    step: int | None
+    epoch: int | None
+    metrics: dict[str, float]
+    metadata: dict[str, Any]
+
+
 class RunCheckpoints(RunReader):
     """Save, find, load and prune the checkpoints under one run prefix (``url``)."""
 
@@ -75,6 +91,7 @@ class RunCheckpoints(RunReader):
         self.retention = retention or RetentionPolicy()
         self._commit = commit
         self._writer = AsyncWriter(self.url)
+        self._snapshots = SnapshotBuffers()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -112,16 +129,32 @@ class RunCheckpoints(RunReader):
             raise ConfigError("GRD_CHECKPOINT_STORAGE_OPTIONS must be a JSON object")
         return cls.from_url(url, storage_options=options)
 
+    @classmethod
+    def under(
+        cls,
+        url: str,
+        path: str,
+        name: str,
+        *,
+        fs: fsspec.AbstractFileSystem,
+        storage_options: Mapping[str, Any],
+        retention: RetentionPolicy,
+    ) -> RunCheckpoints:
+        """The prefix ``{url}/{name}`` (``path``/``name`` on ``fs``); ``InvalidRunKey`` unless ``name``
+        follows the run-key rules."""
+        validate_run_key(name)
+        return cls(
+            join(url, name),
+            fs=fs,
+            path=join(path, name),
+            storage_options=storage_options,
+            retention=retention,
+        )
+
     def child(self, name: str) -> RunCheckpoints:
         """A nested prefix ``{url}/{name}`` with the same options (``name`` follows run-key rules)."""
-        validate_run_key(name)
-        return RunCheckpoints(
-            join(self.url, name),
-            fs=self.fs,
-            path=join(self.path, name),
-            storage_options=self.storage_options,
-            retention=self.retention,
-        )
+        options, retention = self.storage_options, self.retention
+        return self.under(self.url, self.path, name, fs=self.fs, storage_options=options, retention=retention)
 
     # ------------------------------------------------------------------ saving
     def save(
@@ -138,9 +171,7 @@ class RunCheckpoints(RunReader):
         Waits for an in-flight ``save_async`` first and raises its failure, if any.
         """
         self._writer.wait()
-        unit, index = self._resolve_index(step, epoch)
-        payload, types = encode_state(state, copy=False)
-        return self._write(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata))
+        return self._write(self._prepare(state, step, epoch, metrics, metadata, copy=None))
 
     def save_async(
         self,
@@ -151,19 +182,22 @@ class RunCheckpoints(RunReader):
         metrics: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Snapshot ``state`` now (tensors copied to CPU), write and commit it in the background.
+        """Snapshot ``state`` now (tensors copied to host memory, into the previous save's buffers when their
+        dtype and shape match: see snapshot.py), write and commit it in the background.
 
         At most one write is in flight: this waits for the previous one and raises its failure. Call
         ``flush()`` to wait for the last one (also done at interpreter exit).
         """
         self._writer.wait()
-        unit, index = self._resolve_index(step, epoch)
-        payload, types = encode_state(state, copy=True)
-        clean_metrics, clean_metadata = _metrics(metrics), _metadata(metadata)
-        self._writer.submit(
-            lambda: self._write(payload, types, unit, index, step, epoch, clean_metrics, clean_metadata),
-            what=checkpoint_dirname(unit, index),
-        )
+        pending = self._prepare(state, step, epoch, metrics, metadata, copy=self._snapshots.copy)
+
+        def write_then_recycle() -> CheckpointRef:
+            try:
+                return self._write(pending)
+            finally:  # the write has read the snapshot: its buffers serve the next save_async
+                self._snapshots.release(pending.payload)
+
+        self._writer.submit(write_then_recycle, what=checkpoint_dirname(pending.unit, pending.index))
 
     def flush(self) -> None:
         """Wait for the in-flight background save and raise its failure, if any."""
@@ -180,17 +214,24 @@ class RunCheckpoints(RunReader):
         latest = self.latest()
         return "step", 0 if latest is None else latest.index + 1
 
-    def _write(
+    def _prepare(
         self,
-        payload: dict[str, Any],
-        types: dict[str, str],
-        unit: Unit,
-        index: int,
+        state: Mapping[str, Any],
         step: int | None,
         epoch: int | None,
-        metrics: dict[str, float],
-        metadata: dict[str, Any],
-    ) -> CheckpointRef:
+        metrics: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        copy: Callable[[Any], Any] | None,
+    ) -> _PendingSave:
+        """Validate the arguments and encode ``state`` (through ``copy`` when it is written later)."""
+        unit, index = self._resolve_index(step, epoch)
+        payload, types = encode_state(state, copy=copy)
+        return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata))
+
+    def _write(self, pending: _PendingSave) -> CheckpointRef:
+        payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
+        step, epoch, metrics, metadata = pending.step, pending.epoch, pending.metrics, pending.metadata
         files, payload_format = serialize(payload)
         digests = {file_name: digest_later(data) for file_name, data in files.items()}
         built: list[Manifest] = []

@@ -95,6 +95,17 @@ def recording_run(
 
 @pytest.fixture(params=["local", "memory", pytest.param("s3", marks=pytest.mark.s3)])
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    yield from _backend(request, tmp_path)
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.s3)])
+def object_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """The backends whose commits go through fsspec calls (``pipe_file``), where faults can be injected;
+    local commits go through os (fsync + rename) and are faulted for real (a full tmpfs)."""
+    yield from _backend(request, tmp_path)
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
     if request.param == "local":
         yield Backend("local", str(tmp_path / "store"))
     elif request.param == "memory":

@@ -46,13 +46,11 @@ def test_save_async_snapshots_state_at_call_time(backend: Backend) -> None:
     assert loaded is not None and torch.equal(loaded["w"], torch.zeros(1000))
 
 
-def test_at_most_one_async_write_in_flight(backend: Backend) -> None:
-    if backend.name == "local":
-        pytest.skip("local commits write through os (fsync + rename), not pipe_file")
-    engine = backend.engine()
+def test_at_most_one_async_write_in_flight(object_backend: Backend) -> None:
+    engine = object_backend.engine()
     gated = GatedFS(engine.fs)
     run = RunCheckpoints(
-        f"{backend.url}/gated", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/gated"
+        f"{object_backend.url}/gated", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/gated"
     )
     run.save_async({"s": 1}, step=1)
     assert gated.entered.wait(30)
@@ -73,10 +71,8 @@ def test_at_most_one_async_write_in_flight(backend: Backend) -> None:
     assert [ref.index for ref in run.checkpoints()] == [1, 2]
 
 
-def test_async_failure_is_raised_on_flush_and_then_cleared(backend: Backend) -> None:
-    if backend.name == "local":
-        pytest.skip("local ENOSPC is covered with a real full tmpfs in test_local_commit")
-    engine = backend.engine()
+def test_async_failure_is_raised_on_flush_and_then_cleared(object_backend: Backend) -> None:
+    engine = object_backend.engine()
     good = engine.run("run")
     good.save({"s": 1}, step=1)
     failing = RecordingFS(engine.fs, fail={"pipe_file": OSError(errno.ENOSPC, "No space left on device")})
@@ -89,13 +85,11 @@ def test_async_failure_is_raised_on_flush_and_then_cleared(backend: Backend) -> 
     assert good.load() == {"s": 1}
 
 
-def test_async_failure_is_raised_on_next_save(backend: Backend) -> None:
-    if backend.name == "local":
-        pytest.skip("local ENOSPC is covered with a real full tmpfs in test_local_commit")
-    engine = backend.engine()
+def test_async_failure_is_raised_on_next_save(object_backend: Backend) -> None:
+    engine = object_backend.engine()
     failing = RecordingFS(engine.fs, fail={"pipe_file": OSError(errno.ENOSPC, "No space left on device")})
     run = RunCheckpoints(
-        f"{backend.url}/r", fs=cast(fsspec.AbstractFileSystem, failing), path=f"{engine.path}/r"
+        f"{object_backend.url}/r", fs=cast(fsspec.AbstractFileSystem, failing), path=f"{engine.path}/r"
     )
     run.save_async({"s": 1}, step=1)
     with pytest.raises(StoreUnavailable):
