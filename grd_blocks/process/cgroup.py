@@ -40,6 +40,8 @@ _probe_result: bool | None = None
 # The join runs in the command's own /bin/sh before anything else; 125 = could not join.
 _JOIN = 'echo 0 >{procs} || {{ echo "grd: cannot join cgroup {procs}" >&2; exit 125; }}; '
 _JOIN_EXEC = 'echo 0 >"$0" || { echo "grd: cannot join cgroup $0" >&2; exit 125; }; exec "$@"'
+# A pre-started shell (``prestart``) joins, then runs the script it reads from stdin (EOF: nothing, exit 0).
+_JOIN_WAIT = _JOIN + ". /dev/stdin"
 
 
 @functools.cache
@@ -181,6 +183,11 @@ class CgroupTree:
             return ["/bin/sh", "-c", _JOIN.format(procs=shlex.quote(procs)) + argv[0]]
         return ["/bin/sh", "-c", _JOIN_EXEC, procs, *argv]
 
+    def launcher_argv(self) -> list[str]:
+        """A ``/bin/sh`` that joins this cgroup, then runs the script written to its stdin (``prestart``)."""
+        procs = shlex.quote(str(self.path / "cgroup.procs"))
+        return ["/bin/sh", "-c", _JOIN_WAIT.format(procs=procs), "/bin/sh"]
+
     def attach(self, pid: int) -> None:
         self.main_pid = pid
 
@@ -192,6 +199,8 @@ class CgroupTree:
 
     def live(self) -> set[int]:
         pids: set[int] = self._main_outside()
+        if not pids and self._surely_empty():
+            return pids
         for root, _dirs, _files in os.walk(self.path):
             try:
                 with open(os.path.join(root, "cgroup.procs"), encoding="ascii") as procs:
@@ -207,6 +216,14 @@ class CgroupTree:
         except OSError:
             return False
         return b"populated 1" in data
+
+    def _surely_empty(self) -> bool:
+        """True if ``cgroup.events`` says no process is in the subtree now; False if it says one is, or
+        cannot be read (then the caller looks process by process)."""
+        try:
+            return b"populated 0" in os.pread(self._events_fd, 256, 0)
+        except OSError:
+            return False
 
     def _reap_inherited(self) -> None:
         """A fallback command runs beside us (we are a subreaper): reap zombies that were in our cgroup."""

@@ -1,5 +1,5 @@
-"""A command's output: a PTY for stdout (so C stdio and Python line-buffer), a pipe for stderr, one reader
-thread.
+"""A command's output: a PTY for stdout (so C stdio and Python line-buffer), a pipe for stderr, read inline by
+the supervising thread (``pump``) or by one reader thread (``start``/``hand_over``), never both at once.
 
 Invariant: every byte the command wrote before its tree was killed reaches ``on_line``, the log file and the
 tails, decoded as UTF-8 with ``errors="replace"``; ``\\r\\n`` from the PTY becomes ``\\n``; a last line
@@ -13,10 +13,12 @@ import codecs
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import termios
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -98,9 +100,6 @@ class OutputCapture:
         tail_chars: int = 4000,
     ) -> None:
         self.log_file: IO[str] | None = None
-        if log_path is not None:
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         self.pty = False
         out_r, out_w = -1, -1
         if use_pty:
@@ -119,19 +118,55 @@ class OutputCapture:
         self.child_stdout = out_w
         self.child_stderr = err_w
         self._fds = {
-            out_r: _Stream("stdout", on_line, self.log_file, tail_chars),
-            err_r: _Stream("stderr", on_line, self.log_file, tail_chars),
+            out_r: _Stream("stdout", on_line, None, tail_chars),
+            err_r: _Stream("stderr", on_line, None, tail_chars),
         }
         self._wake_r, self._wake_w = os.pipe()
         for fd in (out_r, err_r, self._wake_r):
             os.set_blocking(fd, False)
         self._streams = list(self._fds.values())
         self._thread = threading.Thread(target=self._run, name="grd-output", daemon=True)
+        try:
+            self.bind(log_path=log_path, on_line=on_line, tail_chars=tail_chars)
+        except OSError:
+            self.abort()
+            raise
+
+    def bind(self, *, log_path: str | Path | None, on_line: OnLine | None, tail_chars: int) -> None:
+        """Say where the output goes (log file, line callback, tail size); before anything is read. The
+        descriptors may have been made earlier (a pre-started command waits on them)."""
+        if log_path is not None:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+        for stream in self._streams:
+            stream.on_line = on_line
+            stream.log_file = self.log_file
+            stream.tail_chars = tail_chars
 
     def start(self) -> None:
-        """Close the child's ends in this process (so EOF can happen) and start reading."""
-        self._close_child_ends()
+        """Close the child's ends in this process (so EOF can happen) and start the reader thread."""
+        self.release_child_ends()
         self._thread.start()
+
+    def release_child_ends(self) -> None:
+        """Close the child's ends in this process (once the child has them), so EOF can happen."""
+        self._close_child_ends()
+
+    @property
+    def open_fds(self) -> list[int]:
+        """The read ends not at EOF yet (for ``pump``)."""
+        return list(self._fds)
+
+    def pump(self, fd: int, poller: select.poll) -> None:
+        """Read what is ready on ``fd`` in the calling thread (unregistered from ``poller`` at EOF); only
+        before ``hand_over``."""
+        self._read(fd, poller)
+
+    def hand_over(self) -> None:
+        """From now on the reader thread reads (the caller stops pumping): a kill ladder may wait for
+        seconds while the command still prints."""
+        if self._thread.ident is None:
+            self._thread.start()
 
     def abort(self) -> None:
         """Close everything without reading (the command never started)."""
@@ -144,6 +179,14 @@ class OutputCapture:
 
     def finish(self, timeout: float) -> None:
         """Wait up to ``timeout`` for EOF on both streams; then take what is buffered and stop."""
+        if self._thread.ident is None:
+            if self._fds:
+                self._drain_inline(timeout)
+            _close(self._wake_w)
+            _close(self._wake_r)
+            if self.log_file is not None:
+                self.log_file.close()
+            return
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.info(
@@ -157,10 +200,48 @@ class OutputCapture:
         if self.log_file is not None:
             self.log_file.close()
 
+    def _drain_inline(self, timeout: float) -> None:
+        """``finish`` without a reader thread: read to EOF for up to ``timeout``, then what is buffered."""
+        poller = select.poll()
+        for fd in self._fds:
+            poller.register(fd, select.POLLIN)
+        end = time.monotonic() + timeout
+        try:
+            while self._fds:
+                left = end - time.monotonic()
+                if left <= 0:
+                    log.info("output still open %.1fs after the command ended (a process holds it); "
+                             "draining", timeout)
+                    self._drain_buffered(poller)
+                    break
+                for fd, _event in poller.poll(math.ceil(left * 1000)):
+                    if fd in self._fds:
+                        self._read(fd, poller)
+        except Exception:
+            log.exception("output reader failed; the output after this point is lost")
+        finally:
+            self._close_streams()
+
+    def _drain_buffered(self, poller: select.poll) -> None:
+        for fd in list(self._fds):
+            for _ in range(_DRAIN_READS):  # bounded: a writer may still be producing
+                if fd not in self._fds or not self._read(fd, poller):
+                    break
+
+    def _close_streams(self) -> None:
+        for fd, stream in list(self._fds.items()):
+            stream.feed(b"", final=True)
+            _close(fd)
+        self._fds.clear()
+        if self.log_file is not None:
+            self.log_file.flush()
+
     @property
     def done(self) -> bool:
-        """True once the reader has stopped (EOF on both streams, or drained after ``finish`` timed out)."""
-        return self._thread.ident is not None and not self._thread.is_alive()
+        """True once reading has stopped (EOF on both streams, or drained after ``finish`` timed out)."""
+        if self._thread.ident is None:
+            return not self._fds
+        return not self._thread.is_alive()
 
     @property
     def stdout_tail(self) -> str:
@@ -185,10 +266,7 @@ class OutputCapture:
             while self._fds:
                 ready = poller.poll()
                 if any(fd == self._wake_r for fd, _ in ready):
-                    for fd in list(self._fds):
-                        for _ in range(_DRAIN_READS):  # bounded: a writer may still be producing
-                            if not self._read(fd, poller):
-                                break
+                    self._drain_buffered(poller)
                     break
                 for fd, _event in ready:
                     if fd in self._fds:
@@ -196,12 +274,7 @@ class OutputCapture:
         except Exception:
             log.exception("output reader failed; the output after this point is lost")
         finally:
-            for fd, stream in list(self._fds.items()):
-                stream.feed(b"", final=True)
-                _close(fd)
-            self._fds.clear()
-            if self.log_file is not None:
-                self.log_file.flush()
+            self._close_streams()
 
     def _read(self, fd: int, poller: select.poll) -> bool:
         """Read once from ``fd``; True if data came (there may be more), False on EOF or nothing ready."""

@@ -6,6 +6,11 @@ normal exit any leftover descendant (a daemonized grandchild) is stopped by the 
 deadline has already passed, or whose cancel event is already set, is not started. Spawn failures (missing
 executable or cwd) come back as an outcome with returncode 127 (126: not executable); ``ProcessError`` is
 raised only for invalid arguments.
+
+Fast path (see ``prestart``): where a pre-started shell is ready, the command is its ``exec``: no fork and no
+cgroup move on the caller's path. Output is read by the waiting thread itself for the first ``INLINE_S`` (a
+short command needs no reader thread), then handed to the reader thread, which also serves the kill ladder's
+grace period.
 """
 
 from __future__ import annotations
@@ -24,18 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from grd_blocks.errors import ProcessError
+from grd_blocks.process import prestart
 from grd_blocks.process.ladder import KILL_WAIT_S, LadderResult, stop_tree
 from grd_blocks.process.outcome import CommandOutcome
 from grd_blocks.process.output import OnLine, OutputCapture
-from grd_blocks.process.tree import ProcessTree, open_tree
+from grd_blocks.process.tree import ProcessTree, fallback_forced, open_tree
 
-__all__ = ["CANCEL_TICK_S", "DRAIN_S", "run_command"]
+__all__ = ["CANCEL_TICK_S", "DRAIN_S", "INLINE_S", "run_command"]
 
 log = logging.getLogger("grd.process")
 
 CANCEL_TICK_S = 0.02  # how often a cancel event is checked while the command runs
 DRAIN_S = 1.0  # how long output is still read after the tree is gone, if a stray holder keeps it open
 _MAX_TICK_S = 0.25  # re-read the caller's clock at least this often (it need not be real time)
+INLINE_S = 0.05  # output is read by the waiting thread this long, then by a reader thread
+_NO_PIDFD_STEP_S = 0.002  # without a pidfd, how often exit is checked
 
 _tokens = itertools.count(1)
 
@@ -85,10 +93,15 @@ def run_command(
         _write_log(log_path, problem[1])
         return _not_started(log_str, returncode=problem[0], spawn_error=problem[1])
 
+    spare = _launch_spare(argv, shell, child_env, cwd, log_path, on_line, tail_chars) if use_pty else None
+    if spare is not None:
+        return _supervise(
+            spare.proc, spare.tree, spare.output, label, deadline, grace_s, cancel, clock, started, log_str
+        )
     try:
         output = OutputCapture(use_pty=use_pty, log_path=log_path, on_line=on_line, tail_chars=tail_chars)
     except OSError as exc:
-        raise ProcessError(f"cannot open the log file {log_str!r} ({exc}): pass a writable log_path") from exc
+        raise _log_error(log_str, exc) from exc
     tree = open_tree(f"{os.getpid()}-{next(_tokens)}-{secrets.token_hex(4)}")
     try:
         proc = subprocess.Popen(
@@ -109,8 +122,49 @@ def run_command(
         _write_log(log_path, message)
         return _not_started(log_str, returncode=code, spawn_error=message)
     tree.attach(proc.pid)
-    output.start()
+    output.release_child_ends()
     return _supervise(proc, tree, output, label, deadline, grace_s, cancel, clock, started, log_str)
+
+
+def _log_error(log_str: str | None, exc: OSError) -> ProcessError:
+    return ProcessError(f"cannot open the log file {log_str!r} ({exc}): pass a writable log_path")
+
+
+def _launch_spare(
+    argv: list[str],
+    shell: bool,
+    env: dict[str, str],
+    cwd: str | Path | None,
+    log_path: str | Path | None,
+    on_line: OnLine | None,
+    tail_chars: int,
+) -> prestart.Spare | None:
+    """Start the command in a pre-started shell (no fork, no cgroup move on this path), if one is ready and
+    can run it; None: start it the usual way."""
+    if fallback_forced():
+        return None
+    try:
+        where = os.path.abspath(cwd) if cwd is not None else os.getcwd()
+    except OSError:
+        return None
+    if cwd is not None and not os.access(where, os.X_OK):
+        return None  # the usual start reports it as a spawn error
+    spare = prestart.take()
+    if spare is None:
+        return None
+    text = prestart.script(argv, shell=shell, env=env, cwd=where, spare_cwd=spare.cwd)
+    if text is None:
+        spare.discard()
+        return None
+    try:
+        spare.output.bind(log_path=log_path, on_line=on_line, tail_chars=tail_chars)
+    except OSError as exc:
+        spare.discard()
+        raise _log_error(None if log_path is None else str(log_path), exc) from exc
+    if not spare.launch(text):
+        spare.discard()
+        return None
+    return spare
 
 
 def _supervise(
@@ -132,7 +186,8 @@ def _supervise(
     stopped = False
     returncode: int | None = None
     try:
-        reason = _wait(proc, deadline, cancel, clock)
+        prestart.refill()  # the next command's shell starts while this one runs
+        reason = _wait(proc, deadline, cancel, clock, output)
         if reason is None:
             # Not reaped until the tree is closed: the main pid (= session id) must not be reused meanwhile.
             left = tree.live()
@@ -145,10 +200,12 @@ def _supervise(
                     leftover,
                     ", ".join(map(str, sorted(left)[:10])),
                 )
+                output.hand_over()
                 ladder = stop_tree(
                     tree, grace_s=grace_s, why="leftover processes", label=label, clock=clock, started=started
                 )
         else:
+            output.hand_over()  # the ladder may wait out the grace period while the command still prints
             why = "cancelled" if reason == "cancel" else f"deadline reached after {clock() - started:.3f}s"
             ladder = stop_tree(tree, grace_s=grace_s, why=why, label=label, clock=clock, started=started)
         stopped = True
@@ -182,9 +239,14 @@ def _supervise(
 
 
 def _wait(
-    proc: subprocess.Popen[bytes], deadline: float, cancel: threading.Event | None, clock: Callable[[], float]
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    cancel: threading.Event | None,
+    clock: Callable[[], float],
+    output: OutputCapture,
 ) -> str | None:
-    """None once the main process has exited (not reaped); else "deadline" or "cancel"."""
+    """None once the main process has exited (not reaped); else "deadline" or "cancel". Output is read in
+    this thread for the first ``INLINE_S`` (a short command needs no reader thread), then by the reader."""
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
@@ -192,18 +254,33 @@ def _wait(
     poller = select.poll()
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
+    for fd in output.open_fds:
+        poller.register(fd, select.POLLIN)
+    inline_until = time.monotonic() + INLINE_S
 
     def exited(timeout: float) -> bool:
-        if pidfd is not None:
-            return bool(poller.poll(math.ceil(timeout * 1000)))
+        nonlocal inline_until
+        if inline_until and time.monotonic() >= inline_until:
+            for fd in output.open_fds:
+                poller.unregister(fd)
+            output.hand_over()
+            inline_until = 0.0
         end = time.monotonic() + timeout
         while True:
-            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if info is not None:
+            step = timeout if pidfd is not None else min(timeout, _NO_PIDFD_STEP_S)
+            if inline_until:
+                step = min(step, max(0.0, inline_until - time.monotonic()))
+            ready = poller.poll(math.ceil(step * 1000))
+            gone = False
+            for fd, _event in ready:
+                if fd == pidfd:
+                    gone = True
+                else:
+                    output.pump(fd, poller)
+            if gone or (pidfd is None and _has_exited(proc.pid)):
                 return True
-            if time.monotonic() >= end:
+            if time.monotonic() >= end or (inline_until and time.monotonic() >= inline_until):
                 return False
-            time.sleep(0.002)
 
     tick = CANCEL_TICK_S if cancel is not None else _MAX_TICK_S
     try:
@@ -218,6 +295,10 @@ def _wait(
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _has_exited(pid: int) -> bool:
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _peek_returncode(pid: int) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-__all__ = ["FORCE_FALLBACK_ENV", "ProcessTree", "open_tree"]
+__all__ = ["FORCE_FALLBACK_ENV", "ProcessTree", "fallback_forced", "open_tree"]
 
 FORCE_FALLBACK_ENV = "GRD_FORCE_FALLBACK"
 
@@ -51,12 +51,17 @@ class ProcessTree(Protocol):
         ...
 
 
+def fallback_forced() -> bool:
+    """True when ``GRD_FORCE_FALLBACK`` asks for the subreaper sweep."""
+    return os.environ.get(FORCE_FALLBACK_ENV, "") not in ("", "0")
+
+
 def open_tree(token: str) -> ProcessTree:
     """A cgroup for the command where one can be made, else the subreaper sweep (``token`` marks its env)."""
     from grd_blocks.process.cgroup import CgroupTree
     from grd_blocks.process.sweep import SweepTree
 
-    if os.environ.get(FORCE_FALLBACK_ENV, "") not in ("", "0"):
+    if fallback_forced():
         return SweepTree(token)
     tree = CgroupTree.create()
     if tree is not None:
