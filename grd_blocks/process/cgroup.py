@@ -3,7 +3,9 @@
 Invariant: the command joins its cgroup *before* it executes (``/bin/sh`` writes ``0`` to ``cgroup.procs`` and
 then runs or ``exec``s the command), so every process it ever forks starts inside the cgroup or a cgroup below
 it, whatever it does with sessions, process groups or its parent. ``kill()`` writes ``1`` to ``cgroup.kill``,
-which the kernel applies to the whole subtree at once, including processes forked while it runs.
+which the kernel applies to the whole subtree at once, including processes forked while it runs. ``close()``
+removes the cgroup: an empty one in a background thread (``_Remover``; drained at interpreter exit), one still
+busy at once (and a warning if it cannot be).
 
 Where: the cgroup2 mount is found in ``/proc/self/mounts`` (on hybrid hosts it is e.g.
 ``/sys/fs/cgroup/unified``), the current process's path from the ``0::`` line of ``/proc/self/cgroup``;
@@ -14,6 +16,7 @@ falls back to the subreaper sweep.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import itertools
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from grd_blocks.process import procfs, sweep
 
-__all__ = ["CgroupTree", "cgroup2_mount", "current_cgroup_dir"]
+__all__ = ["CgroupTree", "cgroup2_mount", "current_cgroup_dir", "drain_removals"]
 
 log = logging.getLogger("grd.process")
 
@@ -123,6 +126,68 @@ def _remove(path: Path) -> bool:
     except OSError:
         return False
     return ok
+
+
+class _Remover:
+    """Removes emptied cgroups in a background thread: an ``rmdir`` of a cgroup waits for the kernel (about a
+    millisecond, more under load), which need not delay the command's result. Whatever is queued is removed
+    before the interpreter exits (``drain``); a cgroup left by a grd killed hard goes with the next grd's
+    stale sweep."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh (also in a forked child, where the thread is the parent's)."""
+        self._cond = threading.Condition()
+        self._queue: list[Path] = []
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, path: Path) -> None:
+        with self._cond:
+            self._queue.append(path)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="grd-cgroup-rmdir", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every queued cgroup has been removed (or given up on); False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = end - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                path = self._queue.pop(0)
+                self._busy = True
+            _remove_or_warn(path)
+
+
+_REMOVER = _Remover()
+atexit.register(_REMOVER.drain, 5.0)
+os.register_at_fork(after_in_child=_REMOVER.reset)
+
+
+def drain_removals(timeout: float = 5.0) -> bool:
+    """Wait for the background removal of finished commands' cgroups (tests; interpreter exit does it too)."""
+    return _REMOVER.drain(timeout)
+
+
+def _remove_or_warn(path: Path) -> None:
+    if not _remove(path):
+        log.warning("cgroup %s is still busy and was left in place; remove it with rmdir once empty", path)
 
 
 def _clean_stale(parent: Path) -> None:
@@ -294,11 +359,12 @@ class CgroupTree:
             poller.poll(min(left, 0.005 if outside else 0.25) * 1000)
 
     def close(self) -> None:
+        empty = not self._main_outside() and not self.populated()
         with contextlib.suppress(OSError):
             os.close(self._events_fd)
         if sweep.is_subreaper():
             self._reap_inherited()
-        if not _remove(self.path):
-            log.warning(
-                "cgroup %s is still busy and was left in place; remove it with rmdir once empty", self.path
-            )
+        if empty:
+            _REMOVER.submit(self.path)
+        else:
+            _remove_or_warn(self.path)

@@ -15,6 +15,7 @@ grace period.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -357,12 +358,27 @@ def _spawn_problem(
             )
         return None
     search = env.get("PATH", os.defpath)
-    if shutil.which(exe, path=search) is None:
+    if _which(exe, search) is None:
         return 127, (
             f"executable {exe!r} was not found on PATH ({search}): install it, activate its "
             "environment, or give its absolute path"
         )
     return None
+
+
+def _which(exe: str, search: str) -> str | None:
+    """``shutil.which`` with found paths remembered (checked again with one ``access`` call); a miss is
+    looked up again every time, so an executable installed meanwhile is found."""
+    found = _which_cached(exe, search)
+    if found is not None and os.access(found, os.X_OK) and not os.path.isdir(found):
+        return found
+    _which_cached.cache_clear()
+    return shutil.which(exe, path=search)
+
+
+@functools.lru_cache(maxsize=256)
+def _which_cached(exe: str, search: str) -> str | None:
+    return shutil.which(exe, path=search)
 
 
 def _describe_spawn_error(
