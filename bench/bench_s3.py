@@ -1,20 +1,28 @@
-"""Checkpoint save/load on S3 (SeaweedFS, started here) vs boto3's transfer manager at the same part size.
+"""Checkpoint save/load on S3 (SeaweedFS, started here) vs boto3's transfer manager and s3fs, same part shape.
 
-Measures, per state size (64 MiB, and 512 MiB unless --quick), the median of REPEATS runs of:
+For each state size (64 MiB and 512 MiB; 64 MiB only with --quick) it times, over ROUNDS interleaved rounds
+after one untimed warm-up round (the first writes into a new bucket allocate its volumes):
 - grd save: ``CheckpointEngine.save_checkpoint`` of ``{"weights": uint8 tensor}`` (torch.save + sha256 +
-  PUTs);
-- boto3 ``upload_file`` of the same number of bytes, with grd's part size (8 MiB), multipart threshold
-  (16 MiB) and concurrency (8), i.e. the same transfer shape as grd's ``pipe_file`` call (the baseline
-  uploads an existing file; grd's time also includes serializing the state);
-- s3fs ``open("wb").write`` (streaming multipart writer) of the same bytes;
-- grd load vs boto3 ``download_file`` and s3fs ``cat_file``.
-Ratios are throughput ratios: > 1 means grd is faster than the baseline. Writes bench/results/s3.json.
+  parallel multipart upload + manifest + LATEST.json), a new step each time;
+- boto3 ``upload_file`` of the same number of bytes from a local file, with grd's part size (8 MiB),
+  multipart threshold (16 MiB) and concurrency (8): the same transfer shape, without grd's serializing,
+  hashing and commit requests;
+- s3fs ``open("wb", block_size=8 MiB)`` + one ``write`` per 8 MiB part: the same part size, sent one part at
+  a time (s3fs's writer has no concurrency);
+- grd load (``load_checkpoint``: LATEST.json, manifest, parallel ranged GETs, every sha256 checked, then
+  torch.load) vs boto3 ``download_file`` (to a local file) and s3fs ``cat_file`` with the same part size and
+  concurrency.
+Within a round the save operations run in a rotating order, then the load operations likewise, so drifting
+machine load hits every contender alike. Reported: the median seconds and MiB/s of each operation, and
+throughput ratios of the medians (> 1 means grd is faster than that baseline). The 1-minute load average
+is recorded before and after each size. Writes bench/results/s3.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,26 +38,37 @@ import torch  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from grd_blocks.checkpoint import CheckpointEngine  # noqa: E402
-from grd_blocks.checkpoint.fsio import PARALLEL_PART_BYTES, PARALLEL_PARTS  # noqa: E402
+from grd_blocks.checkpoint.s3parts import PARALLEL_PARTS, PART_BYTES  # noqa: E402
 from tests.fixtures.seaweed import running_seaweed  # noqa: E402
 
 MiB = 2**20
-PART = PARALLEL_PART_BYTES  # the part size grd asks s3fs for on large payloads
-THRESHOLD = 2 * PARALLEL_PART_BYTES  # grd goes multipart from two parts up
+PART = PART_BYTES  # grd's part size for multipart uploads and ranged GETs
+THRESHOLD = 2 * PART_BYTES  # grd goes multipart from two parts up
 CONCURRENCY = PARALLEL_PARTS  # parts in flight at once
-REPEATS = 3
+ROUNDS = 5
+
+Action = Callable[[], Any]
 
 
-def median_seconds(action: Callable[[], Any], repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def rotated(items: list[tuple[str, Action]], turn: int) -> list[tuple[str, Action]]:
+    shift = turn % len(items)
+    return items[shift:] + items[:shift]
 
 
-def bench_size(server: Any, size: int, workdir: Path) -> dict[str, Any]:
+def run_rounds(groups: list[list[tuple[str, Action]]], rounds: int) -> dict[str, float]:
+    """Median seconds of every action: one warm-up round, then ``rounds`` timed ones, each group rotated."""
+    times: dict[str, list[float]] = {name: [] for group in groups for name, _ in group}
+    for turn in range(rounds + 1):
+        for group in groups:
+            for name, action in rotated(group, turn):
+                start = time.perf_counter()
+                action()
+                if turn:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_size(server: Any, size: int, workdir: Path, rounds: int) -> dict[str, Any]:
     bucket = server.new_bucket()
     name = bucket.removeprefix("s3://")
     tensor = torch.randint(0, 256, (size,), dtype=torch.uint8)
@@ -64,49 +83,64 @@ def bench_size(server: Any, size: int, workdir: Path) -> dict[str, Any]:
     engine = CheckpointEngine(f"{bucket}/ckpts", storage_options=server.storage_options)
     step = iter(range(10**6))
 
-    results = {
-        "size_mib": size / MiB,
-        "grd_save_s": median_seconds(lambda: engine.save_checkpoint("bench", state={"weights": tensor},
-                                                                     step=next(step))),
-        "boto3_upload_file_s": median_seconds(lambda: client.upload_file(str(source), name, "boto/blob",
-                                                                         Config=config)),
-        "s3fs_open_write_s": median_seconds(lambda: _s3fs_write(fs, f"{name}/s3fs/blob", raw)),
-        "grd_load_s": median_seconds(lambda: engine.load_checkpoint("bench")),
-        "boto3_download_file_s": median_seconds(
-            lambda: client.download_file(name, "boto/blob", str(workdir / "down"), Config=config)
-        ),
-        "s3fs_cat_file_s": median_seconds(lambda: fs.cat_file(f"{name}/s3fs/blob")),
-    }
-    for key in [name for name in list(results) if name.endswith("_s")]:
-        results[key[:-2] + "_mib_s"] = size / MiB / results[key]
-    results["save_vs_boto3"] = results["boto3_upload_file_s"] / results["grd_save_s"]
-    results["save_vs_s3fs_write"] = results["s3fs_open_write_s"] / results["grd_save_s"]
-    results["load_vs_boto3"] = results["boto3_download_file_s"] / results["grd_load_s"]
-    results["load_vs_s3fs_cat"] = results["s3fs_cat_file_s"] / results["grd_load_s"]
+    def grd_load() -> None:
+        loaded = engine.load_checkpoint("bench")
+        assert loaded is not None and loaded["weights"].shape == tensor.shape
+
+    saves: list[tuple[str, Action]] = [
+        ("grd_save", lambda: engine.save_checkpoint("bench", state={"weights": tensor}, step=next(step))),
+        ("boto3_upload_file", lambda: client.upload_file(str(source), name, "boto/blob", Config=config)),
+        ("s3fs_open_write", lambda: _s3fs_write(fs, f"{name}/s3fs/blob", raw)),
+    ]
+    loads: list[tuple[str, Action]] = [
+        ("grd_load", grd_load),
+        ("boto3_download_file",
+         lambda: client.download_file(name, "boto/blob", str(workdir / "down"), Config=config)),
+        ("s3fs_cat_file",
+         lambda: fs.cat_file(f"{name}/s3fs/blob", chunksize=PART, max_concurrency=CONCURRENCY)),
+    ]
+    load_before = os.getloadavg()[0]
+    medians = run_rounds([saves, loads], rounds)
+    loaded = engine.load_checkpoint("bench")
+    assert loaded is not None and torch.equal(loaded["weights"], tensor), "grd load returned other bytes"
+    results: dict[str, Any] = {"size_mib": size / MiB, "loadavg_1m_before": load_before,
+                               "loadavg_1m_after": os.getloadavg()[0]}
+    results.update({f"{key}_s": value for key, value in medians.items()})
+    for key, value in medians.items():
+        results[f"{key}_mib_s"] = size / MiB / value
+    results["save_vs_boto3"] = medians["boto3_upload_file"] / medians["grd_save"]
+    results["save_vs_s3fs_write"] = medians["s3fs_open_write"] / medians["grd_save"]
+    results["load_vs_boto3"] = medians["boto3_download_file"] / medians["grd_load"]
+    results["load_vs_s3fs_cat"] = medians["s3fs_cat_file"] / medians["grd_load"]
     source.unlink()
     return results
 
 
 def _s3fs_write(fs: Any, path: str, data: bytes) -> None:
-    with fs.open(path, "wb") as handle:
-        handle.write(data)
+    view = memoryview(data)
+    with fs.open(path, "wb", block_size=PART) as handle:
+        for start in range(0, len(view), PART):
+            handle.write(view[start : start + PART])  # each write fills one block: one part goes up
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB only")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"timed rounds per size ({ROUNDS})")
     args = parser.parse_args()
     sizes = [64 * MiB] if args.quick else [64 * MiB, 512 * MiB]
     with (
         tempfile.TemporaryDirectory(prefix="grd-bench-s3-") as tmp,
         running_seaweed(Path(tmp) / "seaweedfs", volume_size_limit_mb=1024) as server,
     ):
-        rows = [bench_size(server, size, Path(tmp)) for size in sizes]
+        rows = [bench_size(server, size, Path(tmp), args.rounds) for size in sizes]
     report = {
         "benchmark": "s3",
         "backend": "SeaweedFS (weed server -s3) on 127.0.0.1",
+        "machine": {"cpus": os.cpu_count()},
         "transfer": {"part_mib": PART / MiB, "multipart_threshold_mib": THRESHOLD / MiB,
-                     "concurrency": CONCURRENCY, "repeats": REPEATS, "statistic": "median"},
+                     "concurrency": CONCURRENCY, "rounds": args.rounds, "warmup_rounds": 1,
+                     "statistic": "median", "s3fs_write_concurrency": 1},
         "quick": args.quick,
         "results": rows,
     }
@@ -115,10 +149,13 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     for row in rows:
         print(
-            f"{row['size_mib']:.0f} MiB: save {row['grd_save_s']:.2f}s "
-            f"(boto3 {row['boto3_upload_file_s']:.2f}s, x{row['save_vs_boto3']:.2f}; "
-            f"s3fs write x{row['save_vs_s3fs_write']:.2f}) | load {row['grd_load_s']:.2f}s "
-            f"(boto3 {row['boto3_download_file_s']:.2f}s, x{row['load_vs_boto3']:.2f})"
+            f"{row['size_mib']:.0f} MiB (load avg {row['loadavg_1m_before']:.2f}"
+            f"->{row['loadavg_1m_after']:.2f}): "
+            f"save {row['grd_save_mib_s']:.0f} MiB/s (boto3 {row['boto3_upload_file_mib_s']:.0f}, "
+            f"x{row['save_vs_boto3']:.2f}; s3fs write {row['s3fs_open_write_mib_s']:.0f}, "
+            f"x{row['save_vs_s3fs_write']:.2f}) | load {row['grd_load_mib_s']:.0f} MiB/s "
+            f"(boto3 {row['boto3_download_file_mib_s']:.0f}, x{row['load_vs_boto3']:.2f}; "
+            f"s3fs cat {row['s3fs_cat_file_mib_s']:.0f}, x{row['load_vs_s3fs_cat']:.2f})"
         )
     print(f"wrote {out}")
     return 0

@@ -8,7 +8,8 @@ the payload bytes that are there. One small abstract type, two implementations:
   directory is
   fsynced after. ``LATEST.json`` is replaced through a temp file in the same directory + ``os.replace``.
 * ``ManifestLastCommit`` (object stores: S3, memory, ...): payload objects are written first, the manifest
-  object last; a single PUT is atomic, so the manifest's appearance is the commit.
+  object last; a single PUT (or a completed multipart upload, for large S3 payloads: s3parts.py) is atomic,
+  so the manifest's appearance is the commit.
 
 A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
 (invisible) and the new one renamed in; on object stores the old manifest is deleted before the new payload is
@@ -29,9 +30,9 @@ from collections.abc import Callable, Mapping
 
 import fsspec
 
-from grd_blocks.checkpoint.fsio import transfer_options
 from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
-from grd_blocks.checkpoint.serialization import Blob
+from grd_blocks.checkpoint.s3parts import put_object
+from grd_blocks.checkpoint.serialization import Payload, pieces_of
 from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
 
 
@@ -42,7 +43,7 @@ class CommitProtocol(ABC):
         self.fs = fs
 
     @abstractmethod
-    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
         """Write ``files``, then ``manifest()`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or not at
         all."""
 
@@ -62,9 +63,10 @@ class CommitProtocol(ABC):
         return []
 
 
-def _write_synced(path: str, data: Blob) -> None:
+def _write_synced(path: str, data: Payload) -> None:
     with open(path, "wb") as handle:
-        handle.write(data)
+        for piece in pieces_of(data):
+            handle.write(piece)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -80,7 +82,7 @@ def _fsync_dir(path: str) -> None:
 class RenameCommit(CommitProtocol):
     """Local disk: stage in ``{run_dir}/.tmp-{unit}_{N}-...``, fsync, ``rename`` into place."""
 
-    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
         os.makedirs(run_dir, exist_ok=True)
         staging = os.path.join(run_dir, staging_name(TMP_PREFIX, name))
@@ -122,24 +124,25 @@ class RenameCommit(CommitProtocol):
 class ManifestLastCommit(CommitProtocol):
     """Object stores: payload objects first, the manifest object last (its PUT is the commit)."""
 
-    def commit(self, ckpt_dir: str, files: Mapping[str, Blob], manifest: Callable[[], bytes]) -> None:
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
         manifest_path = join(ckpt_dir, MANIFEST_NAME)
-        replaced = False
-        try:
+        present = self._present(ckpt_dir)  # one LIST; usually empty
+        if MANIFEST_NAME in present:
             self.fs.rm_file(manifest_path)  # a retry of the same N: hide the old version before touching it
-            replaced = True
-        except FileNotFoundError:
-            pass
         for file_name, data in files.items():
-            payload = bytes(data)
-            self.fs.pipe_file(join(ckpt_dir, file_name), payload, **transfer_options(self.fs, len(payload)))
+            put_object(self.fs, join(ckpt_dir, file_name), data)  # S3: parallel parts, whole or not at all
         self.fs.pipe_file(manifest_path, manifest())
-        if replaced:  # the old version may have had payload files the new one does not list
-            keep = {*files, MANIFEST_NAME}
-            for path in self.fs.ls(ckpt_dir, detail=False):
-                if basename(str(path)) not in keep:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm(str(path), recursive=True)
+        for name in present - {*files, MANIFEST_NAME}:  # an old version's or a crashed writer's leftovers
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(join(ckpt_dir, name), recursive=True)
+
+    def _present(self, ckpt_dir: str) -> set[str]:
+        """Names directly under ``ckpt_dir`` now (empty when there is nothing)."""
+        self.fs.invalidate_cache(ckpt_dir)
+        try:
+            return {basename(str(path)) for path in self.fs.ls(ckpt_dir, detail=False)}
+        except FileNotFoundError:
+            return set()
 
     def write_pointer(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(path, data)

@@ -3,12 +3,15 @@
 Invariants:
 
 * ``digest_later(data)`` yields the ``FileEntry`` whose ``sha256`` is ``hashlib.sha256(data)`` and, for
-  data larger than ``CHUNK``, whose ``chunks`` are the sha256 of each ``CHUNK``-sized piece. It runs in helper
+  data larger than ``CHUNK``, whose ``chunks`` are the sha256 of each ``CHUNK``-sized piece (for ``Pieces``
+  of ``CHUNK`` bytes: of each piece, as it is). It runs in helper
   threads (hashlib releases the GIL), overlapping whatever the caller does meanwhile (writing the bytes).
 * ``verify_fd(fd, entry, where)`` reads the file through the given descriptor only (so it describes the inode
   the caller holds open, whatever happens to the path meanwhile) and raises ``CheckpointCorrupt`` naming
   ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them,
   else the whole-file sha256, reading the next piece while the previous one is hashed.
+* ``hash_later(piece)`` + ``check_pieces(futures, entry, where)`` let a download hash each chunk as soon as it
+  has arrived and check them all once the last one has (s3parts.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
+from grd_blocks.checkpoint.serialization import Blob, Payload, Pieces
 from grd_blocks.errors import CheckpointCorrupt
 
 CHUNK = 8 * 1024 * 1024
@@ -48,22 +52,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def digest_later(data: bytes | memoryview) -> Callable[[], FileEntry]:
+def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
     """Start hashing ``data``; the returned function waits and gives its ``FileEntry``."""
+    if isinstance(data, Pieces) and data.piece_size != CHUNK:
+        data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
     size = len(data)
     if size <= CHUNK:
-        entry = FileEntry(size=size, sha256=sha256_hex(data))
+        entry = FileEntry(size=size, sha256=sha256_hex(bytes(data) if isinstance(data, Pieces) else data))
         return lambda: entry
-    view = memoryview(data)
     pool = _hasher_pool()
-    whole = pool.submit(sha256_hex, view)
-    pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
+    if isinstance(data, Pieces):
+        whole = pool.submit(_sha256_all, data.pieces)
+        pieces = [pool.submit(sha256_hex, piece) for piece in data.pieces]
+    else:
+        view = memoryview(data)
+        whole = pool.submit(sha256_hex, view)
+        pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
     return lambda: FileEntry(
         size=size,
         sha256=whole.result(),
         chunk_size=CHUNK,
         chunks=tuple(piece.result() for piece in pieces),
     )
+
+
+def _sha256_all(pieces: tuple[bytes, ...]) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 def _read_into(fd: int, buffer: bytearray | memoryview, offset: int) -> int:
@@ -122,7 +139,14 @@ def sha256_fd(fd: int, size: int) -> tuple[str, int]:
     return digest.hexdigest(), offset
 
 
-def _check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str) -> None:
+def hash_later(piece: memoryview) -> Future[str | None]:
+    """Start hashing ``piece`` (one chunk of a payload) on the hasher pool; the future gives its sha256."""
+    return _hasher_pool().submit(sha256_hex, piece)
+
+
+def check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str) -> None:
+    """Wait for every chunk digest in ``futures`` (in chunk order), then raise ``CheckpointCorrupt`` naming
+    ``where`` and the byte range of the first that differs from ``entry.chunks``."""
     wait(futures)  # all of them, even after a failure: the caller may close the file once this returns
     step = entry.chunk_size or entry.size
     for number, (future, expected) in enumerate(zip(futures, entry.chunks, strict=True)):
@@ -134,7 +158,7 @@ def _check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: st
             )
 
 
-def verify_bytes(data: bytes | memoryview, entry: FileEntry, where: str) -> None:
+def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: str) -> None:
     """Raise ``CheckpointCorrupt`` unless ``data`` has ``entry``'s size and digests."""
     if len(data) != entry.size:
         raise CheckpointCorrupt(f"{where} is {len(data)} bytes, its manifest says {entry.size}")
@@ -143,7 +167,7 @@ def verify_bytes(data: bytes | memoryview, entry: FileEntry, where: str) -> None
         pieces: list[Future[str | None]] = [
             pool.submit(sha256_hex, view[start : start + step]) for start in range(0, len(data), step)
         ]
-        _check_pieces(pieces, entry, where)
+        check_pieces(pieces, entry, where)
         return
     digest = sha256_hex(data)
     if digest != entry.sha256:
@@ -160,7 +184,7 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
         pieces = [
             pool.submit(_chunk_digest, fd, start, min(step, size - start)) for start in range(0, size, step)
         ]
-        _check_pieces(pieces, entry, where)
+        check_pieces(pieces, entry, where)
         return
     digest, count = sha256_fd(fd, size)
     if count != entry.size:

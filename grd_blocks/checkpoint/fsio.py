@@ -59,20 +59,3 @@ def guard(url: str, operation: str, *, missing_ok: bool = False) -> Iterator[Non
         raise
     except Exception as exc:
         raise unavailable(url, operation, exc) from exc
-
-
-PARALLEL_PART_BYTES = 8 * 2**20
-PARALLEL_PARTS = 8
-
-
-def transfer_options(fs: fsspec.AbstractFileSystem, size: int) -> dict[str, int]:
-    """Keyword arguments for ``pipe_file``/``cat_file`` that move a large object in parallel parts.
-
-    s3fs sends anything under two 50 MiB parts as one request on one connection; a checkpoint payload of a
-    few hundred MiB is then bound by one stream. For S3 payloads of at least two parts, ask for 8 MiB parts,
-    8 at a time (multipart upload, ranged GETs). Other filesystems take no such arguments: empty there.
-    """
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "s3" not in protocols or size < 2 * PARALLEL_PART_BYTES:
-        return {}
-    return {"chunksize": PARALLEL_PART_BYTES, "max_concurrency": PARALLEL_PARTS}

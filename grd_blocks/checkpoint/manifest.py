@@ -94,7 +94,7 @@ def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps({**obj, "checksum": sha256_hex(_canonical(obj))}, indent=1, sort_keys=True).encode()
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

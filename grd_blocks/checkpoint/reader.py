@@ -4,10 +4,12 @@ Invariants:
 
 * ``latest()`` costs O(1) requests when LATEST.json is sound (read it, read the manifest it names, ``info``
   each payload file); when anything is wrong it logs what, and scans for the newest checkpoint whose manifest
-  and sizes verify.
+  and sizes verify. ``load()`` reuses that manifest and skips the ``info`` calls: fetching checks every size
+  and sha256, and a damaged checkpoint falls back exactly as it would have there.
 * Nothing is deserialized before its size and sha256 match the manifest. On local disk each payload file is
   opened once and that descriptor is both hashed and handed to the loader (serialization.VerifiedFile), so a
-  rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory.
+  rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory (large
+  S3 payloads by parallel ranged GETs, each chunk hashed as it arrives: s3parts.py).
 * ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
   with step/epoch a damaged one raises ``CheckpointCorrupt``.
 """
@@ -23,7 +25,7 @@ from typing import Any
 import fsspec
 
 from grd_blocks.checkpoint.digest import verify_bytes, verify_fd
-from grd_blocks.checkpoint.fsio import guard, transfer_options
+from grd_blocks.checkpoint.fsio import guard
 from grd_blocks.checkpoint.handlers import decode_state, restore_into
 from grd_blocks.checkpoint.layout import (
     LATEST_NAME,
@@ -41,6 +43,7 @@ from grd_blocks.checkpoint.manifest import (
     parse_manifest,
 )
 from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.s3parts import get_verified
 from grd_blocks.checkpoint.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
 from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
 
@@ -114,17 +117,13 @@ class RunReader:
                 )
 
     # ------------------------------------------------------------------ payload bytes
-    def _fetch_remote(self, name: str, file_name: str, entry: FileEntry) -> bytes:
+    def _fetch_remote(self, name: str, file_name: str, entry: FileEntry) -> Blob:
         where = join(self.url, name, file_name)
         try:
             with guard(self.url, f"read {name}/{file_name}", missing_ok=True):
-                data = self.fs.cat_file(
-                    join(self.path, name, file_name), **transfer_options(self.fs, entry.size)
-                )
+                return get_verified(self.fs, join(self.path, name, file_name), entry, where)
         except FileNotFoundError:
             raise CheckpointCorrupt(f"{where} is missing") from None
-        verify_bytes(data, entry, where)
-        return bytes(data)
 
     def _fetch_local(
         self, name: str, file_name: str, entry: FileEntry, stack: contextlib.ExitStack
@@ -194,6 +193,14 @@ class RunReader:
 
     def latest(self) -> CheckpointRef | None:
         """The newest committed checkpoint (O(1) requests via LATEST.json), or None if there is none."""
+        found = self._latest(check_sizes=True)
+        return found[0] if found is not None else None
+
+    def _latest(self, *, check_sizes: bool) -> tuple[CheckpointRef, Manifest | None] | None:
+        """``latest()``, plus the manifest when LATEST.json led to it (None after a fallback scan).
+
+        ``check_sizes=False`` skips stat-ing the payload, for a caller that fetches and verifies it next.
+        """
         self._invalidate()
         latest_url = join(self.url, LATEST_NAME)
         try:
@@ -203,8 +210,9 @@ class RunReader:
             manifest = self._read_manifest(pointer.dirname)
             if (manifest.unit, manifest.index) != (pointer.unit, pointer.index):
                 raise CheckpointCorrupt(f"{latest_url} names {pointer.dirname} but its fields disagree")
-            self._check_sizes(pointer.dirname, manifest)
-            return self._ref(manifest)
+            if check_sizes:
+                self._check_sizes(pointer.dirname, manifest)
+            return self._ref(manifest), manifest
         except FileNotFoundError:
             problem = f"{latest_url} is missing"
         except CheckpointCorrupt as exc:
@@ -212,7 +220,8 @@ class RunReader:
         ref = self._scan_newest()
         if ref is not None:
             logger.warning("%s; falling back to the newest checkpoint that verifies: %s", problem, ref.url)
-        return ref
+            return ref, None
+        return None
 
     def checkpoints(self) -> list[CheckpointRef]:
         """Every committed checkpoint (manifest present and parseable), oldest first."""
@@ -259,11 +268,12 @@ class RunReader:
             manifest = self._read_manifest(ref.name)
             with self._fetch_verified(ref.name, manifest) as files:
                 return self._decode(ref, manifest, files, into, map_location)
-        candidate = self.latest()
+        found = self._latest(check_sizes=False)  # fetching verifies every size and sha256 anyway
+        candidate, known = found if found is not None else (None, None)
         while candidate is not None:
             with contextlib.ExitStack() as stack:
                 try:
-                    manifest = self._read_manifest(candidate.name)
+                    manifest = known if known is not None else self._read_manifest(candidate.name)
                     files = stack.enter_context(self._fetch_verified(candidate.name, manifest))
                 except CheckpointCorrupt as exc:
                     older = self._scan_newest(below=candidate.order)
@@ -273,7 +283,7 @@ class RunReader:
                         exc,
                         older.url if older else "no checkpoint",
                     )
-                    candidate = older
+                    candidate, known = older, None
                     continue
                 return self._decode(candidate, manifest, files, into, map_location)
         return None

@@ -10,6 +10,9 @@ torch payload arrives as a ``VerifiedFile``: the descriptor the sha256 was compu
 ``torch.load(mmap=True)`` maps (tensors are paged in from the verified file, not copied). grd never rewrites a
 committed file in place (a retry renames a new directory in), so the mapping keeps showing the bytes that
 were verified, even after the checkpoint is replaced or deleted.
+
+Saving copies torch.save's output once: into ``Pieces`` of ``PIECE_BYTES`` (no whole-payload buffer), which
+the hasher and the multipart upload use as they are.
 """
 
 from __future__ import annotations
@@ -21,15 +24,74 @@ import os
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, cast
 
 from grd_blocks.errors import CheckpointCorrupt, UnsafeCheckpoint
 
 TORCH_FILE = "state.pt"
 JSON_FILE = "state.json"
 
-Blob = bytes | memoryview
-"""Serialized file content (a ``memoryview`` avoids copying torch's in-memory buffer)."""
+PIECE_BYTES = 8 * 2**20
+"""Size of the pieces a torch payload is serialized into (digest.CHUNK and s3parts.PART_BYTES are equal)."""
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Serialized content as consecutive ``bytes`` pieces of ``piece_size`` bytes (the last may be shorter).
+
+    torch.save's output is copied once, straight into these pieces: each piece is then one manifest chunk to
+    hash and one multipart-upload part to send as it is, with no further copy.
+    """
+
+    pieces: tuple[bytes, ...]
+    piece_size: int
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+Payload = bytes | Pieces
+"""What ``serialize`` produces and the commit protocols write."""
+
+Blob = bytes | bytearray | memoryview
+"""File content read back (a download arrives as the ``bytearray`` it was received into)."""
+
+
+def pieces_of(data: Payload | Blob) -> tuple[bytes | bytearray | memoryview, ...]:
+    """``data`` as consecutive pieces (one, unless it is ``Pieces``)."""
+    return data.pieces if isinstance(data, Pieces) else (data,)
+
+
+class _PieceWriter:
+    """The file ``torch.save`` writes into: every byte is copied once, into ``PIECE_BYTES`` pieces (small
+    writes gather in a tail first; a large write, such as a tensor's storage, is cut straight into pieces)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._tail = bytearray()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self._tail and len(self._tail) + size >= PIECE_BYTES:
+            take = PIECE_BYTES - len(self._tail)
+            self._pieces.append(b"".join((self._tail, view[:take])))
+            self._tail, view = bytearray(), view[take:]
+        while len(view) >= PIECE_BYTES:
+            self._pieces.append(bytes(view[:PIECE_BYTES]))
+            view = view[PIECE_BYTES:]
+        self._tail += view
+        return size
+
+    def flush(self) -> None:
+        """Nothing is buffered outside the pieces."""
+
+    def payload(self) -> Payload:
+        pieces = [*self._pieces, bytes(self._tail)] if self._tail else self._pieces
+        return pieces[0] if len(pieces) == 1 else Pieces(tuple(pieces), PIECE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -58,6 +120,37 @@ class VerifiedFile:
         return b"".join(parts)
 
 
+class _BlobReader(io.RawIOBase):
+    """A read-only, seekable file over a ``Blob`` that copies nothing until asked to (``io.BytesIO`` copies a
+    ``bytearray`` or ``memoryview`` up front): ``torch.load`` reads each record straight into its tensor."""
+
+    def __init__(self, data: Blob) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), len(self._view) - self._pos))
+        target[:count] = self._view[self._pos : self._pos + count]
+        self._pos += count
+        return count
+
+
 def _json_exact(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
@@ -70,22 +163,23 @@ def _json_exact(value: Any) -> bool:
     return False
 
 
-def serialize(payload: dict[str, Any]) -> tuple[dict[str, Blob], str]:
+def serialize(payload: dict[str, Any]) -> tuple[dict[str, Payload], str]:
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``."""
     if _json_exact(payload):
         return {JSON_FILE: json.dumps(payload, sort_keys=True).encode()}, "json"
     import torch  # a state that is not JSON holds tensors (torch is loaded) or tuples/int keys
 
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return {TORCH_FILE: buffer.getbuffer()}, "torch"
+    writer = _PieceWriter()
+    torch.save(payload, cast(IO[bytes], writer))
+    return {TORCH_FILE: writer.payload()}, "torch"
 
 
 def _torch_load(source: Blob | VerifiedFile, map_location: Any) -> Any:
     import torch
 
     if not isinstance(source, VerifiedFile):
-        return torch.load(io.BytesIO(source), map_location=map_location, weights_only=True)
+        reader = cast(IO[bytes], _BlobReader(source))
+        return torch.load(reader, map_location=map_location, weights_only=True)
     try:
         return torch.load(source.open_path, map_location=map_location, weights_only=True, mmap=True)
     except OSError:  # a filesystem that cannot be memory-mapped: read the same descriptor instead
