@@ -202,25 +202,7 @@ class OutputCapture:
 
     def _drain_inline(self, timeout: float) -> None:
         """``finish`` without a reader thread: read to EOF for up to ``timeout``, then what is buffered."""
-        poller = select.poll()
-        for fd in self._fds:
-            poller.register(fd, select.POLLIN)
-        end = time.monotonic() + timeout
-        try:
-            while self._fds:
-                left = end - time.monotonic()
-                if left <= 0:
-                    log.info("output still open %.1fs after the command ended (a process holds it); "
-                             "draining", timeout)
-                    self._drain_buffered(poller)
-                    break
-                for fd, _event in poller.poll(math.ceil(left * 1000)):
-                    if fd in self._fds:
-                        self._read(fd, poller)
-        except Exception:
-            log.exception("output reader failed; the output after this point is lost")
-        finally:
-            self._close_streams()
+        self._read_loop(end=time.monotonic() + timeout, wake=None)
 
     def _drain_buffered(self, poller: select.poll) -> None:
         for fd in list(self._fds):
@@ -259,13 +241,23 @@ class OutputCapture:
         self.child_stdout = self.child_stderr = -1
 
     def _run(self) -> None:
+        self._read_loop(end=None, wake=self._wake_r)
+
+    def _read_loop(self, *, end: float | None, wake: int | None) -> None:
+        """Read every stream to EOF; stop early, taking only what is buffered, once ``end`` (monotonic)
+        passes or ``wake`` becomes readable (``finish`` timed out). Always closes the streams."""
         poller = select.poll()
-        for fd in (*self._fds, self._wake_r):
+        for fd in (*self._fds, *(() if wake is None else (wake,))):
             poller.register(fd, select.POLLIN)
         try:
             while self._fds:
-                ready = poller.poll()
-                if any(fd == self._wake_r for fd, _ in ready):
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    log.info("output still open after the command ended (a process holds it); draining")
+                    self._drain_buffered(poller)
+                    break
+                ready = poller.poll(None if left is None else math.ceil(left * 1000))
+                if wake is not None and any(fd == wake for fd, _ in ready):
                     self._drain_buffered(poller)
                     break
                 for fd, _event in ready:
