@@ -110,12 +110,23 @@ def script(argv: list[str], *, shell: bool, env: Mapping[str, str], cwd: str, sp
 
 def _pwd(inherited: str | None, cwd: str) -> str:
     """What ``/bin/sh`` started in ``cwd`` exports as PWD: the inherited value if it names that directory,
-    else the physical path."""
-    if inherited and inherited.startswith("/"):
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.stat(inherited), os.stat(cwd)):
-                return inherited
-    return os.path.realpath(cwd)
+    else the physical path (remembered per ``cwd`` while it still names the same directory)."""
+    try:
+        here = os.stat(cwd)
+    except OSError:
+        return os.path.realpath(cwd)
+    for candidate in (inherited, _PHYSICAL.get(cwd)):
+        if candidate and candidate.startswith("/"):
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.stat(candidate), here):
+                    return candidate
+    if len(_PHYSICAL) >= 256:
+        _PHYSICAL.clear()
+    physical = _PHYSICAL[cwd] = os.path.realpath(cwd)
+    return physical
+
+
+_PHYSICAL: dict[str, str] = {}  # cwd -> its realpath, the last time it was computed
 
 
 class _Pool:
