@@ -276,19 +276,22 @@ class CgroupTree:
 
     def populated(self) -> bool:
         """True while any process is in the cgroup or below it (zombies do not count)."""
-        try:
-            data = os.pread(self._events_fd, 256, 0)
-        except OSError:
-            return False
-        return b"populated 1" in data
+        return self._populated_flag() is True
 
     def _surely_empty(self) -> bool:
         """True if ``cgroup.events`` says no process is in the subtree now; False if it says one is, or
         cannot be read (then the caller looks process by process)."""
+        return self._populated_flag() is False
+
+    def _populated_flag(self) -> bool | None:
+        """The ``populated`` flag of ``cgroup.events``; None if it cannot be read."""
         try:
-            return b"populated 0" in os.pread(self._events_fd, 256, 0)
+            data = os.pread(self._events_fd, 256, 0)
         except OSError:
-            return False
+            return None
+        if b"populated 1" in data:
+            return True
+        return False if b"populated 0" in data else None
 
     def _reap_inherited(self) -> None:
         """A fallback command runs beside us (we are a subreaper): reap zombies that were in our cgroup."""

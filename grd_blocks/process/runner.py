@@ -15,7 +15,6 @@ grace period.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -367,18 +366,21 @@ def _spawn_problem(
 
 
 def _which(exe: str, search: str) -> str | None:
-    """``shutil.which`` with found paths remembered (checked again with one ``access`` call); a miss is
-    looked up again every time, so an executable installed meanwhile is found."""
-    found = _which_cached(exe, search)
+    """``shutil.which`` with found paths remembered (checked again with ``access`` and ``isdir``, as
+    ``shutil.which`` checks them); a miss is looked up every time, so an executable installed meanwhile is
+    found."""
+    found = _FOUND.get((exe, search))
     if found is not None and os.access(found, os.X_OK) and not os.path.isdir(found):
         return found
-    _which_cached.cache_clear()
-    return shutil.which(exe, path=search)
+    found = shutil.which(exe, path=search)
+    if found is not None:
+        if len(_FOUND) >= 256:
+            _FOUND.clear()
+        _FOUND[(exe, search)] = found
+    return found
 
 
-@functools.lru_cache(maxsize=256)
-def _which_cached(exe: str, search: str) -> str | None:
-    return shutil.which(exe, path=search)
+_FOUND: dict[tuple[str, str], str] = {}  # (executable, PATH) -> where shutil.which found it
 
 
 def _describe_spawn_error(
