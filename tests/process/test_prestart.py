@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from grd_blocks.errors import ProcessError
 from grd_blocks.process import prestart, run_command
 from grd_blocks.process.output import OutputCapture
 from grd_blocks.process.tree import FORCE_FALLBACK_ENV
@@ -158,3 +159,18 @@ def test_short_command_output_needs_no_reader_thread(
     lines: list[str] = []
     outcome = run_command("echo one; echo two >&2", on_line=lambda _s, line: lines.append(line))
     assert outcome.returncode == 0 and lines == ["one", "two"] and handed_over == []
+
+
+@pytest.mark.parametrize("spare_ready", [True, False])
+def test_an_unwritable_log_path_is_a_clear_error_on_either_start(
+    cgroup_only: str, spare_ready: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    if spare_ready:
+        _ready_spare()
+    else:
+        monkeypatch.setattr(prestart, "take", lambda: None)
+    with pytest.raises(ProcessError, match=r"cannot open the log file .*not-a-dir.*pass a writable log_path"):
+        run_command(["true"], log_path=blocker / "c.log")
+    assert run_command(["true"], log_path=tmp_path / "ok.log").returncode == 0  # nothing was left broken
