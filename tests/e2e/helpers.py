@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.prefect_server import PrefectServer
+from tests.fixtures.prefect_server import PrefectServer, pids_with_env
 
 
 def trigger(server: PrefectServer, deployment: str, parameters: dict[str, Any]) -> str:
@@ -76,18 +76,7 @@ def still_running(pid: int, started: int) -> bool:
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Live processes whose environment says they run ``flow_run_id`` (the engine and its children)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+    return pids_with_env(f"PREFECT__FLOW_RUN_ID={flow_run_id}")
 
 
 def parent_pid(pid: int) -> int | None:
