@@ -15,20 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.refs import CheckpointRef, format_size
 from grd_blocks.checkpoint.run import RunCheckpoints
 from grd_blocks.errors import CheckpointNotFound, GrdError, StoreUnavailable
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _size(num: int) -> str:
-    value = float(num)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{num} B"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -131,7 +122,8 @@ def _ls(args: argparse.Namespace) -> int:
         problems = run.verify(ref) if args.verify else []
         status = ("ok" if not problems else "DAMAGED") if args.verify else "committed"
         mark = "*" if latest is not None and ref.name == latest.name else ""
-        rows.append([ref.name + mark, _size(ref.size_bytes), ref.created_at[:19], _metrics(ref), status])
+        size = format_size(ref.size_bytes)
+        rows.append([ref.name + mark, size, ref.created_at[:19], _metrics(ref), status])
     if not rows:
         print(f"{run.url}: no committed checkpoints")
         return 0
@@ -151,7 +143,7 @@ def _show(args: argparse.Namespace) -> int:
         ("index", str(ref.index)),
         ("created_at", ref.created_at),
         ("writer", ref.writer or "-"),
-        ("size", _size(ref.size_bytes)),
+        ("size", format_size(ref.size_bytes)),
         ("metrics", _metrics(ref)),
         ("handlers", ", ".join(f"{k}: {v}" for k, v in sorted(ref.handlers.items()))),
         ("metadata", json.dumps(ref.metadata) if ref.metadata else "-"),
@@ -169,9 +161,8 @@ def _verify(args: argparse.Namespace) -> int:
     for ref in refs:
         problems = run.verify(ref)
         damaged += bool(problems)
-        rows.append(
-            [ref.name, _size(ref.size_bytes), "ok" if not problems else "DAMAGED: " + "; ".join(problems)]
-        )
+        verdict = "ok" if not problems else "DAMAGED: " + "; ".join(problems)
+        rows.append([ref.name, format_size(ref.size_bytes), verdict])
     print(
         _table(["CHECKPOINT", "SIZE", "VERIFICATION"], rows)
         if rows

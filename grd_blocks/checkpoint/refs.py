@@ -12,6 +12,17 @@ from typing import Any
 from grd_blocks.checkpoint.layout import Unit
 
 
+def format_size(size_bytes: int) -> str:
+    """``5300`` -> ``"5.2 KiB"``."""
+    size = float(size_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+
 @dataclass(frozen=True)
 class CheckpointRef:
     """One committed checkpoint ``{url}`` = ``{run url}/{unit}_{index}``."""

@@ -23,6 +23,7 @@ from uuid import UUID
 
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints
 from grd_blocks.checkpoint.layout import MANIFEST_NAME, join
+from grd_blocks.checkpoint.refs import format_size
 from grd_blocks.prefect_edge.artifacts import checkpoint_index_key, in_prefect_run, progress_artifact_key
 from grd_blocks.prefect_edge.events import checkpoint_committed, run_resumed
 from grd_blocks.training.resume import PARTIAL, Position
@@ -31,16 +32,6 @@ __all__ = ["TrainingArtifacts", "format_size", "index_row", "manifest_checksum"]
 
 logger = logging.getLogger(__name__)
 CHECKSUM_CHARS = 12
-
-
-def format_size(size_bytes: int) -> str:
-    """``5300`` -> ``"5.2 KiB"``."""
-    size = float(size_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def manifest_checksum(prefix: RunCheckpoints, ref: CheckpointRef) -> str:
