@@ -9,7 +9,13 @@ from typing import cast
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 
 from grd_blocks.orchestration.prefect_states import artifact_key
 from grd_blocks.orchestration.status import Status
@@ -186,3 +192,28 @@ def test_no_timeouts_disables_every_deadline(tmp_path: Path) -> None:
         """, timeouts=False)
     assert result.command("p", "nap").status is Status.COMPLETED
     assert result.report.timeouts is False and result.report.exit_code == 0
+
+
+def test_each_command_task_run_is_named_phase_dot_command_and_the_final_cleanup_benchmark_dot_name(
+    tmp_path: Path,
+) -> None:
+    result = run_spec(tmp_path, """
+        name: named
+        phases:
+          - name: p
+            commands:
+              - {name: first, run: "true"}
+              - {name: second, run: "true"}
+            cleanup: {name: tidy, run: "true"}
+        cleanup: {name: final, run: "true"}
+        """)
+    flow_run_id = result.state.state_details.flow_run_id
+    assert flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        ids = [flow_run_id, *(run.id for run in subflows)]
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    names = sorted(run.name for run in task_runs if "command_task" in run.task_key)
+    assert names == ["named.final", "p.first", "p.second", "p.tidy"]
