@@ -4,11 +4,15 @@ Invariant: the command joins its cgroup *before* it executes (``/bin/sh`` writes
 then runs or ``exec``s the command), so every process it ever forks starts inside the cgroup or a cgroup below
 it, whatever it does with sessions, process groups or its parent. ``kill()`` writes ``1`` to ``cgroup.kill``,
 which the kernel applies to the whole subtree at once, including processes forked while it runs. ``close()``
-removes the cgroup: an empty one in a background thread (``_Remover``; drained at interpreter exit), one still
-busy at once (and a warning if it cannot be).
+gives an empty cgroup to a background thread (``_Remover``), which keeps up to ``KEEP_EMPTY`` of them for the
+next commands (making and removing a cgroup costs the kernel more than all the rest of a short command's
+start) and removes the others; one still busy is removed at once (and a warning if it cannot be). A kept
+cgroup is handed out again only while it is empty and has no cgroup below it, and only in this process (a
+forked child starts with none); every kept one is removed at interpreter exit (``drain``).
 
 Where: the cgroup2 mount is found in ``/proc/self/mounts`` (on hybrid hosts it is e.g.
-``/sys/fs/cgroup/unified``), the current process's path from the ``0::`` line of ``/proc/self/cgroup``;
+``/sys/fs/cgroup/unified``), the current process's path from the ``0::`` line of ``/proc/self/cgroup`` (both
+read once per process: a grd moved to another cgroup later still makes its commands' cgroups below the first);
 commands get ``grd-<pid>-<n>`` below it. Whether that works (mounted, writable, a process can be moved in) is
 probed once per process by moving one ``/bin/sh`` in; if not, ``create()`` returns ``None`` and the caller
 falls back to the subreaper sweep.
@@ -36,6 +40,7 @@ __all__ = ["CgroupTree", "cgroup2_mount", "current_cgroup_dir", "drain_removals"
 
 log = logging.getLogger("grd.process")
 
+KEEP_EMPTY = 4  # emptied cgroups kept for the next commands (see the module docstring)
 _counter = itertools.count(1)
 _probe_lock = threading.Lock()
 _probe_result: bool | None = None
@@ -62,7 +67,20 @@ def cgroup2_mount() -> Path | None:
 
 
 def current_cgroup_dir() -> Path | None:
-    """The directory of this process's cgroup2 group (``0::/path``), or ``None``."""
+    """The directory of this process's cgroup2 group (``0::/path``), or ``None`` (read once per process)."""
+    global _CURRENT
+    pid = os.getpid()
+    if _CURRENT is not None and _CURRENT[0] == pid:
+        return _CURRENT[1]
+    path = _read_current_cgroup_dir()
+    _CURRENT = (pid, path)
+    return path
+
+
+_CURRENT: tuple[int, Path | None] | None = None
+
+
+def _read_current_cgroup_dir() -> Path | None:
     mount = cgroup2_mount()
     if mount is None:
         return None
@@ -129,18 +147,20 @@ def _remove(path: Path) -> bool:
 
 
 class _Remover:
-    """Removes emptied cgroups in a background thread: an ``rmdir`` of a cgroup waits for the kernel (about a
-    millisecond, more under load), which need not delay the command's result. Whatever is queued is removed
-    before the interpreter exits (``drain``); a cgroup left by a grd killed hard goes with the next grd's
-    stale sweep."""
+    """Takes emptied cgroups in a background thread: keeps up to ``KEEP_EMPTY`` for reuse (``take_empty``),
+    removes the rest (an ``rmdir`` of a cgroup waits for the kernel, about a millisecond, more under load,
+    which need not delay the command's result). ``drain`` removes everything kept or queued (interpreter exit,
+    tests); a cgroup left by a grd killed hard goes with the next grd's stale sweep."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        """Start afresh (also in a forked child, where the thread is the parent's)."""
+        """Start afresh (also in a forked child, where the thread and the kept cgroups are the parent's)."""
         self._cond = threading.Condition()
         self._queue: list[Path] = []
+        self._kept: list[Path] = []
+        self._draining = False
         self._busy = False
         self._thread: threading.Thread | None = None
 
@@ -152,15 +172,29 @@ class _Remover:
                 self._thread.start()
             self._cond.notify_all()
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until every queued cgroup has been removed (or given up on); False on timeout."""
+    def take_empty(self) -> Path | None:
+        """A kept empty cgroup, or None."""
+        with self._cond:
+            return self._kept.pop() if self._kept else None
+
+    def drain(self, timeout: float, *, keep_empty: bool = False) -> bool:
+        """Remove every kept cgroup (``keep_empty``: leave them kept) and wait until every queued one has been
+        kept or removed (or given up on); False on timeout."""
         end = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
-                left = end - time.monotonic()
-                if left <= 0 or self._thread is None:
-                    return False
-                self._cond.wait(left)
+            if not keep_empty:
+                self._draining = True
+                self._queue.extend(self._kept)
+                self._kept.clear()
+            self._cond.notify_all()
+            try:
+                while self._queue or self._busy:
+                    left = end - time.monotonic()
+                    if left <= 0 or self._thread is None:
+                        return not self._queue and not self._busy
+                    self._cond.wait(left)
+            finally:
+                self._draining = False
         return True
 
     def _loop(self) -> None:
@@ -171,8 +205,25 @@ class _Remover:
                     self._cond.notify_all()
                     self._cond.wait()
                 path = self._queue.pop(0)
+                keep = len(self._kept) < KEEP_EMPTY and not self._draining
                 self._busy = True
+            if keep and _reusable(path):
+                with self._cond:
+                    if len(self._kept) < KEEP_EMPTY and not self._draining:
+                        self._kept.append(path)
+                        continue
             _remove_or_warn(path)
+
+
+def _reusable(path: Path) -> bool:
+    """An empty cgroup with no cgroup below it (kernfs counts a directory's subdirectories in its link
+    count)."""
+    try:
+        with open(path / "cgroup.events", "rb") as events:
+            empty = b"populated 0" in events.read(256)
+        return empty and os.stat(path).st_nlink == 2
+    except OSError:
+        return False
 
 
 _REMOVER = _Remover()
@@ -180,9 +231,10 @@ atexit.register(_REMOVER.drain, 5.0)
 os.register_at_fork(after_in_child=_REMOVER.reset)
 
 
-def drain_removals(timeout: float = 5.0) -> bool:
-    """Wait for the background removal of finished commands' cgroups (tests; interpreter exit does it too)."""
-    return _REMOVER.drain(timeout)
+def drain_removals(timeout: float = 5.0, *, keep_empty: bool = False) -> bool:
+    """Remove the kept empty cgroups and wait for the background removal of finished commands' cgroups
+    (tests; interpreter exit does it too); ``keep_empty``: only wait until each has been kept or removed."""
+    return _REMOVER.drain(timeout, keep_empty=keep_empty)
 
 
 def _remove_or_warn(path: Path) -> None:
@@ -215,7 +267,8 @@ class CgroupTree:
 
     @classmethod
     def create(cls) -> CgroupTree | None:
-        """A fresh cgroup below the current one, or ``None`` when cgroup containment is unavailable here."""
+        """An empty cgroup of its own below the current one (a kept one, else a new one), or ``None`` when
+        cgroup containment is unavailable here."""
         global _probe_result
         parent = current_cgroup_dir()
         if parent is None:
@@ -228,6 +281,14 @@ class CgroupTree:
                         _clean_stale(parent)
         if not _probe_result:
             return None
+        kept = _REMOVER.take_empty()
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                tree = cls(kept)
+                if tree._populated_flag() is False:
+                    return tree
+                tree._close_events()
+            _REMOVER.submit(kept)  # not empty after all (or gone): never share a cgroup
         path = parent / f"grd-{os.getpid()}-{next(_counter)}"
         try:
             path.mkdir()
@@ -255,6 +316,9 @@ class CgroupTree:
 
     def attach(self, pid: int) -> None:
         self.main_pid = pid
+
+    def main_exited(self) -> None:
+        self.main_pid = None  # exited: it can no longer be a member outside the cgroup
 
     def _main_outside(self) -> set[int]:
         """The main process if it runs but has not joined the cgroup yet (a deadline can land between the
@@ -292,6 +356,10 @@ class CgroupTree:
         if b"populated 1" in data:
             return True
         return False if b"populated 0" in data else None
+
+    def _close_events(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._events_fd)
 
     def _reap_inherited(self) -> None:
         """A fallback command runs beside us (we are a subreaper): reap zombies that were in our cgroup."""
@@ -363,8 +431,7 @@ class CgroupTree:
 
     def close(self) -> None:
         empty = not self._main_outside() and not self.populated()
-        with contextlib.suppress(OSError):
-            os.close(self._events_fd)
+        self._close_events()
         if sweep.is_subreaper():
             self._reap_inherited()
         if empty:

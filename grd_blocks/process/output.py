@@ -136,8 +136,11 @@ class OutputCapture:
         """Say where the output goes (log file, line callback, tail size); before anything is read. The
         descriptors may have been made earlier (a pre-started command waits on them)."""
         if log_path is not None:
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+            try:
+                self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+            except FileNotFoundError:  # its directory does not exist yet (only the first time, usually)
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         for stream in self._streams:
             stream.on_line = on_line
             stream.log_file = self.log_file

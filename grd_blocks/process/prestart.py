@@ -1,4 +1,4 @@
-"""Pre-started commands: a ``/bin/sh`` already inside its own fresh cgroup, waiting for the script that turns
+"""Pre-started commands: a ``/bin/sh`` already inside a cgroup of its own, waiting for the script that turns
 it into the next command.
 
 Why: moving a process into a cgroup (writing ``cgroup.procs``) waits for an RCU grace period, 10-17 ms on this
@@ -94,18 +94,37 @@ def script(argv: list[str], *, shell: bool, env: Mapping[str, str], cwd: str, sp
         lines.append(f"cd -- {shlex.quote(cwd)} || exit 127")
     lines.append("unset OLDPWD")
     for name, value in env.items():
-        if not _NAME.fullmatch(name) or name in _DECLINED:
+        line = _EXPORTS.get((name, value))
+        if line is None:
+            line = _export_line(name, value)
+            if len(_EXPORTS) >= _MAX_EXPORTS:
+                _EXPORTS.clear()
+            _EXPORTS[(name, value)] = line
+        if line == _DECLINE:
             return None  # the usual start handles these (e.g. BASH_FUNC_x%%, which it drops)
-        if name in _SHELL_OWNED:
-            lines.append(f"export {name}")
-        elif name != "PWD":
-            lines.append(f"export {name}={shlex.quote(value)}")
+        if line:
+            lines.append(line)
     lines.append(f"export PWD={shlex.quote(_pwd(env.get('PWD'), cwd))}")
     target = ["/bin/sh", "-c", argv[0]] if shell else argv
     lines.append("exec " + " ".join(shlex.quote(word) for word in target))
     lines.append("}")
     text = "\n".join(lines) + "\n"
     return text if len(text.encode("utf-8", "surrogateescape")) <= MAX_SCRIPT_BYTES else None
+
+
+def _export_line(name: str, value: str) -> str:
+    """The script line that gives the command ``name=value`` ("" for none: PWD is computed per command;
+    ``_DECLINE`` if a spare cannot)."""
+    if not _NAME.fullmatch(name) or name in _DECLINED:
+        return _DECLINE
+    if name in _SHELL_OWNED:
+        return f"export {name}"
+    return "" if name == "PWD" else f"export {name}={shlex.quote(value)}"
+
+
+_DECLINE = "\0decline"  # a marker no export line equals
+_MAX_EXPORTS = 4096
+_EXPORTS: dict[tuple[str, str], str] = {}  # (name, value) -> its line: most of a run's environment repeats
 
 
 def _pwd(inherited: str | None, cwd: str) -> str:

@@ -190,6 +190,7 @@ def _supervise(
         reason = _wait(proc, deadline, cancel, clock, output)
         if reason is None:
             # Not reaped until the tree is closed: the main pid (= session id) must not be reused meanwhile.
+            tree.main_exited()
             left = tree.live()
             leftover = len(left)
             if left:

@@ -146,6 +146,9 @@ class SweepTree:
     def attach(self, pid: int) -> None:
         self.main_pid = pid
 
+    def main_exited(self) -> None:
+        pass  # the sweep still needs the main pid: it names the session and is the one zombie not to reap
+
     def live(self) -> set[int]:
         members = self._scan()
         self._reap(members)

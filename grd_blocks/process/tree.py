@@ -30,6 +30,10 @@ class ProcessTree(Protocol):
         """Record the command's main pid (its session id too: it is started with ``start_new_session``)."""
         ...
 
+    def main_exited(self) -> None:
+        """The main process has exited (it is not reaped until ``close``): no need to look at it again."""
+        ...
+
     def live(self) -> set[int]:
         """The pids of the tree's processes that are still running (zombies excluded, reaped where ours)."""
         ...
