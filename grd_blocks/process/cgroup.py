@@ -220,10 +220,17 @@ def _reusable(path: Path) -> bool:
     count)."""
     try:
         with open(path / "cgroup.events", "rb") as events:
-            empty = b"populated 0" in events.read(256)
+            empty = _populated(events.read(256)) is False
         return empty and os.stat(path).st_nlink == 2
     except OSError:
         return False
+
+
+def _populated(events: bytes) -> bool | None:
+    """The ``populated`` flag in the text of a ``cgroup.events`` file; None if it is not there."""
+    if b"populated 1" in events:
+        return True
+    return False if b"populated 0" in events else None
 
 
 _REMOVER = _Remover()
@@ -353,9 +360,7 @@ class CgroupTree:
             data = os.pread(self._events_fd, 256, 0)
         except OSError:
             return None
-        if b"populated 1" in data:
-            return True
-        return False if b"populated 0" in data else None
+        return _populated(data)
 
     def _close_events(self) -> None:
         with contextlib.suppress(OSError):
