@@ -17,8 +17,9 @@ written. A crash in between leaves N absent (never a mix of versions); readers t
 Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible.
 
 The manifest content is asked for (``manifest()``) only after every payload file is written, so the caller
-can hash the payload while it is being written. On local disk, after a commit, staging entries that crashed
-writers left behind are swept (staging.py).
+can hash the payload while it is being written; where ``takes_streams``, a payload may even still be being
+serialized when ``commit`` starts (serialization.PieceStream), and is sent piece by piece as it is produced.
+On local disk, after a commit, staging entries that crashed writers left behind are swept (staging.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping
 import fsspec
 
 from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
-from grd_blocks.checkpoint.s3parts import put_object
+from grd_blocks.checkpoint.s3parts import put_object, takes_streams
 from grd_blocks.checkpoint.serialization import Payload, pieces_of
 from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
 
@@ -41,6 +42,12 @@ class CommitProtocol(ABC):
 
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs = fs
+
+    @property
+    def takes_streams(self) -> bool:
+        """Whether ``commit`` should get a large payload as a ``PieceStream`` (it writes the pieces while the
+        rest is serialized) rather than whole."""
+        return False
 
     @abstractmethod
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
@@ -123,6 +130,10 @@ class RenameCommit(CommitProtocol):
 
 class ManifestLastCommit(CommitProtocol):
     """Object stores: payload objects first, the manifest object last (its PUT is the commit)."""
+
+    @property
+    def takes_streams(self) -> bool:
+        return takes_streams(self.fs)  # S3: parts go up as they are serialized
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
         manifest_path = join(ckpt_dir, MANIFEST_NAME)

@@ -10,8 +10,14 @@ Invariants:
   the caller holds open, whatever happens to the path meanwhile) and raises ``CheckpointCorrupt`` naming
   ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them,
   else the whole-file sha256, reading the next piece while the previous one is hashed.
+* ``skip_chunks(data)``: a writer that does not want ``data``'s chunk digests (an S3 upload: reads of the
+  object hash it whole, in order, as it arrives) drops them: those not started are cancelled and the entry
+  ``digest_later(data)`` yields lists none (only ``Pieces`` being hashed by ``digest_later``; the record of
+  them goes when ``data`` does). Its ``sha256`` is the same either way.
 * ``hash_later(piece)`` + ``check_pieces(futures, entry, where)`` let a download hash each chunk as soon as it
-  has arrived and check them all once the last one has (s3parts.py).
+  has arrived and check them all once the last one has; ``InOrderHasher`` hashes a download that arrives
+  in ranges, out of order, as the whole-file sha256: each range as soon as every range before it is in
+  (s3parts.py).
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
-from grd_blocks.checkpoint.serialization import Blob, Payload, Pieces
+from grd_blocks.checkpoint.serialization import Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
 
 CHUNK = 8 * 1024 * 1024
@@ -31,6 +39,30 @@ CHUNK = 8 * 1024 * 1024
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _buffers = threading.local()
+
+
+@dataclass
+class _Digesting:
+    """What ``digest_later`` started for one payload."""
+
+    size: int
+    whole: Future[str]
+    pieces: list[Future[str]]
+    chunks: bool = True
+
+    def entry(self) -> FileEntry:
+        if not self.chunks:
+            return FileEntry(size=self.size, sha256=self.whole.result())
+        return FileEntry(
+            size=self.size,
+            sha256=self.whole.result(),
+            chunk_size=CHUNK,
+            chunks=tuple(piece.result() for piece in self.pieces),
+        )
+
+
+_digesting: dict[int, tuple[weakref.ref[Pieces], _Digesting]] = {}  # id(data): hashing a Pieces by value
+# would read all of its bytes
 
 
 def _hasher_pool() -> ThreadPoolExecutor:
@@ -46,6 +78,7 @@ def _forget_pool_after_fork() -> None:
     """A forked child has none of the parent's threads: it starts a pool of its own."""
     global _pool, _pool_lock
     _pool, _pool_lock = None, threading.Lock()
+    _digesting.clear()  # hashing under way in the parent never finishes here
 
 
 if hasattr(os, "register_at_fork"):
@@ -53,7 +86,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
-    """Start hashing ``data``; the returned function waits and gives its ``FileEntry``."""
+    """Start hashing ``data``; the returned function waits and gives its ``FileEntry``.
+
+    A ``PieceStream`` is hashed whole, piece by piece in order as each is produced, with no chunk digests
+    (streams go to S3 in parts, whose reads hash the object whole: s3parts.py)."""
+    if isinstance(data, PieceStream):
+        stream = data
+        whole = _hasher_pool().submit(_sha256_all, stream)
+        return lambda: FileEntry(size=len(stream), sha256=whole.result())
     if isinstance(data, Pieces) and data.piece_size != CHUNK:
         data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
     size = len(data)
@@ -68,15 +108,24 @@ def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
         view = memoryview(data)
         whole = pool.submit(sha256_hex, view)
         pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
-    return lambda: FileEntry(
-        size=size,
-        sha256=whole.result(),
-        chunk_size=CHUNK,
-        chunks=tuple(piece.result() for piece in pieces),
-    )
+    digesting = _Digesting(size, whole, pieces)
+    if isinstance(data, Pieces):
+        key = id(data)
+        _digesting[key] = (weakref.ref(data, lambda _: _digesting.pop(key, None)), digesting)
+    return digesting.entry
 
 
-def _sha256_all(pieces: tuple[bytes, ...]) -> str:
+def skip_chunks(data: Payload | Blob) -> None:
+    """Drop the chunk digests ``digest_later(data)`` is computing: its entry will list none."""
+    found = _digesting.get(id(data)) if isinstance(data, Pieces) else None
+    if found is None or found[0]() is not data:
+        return
+    found[1].chunks = False
+    for piece in found[1].pieces:
+        piece.cancel()
+
+
+def _sha256_all(pieces: Iterable[bytes | bytearray]) -> str:
     digest = hashlib.sha256()
     for piece in pieces:
         digest.update(piece)
@@ -191,3 +240,51 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
         raise CheckpointCorrupt(f"{where} is {count} bytes, its manifest says {entry.size}")
     if digest != entry.sha256:
         raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+
+
+class InOrderHasher:
+    """The sha256 of a buffer that fills in ranges, in any order: each range is hashed on the hasher pool as
+    soon as it and every range before it have arrived (at most one hashing task at a time, so the digest
+    sees the bytes in order), overlapping the rest of the download."""
+
+    def __init__(self, view: memoryview, ranges: list[tuple[int, int]]) -> None:
+        self._view, self._ranges = view, ranges
+        self._digest = hashlib.sha256()
+        self._lock = threading.Lock()
+        self._arrived: set[int] = set()
+        self._next = 0
+        self._draining = False
+        self._tasks: list[Future[None]] = []
+
+    def arrived(self, number: int) -> None:
+        """Range ``number`` is complete in the buffer (call once per range, from any thread)."""
+        with self._lock:
+            self._arrived.add(number)
+            if self._draining or self._next not in self._arrived:
+                return
+            self._draining = True
+            self._tasks.append(_hasher_pool().submit(self._drain))
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:  # the check and the hand-back are one step, so no arrival is missed
+                if self._next not in self._arrived:
+                    self._draining = False
+                    return
+                number = self._next
+            start, stop = self._ranges[number]
+            self._digest.update(self._view[start:stop])
+            with self._lock:
+                self._arrived.discard(number)
+                self._next += 1
+
+    def wait(self) -> None:
+        """Wait until no hashing is under way (it reads the buffer); call once no range can arrive."""
+        with self._lock:
+            tasks = list(self._tasks)
+        wait(tasks)
+
+    def hexdigest(self) -> str | None:
+        """The sha256 of the whole buffer, or None unless every range arrived (call after ``wait``)."""
+        self.wait()
+        return self._digest.hexdigest() if self._next == len(self._ranges) else None

@@ -9,7 +9,7 @@ Invariants:
 * Nothing is deserialized before its size and sha256 match the manifest. On local disk each payload file is
   opened once and that descriptor is both hashed and handed to the loader (serialization.VerifiedFile), so a
   rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory (large
-  S3 payloads by parallel ranged GETs, each chunk hashed as it arrives: s3parts.py).
+  S3 payloads by parallel ranged GETs, hashed while they arrive: s3parts.py).
 * ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
   with step/epoch a damaged one raises ``CheckpointCorrupt``.
 """

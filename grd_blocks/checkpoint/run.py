@@ -5,7 +5,9 @@ This module is the write side (save, retention, delete); finding, verifying and 
 Invariants:
 
 * A checkpoint exists only once its ``MANIFEST.json`` exists and agrees with its payload (commit.py). The
-  payload is serialized once, in memory; its sha256 is computed while the same buffer is being written.
+  payload is serialized once, in memory; its sha256 is computed while the same buffer is being written (on
+  S3, large payloads are hashed and sent piece by piece while the rest is still being serialized; if that
+  serializing fails, its own error is raised, and nothing was committed).
 * LATEST.json never moves backwards: a save with a lower N is committed but leaves LATEST alone (a
   ``StaleWriter`` warning is logged, nothing is raised).
 * Retention runs only after a commit and never deletes the newest, the latest or the best (retention.py).
@@ -35,7 +37,7 @@ from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, wri
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
-from grd_blocks.checkpoint.serialization import serialize
+from grd_blocks.checkpoint.serialization import PieceStream, serialize
 from grd_blocks.checkpoint.snapshot import SnapshotBuffers
 from grd_blocks.errors import ConfigError, StaleWriter, UsageError
 
@@ -232,7 +234,7 @@ class RunCheckpoints(RunReader):
     def _write(self, pending: _PendingSave) -> CheckpointRef:
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
         step, epoch, metrics, metadata = pending.step, pending.epoch, pending.metrics, pending.metadata
-        files, payload_format = serialize(payload)
+        files, payload_format = serialize(payload, stream=self._commit.takes_streams)
         digests = {file_name: digest_later(data) for file_name, data in files.items()}
         built: list[Manifest] = []
 
@@ -255,8 +257,18 @@ class RunCheckpoints(RunReader):
             return built[-1].to_bytes()
 
         name = checkpoint_dirname(unit, index)
-        with guard(self.url, f"save {name}"):
-            self._commit.commit(join(self.path, name), files, manifest)
+        try:
+            with guard(self.url, f"save {name}"):
+                self._commit.commit(join(self.path, name), files, manifest)
+        except BaseException:
+            for data in files.values():
+                failed = data.stop() if isinstance(data, PieceStream) else None
+                if failed is not None:  # serializing failed: that, not how the commit met it, is the error
+                    raise failed from None
+            raise
+        for data in files.values():
+            if isinstance(data, PieceStream):
+                data.recycle()  # sent and hashed: its buffers serve the next save
         ref = self._ref(built[-1])
         self._advance_latest(ref)
         self._apply_retention(ref)

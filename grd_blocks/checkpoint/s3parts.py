@@ -1,48 +1,63 @@
 """Moving one large payload to and from S3 in parallel parts: multipart upload and ranged GETs.
 
 s3fs moves a large object one way or another (``pipe_file`` in batches of parts that wait for the slowest,
-``cat_file`` through three whole-object copies). This module does the same transfers over s3fs's own client
-(credentials, endpoint, retries, error translation) with fewer copies and no batch barriers.
+``cat_file`` through three whole-object copies), and hashes every part twice (payload signature, CRC32) on
+its one event-loop thread. This module moves the parts from ``PARALLEL_PARTS`` threads through a botocore
+client built from the filesystem's own settings (s3client.py: same credentials, endpoint, retries and error
+translation), with fewer copies, no batch barriers, and two hash passes where there were four: the
+whole-file sha256 of the manifest and each part's CRC32.
 
 Invariants:
 
-* Only a real ``s3fs.S3FileSystem`` (``is_s3``) takes these paths; anything else, including wrappers that
-  record or fault calls, goes through ``pipe_file``/``cat_file`` unchanged.
+* Only a real ``s3fs.S3FileSystem`` (``is_s3``) whose client s3client.py can rebuild takes these paths;
+  anything else, including wrappers that record or fault calls, goes through ``pipe_file``/``cat_file``
+  unchanged.
 * ``put_object``: payloads of at least two ``PART_BYTES`` parts go up as a multipart upload with
-  ``PARALLEL_PARTS`` parts in flight (a sliding window: a finished part starts the next one at once). The
-  object appears only when ``complete_multipart_upload`` succeeds; any failure aborts the upload (best
-  effort) and raises the original error, so a reader never sees a partial object. ``Pieces`` of
-  ``PART_BYTES`` (what serialize produces) are sent as they are; other content is copied one part at a time,
-  just before that part is sent.
+  ``PARALLEL_PARTS`` parts in flight (a finished part starts the next one at once). The object appears only
+  when ``complete_multipart_upload`` succeeds; any failure stops the parts not yet started, waits for those
+  under way, aborts the upload (best effort) and raises the first failure (by part number), so a reader
+  never sees a partial object. ``Pieces`` of ``PART_BYTES`` (what serialize produces) are sent as they
+  are; other content is copied one part at a time, just before that part is sent.
+* Each part carries a CRC32 the server checks (s3client.py: a damaged part is refused and sent again) and
+  no sha256 of its own: the manifest entry of an object uploaded in parts lists no chunk digests
+  (``digest.skip_chunks``); its whole-file sha256, checked on every load before anything is used, is what
+  proves the bytes end to end.
 * ``get_verified``: the object is read by ranged GETs, ``PARALLEL_PARTS`` in flight, straight into one
-  buffer of the manifest's size. Each range that is one manifest chunk is hashed on the hasher pool as soon
-  as it has arrived, overlapping the rest of the download. The buffer is returned only after the object's
-  size (every response's ``Content-Range`` total) and every digest matched the manifest entry; otherwise
-  ``CheckpointCorrupt`` names ``where``. Nothing that failed or did not verify is ever returned.
+  buffer of the manifest's size (``readinto``, no intermediate copies), and hashed while it arrives: an
+  entry without chunk digests as the whole-file sha256, each range as soon as every range before it is in
+  (``digest.InOrderHasher``); an entry with ``PART_BYTES`` chunk digests (older manifests, other writers)
+  chunk by chunk, each as soon as it is in; other chunk sizes once every byte is in. The buffer is
+  returned only after the object's size (every response's ``Content-Range`` total) and every digest
+  matched the manifest entry; otherwise ``CheckpointCorrupt`` names ``where``. Nothing that failed or did
+  not verify is ever returned, and no hashing still reads the buffer when ``get_verified`` returns or
+  raises.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from typing import Any
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import fsspec
-from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.asyn import AsyncFileSystem
 
-from grd_blocks.checkpoint.digest import check_pieces, hash_later, verify_bytes
+from grd_blocks.checkpoint.digest import InOrderHasher, check_pieces, hash_later, skip_chunks, verify_bytes
 from grd_blocks.checkpoint.manifest import FileEntry
-from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces
+from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
+
+if TYPE_CHECKING:
+    from grd_blocks.checkpoint.s3client import S3Client
 
 PART_BYTES = PIECE_BYTES
 """Part size of multipart uploads and ranged GETs: 8 MiB, the size of serialize's pieces and of the manifest's
 chunks (boto3's default part size too)."""
 PARALLEL_PARTS = 8
-"""Parts in flight at once, per object."""
-_READ_BYTES = 2**20  # one read from a response body: a few socket chunks, copied once into the buffer
+"""Parts in flight at once (the transfer threads of s3client.py, shared by the process's transfers)."""
 
 
 def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
@@ -58,29 +73,58 @@ def _s3(fs: fsspec.AbstractFileSystem) -> Any:
 
 def parallel(fs: fsspec.AbstractFileSystem, size: int) -> bool:
     """Whether an object of ``size`` bytes on ``fs`` moves in parallel parts (S3, two parts or more)."""
-    return size >= 2 * PART_BYTES and is_s3(fs)
+    if size < 2 * PART_BYTES or not is_s3(fs):
+        return False
+    from grd_blocks.checkpoint import s3client  # botocore is imported only once S3 is in use
+
+    return s3client.supported(fs)
 
 
-# ------------------------------------------------------------------ the window
+def _client(fs: fsspec.AbstractFileSystem) -> S3Client:
+    from grd_blocks.checkpoint import s3client
+
+    return s3client.client_for(fs)
 
 
-async def _window(count: int, job: Callable[[int], Awaitable[None]]) -> None:
-    """Run ``job(0)`` .. ``job(count - 1)`` in order, ``PARALLEL_PARTS`` at a time; the first failure
-    cancels the rest and is raised once they have stopped."""
-    numbers = iter(range(count))
+def _in_parallel(numbers: Iterable[int], job: Callable[[int], None]) -> None:
+    """Run ``job(n)`` for each ``n`` of ``numbers`` on the transfer threads, in order, ``PARALLEL_PARTS`` at a
+    time, each submitted as soon as ``numbers`` yields it (a stream's next piece may still be coming).
 
-    async def worker() -> None:
-        for number in numbers:
-            await job(number)
+    The first failure stops the jobs not yet started; the failure of the lowest-numbered job is raised once
+    every job under way has returned (so nothing still writes into, or reads from, the caller's buffers). An
+    error raised by ``numbers`` itself (a failed serialization) stops them alike and is raised as it is.
+    """
+    from grd_blocks.checkpoint.s3client import transfer_pool
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(PARALLEL_PARTS, count))]
+    stop = threading.Event()
+
+    def run(number: int) -> None:
+        if stop.is_set():
+            return
+        try:
+            job(number)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = transfer_pool()
+    futures: list[Future[None]] = []
     try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        for number in numbers:
+            if stop.is_set():
+                break
+            futures.append(pool.submit(run, number))
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:  # also when interrupted while waiting: nothing may outlive this call
+        if not all(future.done() for future in futures):
+            stop.set()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+    for future in futures:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            raise error
 
 
 def _ranges(size: int) -> list[tuple[int, int]]:
@@ -91,52 +135,63 @@ def _ranges(size: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ upload
 
 
+def takes_streams(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``put_object`` on ``fs`` sends a ``PieceStream``'s pieces while the rest is serialized."""
+    return parallel(fs, 2 * PART_BYTES)
+
+
 def put_object(fs: fsspec.AbstractFileSystem, path: str, data: Payload) -> None:
-    """Write ``data`` as the object ``path``: in parallel parts when ``parallel``, else one ``pipe_file``."""
-    if not parallel(fs, len(data)):
+    """Write ``data`` as the object ``path``: in parallel parts when ``parallel``, else one ``pipe_file``.
+    A ``PieceStream`` of two pieces or more goes up in parts, each sent as soon as it is produced."""
+    streamed = isinstance(data, PieceStream) and data.piece(1) is not None
+    if not parallel(fs, 2 * PART_BYTES if streamed else len(data)):
         fs.pipe_file(path, bytes(data))
         return
+    skip_chunks(data)  # reads of this object hash it whole, in order, as it arrives
     bucket, key, _ = _s3(fs).split_path(path)
-    sync(fs.loop, _put_parts, fs, bucket, key, _part_source(data))
+    _put_parts(_client(fs), bucket, key, data)
     fs.invalidate_cache(path)
 
 
-def _part_source(data: Payload) -> tuple[int, Callable[[int], bytes]]:
-    """``(number of parts, part number -> its bytes)``: ``Pieces`` of ``PART_BYTES`` are sent as they are,
-    anything else is cut into ``PART_BYTES`` parts, each copied once when it is about to be sent."""
+def _part_source(data: Payload) -> tuple[Iterable[int], Callable[[int], bytes | bytearray]]:
+    """``(part numbers, part number -> its bytes)``: ``Pieces`` of ``PART_BYTES`` are sent as they are, a
+    stream's pieces as each is produced (its numbers end with its last piece); anything else is cut into
+    ``PART_BYTES`` parts, each copied once when it is about to be sent."""
+    if isinstance(data, PieceStream):
+        stream = data
+        numbers = itertools.takewhile(lambda number: stream.piece(number) is not None, itertools.count())
+        return numbers, lambda number: cast(bytes | bytearray, stream.piece(number))
     if isinstance(data, Pieces) and data.piece_size == PART_BYTES:
-        return len(data.pieces), data.pieces.__getitem__
+        return range(len(data.pieces)), data.pieces.__getitem__
     view = memoryview(bytes(data) if isinstance(data, Pieces) else data)
     ranges = _ranges(len(view))
-    return len(ranges), lambda number: bytes(view[ranges[number][0] : ranges[number][1]])
+    return range(len(ranges)), lambda number: bytes(view[ranges[number][0] : ranges[number][1]])
 
 
-async def _put_parts(fs: Any, bucket: str, key: str, source: tuple[int, Callable[[int], bytes]]) -> None:
-    count, part = source
-    upload = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
-    upload_id = upload["UploadId"]
-    etags = [""] * count
+def _put_parts(client: S3Client, bucket: str, key: str, data: Payload) -> None:
+    numbers, part = _part_source(data)
+    upload_id = client.call("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+    etags: dict[int, str] = {}
 
-    async def send(number: int) -> None:
+    def send(number: int) -> None:
         body = part(number)
-        done = await fs._call_s3(
+        sent = client.call(
             "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number + 1, Body=body
         )
-        etags[number] = done["ETag"]
+        etags[number] = sent["ETag"]
 
     try:
-        await _window(count, send)
-        parts = [{"PartNumber": number + 1, "ETag": etag} for number, etag in enumerate(etags)]
-        await fs._call_s3(
+        _in_parallel(numbers, send)
+        client.call(
             "complete_multipart_upload",
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
+            MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": etags[n]} for n in sorted(etags)]},
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the object never appeared; stray parts are only storage
-            await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            client.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         raise
 
 
@@ -155,66 +210,110 @@ def get_verified(fs: fsspec.AbstractFileSystem, path: str, entry: FileEntry, whe
         return bytes(data)
     bucket, key, version = _s3(fs).split_path(path)
     buffer = bytearray(entry.size)
-    hashed_here = entry.chunk_size == PART_BYTES and len(entry.chunks) == len(_ranges(entry.size))
-    pieces: list[Future[str | None]] = []
+    ranges = _ranges(entry.size)
+    hashing: _Hashing
+    if entry.chunk_size == PART_BYTES and len(entry.chunks) == len(ranges):
+        hashing = _ByChunk(memoryview(buffer), ranges)
+    elif not entry.chunks:
+        hashing = _InOrder(memoryview(buffer), ranges)
+    else:  # chunks of another size (not written by this grd): checked once every byte is in
+        hashing = _Afterwards()
     try:
-        hashing = pieces if hashed_here else None
-        sync(fs.loop, _get_parts, fs, bucket, key, version, buffer, entry, where, hashing)
-    except BaseException:
-        _wait(pieces)  # hashing under way still reads the buffer
-        raise
-    if hashed_here:
-        check_pieces(pieces, entry, where)
-    else:
-        verify_bytes(buffer, entry, where)
+        _get_parts(_client(fs), bucket, key, version, buffer, entry, where, hashing)
+    finally:
+        hashing.wait()  # hashing under way reads the buffer
+    hashing.check(buffer, entry, where)
     return buffer
 
 
-def _wait(pieces: list[Future[str | None]]) -> None:
-    """Let hashing that is under way finish before the buffer it reads is dropped."""
-    for piece in pieces:
-        with contextlib.suppress(Exception):
-            piece.result()
+class _Hashing(Protocol):
+    """How a download is hashed while it arrives: ``arrived(number)`` once per complete range, ``wait()``
+    once none can arrive any more, then ``check`` raises ``CheckpointCorrupt`` unless it matched."""
+
+    def arrived(self, number: int) -> None: ...
+
+    def wait(self) -> None: ...
+
+    def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None: ...
 
 
-async def _get_parts(
-    fs: Any,
+class _ByChunk:
+    """Each range is one manifest chunk: hashed on its own as soon as it is in."""
+
+    def __init__(self, view: memoryview, ranges: list[tuple[int, int]]) -> None:
+        self._view, self._ranges = view, ranges
+        self._pieces: dict[int, Future[str | None]] = {}
+
+    def arrived(self, number: int) -> None:
+        start, stop = self._ranges[number]
+        self._pieces[number] = hash_later(self._view[start:stop])
+
+    def wait(self) -> None:
+        for piece in self._pieces.values():
+            with contextlib.suppress(Exception):
+                piece.result()
+
+    def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None:
+        check_pieces([self._pieces[number] for number in range(len(self._ranges))], entry, where)
+
+
+class _InOrder(InOrderHasher):
+    """No chunk digests (how grd writes S3 objects): the whole-file sha256, hashed in order as ranges
+    arrive."""
+
+    def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None:
+        digest = self.hexdigest()
+        if digest != entry.sha256:
+            raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+
+
+class _Afterwards:
+    """Chunks of another size than the ranges: checked once every byte is in."""
+
+    def arrived(self, number: int) -> None:
+        pass
+
+    def wait(self) -> None:
+        pass
+
+    def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None:
+        verify_bytes(buffer, entry, where)
+
+
+def _get_parts(
+    client: S3Client,
     bucket: str,
     key: str,
     version: str | None,
     buffer: bytearray,
     entry: FileEntry,
     where: str,
-    pieces: list[Future[str | None]] | None,
+    hashing: _Hashing,
 ) -> None:
     view, ranges = memoryview(buffer), _ranges(entry.size)
-    hashed: dict[int, Future[str | None]] = {}
     extra = {"VersionId": version} if version else {}
 
-    async def fetch(number: int) -> None:
+    def fetch(number: int) -> None:
         start, stop = ranges[number]
-        response = await fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}", **extra
-        )
-        body = response["Body"]
-        try:
-            _check_total(response.get("ContentRange"), entry, where)
-            await _read_into(body, view[start:stop], where)
-        finally:
-            body.close()
-        if pieces is not None:
-            hashed[number] = hash_later(view[start:stop])
+
+        def read(response: dict[str, Any]) -> None:
+            body = response["Body"]
+            try:
+                _check_total(response.get("ContentRange"), entry, where)
+                _read_into(body, view[start:stop], where)
+            finally:
+                body.close()
+
+        client.call("get_object", read, Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}", **extra)
+        hashing.arrived(number)
 
     try:
-        await _window(len(ranges), fetch)
+        _in_parallel(range(len(ranges)), fetch)
     except CheckpointCorrupt:
         raise
     except Exception:
-        await _check_size(fs, bucket, key, extra, entry, where)  # a shorter object fails ranges past its end
+        _check_size(client, bucket, key, extra, entry, where)  # a shorter object fails ranges past its end
         raise
-    finally:
-        if pieces is not None:
-            pieces.extend(hashed[number] for number in sorted(hashed))
 
 
 def _check_total(content_range: str | None, entry: FileEntry, where: str) -> None:
@@ -230,23 +329,22 @@ def _check_total(content_range: str | None, entry: FileEntry, where: str) -> Non
         raise CheckpointCorrupt(f"{where} is {total} bytes, its manifest says {entry.size}")
 
 
-async def _read_into(body: Any, target: memoryview, where: str) -> None:
+def _read_into(body: Any, target: memoryview, where: str) -> None:
     """Fill ``target`` from the response ``body``; a body that ends early is a short object."""
     done = 0
     while done < len(target):
-        chunk = await body.read(min(_READ_BYTES, len(target) - done))
-        if not chunk:
+        count = body.readinto(target[done:])
+        if not count:
             raise CheckpointCorrupt(f"{where}: a ranged read ended {len(target) - done} bytes early")
-        target[done : done + len(chunk)] = chunk
-        done += len(chunk)
+        done += count
 
 
-async def _check_size(
-    fs: Any, bucket: str, key: str, extra: dict[str, str], entry: FileEntry, where: str
+def _check_size(
+    client: S3Client, bucket: str, key: str, extra: dict[str, str], entry: FileEntry, where: str
 ) -> None:
     """After a failed download: ``CheckpointCorrupt`` if the object's size differs from the manifest's."""
     try:
-        head = await fs._call_s3("head_object", Bucket=bucket, Key=key, **extra)
+        head = client.call("head_object", Bucket=bucket, Key=key, **extra)
     except Exception:
         return  # the original failure says more
     size = head.get("ContentLength")

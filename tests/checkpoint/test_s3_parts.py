@@ -3,16 +3,25 @@ arrive; failures abort the upload and surface as ``StoreUnavailable``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import s3fs
 import torch
 
-from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.digest import CHUNK, digest_later
-from grd_blocks.checkpoint.s3parts import PART_BYTES, get_verified, is_s3, put_object
+from grd_blocks.checkpoint import CheckpointEngine, s3parts, serialization
+from grd_blocks.checkpoint.commit import ManifestLastCommit
+from grd_blocks.checkpoint.digest import CHUNK, InOrderHasher, digest_later
+from grd_blocks.checkpoint.manifest import FileEntry
+from grd_blocks.checkpoint.s3client import client_for
+from grd_blocks.checkpoint.s3parts import PARALLEL_PARTS, PART_BYTES, get_verified, is_s3, put_object
 from grd_blocks.checkpoint.serialization import PIECE_BYTES, Pieces, serialize
 from grd_blocks.errors import CheckpointCorrupt, StoreUnavailable
 from tests.fixtures.seaweed import SeaweedServer
@@ -73,29 +82,242 @@ def test_an_object_of_another_size_than_its_manifest_is_corrupt(
         get_verified(fs, path, entry, "s3://obj")
 
 
+@contextlib.contextmanager
+def _before_sending(fs: Any, operation: str, handler: Callable[..., None]) -> Iterator[None]:
+    """Run ``handler(request=...)`` before each ``operation`` request of ``fs``'s transfer client leaves."""
+    events = client_for(fs).client.meta.events
+    name = f"before-send.s3.{operation}"
+    unique_id = f"grd-test-{id(handler)}"
+    events.register(name, handler, unique_id=unique_id)
+    try:
+        yield
+    finally:
+        events.unregister(name, unique_id=unique_id)
+
+
+def _part_number(request: Any) -> int:
+    return int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+
+
 @pytest.mark.s3
 def test_a_failed_part_aborts_the_upload_and_leaves_no_object(
-    s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    s3_server: SeaweedServer, s3_bucket: str
 ) -> None:
-    # A mock of a fault, on purpose: the server cannot be made to refuse exactly the second part.
+    # A fault injected on purpose: the server cannot be made to refuse exactly the second part.
     fs = s3_server.filesystem()
     bucket = s3_bucket.removeprefix("s3://")
-    real_call = fs._call_s3
-    parts_sent = []
+    parts_sent: list[int] = []
 
-    async def failing_call(method: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "upload_part":
-            parts_sent.append(kwargs["PartNumber"])
-            if kwargs["PartNumber"] == 2:
-                raise OSError("injected: connection reset while sending part 2")
-        return await real_call(method, *args, **kwargs)
+    def reset_part_2(request: Any, **_: Any) -> None:
+        parts_sent.append(_part_number(request))
+        if parts_sent[-1] == 2:
+            raise OSError("injected: connection reset while sending part 2")
 
-    monkeypatch.setattr(fs, "_call_s3", failing_call)
-    with pytest.raises(OSError, match="part 2"):
+    with _before_sending(fs, "UploadPart", reset_part_2), pytest.raises(OSError, match="part 2"):
         put_object(fs, f"{bucket}/obj/state.pt", serialize(_state(4))[0]["state.pt"])
-    monkeypatch.undo()
     assert 2 in parts_sent and not fs.exists(f"{bucket}/obj/state.pt")
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.s3
+def test_a_server_killed_mid_upload_leaves_no_object_and_the_previous_latest_loads(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    engine.save_checkpoint("big", state=_state(10), step=0)
+
+    def kill_at_part_2(request: Any, **_: Any) -> None:
+        if _part_number(request) == 2:
+            s3_server.stop()  # a real outage: SIGKILL, while the other parts are in flight
+
+    try:
+        with (
+            _before_sending(s3_server.filesystem(), "UploadPart", kill_at_part_2),
+            pytest.raises(StoreUnavailable, match="reachable"),
+        ):
+            engine.save_checkpoint("big", state=_state(11), step=1)
+    finally:
+        s3_server.start()
+    assert _serializing() == []  # the failed save's serializer was stopped, not left running
+    fs = s3_server.filesystem()
+    assert not fs.exists(f"{s3_bucket.removeprefix('s3://')}/store/big/step_1/state.pt")
+    assert engine.latest_checkpoint("big").index == 0  # type: ignore[union-attr]
+    _assert_latest_loads(engine, 10)
+
+
+def _assert_latest_loads(engine: CheckpointEngine, seed: int) -> None:
+    """The run "big"'s latest checkpoint loads and holds ``_state(seed)``'s weights."""
+    loaded = engine.load_checkpoint("big")
+    assert loaded is not None and torch.equal(loaded["w"], _state(seed)["w"])
+
+
+def _serializing() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "grd-serialize"]
+
+
+@pytest.mark.s3
+def test_a_large_save_sends_its_first_parts_while_the_rest_is_still_being_serialized(
+    s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.save is held after its second piece until a part has reached the server: a save that serialized
+    # everything before sending would wait here for a minute and fail.
+    part_sent = threading.Event()
+    real_write = serialization._PieceWriter.write
+    held: list[bool] = []
+
+    def write_then_wait_for_a_part(self: Any, data: Any) -> int:
+        written = real_write(self, data)
+        if len(memoryview(data).cast("B")) >= 2 * PIECE_BYTES and not held:
+            held.append(part_sent.wait(timeout=60))
+        return written
+
+    def sent(request: Any, **_: Any) -> None:
+        part_sent.set()
+
+    monkeypatch.setattr(serialization._PieceWriter, "write", write_then_wait_for_a_part)
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    with _before_sending(s3_server.filesystem(), "UploadPart", sent):
+        engine.save_checkpoint("big", state=_state(20), step=0)
+    assert held == [True]
+    _assert_latest_loads(engine, 20)
+
+
+@pytest.mark.s3
+def test_a_save_whose_serializing_fails_raises_that_failure_and_commits_nothing(
+    s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mock of a fault: torch.save fails only when memory runs out, which a test cannot cause safely.
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    engine.save_checkpoint("big", state=_state(21), step=0)
+    real_write = serialization._PieceWriter.write
+    emitted: list[int] = []
+
+    def fail_in_the_third_piece(self: Any, data: Any) -> int:
+        emit = self._emit
+
+        def counting(piece: bytes) -> None:
+            emitted.append(len(piece))
+            if len(emitted) == 3:
+                raise MemoryError("injected: out of memory while serializing")
+            emit(piece)
+
+        self._emit = counting
+        try:
+            return real_write(self, data)
+        finally:
+            self._emit = emit
+
+    monkeypatch.setattr(serialization._PieceWriter, "write", fail_in_the_third_piece)
+    with pytest.raises(MemoryError, match="injected"):  # two parts may be up already
+        engine.save_checkpoint("big", state=_state(22, 4 * PART_BYTES), step=1)
+    monkeypatch.undo()
+    assert _serializing() == []
+    bucket = s3_bucket.removeprefix("s3://")
+    assert not s3_server.filesystem().exists(f"{bucket}/store/big/step_1/state.pt")
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    _assert_latest_loads(engine, 21)
+    engine.save_checkpoint("big", state=_state(22), step=1)  # the next save works
+    _assert_latest_loads(engine, 22)
+
+
+def _headers(request: Any) -> dict[str, str]:
+    """A request's headers, names in lower case, values as text."""
+    return {
+        name.lower(): value.decode() if isinstance(value, bytes) else str(value)
+        for name, value in request.headers.items()
+    }
+
+
+def _damaging_part_2(attempts: int) -> Callable[..., None]:
+    """A ``before-send`` handler that flips one bit of part 2's body on its first ``attempts`` sends, after
+    its headers (and checksum) were made: damage on the way to the server."""
+    damaged: list[int] = []
+
+    def damage(request: Any, **_: Any) -> None:
+        if _part_number(request) == 2 and len(damaged) < attempts:
+            body = bytearray(request.body)
+            body[12345] ^= 0x01
+            request.body = bytes(body)
+            damaged.append(2)
+
+    return damage
+
+
+@pytest.mark.s3
+def test_each_part_carries_a_crc32_the_server_checks_so_a_part_damaged_on_the_way_is_sent_again(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    headers: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        assert isinstance(request.body, bytes | bytearray)  # the part itself, sent with one sendall
+        headers.append(_headers(request))
+
+    fs = s3_server.filesystem()
+    with _before_sending(fs, "UploadPart", record), _before_sending(fs, "UploadPart", _damaging_part_2(1)):
+        engine.save_checkpoint("big", state=_state(13), step=1)
+    assert len(headers) == 4  # three parts, part 2 twice: the server refused the damaged copy
+    assert all("UNSIGNED-PAYLOAD" in sent["x-amz-content-sha256"] for sent in headers)
+    assert all(sent["x-amz-sdk-checksum-algorithm"] == "CRC32" for sent in headers)
+    _assert_latest_loads(engine, 13)
+
+
+@pytest.mark.s3
+def test_a_part_damaged_on_every_send_fails_the_save_and_the_previous_latest_loads(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    engine.save_checkpoint("big", state=_state(14), step=0)
+    fs = s3_server.filesystem()
+    with _before_sending(fs, "UploadPart", _damaging_part_2(10**6)), pytest.raises(StoreUnavailable):
+        engine.save_checkpoint("big", state=_state(15), step=1)
+    assert not fs.exists(f"{s3_bucket.removeprefix('s3://')}/store/big/step_1/state.pt")
+    _assert_latest_loads(engine, 14)
+
+
+@pytest.mark.s3
+def test_with_part_checksums_turned_off_a_part_damaged_on_the_way_is_caught_at_load_not_loaded(
+    s3_server: SeaweedServer, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = s3_server.storage_options
+    options["config_kwargs"] = {"request_checksum_calculation": "when_required"}
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=options)
+    engine.save_checkpoint("big", state=_state(16), step=0)
+    headers: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        headers.append(_headers(request))
+
+    fs = s3fs.S3FileSystem(**options)
+    with _before_sending(fs, "UploadPart", record), _before_sending(fs, "UploadPart", _damaging_part_2(1)):
+        engine.save_checkpoint("big", state=_state(17), step=1)  # nothing on the way up checks the bytes
+    assert len(headers) == 3
+    assert not [name for sent in headers for name in sent if name.startswith("x-amz-checksum")]
+    with pytest.raises(CheckpointCorrupt, match=r"step_1/state.pt has sha256 [0-9a-f]{64}, its manifest"):
+        engine.load_checkpoint("big", step=1)
+    loaded = engine.load_checkpoint("big")  # the damaged latest is skipped: the one before loads
+    assert loaded is not None and torch.equal(loaded["w"], _state(16)["w"])
+    assert "step_1" in caplog.text
+
+
+@pytest.mark.s3
+def test_an_entry_without_chunk_digests_is_verified_whole_on_the_parallel_path(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    fs = s3_server.filesystem()
+    path = f"{s3_bucket.removeprefix('s3://')}/obj/state.pt"
+    data = bytes(serialize(_state(16))[0]["state.pt"])
+    put_object(fs, path, data)
+    whole_only = FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())  # an older manifest
+    assert bytes(get_verified(fs, path, whole_only, "s3://obj")) == data
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    put_object(fs, path, bytes(flipped))
+    with pytest.raises(CheckpointCorrupt, match="s3://obj has sha256"):
+        get_verified(fs, path, whole_only, "s3://obj")
+    with pytest.raises(CheckpointCorrupt, match=rf"s3://obj: bytes {PART_BYTES}\.\.{2 * PART_BYTES} have"):
+        get_verified(fs, path, digest_later(data)(), "s3://obj")
 
 
 @pytest.mark.s3
@@ -130,3 +352,69 @@ def test_large_save_with_wrong_credentials_is_store_unavailable(
     assert isinstance(saving.value.__cause__, PermissionError)
     loaded = good.load_checkpoint("big")
     assert loaded is not None and torch.equal(loaded["w"], _state(7)["w"])
+
+
+@pytest.mark.s3
+def test_a_checkpoint_whose_manifest_lists_chunk_digests_still_loads_and_verifies_on_s3(
+    s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options).run("big")
+    # as grd wrote S3 manifests before: serialized whole first, chunk digests kept
+    monkeypatch.setattr(s3parts, "skip_chunks", lambda data: None)
+    monkeypatch.setattr(ManifestLastCommit, "takes_streams", False)
+    run.save(_state(18), step=0)
+    monkeypatch.undo()
+    run.save(_state(19), step=1)
+    chunked = json.loads(run.fs.cat_file(f"{run.path}/step_0/MANIFEST.json"))["files"]["state.pt"]
+    whole = json.loads(run.fs.cat_file(f"{run.path}/step_1/MANIFEST.json"))["files"]["state.pt"]
+    assert len(chunked["chunks"]) == 3 and "chunks" not in whole
+    assert run.verify("step_0") == [] and run.verify("step_1") == []
+    loaded = run.load(step=0)
+    assert loaded is not None and torch.equal(loaded["w"], _state(18)["w"])
+    path = f"{run.path}/step_0/state.pt"
+    data = bytearray(run.fs.cat_file(path))
+    data[-5] ^= 0x01
+    run.fs.pipe_file(path, bytes(data))
+    with pytest.raises(CheckpointCorrupt, match=rf"bytes {2 * PART_BYTES}\.\.{len(data)} have sha256"):
+        run.load(step=0)
+
+
+def test_in_order_hashing_gives_the_whole_sha256_whatever_order_the_ranges_arrive_in() -> None:
+    data = bytes(range(256)) * (3 * PART_BYTES // 256 + 7)
+    ranges = [(start, min(start + PART_BYTES, len(data))) for start in range(0, len(data), PART_BYTES)]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        hasher = InOrderHasher(memoryview(data), ranges)
+        for number in order:
+            hasher.arrived(number)
+        assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    partial = InOrderHasher(memoryview(data), ranges)
+    for number in (0, 2, 3):
+        partial.arrived(number)
+    assert partial.hexdigest() is None  # range 1 never came: no digest of the bytes before it is trusted
+
+
+@pytest.mark.s3
+def test_large_and_small_saves_fail_alike_with_wrong_credentials(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options_with(secret="not-the-secret")
+    bad = CheckpointEngine(f"{s3_bucket}/store", storage_options=options)
+    errors = []
+    for state in ({"small": 1}, _state(17)):  # s3fs's own request / the parallel upload's
+        with pytest.raises(StoreUnavailable) as saving:
+            bad.save_checkpoint("run", state=state, step=0)
+        errors.append(saving.value.__cause__)
+    assert [type(error) for error in errors] == [PermissionError, PermissionError]
+    assert str(errors[0]) == str(errors[1])
+
+
+def test_one_client_per_configuration_and_another_for_other_credentials(
+    s3_server: SeaweedServer,
+) -> None:
+    first, again = s3_server.filesystem(), s3_server.filesystem()
+    other = s3fs.S3FileSystem(**s3_server.storage_options_with(key="someone-else"))
+    assert client_for(first) is client_for(again)
+    assert client_for(other) is not client_for(first)
+    options = client_for(first).client.meta.config
+    assert options.max_pool_connections >= PARALLEL_PARTS
+    assert client_for(first).client.meta.endpoint_url == s3_server.endpoint_url
