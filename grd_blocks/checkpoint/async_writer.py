@@ -1,13 +1,16 @@
 """Background checkpoint writes: at most one in flight per run, failures surface on the next call.
 
 Invariant: ``submit`` first waits for the previous job (so writes commit in submission order and at most one
-is in flight) and re-raises its failure; ``wait`` does the same. Every live writer is flushed by an ``atexit``
-hook, so a process that exits normally never drops a checkpoint it already handed over.
+is in flight) and re-raises its failure; ``wait`` does the same. Every live writer is flushed at interpreter
+exit, so a process that exits normally never drops a checkpoint it already handed over. The flush runs among
+threading's exit hooks, before ``concurrent.futures`` stops accepting work (a plain ``atexit`` hook runs after
+that, when a write could no longer hash or send its pieces on the process's thread pools).
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook is registered before ours, so ours runs first
 import logging
 import threading
 import weakref
@@ -74,4 +77,8 @@ def _flush_all() -> None:
             logger.exception("background checkpoint write for %s failed before exit", writer.name)
 
 
-atexit.register(_flush_all)
+_register_before_pools_stop = getattr(threading, "_register_atexit", None)  # what concurrent.futures uses
+if _register_before_pools_stop is not None:
+    _register_before_pools_stop(_flush_all)  # threading runs these in reverse order of registration
+else:  # pragma: no cover - CPython has had it since 3.9
+    atexit.register(_flush_all)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import errno
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any, cast
 
 import fsspec
 import pytest
 import torch
 
-from grd_blocks.checkpoint import RunCheckpoints
+from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
 from grd_blocks.errors import StoreUnavailable
 from tests.checkpoint.conftest import Backend, RecordingFS
+from tests.fixtures.seaweed import SeaweedServer
 
 
 class GatedFS(RecordingFS):
@@ -94,3 +100,40 @@ def test_async_failure_is_raised_on_next_save(object_backend: Backend) -> None:
     run.save_async({"s": 1}, step=1)
     with pytest.raises(StoreUnavailable):
         run.save({"s": 2}, step=2)
+
+
+_SAVE_ASYNC_THEN_EXIT = """
+import json, sys, torch
+from grd_blocks.checkpoint import CheckpointEngine
+run = CheckpointEngine(sys.argv[1], storage_options=json.loads(sys.argv[2])).run("exiting")
+run.save_async({"w": torch.arange(int(sys.argv[3]), dtype=torch.float32)}, step=1)
+"""  # and nothing else: no flush, the interpreter's exit has to finish the write
+
+_EXIT_SIZE = 5 * 2**20  # 20 MiB of float32: three pieces, hashed and (on S3) sent on the thread pools
+
+
+def _exit_right_after_save_async(url: str, storage_options: dict[str, Any]) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _SAVE_ASYNC_THEN_EXIT, url, json.dumps(storage_options), str(_EXIT_SIZE)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0 and "failed before exit" not in done.stderr, done.stderr
+    loaded = CheckpointEngine(url, storage_options=storage_options).load_checkpoint("exiting")
+    assert loaded is not None and torch.equal(loaded["w"], torch.arange(_EXIT_SIZE, dtype=torch.float32))
+
+
+def test_a_process_exiting_right_after_a_large_save_async_commits_it_on_disk(tmp_path: Path) -> None:
+    _exit_right_after_save_async(str(tmp_path / "store"), {})
+
+
+@pytest.mark.s3
+def test_a_process_exiting_right_after_a_large_save_async_commits_it_on_s3(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    _exit_right_after_save_async(f"{s3_bucket}/store", s3_server.storage_options)
