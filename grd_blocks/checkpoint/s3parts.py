@@ -17,7 +17,9 @@ Invariants:
   when ``complete_multipart_upload`` succeeds; any failure stops the parts not yet started, waits for those
   under way, aborts the upload (best effort) and raises the first failure (by part number), so a reader
   never sees a partial object. ``Pieces`` of ``PART_BYTES`` (what serialize produces) are sent as they
-  are; other content is copied one part at a time, just before that part is sent.
+  are, a ``PieceStream``'s pieces as soon as each is produced (a failed serialization stops the upload like
+  a failed part, and its own error is raised); other content is copied one part at a time, just before
+  that part is sent.
 * Each part carries a CRC32 the server checks (s3client.py: a damaged part is refused and sent again) and
   no sha256 of its own: the manifest entry of an object uploaded in parts lists no chunk digests
   (``digest.skip_chunks``); its whole-file sha256, checked on every load before anything is used, is what
