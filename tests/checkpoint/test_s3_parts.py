@@ -120,6 +120,42 @@ def test_a_failed_part_aborts_the_upload_and_leaves_no_object(
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize(
+    ("operation", "part"),
+    [
+        ("CreateMultipartUpload", None),
+        ("UploadPart", 1),
+        ("UploadPart", 3),
+        ("CompleteMultipartUpload", None),
+    ],
+)
+def test_a_save_failing_at_any_request_of_its_multipart_upload_commits_nothing_and_the_next_one_works(
+    s3_server: SeaweedServer, s3_bucket: str, operation: str, part: int | None
+) -> None:
+    # Faults injected on purpose, one request of the upload at a time: the server cannot be made to refuse
+    # exactly one of them.
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    engine.save_checkpoint("big", state=_state(30), step=0)
+    failed: list[str] = []
+
+    def fail(request: Any, **_: Any) -> None:
+        if part is None or _part_number(request) == part:
+            failed.append(operation)
+            raise OSError(f"injected: connection reset during {operation}")
+
+    with _before_sending(s3_server.filesystem(), operation, fail), pytest.raises(StoreUnavailable) as saving:
+        engine.save_checkpoint("big", state=_state(31), step=1)
+    assert failed and operation in str(saving.value)
+    bucket = s3_bucket.removeprefix("s3://")
+    assert not s3_server.filesystem().exists(f"{bucket}/store/big/step_1/state.pt")
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert engine.latest_checkpoint("big").index == 0  # type: ignore[union-attr]
+    _assert_latest_loads(engine, 30)
+    engine.save_checkpoint("big", state=_state(32), step=1)
+    _assert_latest_loads(engine, 32)
+
+
+@pytest.mark.s3
 def test_a_server_killed_mid_upload_leaves_no_object_and_the_previous_latest_loads(
     s3_server: SeaweedServer, s3_bucket: str
 ) -> None:
