@@ -10,10 +10,6 @@ Invariants:
   the caller holds open, whatever happens to the path meanwhile) and raises ``CheckpointCorrupt`` naming
   ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them,
   else the whole-file sha256, reading the next piece while the previous one is hashed.
-* ``skip_chunks(data)``: a writer that does not want ``data``'s chunk digests (an S3 upload: reads of the
-  object hash it whole, in order, as it arrives) drops them: those not started are cancelled and the entry
-  ``digest_later(data)`` yields lists none (only ``Pieces`` being hashed by ``digest_later``; the record of
-  them goes when ``data`` does). Its ``sha256`` is the same either way.
 * ``hash_later(piece)`` + ``check_pieces(futures, entry, where)`` let a download hash each chunk as soon as it
   has arrived and check them all once the last one has; ``InOrderHasher`` hashes a download that arrives
   in ranges, out of order, as the whole-file sha256: each range as soon as every range before it is in
@@ -25,10 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 
 from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
 from grd_blocks.checkpoint.serialization import Blob, Payload, Pieces, PieceStream
@@ -39,30 +33,6 @@ CHUNK = 8 * 1024 * 1024
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _buffers = threading.local()
-
-
-@dataclass
-class _Digesting:
-    """What ``digest_later`` started for one payload."""
-
-    size: int
-    whole: Future[str]
-    pieces: list[Future[str]]
-    chunks: bool = True
-
-    def entry(self) -> FileEntry:
-        if not self.chunks:
-            return FileEntry(size=self.size, sha256=self.whole.result())
-        return FileEntry(
-            size=self.size,
-            sha256=self.whole.result(),
-            chunk_size=CHUNK,
-            chunks=tuple(piece.result() for piece in self.pieces),
-        )
-
-
-_digesting: dict[int, tuple[weakref.ref[Pieces], _Digesting]] = {}  # id(data): hashing a Pieces by value
-# would read all of its bytes
 
 
 def _hasher_pool() -> ThreadPoolExecutor:
@@ -78,7 +48,6 @@ def _forget_pool_after_fork() -> None:
     """A forked child has none of the parent's threads: it starts a pool of its own."""
     global _pool, _pool_lock
     _pool, _pool_lock = None, threading.Lock()
-    _digesting.clear()  # hashing under way in the parent never finishes here
 
 
 if hasattr(os, "register_at_fork"):
@@ -108,21 +77,12 @@ def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
         view = memoryview(data)
         whole = pool.submit(sha256_hex, view)
         pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
-    digesting = _Digesting(size, whole, pieces)
-    if isinstance(data, Pieces):
-        key = id(data)
-        _digesting[key] = (weakref.ref(data, lambda _: _digesting.pop(key, None)), digesting)
-    return digesting.entry
-
-
-def skip_chunks(data: Payload | Blob) -> None:
-    """Drop the chunk digests ``digest_later(data)`` is computing: its entry will list none."""
-    found = _digesting.get(id(data)) if isinstance(data, Pieces) else None
-    if found is None or found[0]() is not data:
-        return
-    found[1].chunks = False
-    for piece in found[1].pieces:
-        piece.cancel()
+    return lambda: FileEntry(
+        size=size,
+        sha256=whole.result(),
+        chunk_size=CHUNK,
+        chunks=tuple(piece.result() for piece in pieces),
+    )
 
 
 def _sha256_all(pieces: Iterable[bytes | bytearray]) -> str:
@@ -207,6 +167,12 @@ def check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str
             )
 
 
+def check_sha256(digest: str | None, entry: FileEntry, where: str) -> None:
+    """Raise ``CheckpointCorrupt`` naming ``where`` unless ``digest`` is ``entry``'s whole-file sha256."""
+    if digest != entry.sha256:
+        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+
+
 def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: str) -> None:
     """Raise ``CheckpointCorrupt`` unless ``data`` has ``entry``'s size and digests."""
     if len(data) != entry.size:
@@ -218,9 +184,7 @@ def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: 
         ]
         check_pieces(pieces, entry, where)
         return
-    digest = sha256_hex(data)
-    if digest != entry.sha256:
-        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+    check_sha256(sha256_hex(data), entry, where)
 
 
 def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
@@ -238,8 +202,7 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
     digest, count = sha256_fd(fd, size)
     if count != entry.size:
         raise CheckpointCorrupt(f"{where} is {count} bytes, its manifest says {entry.size}")
-    if digest != entry.sha256:
-        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+    check_sha256(digest, entry, where)
 
 
 class InOrderHasher:

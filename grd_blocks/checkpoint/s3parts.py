@@ -21,9 +21,9 @@ Invariants:
   a failed part, and its own error is raised); other content is copied one part at a time, just before
   that part is sent.
 * Each part carries a CRC32 the server checks (s3client.py: a damaged part is refused and sent again) and
-  no sha256 of its own: the manifest entry of an object uploaded in parts lists no chunk digests
-  (``digest.skip_chunks``); its whole-file sha256, checked on every load before anything is used, is what
-  proves the bytes end to end.
+  no sha256 of its own: the payload that goes up in parts is a ``PieceStream``, whose manifest entry lists
+  no chunk digests (``digest.digest_later``); its whole-file sha256, checked on every load before anything
+  is used, is what proves the bytes end to end.
 * ``get_verified``: the object is read by ranged GETs, ``PARALLEL_PARTS`` in flight, straight into one
   buffer of the manifest's size (``readinto``, no intermediate copies), and hashed while it arrives: an
   entry without chunk digests as the whole-file sha256, each range as soon as every range before it is in
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
-from grd_blocks.checkpoint.digest import InOrderHasher, check_pieces, hash_later, skip_chunks, verify_bytes
+from grd_blocks.checkpoint.digest import InOrderHasher, check_pieces, check_sha256, hash_later, verify_bytes
 from grd_blocks.checkpoint.manifest import FileEntry
 from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
@@ -149,7 +149,6 @@ def put_object(fs: fsspec.AbstractFileSystem, path: str, data: Payload) -> None:
     if not parallel(fs, 2 * PART_BYTES if streamed else len(data)):
         fs.pipe_file(path, bytes(data))
         return
-    skip_chunks(data)  # reads of this object hash it whole, in order, as it arrives
     bucket, key, _ = _s3(fs).split_path(path)
     _put_parts(_client(fs), bucket, key, data)
     fs.invalidate_cache(path)
@@ -264,9 +263,7 @@ class _InOrder(InOrderHasher):
     arrive."""
 
     def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None:
-        digest = self.hexdigest()
-        if digest != entry.sha256:
-            raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+        check_sha256(self.hexdigest(), entry, where)
 
 
 class _Afterwards:

@@ -213,7 +213,6 @@ class _PieceWriter:
         self.failure: BaseException | None = None  # what failed in ``write``: torch.save's cleanup may
         # raise an error of its own over it
 
-
     def _full_piece(self, *parts: Any) -> bytes | bytearray:
         if self._new_piece is None:
             return b"".join(parts)

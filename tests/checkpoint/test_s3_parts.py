@@ -16,7 +16,7 @@ import pytest
 import s3fs
 import torch
 
-from grd_blocks.checkpoint import CheckpointEngine, s3parts, serialization
+from grd_blocks.checkpoint import CheckpointEngine, serialization
 from grd_blocks.checkpoint.commit import ManifestLastCommit
 from grd_blocks.checkpoint.digest import CHUNK, InOrderHasher, digest_later
 from grd_blocks.checkpoint.manifest import FileEntry
@@ -134,8 +134,7 @@ def test_a_save_failing_at_any_request_of_its_multipart_upload_commits_nothing_a
 ) -> None:
     # Faults injected on purpose, one request of the upload at a time: the server cannot be made to refuse
     # exactly one of them.
-    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
-    engine.save_checkpoint("big", state=_state(30), step=0)
+    engine = _engine_saved_at_step_0(s3_server, s3_bucket, 30)
     failed: list[str] = []
 
     def fail(request: Any, **_: Any) -> None:
@@ -159,8 +158,7 @@ def test_a_save_failing_at_any_request_of_its_multipart_upload_commits_nothing_a
 def test_a_server_killed_mid_upload_leaves_no_object_and_the_previous_latest_loads(
     s3_server: SeaweedServer, s3_bucket: str
 ) -> None:
-    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
-    engine.save_checkpoint("big", state=_state(10), step=0)
+    engine = _engine_saved_at_step_0(s3_server, s3_bucket, 10)
 
     def kill_at_part_2(request: Any, **_: Any) -> None:
         if _part_number(request) == 2:
@@ -179,6 +177,13 @@ def test_a_server_killed_mid_upload_leaves_no_object_and_the_previous_latest_loa
     assert not fs.exists(f"{s3_bucket.removeprefix('s3://')}/store/big/step_1/state.pt")
     assert engine.latest_checkpoint("big").index == 0  # type: ignore[union-attr]
     _assert_latest_loads(engine, 10)
+
+
+def _engine_saved_at_step_0(s3_server: SeaweedServer, s3_bucket: str, seed: int) -> CheckpointEngine:
+    """An engine on ``{s3_bucket}/store`` whose run "big" has ``_state(seed)`` committed as step 0."""
+    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
+    engine.save_checkpoint("big", state=_state(seed), step=0)
+    return engine
 
 
 def _assert_latest_loads(engine: CheckpointEngine, seed: int) -> None:
@@ -223,8 +228,7 @@ def test_a_save_whose_serializing_fails_raises_that_failure_and_commits_nothing(
     s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A mock of a fault: torch.save fails only when memory runs out, which a test cannot cause safely.
-    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
-    engine.save_checkpoint("big", state=_state(21), step=0)
+    engine = _engine_saved_at_step_0(s3_server, s3_bucket, 21)
     real_write = serialization._PieceWriter.write
     emitted: list[int] = []
 
@@ -303,8 +307,7 @@ def test_each_part_carries_a_crc32_the_server_checks_so_a_part_damaged_on_the_wa
 def test_a_part_damaged_on_every_send_fails_the_save_and_the_previous_latest_loads(
     s3_server: SeaweedServer, s3_bucket: str
 ) -> None:
-    engine = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options)
-    engine.save_checkpoint("big", state=_state(14), step=0)
+    engine = _engine_saved_at_step_0(s3_server, s3_bucket, 14)
     fs = s3_server.filesystem()
     with _before_sending(fs, "UploadPart", _damaging_part_2(10**6)), pytest.raises(StoreUnavailable):
         engine.save_checkpoint("big", state=_state(15), step=1)
@@ -395,8 +398,7 @@ def test_a_checkpoint_whose_manifest_lists_chunk_digests_still_loads_and_verifie
     s3_server: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options).run("big")
-    # as grd wrote S3 manifests before: serialized whole first, chunk digests kept
-    monkeypatch.setattr(s3parts, "skip_chunks", lambda data: None)
+    # as grd wrote S3 manifests before: serialized whole first, with chunk digests
     monkeypatch.setattr(ManifestLastCommit, "takes_streams", False)
     run.save(_state(18), step=0)
     monkeypatch.undo()
