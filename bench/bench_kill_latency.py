@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from grd_blocks.process import run_command  # noqa: E402
-from grd_blocks.process.tree import FORCE_FALLBACK_ENV  # noqa: E402
+from grd_blocks.process.keepers import FORCE_FALLBACK_ENV  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "kill_latency.json"
 TREE_SIZE = 7

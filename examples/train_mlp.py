@@ -6,9 +6,10 @@ Run it alone or under torchrun (gloo, CPU, DDP)::
     torchrun --nproc-per-node 2 examples/train_mlp.py --epochs 5 --checkpoint-url ./checkpoints/mlp-ddp
 
 Run it again with the same URL and it continues at the exact step where it stopped. Under ``grd run`` the URL
-comes from ``GRD_CHECKPOINT_URL`` and the time budget from ``GRD_TIME_LEFT_S``. Exit codes: 0 done,
-143 stopped by SIGTERM, 130 by SIGINT, 124 saved and stopped before its deadline (the checkpoint is committed
-in each case; run again to continue).
+comes from ``GRD_CHECKPOINT_URL``, the time budget from ``GRD_TIME_LEFT_S`` and a deadline warning signal
+from ``GRD_WARN_SIGNAL``. Exit codes: 0 done, 143 stopped by SIGTERM, 130 by SIGINT, 124 saved and stopped
+before its deadline (the checkpoint is committed in each case; run again to continue). It leaves through
+``exit_now``: atexit callbacks run, the seconds of interpreter teardown with torch loaded do not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from grd_blocks.training import (
     Pacer,
     ResumableTraining,
     batches_per_epoch,
+    exit_now,
     make_deterministic,
     seeded_loader,
     split_checkpoint_url,
@@ -142,4 +144,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -72,6 +72,10 @@ def _run(args: argparse.Namespace) -> int:
     from grd_blocks.report import BenchmarkReport, render_summary
 
     with _prefect_settings():
+        from grd_blocks.prefect_edge.ephemeral import start_guarded_ephemeral_api
+
+        startup = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"].strip()
+        start_guarded_ephemeral_api(int(startup) if startup.isdigit() else None)
         state = _load_flow()(
             spec_path=str(spec_path),
             run_key=args.run_key,

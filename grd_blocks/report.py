@@ -48,7 +48,10 @@ class TimeoutInfo(_Model):
     inherited: bool = Field(description="True when an enclosing budget's deadline, not its own, stopped it.")
     term_sent_s: float | None = Field(description="Seconds after start when SIGTERM went to the tree.")
     kill_sent_s: float | None = Field(description="When SIGKILL went; null if SIGTERM sufficed.")
-    survivors: int = Field(description="Processes still alive after SIGKILL (0: none escaped).")
+    survivors: int = Field(description="Processes a /proc scan found alive after SIGKILL (0: none escaped).")
+    warn_sent_s: float | None = Field(
+        default=None, description="Seconds after start when the pre-deadline warning signal went to the tree."
+    )
 
 
 class CommandReport(_Model):
@@ -65,7 +68,13 @@ class CommandReport(_Model):
     budget_s: float | None = Field(default=None, description="Seconds granted at start; null = no limit.")
     resumed: bool = Field(default=False, description="Completed by an earlier attempt; not re-run.")
     reason: str | None = Field(default=None, description="Why it was skipped, cancelled or could not start.")
-    log_path: str | None = None
+    log_path: str | None = Field(default=None, description="This attempt's whole output, byte for byte.")
+    attempt_logs: list[str] = Field(
+        default_factory=list, description="The log of every attempt so far, oldest first (this one last)."
+    )
+    note: str | None = Field(
+        default=None, description="Something grd did that the reader should know (an earlier copy stopped)."
+    )
 
 
 class PhaseReport(_Model):

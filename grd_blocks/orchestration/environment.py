@@ -12,6 +12,8 @@ import functools
 import json
 import math
 import os
+import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,20 +96,29 @@ def command_env(
     command: str,
     store: StoreAccess | None,
     base: Mapping[str, str] | None = None,
+    warn_s: float | None = None,
+    warn_signal: int | None = None,
 ) -> dict[str, str]:
-    """The full environment of one command (``GRD_TIME_LEFT_S`` is ``inf`` when it has no deadline)."""
+    """The full environment of one command (``GRD_TIME_LEFT_S`` and ``GRD_DEADLINE_UNIX`` are ``inf`` when
+    it has no deadline; ``GRD_WARN_S`` and ``GRD_WARN_SIGNAL`` only when a warning is configured)."""
     env = dict(os.environ if base is None else base)
     env.update(spec_env)
     if "PYTHONUNBUFFERED" not in spec_env:
         env["PYTHONUNBUFFERED"] = "1"
     env.update(
         GRD_TIME_LEFT_S=_seconds(time_left_s),
+        GRD_DEADLINE_UNIX="inf" if math.isinf(time_left_s) else f"{time.time() + max(0.0, time_left_s):.3f}",
         GRD_GRACE_S=_seconds(grace_s),
         GRD_RUN_KEY=run_key,
         GRD_ATTEMPT=str(attempt),
         GRD_PHASE=phase,
         GRD_COMMAND=command,
     )
+    for name in ("GRD_WARN_S", "GRD_WARN_SIGNAL"):
+        env.pop(name, None)  # an outer grd's warning is not this command's
+    if warn_s is not None and warn_signal is not None:
+        env["GRD_WARN_S"] = _seconds(warn_s)
+        env["GRD_WARN_SIGNAL"] = signal.Signals(warn_signal).name
     if store is not None:
         env.update(store.secret_env)
         env["GRD_CHECKPOINT_URL"] = store.command_url(run_key, phase, command)

@@ -19,8 +19,9 @@ from grd_blocks.budget import Budget
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess, command_env
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
-from grd_blocks.process import CommandOutcome, run_command
+from grd_blocks.process import CommandOutcome, DeadlineWarning, run_command
 from grd_blocks.report import CommandReport, TimeoutInfo
+from grd_blocks.spec import WarnSpec
 
 __all__ = ["CommandPlan", "LineSink", "execute", "outcome_row"]
 
@@ -44,6 +45,13 @@ class CommandPlan:
     spec_env: Mapping[str, str] = field(default_factory=dict)
     store: StoreAccess | None = None
     parent_env: Mapping[str, str] | None = None  # the environment commands start from (None: os.environ now)
+    warn: WarnSpec | None = None  # the signal sent to the tree before its deadline
+    earlier_logs: list[str] = field(default_factory=list)  # the logs of its earlier attempts, oldest first
+
+    @property
+    def exclusive_key(self) -> str:
+        """At most one copy of this command runs per machine (a resumed attempt stops an earlier one)."""
+        return f"{self.run_key}/{self.phase}.{self.name}"
 
 
 def _round(value: float | None) -> float | None:
@@ -69,6 +77,7 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
             term_sent_s=_round(outcome.term_sent_s),
             kill_sent_s=_round(outcome.kill_sent_s),
             survivors=outcome.survivors,
+            warn_sent_s=_round(outcome.warn_sent_s),
         )
     else:
         status = Status.COMPLETED if outcome.returncode == 0 else Status.FAILED
@@ -84,6 +93,8 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
         budget_s=None if math.isinf(granted_s) else round(granted_s, 3),
         reason=outcome.spawn_error,
         log_path=outcome.log_path,
+        attempt_logs=[*plan.earlier_logs, *([outcome.log_path] if outcome.log_path else [])],
+        note=outcome.note,
     )
 
 
@@ -91,6 +102,7 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
             cancel: threading.Event | None = None) -> CommandReport:
     """Run ``plan`` to its end (exit, deadline or cancellation) and return its row; never raises GrdError."""
     granted = plan.budget.remaining()
+    warn = plan.warn
     env = command_env(
         spec_env=plan.spec_env,
         run_key=plan.run_key,
@@ -101,6 +113,8 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
         command=plan.name,
         store=plan.store,
         base=plan.parent_env,
+        warn_s=warn.before if warn is not None else None,
+        warn_signal=warn.signal if warn is not None else None,
     )
     try:  # run_command creates the log file's directory
         outcome = run_command(
@@ -113,6 +127,8 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
             on_line=on_line,
             cancel=cancel,
             clock=plan.budget.clock,
+            warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
+            exclusive=plan.exclusive_key,
         )
     except (GrdError, OSError) as exc:
         return CommandReport(
@@ -122,5 +138,6 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
             budget_s=None if math.isinf(granted) else round(granted, 3),
             reason=f"could not start: {exc}",
             log_path=str(plan.log_path),
+            attempt_logs=[*plan.earlier_logs, str(plan.log_path)],
         )
     return outcome_row(plan, outcome, granted)

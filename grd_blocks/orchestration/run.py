@@ -163,7 +163,7 @@ class BenchmarkRun:
         return phase_run
 
     def _plan(self, label: str, command: CommandSpec, budget: Budget, phase: PhaseSpec | None,
-              attempt: int) -> CommandPlan:
+              attempt: int, earlier_logs: list[str]) -> CommandPlan:
         resolved = resolve_command(self.spec, phase, command)
         cwd = None
         if command.cwd is not None:
@@ -177,26 +177,31 @@ class BenchmarkRun:
             configured_s=budget.configured_s,
             run_key=self.run_key,
             attempt=attempt,
-            log_path=self.logs_dir / f"{label}.{command.name}.log",
+            log_path=_attempt_log(self.logs_dir, f"{label}.{command.name}", attempt),
             cwd=cwd,
             spec_env=dict(command.env),
             store=self.store,
             parent_env=self.parent_env,
+            warn=resolved.warn if self.timeouts else None,
+            earlier_logs=earlier_logs,
         )
 
     def plan_command(self, phase_run: PhaseRun, command: CommandSpec) -> CommandPlan:
         """Plan ``command`` to start now, its budget a child of its phase's."""
         budget = planning.command_budget(phase_run.budget, self.spec, phase_run.spec, command,
                                          timeouts=self.timeouts)
-        return self._plan(phase_run.spec.name, command, budget, phase_run.spec,
-                          self.attempt(phase_run.spec.name, command.name))
+        phase = phase_run.spec.name
+        last = self._last(phase, command.name)
+        earlier = [] if last is None else last.attempt_logs or ([last.log_path] if last.log_path else [])
+        return self._plan(phase, command, budget, phase_run.spec, self.attempt(phase, command.name),
+                          list(earlier))
 
     def plan_cleanup(self, phase_run: PhaseRun | None, command: CommandSpec) -> CommandPlan:
         """Plan a cleanup to start now under its own shielded budget (of a phase, or the benchmark's)."""
         parent = phase_run.budget if phase_run is not None else self.budget
         budget = planning.cleanup_budget(parent, command, timeouts=self.timeouts)
         label = phase_run.spec.name if phase_run is not None else self.spec.name
-        return self._plan(label, command, budget, phase_run.spec if phase_run else None, 1)
+        return self._plan(label, command, budget, phase_run.spec if phase_run else None, 1, [])
 
     def cleanup_backstop(self, phase: PhaseSpec | None, command: CommandSpec) -> float | None:
         """Prefect ``timeout_seconds`` for a cleanup task (``phase`` None: the benchmark's cleanup)."""
@@ -248,6 +253,16 @@ class BenchmarkRun:
             phases=phases,
             cleanup=cleanup,
         )
+
+
+def _attempt_log(logs_dir: Path, stem: str, attempt: int) -> Path:
+    """``<stem>.attempt-<N>.log`` for this attempt, or the next N whose file does not exist yet: an attempt
+    never overwrites an earlier one's log (a cleanup runs in every attempt; a row may have been lost)."""
+    while True:
+        path = logs_dir / f"{stem}.attempt-{attempt}.log"
+        if not path.exists():
+            return path
+        attempt += 1
 
 
 @contextlib.contextmanager

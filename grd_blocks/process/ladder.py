@@ -1,8 +1,10 @@
 """The kill ladder: SIGTERM to the whole tree, up to ``grace_s`` for it to exit, then SIGKILL to what is left.
 
 Invariant: when ``stop_tree`` returns, every process of the tree has been signalled and ``survivors`` counts
-the ones still running after SIGKILL and a bounded wait (``KILL_WAIT_S``); it is 0 unless a process is stuck
-in the kernel. ``grace_s == 0`` skips SIGTERM. Each step is logged on the ``grd.process`` logger.
+the ones an independent /proc scan (``tree.live()``) still finds running after SIGKILL and a bounded wait
+(``KILL_WAIT_S``); it is 0 unless a process is stuck in the kernel, and a non-zero count is an ERROR naming
+each survivor's pid and command line. ``grace_s == 0`` skips SIGTERM. Each step is logged on the
+``grd.process`` logger.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from grd_blocks.process import procfs
 from grd_blocks.process.tree import ProcessTree
 
 __all__ = ["KILL_WAIT_S", "LadderResult", "stop_tree"]
@@ -81,22 +84,22 @@ def stop_tree(
                 pgid,
                 tree.kind,
             )
-        gone = tree.wait_empty(KILL_WAIT_S)
-    left = [] if gone else sorted(tree.live())
+        tree.wait_empty(KILL_WAIT_S)
+    left = sorted(tree.live())  # counted by reading /proc, whatever the tree itself reported
     if left:
         log.error(
-            "%s: %d process(es) survived SIGKILL for %.1fs (pids %s); stuck in the kernel (state D?)",
+            "%s: %d process(es) survived SIGKILL for %.1fs: %s; stuck in the kernel (state D?)",
             label,
             len(left),
             KILL_WAIT_S,
-            _pids(left),
+            "; ".join(f"pid {pid} ({procfs.cmdline(pid, 80) or '?'})" for pid in left[:10]),
         )
     return LadderResult(term_sent_s=term_sent, kill_sent_s=kill_sent, survivors=len(left))
 
 
 def tree_pgid(tree: ProcessTree) -> str:
     """The main pid, which is also the process group and session id (the child starts a new session)."""
-    main = getattr(tree, "main_pid", None)
+    main = tree.main_pid
     return str(main) if main is not None else "?"
 
 

@@ -8,7 +8,7 @@ started has ``returncode`` ``None`` (its deadline had passed or it was cancelled
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["CommandOutcome"]
 
@@ -27,7 +27,13 @@ class CommandOutcome:
     stdout_tail: str  # the last ``tail_chars`` characters of stdout
     stderr_tail: str  # the last ``tail_chars`` characters of stderr
     log_path: str | None  # where the whole output was written
-    containment: str  # "cgroup" | "subreaper" | "none" (never started)
+    containment: str  # "namespace" | "cgroup" | "subreaper" | "none" (never started)
     spawn_error: str | None  # why the command could not start, naming the executable or cwd and the fix
     leftover: int = 0  # processes still running when the main process exited by itself (grd stopped them)
-    pid: int | None = None  # the main process id (also its process group and session id)
+    pid: int | None = None  # the main process id on the host (also its process group and session id)
+    warn_sent_s: float | None = None  # when the pre-deadline warning signal went to the tree
+    note: str | None = None  # something the caller should report (e.g. an earlier copy was stopped first)
+
+    def with_note(self, note: str) -> CommandOutcome:
+        """A copy carrying ``note`` (appended to any note it has)."""
+        return replace(self, note=note if self.note is None else f"{self.note}; {note}")

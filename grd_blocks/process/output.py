@@ -1,10 +1,13 @@
 """A command's output: a PTY for stdout (so C stdio and Python line-buffer), a pipe for stderr, read inline by
 the supervising thread (``pump``) or by one reader thread (``start``/``hand_over``), never both at once.
 
-Invariant: every byte the command wrote before its tree was killed reaches ``on_line``, the log file and the
-tails, decoded as UTF-8 with ``errors="replace"``; ``\\r\\n`` from the PTY becomes ``\\n``; a last line
-without a newline is still delivered. ``finish(timeout)`` never blocks longer than ``timeout`` even if some
-process still holds the write end: after it the reader drains what is already buffered and stops.
+Invariant: the log file receives every byte the command wrote, unchanged and in each stream's order (a line is
+written whole when it ends, so the two streams interleave line by line; a run of more than ``MAX_LINE_CHARS``
+bytes without a newline is written as it comes, nothing inserted). The tails and the ``on_line`` callback get
+text: UTF-8 decoded with ``errors="replace"``, ``\\r\\n`` as ``\\n``, a last line without a newline still
+delivered, lines longer than ``MAX_LINE_CHARS`` in pieces (for display only). ``finish(timeout)`` never blocks
+longer than ``timeout`` even if some process still holds the write end: after it the reader drains what is
+already buffered and stops.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 __all__ = ["MAX_LINE_CHARS", "OutputCapture"]
 
@@ -34,20 +36,70 @@ _DRAIN_READS = 64  # after finish() times out: at most 4 MiB more per stream
 OnLine = Callable[[str, str], None]
 
 
-class _Stream:
-    """Line splitting, tail and log writing for one stream (runs on the reader thread only)."""
+class _LogFile:
+    """The raw log: one descriptor shared by both streams, written with ``os.write`` (no buffer to lose)."""
 
-    def __init__(self, name: str, on_line: OnLine | None, log_file: IO[str] | None, tail_chars: int) -> None:
+    def __init__(self, path: str | Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # its directory does not exist yet (only the first time, usually)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, flags, 0o644)
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        with self.lock:
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _Stream:
+    """One stream's log writing (whole lines), tail and line callback (one reading thread at a time)."""
+
+    def __init__(self, name: str, on_line: OnLine | None, log_file: _LogFile | None, tail_chars: int) -> None:
         self.name = name
         self.on_line = on_line
         self.log_file = log_file
         self.tail_chars = tail_chars
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.partial = ""
-        self.tail = ""
+        self.pending = bytearray()  # bytes of the current line, not yet in the log
+        self.partial = ""  # text of the current line, not yet delivered
+        self.tail = bytearray()
         self.callback_failed = False
 
     def feed(self, data: bytes, *, final: bool = False) -> None:
+        if self.log_file is not None:
+            self._log(data, final)
+        if self.tail_chars > 0 and data:
+            self.tail += data
+            cap = 4 * self.tail_chars + 8  # enough bytes for tail_chars characters of UTF-8
+            if len(self.tail) > cap:
+                del self.tail[:-cap]
+        if self.on_line is not None:
+            self._lines(data, final)
+
+    def _log(self, data: bytes, final: bool) -> None:
+        assert self.log_file is not None
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            if self.pending:
+                self.log_file.write(bytes(self.pending) + data[:cut])
+                self.pending.clear()
+            else:
+                self.log_file.write(data[:cut])
+            data = data[cut:]
+        self.pending += data
+        if self.pending and (final or len(self.pending) > MAX_LINE_CHARS):
+            self.log_file.write(self.pending)
+            self.pending.clear()
+
+    def _lines(self, data: bytes, final: bool) -> None:
         text = self.partial + self.decoder.decode(data, final=final)
         lines = text.split("\n")
         self.partial = lines.pop()
@@ -58,24 +110,14 @@ class _Stream:
         if final and self.partial:
             lines.append(self.partial)
             self.partial = ""
-        out: list[str] = []
         for line in lines:
             if line.endswith("\r"):
                 line = line[:-1]
             for start in range(0, max(len(line), 1), MAX_LINE_CHARS):
-                piece = line[start : start + MAX_LINE_CHARS]
-                out.append(piece)
-                self._deliver(piece)
-        if out:
-            chunk = "\n".join(out) + "\n"
-            if self.log_file is not None:
-                self.log_file.write(chunk)
-            if self.tail_chars > 0:
-                self.tail = (self.tail + chunk)[-2 * self.tail_chars :]
+                self._deliver(line[start : start + MAX_LINE_CHARS])
 
     def _deliver(self, line: str) -> None:
-        if self.on_line is None:
-            return
+        assert self.on_line is not None
         try:
             self.on_line(self.name, line)
         except Exception:
@@ -84,8 +126,12 @@ class _Stream:
                 self.callback_failed = True
 
     def tail_text(self) -> str:
-        text = self.tail.rstrip("\n") if self.tail.endswith("\n") else self.tail
-        return text[-self.tail_chars :] if self.tail_chars > 0 else ""
+        if self.tail_chars <= 0:
+            return ""
+        text = bytes(self.tail).decode("utf-8", "replace").replace("\r\n", "\n")
+        if text.endswith("\n"):
+            text = text.rstrip("\n")
+        return text[-self.tail_chars :]
 
 
 class OutputCapture:
@@ -99,7 +145,7 @@ class OutputCapture:
         on_line: OnLine | None = None,
         tail_chars: int = 4000,
     ) -> None:
-        self.log_file: IO[str] | None = None
+        self.log_file = _LogFile(log_path) if log_path is not None else None
         self.pty = False
         out_r, out_w = -1, -1
         if use_pty:
@@ -109,42 +155,25 @@ class OutputCapture:
                 attrs[1] &= ~termios.OPOST  # no output processing: "\n" stays "\n"
                 attrs[3] &= ~(termios.ECHO | termios.ICANON | termios.ISIG)
                 termios.tcsetattr(out_w, termios.TCSANOW, attrs)
+                os.set_inheritable(out_r, False)
+                os.set_inheritable(out_w, False)
                 self.pty = True
             except OSError:
                 out_r, out_w = -1, -1
         if not self.pty:
-            out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         self.child_stdout = out_w
         self.child_stderr = err_w
         self._fds = {
-            out_r: _Stream("stdout", on_line, None, tail_chars),
-            err_r: _Stream("stderr", on_line, None, tail_chars),
+            out_r: _Stream("stdout", on_line, self.log_file, tail_chars),
+            err_r: _Stream("stderr", on_line, self.log_file, tail_chars),
         }
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r, self._wake_r):
             os.set_blocking(fd, False)
         self._streams = list(self._fds.values())
         self._thread = threading.Thread(target=self._run, name="grd-output", daemon=True)
-        try:
-            self.bind(log_path=log_path, on_line=on_line, tail_chars=tail_chars)
-        except OSError:
-            self.abort()
-            raise
-
-    def bind(self, *, log_path: str | Path | None, on_line: OnLine | None, tail_chars: int) -> None:
-        """Say where the output goes (log file, line callback, tail size); before anything is read. The
-        descriptors may have been made earlier (a pre-started command waits on them)."""
-        if log_path is not None:
-            try:
-                self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-            except FileNotFoundError:  # its directory does not exist yet (only the first time, usually)
-                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-                self.log_file = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-        for stream in self._streams:
-            stream.on_line = on_line
-            stream.log_file = self.log_file
-            stream.tail_chars = tail_chars
 
     def start(self) -> None:
         """Close the child's ends in this process (so EOF can happen) and start the reader thread."""
@@ -153,7 +182,9 @@ class OutputCapture:
 
     def release_child_ends(self) -> None:
         """Close the child's ends in this process (once the child has them), so EOF can happen."""
-        self._close_child_ends()
+        for fd in (self.child_stdout, self.child_stderr):
+            _close(fd)
+        self.child_stdout = self.child_stderr = -1
 
     @property
     def open_fds(self) -> list[int]:
@@ -173,7 +204,7 @@ class OutputCapture:
 
     def abort(self) -> None:
         """Close everything without reading (the command never started)."""
-        self._close_child_ends()
+        self.release_child_ends()
         for fd in [*self._fds, self._wake_r, self._wake_w]:
             _close(fd)
         self._fds.clear()
@@ -184,28 +215,20 @@ class OutputCapture:
         """Wait up to ``timeout`` for EOF on both streams; then take what is buffered and stop."""
         if self._thread.ident is None:
             if self._fds:
-                self._drain_inline(timeout)
-            _close(self._wake_w)
-            _close(self._wake_r)
-            if self.log_file is not None:
-                self.log_file.close()
-            return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.info(
-                "output still open %.1fs after the command ended (a process holds it); draining", timeout
-            )
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
-            self._thread.join(5.0)
+                self._read_loop(end=time.monotonic() + timeout, wake=None)
+        else:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.info(
+                    "output still open %.1fs after the command ended (a process holds it); draining", timeout
+                )
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"x")
+                self._thread.join(5.0)
         _close(self._wake_w)
         _close(self._wake_r)
         if self.log_file is not None:
             self.log_file.close()
-
-    def _drain_inline(self, timeout: float) -> None:
-        """``finish`` without a reader thread: read to EOF for up to ``timeout``, then what is buffered."""
-        self._read_loop(end=time.monotonic() + timeout, wake=None)
 
     def _drain_buffered(self, poller: select.poll) -> None:
         for fd in list(self._fds):
@@ -218,8 +241,6 @@ class OutputCapture:
             stream.feed(b"", final=True)
             _close(fd)
         self._fds.clear()
-        if self.log_file is not None:
-            self.log_file.flush()
 
     @property
     def done(self) -> bool:
@@ -236,12 +257,7 @@ class OutputCapture:
     def stderr_tail(self) -> str:
         return self._streams[1].tail_text()
 
-    # --- reader thread ------------------------------------------------------------------------------
-
-    def _close_child_ends(self) -> None:
-        for fd in (self.child_stdout, self.child_stderr):
-            _close(fd)
-        self.child_stdout = self.child_stderr = -1
+    # --- reading ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
         self._read_loop(end=None, wake=self._wake_r)
@@ -289,8 +305,6 @@ class OutputCapture:
             del self._fds[fd]
             return False
         stream.feed(data)
-        if self.log_file is not None:
-            self.log_file.flush()
         return True
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 PROC = "/proc"
 
-__all__ = ["ProcStat", "all_stats", "environ_value", "is_alive", "read_stat"]
+__all__ = ["ProcStat", "all_stats", "cmdline", "descendants", "environ_value", "is_alive", "read_stat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +103,27 @@ def environ_value(pid: int, name: str) -> str | None:
         if entry.startswith(prefix):
             return entry[len(prefix) :].decode("utf-8", "replace")
     return None
+
+
+def descendants(root: int, stats: dict[int, ProcStat] | None = None) -> dict[int, ProcStat]:
+    """Every process below ``root`` by parent pid (live or zombie), ``root`` itself excluded."""
+    stats = all_stats() if stats is None else stats
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found: dict[int, ProcStat] = {}
+    stack = list(children.get(root, ()))
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid == root:
+            continue
+        found[pid] = stats[pid]
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def cmdline(pid: int, limit: int = 200) -> str:
+    """``pid``'s command line as one string (arguments joined by spaces, cut at ``limit``); "" if gone."""
+    data = _read(f"{PROC}/{pid}/cmdline", 4096) or b""
+    text = data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

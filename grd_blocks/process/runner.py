@@ -1,41 +1,43 @@
-"""``run_command``: start a command in its own session and containment, wait for it, stop all of it.
+"""``run_command``: start a command under a keeper, wait for it, warn it, stop all of it.
 
 Invariant: when ``run_command`` returns (or raises, e.g. on KeyboardInterrupt), no process of the command's
 tree is running: on the deadline or ``cancel`` the kill ladder runs (SIGTERM, ``grace_s``, SIGKILL); after a
-normal exit any leftover descendant (a daemonized grandchild) is stopped by the same ladder. A command whose
-deadline has already passed, or whose cancel event is already set, is not started. Spawn failures (missing
-executable or cwd) come back as an outcome with returncode 127 (126: not executable); ``ProcessError`` is
-raised only for invalid arguments.
+normal exit any leftover descendant (a daemonized grandchild) is stopped by the same ladder. If grd itself
+dies, the keeper runs that ladder on its own (see ``supervisor``). A command whose deadline has already
+passed, or whose cancel event is already set, is not started. Spawn failures (missing executable or cwd) come
+back as an outcome with returncode 127 (126: not executable); ``ProcessError`` is raised only for invalid
+arguments or when no keeper can be started. With ``warn``, its signal goes to the whole tree ``before_s``
+seconds before the deadline (once). With ``exclusive``, a copy still running under the same key (an earlier
+attempt whose grd died) is stopped before this one starts.
 
-Fast path (see ``prestart``): where a pre-started shell is ready, the command is its ``exec``: no fork and no
-cgroup move on the caller's path. Output is read by the waiting thread itself for the first ``INLINE_S`` (a
-short command needs no reader thread), then handed to the reader thread, which also serves the kill ladder's
-grace period.
+The command's start is one message to a keeper made ahead (no fork, namespace or cgroup move on this path).
+Output is read by the waiting thread itself for the first ``INLINE_S`` (a short command needs no reader
+thread), then handed to the reader thread, which also serves the kill ladder's grace period.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-import secrets
 import select
 import shutil
-import subprocess
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from grd_blocks.errors import ProcessError
-from grd_blocks.process import prestart
+from grd_blocks.process import exclusive as exclusive_lock
+from grd_blocks.process import keepers
+from grd_blocks.process.keepers import Keeper
 from grd_blocks.process.ladder import KILL_WAIT_S, LadderResult, stop_tree
 from grd_blocks.process.outcome import CommandOutcome
 from grd_blocks.process.output import OnLine, OutputCapture
-from grd_blocks.process.tree import ProcessTree, fallback_forced, open_tree
 
-__all__ = ["CANCEL_TICK_S", "DRAIN_S", "INLINE_S", "run_command"]
+__all__ = ["CANCEL_TICK_S", "DRAIN_S", "INLINE_S", "DeadlineWarning", "run_command"]
 
 log = logging.getLogger("grd.process")
 
@@ -43,9 +45,15 @@ CANCEL_TICK_S = 0.02  # how often a cancel event is checked while the command ru
 DRAIN_S = 1.0  # how long output is still read after the tree is gone, if a stray holder keeps it open
 _MAX_TICK_S = 0.25  # re-read the caller's clock at least this often (it need not be real time)
 INLINE_S = 0.05  # output is read by the waiting thread this long, then by a reader thread
-_NO_PIDFD_STEP_S = 0.002  # without a pidfd, how often exit is checked
+EXITING_S = 0.05  # after the main process exits, members already on their way out are not leftovers
 
-_tokens = itertools.count(1)
+
+@dataclass(frozen=True)
+class DeadlineWarning:
+    """Send ``signum`` to the whole tree ``before_s`` seconds before its deadline (SLURM's ``--signal``)."""
+
+    signum: int
+    before_s: float
 
 
 def run_command(
@@ -61,6 +69,8 @@ def run_command(
     tail_chars: int = 4000,
     clock: Callable[[], float] = time.monotonic,
     use_pty: bool = True,
+    warn: DeadlineWarning | None = None,
+    exclusive: str | None = None,
 ) -> CommandOutcome:
     """Run ``run`` (a string runs under ``/bin/sh -c``, a list is executed directly) until it exits,
     ``deadline`` (absolute, on ``clock``) passes or ``cancel`` is set; see the module docstring for the
@@ -68,13 +78,15 @@ def run_command(
 
     ``env`` is the child's full environment (``None``: inherit); ``PYTHONUNBUFFERED=1`` is added unless it
     sets ``PYTHONUNBUFFERED``. stdout is a PTY (``use_pty=False``: a pipe) so C stdio and Python flush per
-    line.
+    line. ``exclusive`` is a key (``run_key/phase.command``) that at most one running copy may hold here.
     """
     argv, shell = _normalize(run)
     if not grace_s >= 0 or math.isinf(grace_s):
         raise ProcessError(f"grace_s={grace_s!r} is invalid: it must be a finite number >= 0; use e.g. 5.0")
     if tail_chars < 0:
         raise ProcessError(f"tail_chars={tail_chars!r} is invalid: it must be >= 0")
+    if warn is not None and not (warn.before_s > 0 and math.isfinite(warn.before_s)):
+        raise ProcessError(f"warn.before_s={warn.before_s!r} is invalid: it must be a finite number > 0")
     label = _label(argv, shell)
     started = clock()
     log_str = str(log_path) if log_path is not None else None
@@ -87,230 +99,228 @@ def run_command(
 
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
-    problem = _spawn_problem(argv, shell, child_env, cwd)
+    _check_encodable(argv, child_env)
+    try:
+        where = os.path.abspath(cwd) if cwd is not None else os.getcwd()
+    except OSError as exc:
+        raise ProcessError(f"the current directory is gone ({exc}): pass cwd") from exc
+    exe, problem = _resolve(argv, shell, child_env, where if cwd is not None else None)
     if problem is not None:
         log.warning("%s: %s", label, problem[1])
         _write_log(log_path, problem[1])
         return _not_started(log_str, returncode=problem[0], spawn_error=problem[1])
 
-    spare = _launch_spare(argv, shell, child_env, cwd, log_path, on_line, tail_chars) if use_pty else None
-    if spare is not None:
-        return _supervise(
-            spare.proc, spare.tree, spare.output, label, deadline, grace_s, cancel, clock, started, log_str
-        )
+    claim = exclusive_lock.claim(exclusive) if exclusive is not None else None
+    if claim is not None and claim.stopped:
+        log.warning("%s: %s", label, claim.stopped)
     try:
-        output = OutputCapture(use_pty=use_pty, log_path=log_path, on_line=on_line, tail_chars=tail_chars)
-    except OSError as exc:
-        raise _log_error(log_str, exc) from exc
-    tree = open_tree(f"{os.getpid()}-{next(_tokens)}-{secrets.token_hex(4)}")
-    try:
-        proc = subprocess.Popen(
-            tree.prepare(argv, shell=shell, env=child_env),
-            stdin=subprocess.DEVNULL,
-            stdout=output.child_stdout,
-            stderr=output.child_stderr,
-            env=child_env,
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError as exc:
-        output.abort()
-        tree.close()
-        code, message = _describe_spawn_error(exc, argv, shell, cwd)
-        log.warning("%s: %s", label, message)
-        _write_log(log_path, message)
-        return _not_started(log_str, returncode=code, spawn_error=message)
-    tree.attach(proc.pid)
-    output.release_child_ends()
-    return _supervise(proc, tree, output, label, deadline, grace_s, cancel, clock, started, log_str)
-
-
-def _log_error(log_str: str | None, exc: OSError) -> ProcessError:
-    return ProcessError(f"cannot open the log file {log_str!r} ({exc}): pass a writable log_path")
-
-
-def _launch_spare(
-    argv: list[str],
-    shell: bool,
-    env: dict[str, str],
-    cwd: str | Path | None,
-    log_path: str | Path | None,
-    on_line: OnLine | None,
-    tail_chars: int,
-) -> prestart.Spare | None:
-    """Start the command in a pre-started shell (no fork, no cgroup move on this path), if one is ready and
-    can run it; None: start it the usual way."""
-    if fallback_forced():
-        return None
-    try:
-        where = os.path.abspath(cwd) if cwd is not None else os.getcwd()
-    except OSError:
-        return None
-    if cwd is not None and not os.access(where, os.X_OK):
-        return None  # the usual start reports it as a spawn error
-    spare = prestart.take()
-    if spare is None:
-        return None
-    text = prestart.script(argv, shell=shell, env=env, cwd=where, spare_cwd=spare.cwd)
-    if text is None:
-        spare.discard()
-        return None
-    try:
-        spare.output.bind(log_path=log_path, on_line=on_line, tail_chars=tail_chars)
-    except OSError as exc:
-        spare.discard()
-        raise _log_error(None if log_path is None else str(log_path), exc) from exc
-    if not spare.launch(text):
-        spare.discard()
-        return None
-    return spare
-
-
-def _supervise(
-    proc: subprocess.Popen[bytes],
-    tree: ProcessTree,
-    output: OutputCapture,
-    label: str,
-    deadline: float,
-    grace_s: float,
-    cancel: threading.Event | None,
-    clock: Callable[[], float],
-    started: float,
-    log_str: str | None,
-) -> CommandOutcome:
-    """Wait for exit, deadline or cancel; run the ladder; always leave the tree dead and the output closed."""
-    ladder = LadderResult(term_sent_s=None, kill_sent_s=None, survivors=0)
-    reason: str | None = None
-    leftover = 0
-    stopped = False
-    returncode: int | None = None
-    try:
-        prestart.refill()  # the next command's shell starts while this one runs
-        reason = _wait(proc, deadline, cancel, clock, output)
-        if reason is None:
-            # Not reaped until the tree is closed: the main pid (= session id) must not be reused meanwhile.
-            tree.main_exited()
-            left = tree.live()
-            leftover = len(left)
-            if left:
-                log.warning(
-                    "%s: exited with %s but left %d process(es) running (pids %s); stopping them",
-                    label,
-                    _peek_returncode(proc.pid),
-                    leftover,
-                    ", ".join(map(str, sorted(left)[:10])),
-                )
-                output.hand_over()
-                ladder = stop_tree(
-                    tree, grace_s=grace_s, why="leftover processes", label=label, clock=clock, started=started
-                )
-        else:
-            output.hand_over()  # the ladder may wait out the grace period while the command still prints
-            why = "cancelled" if reason == "cancel" else f"deadline reached after {clock() - started:.3f}s"
-            ladder = stop_tree(tree, grace_s=grace_s, why=why, label=label, clock=clock, started=started)
-        stopped = True
+        keeper = keepers.acquire()
+        try:
+            output = OutputCapture(use_pty=use_pty, log_path=log_path, on_line=on_line, tail_chars=tail_chars)
+        except OSError as exc:
+            keeper.discard()
+            raise ProcessError(
+                f"cannot open the log file {log_str!r} ({exc}): pass a writable log_path"
+            ) from exc
+        try:
+            keeper.start(
+                exe,
+                ["/bin/sh", "-c", argv[0]] if shell else argv,
+                child_env,
+                cwd=where,
+                grace_s=grace_s,
+                stdout=output.child_stdout,
+                stderr=output.child_stderr,
+                hold=[claim.fd] if claim is not None else [],
+            )
+        except ProcessError:
+            output.abort()
+            keeper.discard()
+            raise
+        if claim is not None:
+            claim.record(keeper_pid=keeper.pid, grace_s=grace_s, label=label)
     finally:
-        if not stopped:  # interrupted (KeyboardInterrupt, a cancellation exception): kill now, then re-raise
-            tree.kill()
-            tree.wait_empty(KILL_WAIT_S)
-        if returncode is None:
-            try:
-                returncode = proc.wait(KILL_WAIT_S)
-            except subprocess.TimeoutExpired:
-                returncode = None
-        tree.close()
-        output.finish(DRAIN_S)
-    return CommandOutcome(
-        returncode=returncode,
-        timed_out=reason == "deadline",
-        cancelled=reason == "cancel",
-        elapsed_s=clock() - started,
-        term_sent_s=ladder.term_sent_s,
-        kill_sent_s=ladder.kill_sent_s,
-        survivors=ladder.survivors,
-        stdout_tail=output.stdout_tail,
-        stderr_tail=output.stderr_tail,
-        log_path=log_str,
-        containment=tree.kind,
-        spawn_error=None,
-        leftover=leftover,
-        pid=proc.pid,
-    )
+        if claim is not None:
+            claim.close()
+    output.release_child_ends()
+    supervised = _Supervised(keeper, output, label, grace_s, clock, started, warn)
+    outcome = supervised.run(deadline, cancel, log_str)
+    if claim is not None and claim.stopped:
+        outcome = outcome.with_note(claim.stopped)
+    return outcome
 
 
-def _wait(
-    proc: subprocess.Popen[bytes],
-    deadline: float,
-    cancel: threading.Event | None,
-    clock: Callable[[], float],
-    output: OutputCapture,
-) -> str | None:
-    """None once the main process has exited (not reaped); else "deadline" or "cancel". Output is read in
-    this thread for the first ``INLINE_S`` (a short command needs no reader thread), then by the reader."""
-    try:
-        pidfd: int | None = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    poller = select.poll()
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
-    for fd in output.open_fds:
-        poller.register(fd, select.POLLIN)
-    inline_until = time.monotonic() + INLINE_S
+class _Supervised:
+    """One started command: wait for it, warn it, run the ladder, collect the outcome."""
 
-    def exited(timeout: float) -> bool:
-        nonlocal inline_until
-        if inline_until and time.monotonic() >= inline_until:
-            for fd in output.open_fds:
-                poller.unregister(fd)
-            output.hand_over()
-            inline_until = 0.0
-        end = time.monotonic() + timeout
-        while True:
-            step = timeout if pidfd is not None else min(timeout, _NO_PIDFD_STEP_S)
-            if inline_until:
-                step = min(step, max(0.0, inline_until - time.monotonic()))
-            ready = poller.poll(math.ceil(step * 1000))
-            gone = False
-            for fd, _event in ready:
-                if fd == pidfd:
-                    gone = True
-                else:
-                    output.pump(fd, poller)
-            if gone or (pidfd is None and _has_exited(proc.pid)):
-                return True
-            if time.monotonic() >= end or (inline_until and time.monotonic() >= inline_until):
-                return False
+    def __init__(
+        self,
+        keeper: Keeper,
+        output: OutputCapture,
+        label: str,
+        grace_s: float,
+        clock: Callable[[], float],
+        started: float,
+        warn: DeadlineWarning | None,
+    ) -> None:
+        self.keeper = keeper
+        self.output = output
+        self.label = label
+        self.grace_s = grace_s
+        self.clock = clock
+        self.started = started
+        self.warn = warn
+        self.warn_sent_s: float | None = None
 
-    tick = CANCEL_TICK_S if cancel is not None else _MAX_TICK_S
-    try:
+    def run(self, deadline: float, cancel: threading.Event | None, log_str: str | None) -> CommandOutcome:
+        keeper = self.keeper
+        ladder = LadderResult(term_sent_s=None, kill_sent_s=None, survivors=0)
+        reason: str | None = None
+        leftover = 0
+        stopped = False
+        try:
+            reason = self._wait(deadline, cancel)
+            if keeper.spawn_error is not None:
+                stopped = True
+                return self._spawn_failed(log_str)
+            if reason is None:
+                if keeper.lost and not keeper.exited:
+                    log.error(
+                        "%s: grd's keeper process (pid %s) died while the command ran; killing what is left",
+                        self.label,
+                        keeper.pid,
+                    )
+                    keeper.force_kill()
+                    keeper.wait_gone(KILL_WAIT_S)
+                    left = len(keeper.live())
+                    ladder = LadderResult(term_sent_s=None, kill_sent_s=self._now(), survivors=left)
+                elif not keeper.empty and not keeper.wait(lambda: keeper.empty, EXITING_S):
+                    leftover = keeper.left
+                    log.warning(
+                        "%s: exited with %s but left %d process(es) running; stopping them",
+                        self.label,
+                        keeper.returncode,
+                        leftover,
+                    )
+                    self.output.hand_over()
+                    ladder = self._ladder("leftover processes")
+            else:
+                self.output.hand_over()  # the ladder may wait out the grace period while the command prints
+                why = "cancelled" if reason == "cancel" else f"deadline reached after {self._now():.3f}s"
+                ladder = self._ladder(why)
+            stopped = True
+        finally:
+            if not stopped:  # interrupted (KeyboardInterrupt, a cancellation exception): kill, re-raise
+                keeper.kill()
+                keeper.wait_empty(KILL_WAIT_S)
+            if not keeper.exited:
+                keeper.wait(lambda: keeper.exited, KILL_WAIT_S)
+            keeper.close()
+            self.output.finish(DRAIN_S)
+        taken_over = keeper.stopping and reason is None
+        return CommandOutcome(
+            returncode=keeper.returncode,
+            timed_out=reason == "deadline",
+            cancelled=reason == "cancel" or taken_over,
+            elapsed_s=self._now(),
+            term_sent_s=ladder.term_sent_s,
+            kill_sent_s=ladder.kill_sent_s,
+            survivors=ladder.survivors,
+            stdout_tail=self.output.stdout_tail,
+            stderr_tail=self.output.stderr_tail,
+            log_path=log_str,
+            containment=keeper.kind,
+            spawn_error=None,
+            leftover=leftover,
+            pid=keeper.main_pid,
+            warn_sent_s=self.warn_sent_s,
+            note=_TAKEN_OVER if taken_over else None,
+        )
+
+    def _now(self) -> float:
+        return self.clock() - self.started
+
+    def _ladder(self, why: str) -> LadderResult:
+        return stop_tree(
+            self.keeper, grace_s=self.grace_s, why=why, label=self.label, clock=self.clock,
+            started=self.started,
+        )
+
+    def _spawn_failed(self, log_str: str | None) -> CommandOutcome:
+        assert self.keeper.spawn_error is not None
+        errno, text, cwd_failed = self.keeper.spawn_error
+        code, message = _describe_spawn_error(errno, text, self.label, cwd_failed)
+        log.warning("%s: %s", self.label, message)
+        self.keeper.close()
+        self.output.finish(0.0)
+        _write_log(log_str, message)
+        return _not_started(log_str, returncode=code, spawn_error=message)
+
+    def _wait(self, deadline: float, cancel: threading.Event | None) -> str | None:
+        """None once the main process has exited (or the command could not start, or the keeper is gone);
+        else "deadline" or "cancel". Output is read in this thread for the first ``INLINE_S``, then by the
+        reader thread."""
+        keeper, output = self.keeper, self.output
+        poller = select.poll()
+        poller.register(keeper.fileno(), select.POLLIN)
+        for fd in output.open_fds:
+            poller.register(fd, select.POLLIN)
+        inline_until = time.monotonic() + INLINE_S
+
+        def ended() -> bool:
+            return keeper.exited or keeper.spawn_error is not None or keeper.lost
+
+        def wait_step(timeout: float) -> bool:
+            nonlocal inline_until
+            if inline_until and time.monotonic() >= inline_until:
+                for fd in output.open_fds:
+                    poller.unregister(fd)
+                output.hand_over()
+                inline_until = 0.0
+            end = time.monotonic() + timeout
+            while True:
+                step = timeout
+                if inline_until:
+                    step = min(step, max(0.0, inline_until - time.monotonic()))
+                for fd, _event in poller.poll(math.ceil(step * 1000)):
+                    if fd == keeper.fileno():
+                        keeper.pump()
+                        if keeper.lost:
+                            poller.unregister(fd)
+                    else:
+                        output.pump(fd, poller)
+                if ended():
+                    return True
+                if time.monotonic() >= end or (inline_until and time.monotonic() >= inline_until):
+                    return False
+
+        tick = CANCEL_TICK_S if cancel is not None else _MAX_TICK_S
         while True:
             if cancel is not None and cancel.is_set():
-                return None if exited(0) else "cancel"
-            left = deadline - clock()
+                return None if wait_step(0) else "cancel"
+            left = deadline - self.clock()
             if left <= 0:
-                return None if exited(0) else "deadline"
-            if exited(min(left, tick)):
+                return None if wait_step(0) else "deadline"
+            if self.warn is not None and self.warn_sent_s is None and left <= self.warn.before_s:
+                self._send_warning(left)
+            until_warn = math.inf
+            if self.warn is not None and self.warn_sent_s is None:
+                until_warn = left - self.warn.before_s
+            if wait_step(max(0.0, min(left, tick, until_warn))):
                 return None
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
-
-def _has_exited(pid: int) -> bool:
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _peek_returncode(pid: int) -> int | None:
-    """The exit status of an exited child without reaping it (Popen style: -N for signal N)."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return None
-    if info is None:
-        return None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    def _send_warning(self, left: float) -> None:
+        assert self.warn is not None
+        self.warn_sent_s = self._now()
+        count = self.keeper.signal(self.warn.signum)
+        log.info(
+            "%s: sent %s to %d process(es), %.1fs before its deadline (warn.before %.1fs)",
+            self.label,
+            signal.Signals(self.warn.signum).name,
+            count,
+            left,
+            self.warn.before_s,
+        )
 
 
 def _normalize(run: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -330,40 +340,70 @@ def _normalize(run: str | Sequence[str]) -> tuple[list[str], bool]:
     return argv, False
 
 
+def _check_encodable(argv: list[str], env: Mapping[str, str]) -> None:
+    """What ``execve`` cannot take is refused before anything starts: NUL bytes, unencodable strings."""
+    for index, arg in enumerate(argv):
+        _check_text(arg, f"argument {index} of the command")
+    for name, value in env.items():
+        _check_text(name, f"environment variable name {name!r}")
+        _check_text(value, f"the value of environment variable {name!r}")
+        if not name or "=" in name:
+            raise ProcessError(f"environment variable name {name!r} is invalid: it must be non-empty, no '='")
+
+
+def _check_text(text: str, what: str) -> None:
+    if "\0" in text:
+        raise ProcessError(f"{what} contains a NUL character, which no command can receive: remove it")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise ProcessError(
+            f"{what} cannot be encoded for the operating system ({exc.reason} at position {exc.start}): "
+            "remove or replace the character"
+        ) from None
+
+
 def _label(argv: list[str], shell: bool) -> str:
     text = argv[0] if shell else " ".join(argv)
     return f"command {text[:57] + '...' if len(text) > 60 else text!r}"
 
 
-def _spawn_problem(
-    argv: list[str], shell: bool, env: Mapping[str, str], cwd: str | Path | None
-) -> tuple[int, str] | None:
-    """(returncode, message) if the command cannot start; checked before anything is created."""
+def _resolve(
+    argv: list[str], shell: bool, env: Mapping[str, str], cwd: str | None
+) -> tuple[str, tuple[int, str] | None]:
+    """(the executable's path, None) or ("", (returncode, message)) if the command cannot start; checked
+    before anything is created."""
     if cwd is not None and not os.path.isdir(cwd):
-        return 127, (
-            f"working directory {str(cwd)!r} does not exist or is not a directory: "
-            "create it or fix the command's cwd"
+        return "", (
+            127,
+            f"working directory {cwd!r} does not exist or is not a directory: create it or fix the "
+            "command's cwd",
         )
     if shell:
-        return None
+        return "/bin/sh", None
     exe = argv[0]
     if os.sep in exe:
         path = exe if os.path.isabs(exe) or cwd is None else os.path.join(cwd, exe)
         if not os.path.exists(path):
-            return 127, f"executable {exe!r} does not exist: check the path (relative paths start at the cwd)"
+            return "", (
+                127,
+                f"executable {exe!r} does not exist: check the path (relative paths start at the cwd)",
+            )
         if os.path.isdir(path) or not os.access(path, os.X_OK):
-            return (
+            return "", (
                 126,
                 f"executable {exe!r} is not an executable file: chmod +x it or run it via its interpreter",
             )
-        return None
+        return os.path.abspath(path), None
     search = env.get("PATH", os.defpath)
-    if _which(exe, search) is None:
-        return 127, (
+    found = _which(exe, search)
+    if found is None:
+        return "", (
+            127,
             f"executable {exe!r} was not found on PATH ({search}): install it, activate its "
-            "environment, or give its absolute path"
+            "environment, or give its absolute path",
         )
-    return None
+    return os.path.abspath(found), None
 
 
 def _which(exe: str, search: str) -> str | None:
@@ -382,19 +422,17 @@ def _which(exe: str, search: str) -> str | None:
 
 
 _FOUND: dict[tuple[str, str], str] = {}  # (executable, PATH) -> where shutil.which found it
+_TAKEN_OVER = (
+    "its keeper was told to stop the tree (SIGTERM): a newer start of the same command took over, "
+    "or grd's guardian process died"
+)
 
 
-def _describe_spawn_error(
-    exc: OSError, argv: list[str], shell: bool, cwd: str | Path | None
-) -> tuple[int, str]:
-    target = "/bin/sh" if shell else argv[0]
-    if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):
-        return (
-            127,
-            f"working directory {str(cwd)!r} cannot be entered ({exc.strerror}): fix the command's cwd",
-        )
-    code = 126 if isinstance(exc, PermissionError) else 127
-    return code, f"cannot execute {target!r} ({exc.strerror or exc}): check that it exists and is executable"
+def _describe_spawn_error(errno: int, text: str, label: str, cwd_failed: bool) -> tuple[int, str]:
+    if cwd_failed:
+        return 127, f"the working directory cannot be entered ({text}): fix the command's cwd"
+    code = 126 if errno in (13, 8) else 127  # EACCES, ENOEXEC: there but not runnable
+    return code, f"{label} cannot be executed ({text}): check that it exists and is executable"
 
 
 def _write_log(log_path: str | Path | None, message: str) -> None:

@@ -1,11 +1,20 @@
 """Benchmark specs: YAML -> validated, frozen pydantic models, with file:line:key errors.
 
 Invariant: a spec that loads is runnable as written; any mistake is one ``SpecError`` naming the file, line
-and key. Precedence for a command's settings: command > phase > defaults > built-in (see ``resolve``).
+and key. Precedence for a command's settings (timeout, grace, on_timeout, warn): command > phase > defaults >
+built-in (see ``resolve``).
 """
 
 from grd_blocks.spec.loader import load_spec, parse_spec
-from grd_blocks.spec.models import NAME_PATTERN, BenchmarkSpec, CommandSpec, Defaults, OnTimeout, PhaseSpec
+from grd_blocks.spec.models import (
+    NAME_PATTERN,
+    BenchmarkSpec,
+    CommandSpec,
+    Defaults,
+    OnTimeout,
+    PhaseSpec,
+    WarnSpec,
+)
 from grd_blocks.spec.resolve import BUILTIN_GRACE_S, BUILTIN_ON_TIMEOUT, ResolvedCommand, resolve_command
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "OnTimeout",
     "PhaseSpec",
     "ResolvedCommand",
+    "WarnSpec",
     "load_spec",
     "parse_spec",
     "resolve_command",

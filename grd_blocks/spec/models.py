@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "Defaults",
     "OnTimeout",
     "PhaseSpec",
+    "WarnSpec",
 ]
 
 OnTimeout = Literal["continue", "stop_phase", "stop_benchmark"]
@@ -136,6 +138,38 @@ def _env(value: object) -> object:
     return out
 
 
+_WARN_FIX = "write warn: {signal: USR1, before: 60s}"
+
+
+def _signal(value: object) -> object:
+    """A signal name (``USR1``, ``SIGUSR1``) or number -> its number; KILL and STOP cannot be a warning."""
+    number: int | None = None
+    if isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        member = getattr(signal.Signals, name, None) if name.isidentifier() else None
+        number = int(member) if member is not None else None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value if value in {int(s) for s in signal.Signals} else None
+    if number is None:
+        raise spec_error(
+            f"signal {value!r} is not a signal name or number", f"{_WARN_FIX} (or TERM, INT, HUP, USR2)"
+        )
+    if number in (signal.SIGKILL, signal.SIGSTOP):
+        raise spec_error(
+            f"signal {signal.Signals(number).name} cannot be caught, so it cannot warn",
+            "use a catchable signal such as USR1 (SLURM's --signal convention)",
+        )
+    return number
+
+
+def _positive(value: object) -> object:
+    seconds = _duration(value)
+    if seconds is None or seconds == 0:
+        raise spec_error(f"warn.before is {value!r}: it must be a positive duration", _WARN_FIX)
+    return seconds
+
+
 def _cleanup(value: object) -> object:
     if isinstance(value, str | list):
         return {"name": "cleanup", "run": value}
@@ -155,6 +189,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WarnSpec(_Model):
+    """A signal sent to the command's whole tree ``before`` seconds before its deadline."""
+
+    signal: Annotated[int, BeforeValidator(_signal)] = Field(
+        description="A signal name (USR1, SIGUSR1) or number; not KILL or STOP."
+    )
+    before: Annotated[float, BeforeValidator(_positive)] = Field(
+        description="How long before the deadline it is sent (a duration > 0)."
+    )
+
+
 class CommandSpec(_Model):
     """One command: a shell string or an argv list, with optional limits of its own."""
 
@@ -171,6 +216,7 @@ class CommandSpec(_Model):
     on_timeout: OnTimeout | None = Field(
         default=None, description="Policy after it times out; None falls back."
     )
+    warn: WarnSpec | None = Field(default=None, description="Pre-deadline signal; None falls back.")
 
 
 Cleanup = Annotated[CommandSpec | None, BeforeValidator(_cleanup)]
@@ -197,6 +243,7 @@ class PhaseSpec(_Model):
     )
     grace: Duration = Field(default=None, description="Grace for its commands that set none.")
     on_timeout: OnTimeout | None = Field(default=None, description="Policy for its commands that set none.")
+    warn: WarnSpec | None = Field(default=None, description="Pre-deadline signal for commands that set none.")
     max_parallel: StrictInt = Field(default=1, ge=1, description="How many of its commands may run at once.")
     commands: list[CommandSpec] = Field(default_factory=list, description="Run in order.")
     cleanup: Cleanup = Field(
@@ -221,6 +268,7 @@ class Defaults(_Model):
     timeout: Timeout = Field(default=None, description="Default command timeout; None = no limit.")
     grace: Duration = Field(default=None, description="Default grace; None = 5s built in.")
     on_timeout: OnTimeout | None = Field(default=None, description="Default policy; None = 'continue'.")
+    warn: WarnSpec | None = Field(default=None, description="Default pre-deadline signal; None = none.")
 
 
 class BenchmarkSpec(_Model):

@@ -1,7 +1,8 @@
-"""Which timeout, grace and on_timeout policy a command runs with.
+"""Which timeout, grace, on_timeout policy and pre-deadline warning a command runs with.
 
 Invariant: precedence is command > phase > defaults > benchmark (grace only) > built-in, key by key, and
-the result is always complete: ``grace_s`` and ``on_timeout`` are never None. A command's ``timeout`` falls
+the result is always complete: ``grace_s`` and ``on_timeout`` are never None (``warn`` is None when no
+level sets one). A command's ``timeout`` falls
 back to ``defaults.timeout`` only: a phase's or the benchmark's ``timeout`` is that level's own budget (the
 command is bounded by it through budget nesting), not a default. ``spec.timeouts`` is not applied here; the
 planner drops every deadline when it is False.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grd_blocks.spec.models import BenchmarkSpec, CommandSpec, OnTimeout, PhaseSpec
+from grd_blocks.spec.models import BenchmarkSpec, CommandSpec, OnTimeout, PhaseSpec, WarnSpec
 
 __all__ = ["BUILTIN_GRACE_S", "BUILTIN_ON_TIMEOUT", "ResolvedCommand", "resolve_command"]
 
@@ -26,6 +27,7 @@ class ResolvedCommand:
     timeout_s: float | None
     grace_s: float
     on_timeout: OnTimeout
+    warn: WarnSpec | None = None
 
 
 def resolve_command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec) -> ResolvedCommand:
@@ -47,4 +49,7 @@ def resolve_command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: Comma
         ),
         BUILTIN_ON_TIMEOUT,
     )
-    return ResolvedCommand(timeout_s=timeout, grace_s=grace, on_timeout=on_timeout)
+    warn = next(
+        (w for w in (command.warn, phase.warn if phase else None, spec.defaults.warn) if w is not None), None
+    )
+    return ResolvedCommand(timeout_s=timeout, grace_s=grace, on_timeout=on_timeout, warn=warn)

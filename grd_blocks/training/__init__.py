@@ -16,6 +16,7 @@ from grd_blocks.training.data import (
     seeded_loader,
     synthetic_regression,
 )
+from grd_blocks.training.leaving import exit_now, install_excepthook
 from grd_blocks.training.loop import ResumableTraining
 from grd_blocks.training.pacing import DurationEstimate, Pacer
 from grd_blocks.training.resume import CheckpointUrl, Position, split_checkpoint_url
@@ -32,6 +33,8 @@ __all__ = [
     "TrainConfig",
     "batches_per_epoch",
     "epoch_seed",
+    "exit_now",
+    "install_excepthook",
     "make_deterministic",
     "seeded_loader",
     "split_checkpoint_url",

@@ -8,7 +8,10 @@ Invariants:
 * After ``step_done()`` / ``epoch_done()`` return, the step is counted; they save when a checkpoint is due
   (every epoch, or every ``save_every_steps`` steps) and, when a stop was asked for (SIGTERM, SIGINT,
   ``stop_at_step``) or the deadline is too close for one more step and a save, they save first and then raise
-  ``TrainingInterrupted`` (``TrainingTimedOut`` for the deadline). No completed step is ever lost by a stop.
+  ``TrainingInterrupted`` (``TrainingTimedOut`` for the deadline, also after grd's warning signal). No
+  completed step is ever lost by a stop. Under grd (``GRD_RUN_KEY`` set) the stop then ignores later stop
+  signals (``GracefulShutdown.absorb``) and an uncaught ``TrainingInterrupted`` exits at once with its code
+  (``leaving.install_excepthook``): a deadline stop ends 124 before grd's SIGTERM, not -15.
 * Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
   an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
   ranks wait at a barrier until the checkpoint is committed.
@@ -19,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints, capture_rng_state, restore_rng_state
 from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
+from grd_blocks.training.leaving import install_excepthook
 from grd_blocks.training.pacing import Pacer
 from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, load_position, newest
 from grd_blocks.training.shutdown import GracefulShutdown
@@ -95,6 +100,8 @@ class ResumableTraining:
     # ------------------------------------------------------------------ context
     def __enter__(self) -> ResumableTraining:
         self.shutdown.install()
+        if _under_grd():
+            install_excepthook()
         return self
 
     def __exit__(
@@ -258,6 +265,8 @@ class ResumableTraining:
         self._boundary_at = self.clock()  # saving is not part of the next step's time
         if stop_code:
             reason = _REASONS[stop_code]
+            if _under_grd():
+                self.shutdown.absorb()  # saved: a late SIGTERM must not turn this exit into -15
             error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
             detail = self.pacer.describe() if reason == "deadline" else ""
             raise error(
@@ -311,6 +320,11 @@ class ResumableTraining:
         self._saved_at = self.position
         self.saves += 1
         return url
+
+
+def _under_grd() -> bool:
+    """True when this process is a command grd runs (it set ``GRD_RUN_KEY``)."""
+    return bool(os.environ.get("GRD_RUN_KEY"))
 
 
 def _steps(ref: CheckpointRef) -> int:

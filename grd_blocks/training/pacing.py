@@ -1,12 +1,13 @@
 """Deadline-aware checkpointing: stop (after saving) while there is still time to save.
 
-Invariant: at a step boundary the pacer says "stop now" when the time left is less than
-``safety * (one more step + one save) + margin_s``; step and save times are estimated as the larger of an
-exponential moving average and the maximum of the last ``window`` observations (a slow outlier is believed at
-once, a fast one only slowly), and the save estimate starts at ``initial_save_s`` until a save was measured.
-The deadline is absolute monotonic seconds (``math.inf`` = none); it comes from an explicit deadline, a
-``Budget`` (its effective deadline, so a parent's deadline counts too) or ``GRD_TIME_LEFT_S`` read at
-``from_sources`` time.
+Invariant: at a step boundary the pacer says "stop now" when the time left is less than ``safety * (one more
+step + one save) + exit_s + margin_s``, where ``exit_s`` is the time the process needs to leave after its save
+(``leaving.exit_now`` keeps that short; 0 unless the training is a command grd runs, see
+``_exit_s_from_env``); step and save times are estimated as the larger of an exponential moving average and
+the maximum of the last ``window`` observations (a slow outlier is believed at once, a fast one only slowly),
+and the save estimate starts at ``initial_save_s`` until a save was measured. The deadline is absolute
+monotonic seconds (``math.inf`` = none); it comes from an explicit deadline, a ``Budget`` (its effective
+deadline, so a parent's deadline counts too) or ``GRD_TIME_LEFT_S`` read at ``from_sources`` time.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class Pacer:
         initial_save_s: float = 1.0,
         safety: float = 1.5,
         margin_s: float = 0.05,
+        exit_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.deadline = deadline
+        self.exit_s = exit_s if exit_s is not None else _exit_s_from_env()
         self.budget = budget
         self.clock = budget.clock if budget is not None else clock
         self.safety = safety
@@ -108,8 +111,8 @@ class Pacer:
         )
 
     def needed_s(self) -> float:
-        """Time one more step plus the save after it would take, with the safety factor and margin."""
-        return self.safety * (self.step.value + self.save.value) + self.margin_s
+        """Time one more step, the save after it and the exit take, with the safety factor and margin."""
+        return self.safety * (self.step.value + self.save.value) + self.exit_s + self.margin_s
 
     def should_stop(self) -> bool:
         """True when another step might leave no time to save before the deadline."""
@@ -122,5 +125,25 @@ class Pacer:
     def describe(self) -> str:
         return (
             f"{self.remaining():.2f}s left, one step ~{self.step.value:.3f}s, one save "
-            f"~{self.save.value:.3f}s (x{self.safety} + {self.margin_s}s)"
+            f"~{self.save.value:.3f}s (x{self.safety}), exit {self.exit_s:.2f}s + {self.margin_s}s"
         )
+
+
+DEFAULT_EXIT_S = 0.5  # leaving through exit_now (atexit callbacks, flushing); see bench/results/
+
+
+def _exit_s_from_env() -> float:
+    """``GRD_EXIT_S`` if set; else ``DEFAULT_EXIT_S`` for a command grd runs (``GRD_RUN_KEY`` set: leaving
+    the process is part of its budget), 0 for training inside a longer-lived process (a Prefect flow)."""
+    raw = os.environ.get("GRD_EXIT_S")
+    if not raw:
+        return DEFAULT_EXIT_S if os.environ.get("GRD_RUN_KEY") else 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"GRD_EXIT_S={raw!r} is not a number of seconds; set it to e.g. 0.5 or unset it"
+        ) from None
+    if not value >= 0:
+        raise ConfigError(f"GRD_EXIT_S={raw!r} must be >= 0")
+    return value

@@ -1,4 +1,5 @@
-"""Graceful SIGTERM/SIGINT for a training loop: the first signal asks to stop, a second one stops at once.
+"""Graceful SIGTERM/SIGINT for a training loop: the first signal asks to stop, a second one stops at once;
+grd's pre-deadline warning signal (``GRD_WARN_SIGNAL``) asks for a deadline stop.
 
 Invariants:
 
@@ -10,6 +11,11 @@ Invariants:
   handler installed before ours (Prefect's SIGTERM bridge, Python's KeyboardInterrupt, or the default action,
   which ends the process with 128+signum). A repeat inside the window counts as the same request: a process
   tree killed as a group and then again by its supervisor gets one request, not an abrupt exit.
+* The warning signal named by ``GRD_WARN_SIGNAL`` (grd sets it with ``warn:``) asks for a stop whose reason is
+  ``"deadline"``; repeats of it are ignored.
+* ``absorb()``, called once a stop has committed its checkpoint and the process is on its way out, ignores
+  SIGTERM, SIGINT and the warning signal from then on (even after ``uninstall()``): the exit code says what
+  happened (124, 143, 130), not a late supervisor's SIGTERM; SIGKILL after grd's grace still ends it.
 """
 
 from __future__ import annotations
@@ -29,20 +35,35 @@ HANDLED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
+def _warn_signal_from_env() -> int | None:
+    """The signal grd warns this command with (``GRD_WARN_SIGNAL``, e.g. ``SIGUSR1``), if any."""
+    name = os.environ.get("GRD_WARN_SIGNAL", "").strip().upper()
+    if not name:
+        return None
+    member = getattr(signal.Signals, name if name.startswith("SIG") else f"SIG{name}", None)
+    return int(member) if member is not None else None
+
+
 class GracefulShutdown:
     """Turns SIGTERM/SIGINT into a stop request the training loop honours at its next step boundary."""
 
     def __init__(
-        self, *, repeat_window_s: float | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        repeat_window_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        warn_signal: int | None = None,
     ) -> None:
         if repeat_window_s is None:
             repeat_window_s = float(os.environ.get("GRD_SIGNAL_REPEAT_WINDOW_S", "1.0"))
         self.repeat_window_s = repeat_window_s
         self.clock = clock
+        self.warn_signal = warn_signal if warn_signal is not None else _warn_signal_from_env()
         self.signum: int | None = None
         self.received_at: float | None = None
         self._previous: dict[signal.Signals, _Handler] = {}
         self.installed = False
+        self.absorbed = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -52,9 +73,12 @@ class GracefulShutdown:
 
     @property
     def reason(self) -> str | None:
-        """``"preempted"`` for SIGTERM, ``"cancelled"`` for SIGINT, None when nothing was asked."""
+        """``"preempted"`` for SIGTERM, ``"cancelled"`` for SIGINT, ``"deadline"`` for grd's warning signal,
+        None when nothing was asked."""
         if self.signum is None:
             return None
+        if self.signum == self.warn_signal:
+            return "deadline"
         return "cancelled" if self.signum == signal.SIGINT else "preempted"
 
     def request(self, signum: int = signal.SIGTERM) -> None:
@@ -73,20 +97,35 @@ class GracefulShutdown:
             return self
         if self.installed:
             return self
-        for sig in HANDLED_SIGNALS:
+        for sig in self._signals():
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
         self.installed = True
         return self
 
+    def _signals(self) -> tuple[signal.Signals, ...]:
+        if self.warn_signal is None or self.warn_signal in HANDLED_SIGNALS:
+            return HANDLED_SIGNALS
+        return (*HANDLED_SIGNALS, signal.Signals(self.warn_signal))
+
     def uninstall(self) -> None:
-        """Put back the handlers that were installed before ours."""
+        """Put back the handlers that were installed before ours (after ``absorb()``: keep ignoring)."""
         if not self.installed:
             return
         for sig, previous in self._previous.items():
+            if self.absorbed:
+                previous = signal.SIG_IGN
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
         self.installed = False
+
+    def absorb(self) -> None:
+        """The stop is committed and the process is leaving: ignore stop signals from now on (main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.absorbed = True
+        for sig in self._signals():
+            signal.signal(sig, signal.SIG_IGN)
 
     def __enter__(self) -> GracefulShutdown:
         return self.install()
@@ -98,6 +137,11 @@ class GracefulShutdown:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = self.clock()
+        if signum == self.warn_signal and signum not in HANDLED_SIGNALS:
+            if self.signum is None:
+                self.signum, self.received_at = signum, now
+                os.write(2, b"grd: deadline warning received; saving at the next step boundary\n")
+            return
         if self.signum is None:
             self.signum, self.received_at = signum, now
             # a handler runs between bytecodes of the main thread: keep it to one write, no logging locks

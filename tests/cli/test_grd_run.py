@@ -51,7 +51,7 @@ def test_all_completed_exits_0_and_writes_the_report(tmp_path: Path, api_url: st
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "COMPLETED" and report["run_key"] == "cli-ok-1" and report["exit_code"] == 0
     assert "hello" in proc.stdout and "exit code 0" in proc.stdout
-    assert (tmp_path / "out" / "cli-ok-1" / "p.hello.log").read_text().strip() == "hello"
+    assert (tmp_path / "out" / "cli-ok-1" / "p.hello.attempt-1.log").read_text().strip() == "hello"
 
 
 def test_a_failure_exits_1_and_a_timeout_alone_exits_124(tmp_path: Path, api_url: str) -> None:

@@ -1,9 +1,10 @@
 """Cancelling a deployment run from the API (as the UI's "Cancel" does) leaves no process of it alive.
 
 The command spawns a tree that tries every way out: a plain grandchild, a ``setsid`` escape into its own
-session and a double-forked daemon (re-parented away from the command), each recording its pid. After the
-cancel, every one of them (and the flow-run process) is gone: checked through /proc with the start time
-recorded before, so a reused pid is not mistaken for a survivor.
+session and a double-forked daemon (re-parented away from the command), each saying it is up in a file and
+carrying the test's pid directory in its command line. After the cancel, no process with that marker is left
+(a /proc scan; inside grd's PID namespace their own pids are not the host's) and the flow-run processes,
+recorded with their start times before, are gone too.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from tests.e2e.helpers import (
     write_spec,
 )
 from tests.fixtures.prefect_server import PrefectServer, wait_until
+from tests.process.helpers import marked
 
 pytestmark = pytest.mark.e2e
 
-# $1 is the directory the pids go to. `exec sleep` keeps each pid the one recorded.
+# $1 is the directory the members say they are up in; every member's command line carries it.
 TREE = """\
 #!/bin/sh
 D=$1
-sh -c 'echo $$ > "$0/grandchild.pid"; exec sleep 600' "$D" &
-setsid sh -c 'echo $$ > "$0/setsid.pid"; exec sleep 600' "$D" &
+sh -c 'echo $$ > "$0/grandchild.pid"; while :; do sleep 1; done' "$D" &
+setsid sh -c 'echo $$ > "$0/setsid.pid"; while :; do sleep 1; done' "$D" &
 sh -c 'sh -c '"'"'trap "" TERM; echo $$ > "$0/daemon.pid"; while :; do sleep 1; done'"'"' "$0" & exit 0' "$D"
 echo $$ > "$D/command.pid"
 wait
@@ -61,18 +63,12 @@ def test_cancel_from_the_api_leaves_no_process_of_the_run_alive(
     flow_run_id = trigger(deployed, "grd-benchmark/grd-benchmark", {
         "spec_path": str(spec), "store": str(tmp_path / "store"), "report_path": str(report_path)})
 
-    def tree_is_up() -> dict[str, tuple[int, int]] | None:
-        stamps: dict[str, tuple[int, int]] = {}
-        for role in ROLES:
-            path = pids_dir / f"{role}.pid"
-            text = path.read_text().strip() if path.exists() else ""
-            started = start_time(int(text)) if text else None
-            if started is None:
-                return None
-            stamps[role] = (int(text), started)
-        return stamps
+    def tree_is_up() -> bool:
+        return all((pids_dir / f"{role}.pid").exists() for role in ROLES)
 
-    stamps: dict[str, tuple[int, int]] = wait_until(tree_is_up, "the command's tree to write its pids", 150)
+    wait_until(tree_is_up, "the command's tree to say it is up", 150)
+    assert len(marked(str(pids_dir))) >= len(ROLES), marked(str(pids_dir))
+    stamps: dict[str, tuple[int, int]] = {}
     engine = {pid: start_time(pid) for pid in flow_run_pids(flow_run_id)}
     assert engine, f"no process carries PREFECT__FLOW_RUN_ID={flow_run_id}"
     for pid, started in engine.items():
@@ -84,8 +80,9 @@ def test_cancel_from_the_api_leaves_no_process_of_the_run_alive(
     assert run["state"]["type"] == "CANCELLED", run["state"]
 
     def survivors() -> list[str]:
-        return [f"{role} (pid {pid})" for role, (pid, started) in stamps.items()
-                if still_running(pid, started)]
+        tree = [f"tree member (pid {pid})" for pid in marked(str(pids_dir))]
+        return tree + [f"{role} (pid {pid})" for role, (pid, started) in stamps.items()
+                       if still_running(pid, started)]
 
     # The Cancelled state may be committed a moment before the last kill lands; allow a bounded settle.
     try:

@@ -137,20 +137,21 @@ def test_parallel_commands_overlap_and_keep_independent_timers(tmp_path: Path) -
             timeout: 60s
             commands:
               - name: short
-                run: "echo $$ > $D/short.pid; sleep 60"
+                run: "touch $D/short.started; sleep 60"
                 timeout: 1.5s
                 grace: 0.5s
               - name: long
                 run: >-
-                  while [ ! -s $D/short.pid ]; do sleep 0.05; done;
-                  kill -0 $(cat $D/short.pid) || exit 9; sleep 3; echo long-done
+                  while [ ! -e $D/short.started ]; do sleep 0.05; done; sleep 3; echo long-done
                 timeout: 30s
         """)
     short, long = result.command("p", "short"), result.command("p", "long")
     assert short.status is Status.TIMEOUT and short.timeout is not None
     assert (short.timeout.level, short.timeout.inherited) == ("command", False)
-    # `long` saw `short` alive (they overlapped) and then outlived short's deadline: timers are per command.
+    # `long` waited for `short` to start and then outlived short's deadline: timers are per command, and the
+    # two ran at once (the phase took less than their elapsed times added up).
     assert long.status is Status.COMPLETED and "long-done" in long.stdout_tail
+    assert result.phase("p").elapsed_s < short.elapsed_s + long.elapsed_s
 
 
 def test_cleanup_runs_after_a_timeout_and_a_hanging_cleanup_is_killed_and_recorded(tmp_path: Path) -> None:

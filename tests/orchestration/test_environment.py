@@ -56,3 +56,28 @@ def test_a_relative_local_store_is_made_absolute_for_commands_with_another_cwd(t
     access = store_access(Local())
     assert Path(access.url).is_absolute()
     assert access.command_url("r", "p", "c").endswith("/checkpoints/r/commands/p.c")
+
+
+def test_the_deadline_also_travels_as_absolute_wall_clock_seconds() -> None:
+    import time
+
+    before = time.time()
+    env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=30.0, grace_s=5, phase="p",
+                      command="c", store=None, base={})
+    after = time.time()
+    assert before + 30.0 - 0.01 <= float(env["GRD_DEADLINE_UNIX"]) <= after + 30.0 + 0.01
+    unlimited = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=math.inf, grace_s=5, phase="p",
+                            command="c", store=None, base={})
+    assert unlimited["GRD_DEADLINE_UNIX"] == "inf"
+
+
+def test_the_warning_variables_appear_only_with_a_warning_and_never_leak_from_an_outer_grd() -> None:
+    import signal
+
+    outer = {"GRD_WARN_S": "600.000", "GRD_WARN_SIGNAL": "SIGUSR2"}  # this grd itself runs under a grd
+    plain = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=60, grace_s=5, phase="p",
+                        command="c", store=None, base=outer)
+    assert "GRD_WARN_S" not in plain and "GRD_WARN_SIGNAL" not in plain
+    warned = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=60, grace_s=5, phase="p",
+                         command="c", store=None, base=outer, warn_s=20.0, warn_signal=signal.SIGUSR1)
+    assert (warned["GRD_WARN_S"], warned["GRD_WARN_SIGNAL"]) == ("20.000", "SIGUSR1")

@@ -1,11 +1,14 @@
-"""Fixtures for the process tests: both containments, and a pid directory cleaned up at teardown.
+"""Fixtures for the process tests: every containment mode, and a pid directory whose marker is swept at
+teardown.
 
-Every test that starts a tree records its pids in files (the children write them); ``pid_dir`` kills whatever
-is still running from that directory at teardown, so a failing test never leaks processes.
+Every test tree carries its pid directory in each member's command line; ``pid_dir`` kills whatever still
+carries that marker at teardown (never by name), and removes the cgroups the escape tests made, so a failing
+test never leaks processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -13,21 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from grd_blocks.process.tree import FORCE_FALLBACK_ENV
-from tests.process.helpers import cgroup_available, recorded_pids, running
+from grd_blocks.process.keepers import CONTAINMENT_ENV, FORCE_FALLBACK_ENV
+from tests.process.helpers import marked, mode_problem
 
 
-@pytest.fixture(params=["cgroup", "subreaper"])
+@pytest.fixture(params=["namespace", "cgroup", "subreaper"])
 def containment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test under each containment; ``cgroup`` is skipped where no writable cgroup2 exists."""
-    kind = str(request.param)
-    if kind == "cgroup":
-        monkeypatch.delenv(FORCE_FALLBACK_ENV, raising=False)
-        if not cgroup_available():
-            pytest.skip("no writable cgroup2 hierarchy here; the subreaper variant covers this host")
-    else:
-        monkeypatch.setenv(FORCE_FALLBACK_ENV, "1")
-    return kind
+    """Run the test under each containment mode; a mode this host does not allow is skipped, naming why."""
+    mode = str(request.param)
+    monkeypatch.delenv(FORCE_FALLBACK_ENV, raising=False)
+    monkeypatch.setenv(CONTAINMENT_ENV, mode)
+    problem = mode_problem(mode)
+    if problem is not None:
+        pytest.skip(f"this host cannot contain commands in {mode} mode: {problem}")
+    return mode
 
 
 @pytest.fixture
@@ -35,11 +37,12 @@ def pid_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "pids"
     directory.mkdir()
     yield directory
-    for pid in recorded_pids(directory).values():
-        if running(pid):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"tree_child" in cmdline or b"sleep" in cmdline:
-                os.kill(pid, signal.SIGKILL)
+    for pid in marked(str(directory)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    from grd_blocks.process.cgroup import cgroup2_mount, remove
+
+    mount = cgroup2_mount()
+    if mount is not None:
+        for escape in mount.glob("grd-test-escape-*"):
+            remove(escape)

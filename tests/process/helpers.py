@@ -1,4 +1,9 @@
-"""Helpers for the process tests: pid files from the children, an independent /proc check, a gate clock."""
+"""Helpers for the process tests: an independent /proc scan by marker, the host's modes, a gate clock.
+
+Survivors are counted without grd's help: every process of a test tree carries its pid directory in its
+command line, and ``marked`` reads /proc for that marker. (Pid files cannot serve: inside a PID namespace a
+process's own pid is not the host's.)
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,38 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from grd_blocks.process.cgroup import CgroupTree
-
 TREE_CHILD = str(Path(__file__).with_name("tree_child.py"))
 SETUP_TIMEOUT_S = 30.0  # how long a tree may take to start before the test gives up waiting for it
 
 
-def cgroup_available() -> bool:
-    tree = CgroupTree.create()
-    if tree is None:
-        return False
-    tree.close()
-    return True
+def mode_problem(mode: str) -> str | None:
+    """Why this host cannot contain commands in ``mode`` (None: it can), as grd's guardian found."""
+    from grd_blocks.process import keepers
+
+    keeper = keepers.acquire("subreaper")
+    keeper.discard()
+    guardian = keepers._SUPERVISION.guardian
+    assert guardian is not None
+    return guardian.unavailable.get(mode)
+
+
+def marked(marker: str) -> list[int]:
+    """Independent of grd: the live processes whose command line contains ``marker``."""
+    found = []
+    needle = marker.encode()
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:
+            continue
+        state = stat[stat.rfind(b")") + 2 :].split()[0]
+        if needle in cmdline and state not in (b"Z", b"X"):
+            found.append(int(name))
+    return sorted(found)
 
 
 def running(pid: int) -> bool:
@@ -32,22 +57,24 @@ def running(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def recorded_pids(pid_dir: Path) -> dict[str, int]:
-    return {path.stem: int(path.read_text()) for path in pid_dir.glob("*.pid")}
+def recorded_roles(pid_dir: Path) -> list[str]:
+    return sorted(path.stem for path in pid_dir.glob("*.pid"))
 
 
-def zombie_children(pids: list[int]) -> list[int]:
-    """The pids that are zombies whose parent is this process: grd must reap what it inherits."""
+def my_zombies() -> list[int]:
+    """Zombies whose parent is this process: grd must not leave any (its commands are never its children)."""
     me = str(os.getpid()).encode()
     found = []
-    for pid in pids:
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            data = Path(f"/proc/{pid}/stat").read_bytes()
+            data = Path(f"/proc/{name}/stat").read_bytes()
         except OSError:
             continue
         fields = data[data.rfind(b")") + 2 :].split()
         if fields[0] == b"Z" and fields[1] == me:
-            found.append(pid)
+            found.append(int(name))
     return found
 
 

@@ -1,12 +1,19 @@
-"""Output capture keeps every byte as text: partial last lines, binary garbage, CRLF, huge lines, a failing
-callback, and a bounded drain when something outside the tree still holds the write end."""
+"""Output capture keeps every byte: the log file holds the command's output byte for byte (CRLF, binary, a
+huge line without a newline), while the tails and the line callback get readable text (partial last lines,
+replacement characters, CRLF as LF, long lines in pieces); a failing callback loses nothing, and the drain is
+bounded when something outside the tree still holds the write end."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from grd_blocks.errors import ProcessError
 from grd_blocks.process import run_command
 from grd_blocks.process.output import MAX_LINE_CHARS, OutputCapture
 
@@ -24,11 +31,39 @@ def test_binary_garbage_is_decoded_with_replacement(containment: str) -> None:
     assert outcome.stderr_tail == "\ufffd"
 
 
-def test_crlf_becomes_lf_and_multibyte_characters_survive(containment: str) -> None:
-    outcome = run_command(
-        [sys.executable, "-c", "import sys; sys.stdout.buffer.write('a\\r\\nb€\\r\\n'.encode())"]
-    )
+def test_crlf_becomes_lf_in_text_and_stays_crlf_in_the_log(containment: str, tmp_path: Path) -> None:
+    log = tmp_path / "crlf.log"
+    code = "import sys; sys.stdout.buffer.write('a\\r\\nb€\\r\\n'.encode())"
+    outcome = run_command([sys.executable, "-c", code], log_path=log)
     assert outcome.stdout_tail == "a\nb€"
+    assert log.read_bytes() == "a\r\nb€\r\n".encode()
+
+
+def test_the_log_holds_a_huge_line_without_a_newline_byte_for_byte(containment: str, tmp_path: Path) -> None:
+    log = tmp_path / "huge.log"
+    code = "import sys\nfor i in range(80): sys.stdout.buffer.write(bytes([65 + i % 26]) * 65536)"
+    outcome = run_command([sys.executable, "-c", code], log_path=log)
+    assert outcome.returncode == 0
+    assert log.read_bytes() == b"".join(bytes([65 + i % 26]) * 65536 for i in range(80))
+
+
+def test_the_log_keeps_each_streams_bytes_in_order_and_whole_lines_together(
+    containment: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "both.log"
+    code = (
+        "import sys\n"
+        "for i in range(2000):\n"
+        "    sys.stdout.write(f'out {i}\\n'); sys.stderr.write(f'err {i}\\n')\n"
+        "sys.stdout.write('out-end'); sys.stderr.write('err-end')\n"
+    )
+    run_command([sys.executable, "-c", code], log_path=log)
+    lines = log.read_bytes().split(b"\n")
+    assert [x for x in lines if x.startswith(b"out ")] == [f"out {i}".encode() for i in range(2000)]
+    assert [x for x in lines if x.startswith(b"err ")] == [f"err {i}".encode() for i in range(2000)]
+    assert sorted(x for x in lines if x.endswith(b"-end")) in ([b"err-end", b"out-end"], [b"err-endout-end"],
+                                                            [b"out-enderr-end"])
+    assert len(lines) in (4001, 4002)  # nothing inserted: 4000 newlines, the two unterminated ends
 
 
 def test_tail_keeps_only_the_last_characters(containment: str) -> None:
@@ -47,7 +82,7 @@ def test_a_line_longer_than_the_limit_is_delivered_in_pieces(containment: str, t
     )
     assert outcome.returncode == 0
     assert "".join(lines) == "x" * size and all(len(line) <= MAX_LINE_CHARS + 1 for line in lines)
-    assert log.read_text().replace("\n", "") == "x" * size
+    assert log.read_text() == "x" * size + "\n"  # pieces are for display: the log is untouched
 
 
 def test_failing_on_line_callback_does_not_lose_output(containment: str, tmp_path: Path) -> None:
@@ -92,3 +127,52 @@ def test_log_path_directories_are_created(containment: str, tmp_path: Path) -> N
     log = tmp_path / "a" / "b" / "c.log"
     run_command("echo hi", log_path=log)
     assert log.read_text() == "hi\n"
+
+
+def test_output_printed_during_the_grace_period_is_kept_after_the_inline_reader_hands_over(
+    containment: str, tmp_path: Path
+) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    for i in range(20000): print('bye', i)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True); time.sleep(3600)\n"
+    )
+    log = tmp_path / "grace.log"
+    ready = threading.Event()
+    outcome = run_command(
+        [sys.executable, "-c", code],
+        log_path=log,
+        deadline=time.monotonic() + 1.0,
+        grace_s=20.0,
+        on_line=lambda _s, line: ready.set() if line == "ready" else None,
+    )
+    assert ready.is_set() and outcome.timed_out and outcome.kill_sent_s is None
+    assert outcome.stdout_tail.endswith("bye 19999")
+    assert log.read_text().count("\n") == 20001
+
+
+def test_short_command_output_needs_no_reader_thread(
+    containment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed_over: list[bool] = []
+    original = OutputCapture.hand_over
+
+    def record(self: OutputCapture) -> None:
+        handed_over.append(True)
+        original(self)
+
+    monkeypatch.setattr(OutputCapture, "hand_over", record)
+    lines: list[str] = []
+    outcome = run_command("echo one; echo two >&2", on_line=lambda _s, line: lines.append(line))
+    assert outcome.returncode == 0 and lines == ["one", "two"] and handed_over == []
+
+
+def test_an_unwritable_log_path_is_a_clear_error_and_breaks_nothing(containment: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    with pytest.raises(ProcessError, match=r"cannot open the log file .*not-a-dir.*pass a writable log_path"):
+        run_command(["true"], log_path=blocker / "c.log")
+    assert run_command(["true"], log_path=tmp_path / "ok.log").returncode == 0

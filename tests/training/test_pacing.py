@@ -21,7 +21,7 @@ def test_estimate_believes_a_slow_outlier_at_once() -> None:
 
 def test_stops_when_one_more_step_and_a_save_would_not_fit() -> None:
     clock = FakeClock()
-    pacer = Pacer(clock() + 10.0, clock=clock, initial_save_s=1.0, safety=1.5, margin_s=0.0)
+    pacer = Pacer(clock() + 10.0, clock=clock, initial_save_s=1.0, safety=1.5, margin_s=0.0, exit_s=0.0)
     pacer.step.observe(2.0)
     clock.advance(5.0)  # 5s left, needs 1.5 * (2 + 1) = 4.5
     assert not pacer.should_stop()
@@ -56,3 +56,29 @@ def test_a_budget_counts_its_parents_deadline() -> None:
 def test_bad_env_budget_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="GRD_TIME_LEFT_S"):
         Pacer.from_sources(environ={"GRD_TIME_LEFT_S": "soon"})
+
+
+def test_the_time_to_exit_after_the_save_is_part_of_the_margin() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock() + 10.0, clock=clock, initial_save_s=1.0, safety=1.5, margin_s=0.0, exit_s=2.0)
+    pacer.step.observe(2.0)
+    clock.advance(3.0)  # 7s left, needs 1.5 * (2 + 1) + 2 = 6.5
+    assert not pacer.should_stop()
+    clock.advance(1.0)  # 6s left: a save would fit, the exit after it would not
+    assert pacer.should_stop()
+    assert "exit 2.00s" in pacer.describe()
+
+
+def test_the_exit_allowance_comes_from_grd_exit_s_and_counts_only_for_a_command_under_grd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRD_EXIT_S", "1.25")
+    assert Pacer().exit_s == 1.25
+    monkeypatch.setenv("GRD_EXIT_S", "soon")
+    with pytest.raises(ConfigError, match="GRD_EXIT_S='soon'"):
+        Pacer()
+    monkeypatch.delenv("GRD_EXIT_S")
+    monkeypatch.setenv("GRD_RUN_KEY", "r1")
+    assert Pacer().exit_s == 0.5  # a command's process must also leave before its deadline
+    monkeypatch.delenv("GRD_RUN_KEY")
+    assert Pacer().exit_s == 0.0  # training inside a flow process does not exit it

@@ -103,3 +103,40 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(
     assert 0 <= done_before - resumed_at < interval + 1  # the step in flight may have been logged, not saved
     assert _script.steps(log)[done_before:] == list(range(resumed_at + 1, TARGET + 1))
     assert _params(report) == reference_params
+
+
+def test_grds_deadline_warning_makes_the_script_save_and_exit_124_before_its_deadline(tmp_path: Path) -> None:
+    """Under grd (GRD_RUN_KEY set) with ``warn``: the warning arrives mid-epoch, the script saves at the next
+    step boundary and exits 124 by itself, long before the deadline, with every logged step committed."""
+    import signal as signals
+    import time
+
+    from grd_blocks.process import DeadlineWarning, run_command
+    from tests.process.helpers import GateClock
+
+    log = tmp_path / "steps.log"
+    before_s = 30.0
+
+    class WarnOnceStepping(GateClock):
+        """Real time until 3 steps are logged, then 1 ms inside the warning window."""
+
+        def __call__(self) -> float:
+            now = time.monotonic()
+            if not self.jump and (now > self.give_up or self.ready()):
+                self.jump = self.deadline - now - before_s + 0.001
+            return now + self.jump
+
+    clock = WarnOnceStepping(lambda: len(_script.steps(log)) >= 3)
+    env = _script.env(GRD_RUN_KEY="warned", GRD_WARN_SIGNAL="SIGUSR1", GRD_WARN_S=str(before_s))
+    outcome = run_command(
+        _script.command([*ARGS, "--checkpoint-url", str(tmp_path / "ck"), "--steps-log", str(log),
+                         "--step-delay", "0.05"]),
+        env=env, deadline=clock.deadline, clock=clock, grace_s=5.0,
+        warn=DeadlineWarning(signals.SIGUSR1, before_s), cwd=_script.ROOT,
+    )
+    assert outcome.returncode == 124 and not outcome.timed_out, outcome.stderr_tail
+    assert outcome.warn_sent_s is not None and outcome.term_sent_s is None
+    found = newest(RunCheckpoints.from_url(str(tmp_path / "ck")))
+    assert found is not None
+    state = found[0].load()
+    assert state is not None and state["position"]["global_step"] == len(_script.steps(log)) < TARGET

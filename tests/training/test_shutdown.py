@@ -7,6 +7,8 @@ import signal
 import threading
 from types import FrameType
 
+import pytest
+
 from grd_blocks.training import GracefulShutdown
 
 
@@ -76,3 +78,36 @@ def test_handlers_are_installed_only_from_the_main_thread() -> None:
     worker.join()
     assert not shutdown.installed
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_grds_warning_signal_asks_for_a_deadline_stop_and_repeats_are_one_request() -> None:
+    with GracefulShutdown(warn_signal=signal.SIGUSR1) as shutdown:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        _wait_for(lambda: shutdown.requested, "the warning to be recorded")
+        assert shutdown.reason == "deadline"
+        os.kill(os.getpid(), signal.SIGUSR1)  # a second warning changes nothing and stops nothing
+        os.kill(os.getpid(), signal.SIGTERM)  # nor does a SIGTERM inside the repeat window
+        assert shutdown.reason == "deadline"
+
+
+def test_the_warning_signal_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRD_WARN_SIGNAL", "SIGUSR2")
+    assert GracefulShutdown().warn_signal == signal.SIGUSR2
+    monkeypatch.setenv("GRD_WARN_SIGNAL", "usr1")
+    assert GracefulShutdown().warn_signal == signal.SIGUSR1
+    monkeypatch.delenv("GRD_WARN_SIGNAL")
+    assert GracefulShutdown().warn_signal is None
+
+
+def test_after_absorb_stop_signals_are_ignored_even_once_uninstalled() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with GracefulShutdown(repeat_window_s=0.0) as shutdown:
+            shutdown.absorb()
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: this process would die if it were not
+            assert not shutdown.requested
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

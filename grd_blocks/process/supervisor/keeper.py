@@ -1,0 +1,338 @@
+"""A keeper: the process that starts one command and answers for its whole tree until the tree is gone.
+
+Invariant: every process of the command's tree is a descendant of its keeper and stays one. In ``namespace``
+mode the keeper is pid 1 of a PID namespace of its own (and a mount namespace with its own ``/proc``): no
+process can leave a PID namespace, orphans are reparented to its init, and when the init exits the kernel
+kills everything left in it. Elsewhere (``cgroup`` and ``subreaper`` modes) the keeper is a child subreaper:
+orphans are reparented to it, and a process can change its parent only by its parent's death. So the tree is
+empty exactly when the keeper has no child left (``waitpid`` says ECHILD), which is when it reports ``empty``;
+the exit status it reports is the kernel's for the command's main process.
+
+Signals: the keeper ignores every signal it can, except SIGCHLD (reaping) and SIGTERM. SIGTERM (sent by the
+kernel when the guardian dies, or by a newer attempt taking over) and EOF on its socket (grd died, however it
+died) both *stop* the tree: SIGTERM to every member, up to the command's grace period, SIGKILL to what is
+left, then exit. The command starts with default dispositions and an empty signal mask, in a session of its
+own, stdin from /dev/null, stdout and stderr on the descriptors grd sent.
+
+Protocol (``wire`` messages). From grd: ``run`` (exe, argv, env, cwd, grace, umask; descriptors stdout,
+stderr and optionally a lock it holds until it exits), ``signal`` (a signal to every member), ``kill``,
+``release``. To grd: ``ready`` (host pid, mode, namespace, cgroup), ``spawn_error`` (errno), ``exit`` (the
+main process's returncode, Popen style, and how many members are left), ``signalled`` (a reply), ``empty``,
+``stopping`` (a SIGTERM asked it to stop the tree). Stdlib only: it runs in a process forked from the
+guardian.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from grd_blocks.process import cgroup, linux, procfs, wire
+
+__all__ = ["KILL_WAIT_S", "Keeper"]
+
+KILL_WAIT_S = 5.0  # how long SIGKILLed members get to disappear before the keeper gives up waiting
+_IGNORED = (
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGPIPE,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGALRM,
+    signal.SIGXFSZ,
+)
+# Restored to the default action in the command (SIG_IGN would otherwise survive exec).
+_DEFAULTS = frozenset(
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP) and s < signal.SIGRTMIN
+)
+
+
+class Keeper:
+    """The keeper's state and loop; ``serve()`` never returns (the process exits from it)."""
+
+    def __init__(self, sock: socket.socket, *, mode: str, cgroup_dir: Path | None, guardian: int) -> None:
+        self.sock = sock
+        self.mode = mode
+        self.cgroup_dir = cgroup_dir
+        self.guardian = guardian
+        self.main: int | None = None
+        self.returncode: int | None = None
+        self.exit_sent = False
+        self.empty_sent = False
+        self.childless = True
+        self.grace_s = 5.0
+        self.held: list[int] = []  # descriptors kept open until exit (a lock)
+        self.stop_asked = False
+        self.host_pid = os.getpid()
+
+    # --- setup --------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Signals, parent-death signal, cgroup, namespace or subreaper; then ``ready``."""
+        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, _noop)
+        signal.signal(signal.SIGTERM, self._on_term)
+        for signum in _IGNORED:
+            signal.signal(signum, signal.SIG_IGN)
+        linux.set_parent_death_signal(signal.SIGTERM)
+        # Host pids, read from the host's /proc before a namespace's own /proc hides them (getppid() is 0
+        # for the init of a PID namespace).
+        own = procfs.read_stat(int(os.readlink("/proc/self")))
+        if own is None or own.ppid != self.guardian:
+            os._exit(0)  # the guardian died before the parent-death signal was armed
+        self.host_pid = own.pid
+        problem = None
+        try:
+            if self.cgroup_dir is not None:
+                cgroup.join(self.cgroup_dir)
+            if self.mode == "namespace":
+                linux.unshare(linux.CLONE_NEWNS)
+                linux.mount_private_proc()
+            else:
+                linux.set_child_subreaper(True)
+        except OSError as exc:
+            problem = f"keeper setup failed in {self.mode} mode: {exc}"
+        self._send(
+            {
+                "event": "ready",
+                "pid": self.host_pid,
+                "mode": self.mode,
+                "namespace": linux.pid_namespace("self") if self.mode == "namespace" else None,
+                "cgroup": None if self.cgroup_dir is None else str(self.cgroup_dir),
+                "problem": problem,
+            }
+        )
+        if problem is not None:
+            os._exit(1)
+
+    # --- loop ---------------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            ready = poller.poll(250)
+            self._drain_wake()
+            self._reap()
+            if self.stop_asked:
+                self._send({"event": "stopping"})
+                self._stop_tree_and_exit()
+            for fd, _event in ready:
+                if fd == self.sock.fileno():
+                    self._handle_message()
+
+    def _handle_message(self) -> None:
+        try:
+            message, fds = wire.recv(self.sock)
+        except BlockingIOError:
+            return
+        except OSError:
+            message, fds = None, []
+        if message is None:  # grd is gone: stop the tree as its deadline would
+            self._stop_tree_and_exit()
+            return
+        op = message.get("op")
+        if op == "run":
+            self._run(message, fds)  # takes the descriptors
+            return
+        for fd in fds:
+            os.close(fd)
+        if op == "signal":
+            count = self._signal(int(message["sig"]))
+            self._send({"event": "signalled", "sig": int(message["sig"]), "count": count})
+        elif op == "kill":
+            count = self._kill()
+            self._send({"event": "signalled", "sig": int(signal.SIGKILL), "count": count})
+        elif op == "release":
+            if not self.childless:
+                self._kill()
+                self._wait_childless(KILL_WAIT_S)
+            self._exit()
+
+    # --- the command --------------------------------------------------------------------------------
+
+    def _run(self, message: dict[str, Any], fds: list[int]) -> None:
+        if self.main is not None or len(fds) < 2:
+            for fd in fds:
+                os.close(fd)
+            return
+        stdout, stderr, *rest = fds
+        self.held.extend(rest)
+        self.grace_s = float(message.get("grace", 5.0))
+        cwd = message.get("cwd")
+        try:
+            if cwd:
+                os.chdir(cwd)
+            if message.get("umask") is not None:
+                os.umask(int(message["umask"]))
+            env = {str(k): str(v) for k, v in message["env"]}
+            self.main = os.posix_spawn(
+                message["exe"],
+                list(message["argv"]),
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, stdout, 1),
+                    (os.POSIX_SPAWN_DUP2, stderr, 2),
+                ],
+                setsid=True,
+                setsigdef=_DEFAULTS,
+                setsigmask=(),
+            )
+            self.childless = False
+        except OSError as exc:
+            self._send(
+                {
+                    "event": "spawn_error",
+                    "errno": exc.errno,
+                    "message": exc.strerror or str(exc),
+                    "cwd_failed": bool(cwd) and exc.filename == cwd,
+                }
+            )
+        finally:
+            os.close(stdout)
+            os.close(stderr)
+
+    def _reap(self) -> None:
+        """Reap every exited child; report the main process's exit, then the tree's end, once each."""
+        if self.main is None:
+            return
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.childless = True
+                break
+            if pid == 0:
+                self.childless = False
+                break
+            if pid == self.main:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is not None and not self.exit_sent:
+            self.exit_sent = True
+            left = 0 if self.childless else len(self._members())
+            self._send({"event": "exit", "returncode": self.returncode, "left": left})
+        if self.exit_sent and self.childless and not self.empty_sent:
+            self.empty_sent = True
+            self._send({"event": "empty"})
+
+    # --- members, signals ---------------------------------------------------------------------------
+
+    def _members(self) -> set[int]:
+        """The tree's live processes as this keeper sees them (namespace pids in ``namespace`` mode)."""
+        if self.mode == "namespace":
+            found = set()
+            for name in os.listdir("/proc"):
+                if name.isdigit() and name != "1":
+                    stat = procfs.read_stat(int(name))
+                    if stat is not None and stat.alive:
+                        found.add(stat.pid)
+            return found
+        pids = {pid for pid, stat in procfs.descendants(self.host_pid).items() if stat.alive}
+        if self.cgroup_dir is not None:
+            pids |= {pid for pid in cgroup.members(self.cgroup_dir) if pid != self.host_pid}
+        return pids
+
+    def _signal(self, signum: int) -> int:
+        if self.mode == "namespace":
+            count = len(self._members())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signum)  # every process of the namespace but its init, in one call
+            return count
+        seen: set[int] = set()
+        for _ in range(20):  # until no new member appears (one may fork meanwhile)
+            new = self._members() - seen
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            seen |= new
+        return len(seen)
+
+    def _kill(self) -> int:
+        if self.mode == "namespace":
+            return self._signal(signal.SIGKILL)  # kill(-1) holds the task list: no fork can slip past it
+        stopped: set[int] = set()
+        for _ in range(100):  # freeze first, so a fork loop cannot outrun the kill
+            new = self._members() - stopped
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= new
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(stopped)
+
+    def _wait_childless(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            self._reap()
+            if self.childless:
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(pause)  # a bounded poll of the kernel's answer; SIGCHLD also wakes the main loop
+            pause = min(pause * 2, 0.02)
+
+    def _stop_tree_and_exit(self) -> None:
+        """The ladder without grd: SIGTERM, the grace period, SIGKILL; then exit (the namespace goes too)."""
+        self._reap()
+        if not self.childless and self.main is not None:
+            self._signal(signal.SIGTERM)
+            if not self._wait_childless(self.grace_s):
+                self._kill()
+                self._wait_childless(KILL_WAIT_S)
+        self._exit()
+
+    def _exit(self) -> None:
+        """Exit 0 when the tree is gone, 3 when a member outlived every kill (the guardian then looks for
+        orphans; in ``namespace`` mode the kernel kills them as this init exits)."""
+        os._exit(0 if self.childless else 3)
+
+    # --- plumbing -----------------------------------------------------------------------------------
+
+    def _on_term(self, _signum: int, _frame: object) -> None:
+        self.stop_asked = True
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            wire.send(self.sock, message)
+
+
+def _noop(_signum: int, _frame: object) -> None:
+    """SIGCHLD's handler: its only job is to wake the loop through the wakeup descriptor."""
+
+
+def keeper_main(sock: socket.socket, *, mode: str, cgroup_dir: Path | None, guardian: int) -> None:
+    """Run as a keeper (in a process just forked from the guardian); never returns."""
+    try:
+        keeper = Keeper(sock, mode=mode, cgroup_dir=cgroup_dir, guardian=guardian)
+        keeper.setup()
+        keeper.serve()
+    except BaseException:
+        traceback.print_exc()  # to $GRD_SUPERVISOR_LOG, if set
+    finally:
+        os._exit(1)

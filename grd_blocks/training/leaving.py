@@ -1,0 +1,50 @@
+"""Leaving a training process quickly once its checkpoint is committed.
+
+Invariant: ``exit_now(code)`` runs the process's ``atexit`` callbacks (so trackers such as MLflow or W&B still
+close their runs, and multiprocessing reaps its workers), flushes stdout and stderr, then ends the process
+with ``code`` without the interpreter's module teardown, which takes seconds once torch is imported (see
+bench/results/training_stop.json). Non-daemon threads are not waited for: call it once the work that matters
+(the checkpoint) is done. ``install_excepthook()`` makes an uncaught ``TrainingInterrupted`` one line on
+stderr and such an exit with its code (124 deadline, 143 SIGTERM, 130 SIGINT), so a script need not catch it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from types import TracebackType
+
+from grd_blocks.errors import TrainingInterrupted
+
+__all__ = ["exit_now", "install_excepthook"]
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once (after atexit callbacks and flushing stdout/stderr)."""
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if isinstance(value, TrainingInterrupted):
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"grd: {value}\n")
+        exit_now(value.exit_code)
+    _previous(kind, value, tb)
+
+
+_previous = sys.excepthook
+
+
+def install_excepthook() -> None:
+    """Route an uncaught ``TrainingInterrupted`` to ``exit_now(exc.exit_code)``; others to the hook before."""
+    global _previous
+    if sys.excepthook is not _hook:
+        _previous = sys.excepthook
+        sys.excepthook = _hook
