@@ -65,7 +65,7 @@ def command_task(phase: str | None, command: str, cleanup: bool = False) -> Stat
         spec = run.command_spec(phase_run.spec, command)
         plan = run.plan_cleanup(phase_run, spec) if cleanup else run.plan_command(phase_run, spec)
     label = f"{plan.phase}.{command}"
-    sink = line_logger(get_run_logger(), label)
+    sink = line_logger(get_run_logger(), label, str(plan.log_path))
     try:
         row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
     finally:

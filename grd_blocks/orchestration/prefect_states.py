@@ -3,7 +3,8 @@
 Invariant: a run's Prefect state says what its report says: COMPLETED -> Completed, FAILED -> Failed,
 TIMEOUT -> Failed named "TimedOut" (Prefect's own name for a timed-out run; 3.8.8 has no TimedOut helper),
 CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data. Output
-lines reach the run logs in order, batched (one record per up to 200 lines or 0.2 s).
+lines reach the run logs in order, batched (one record per up to 200 lines or 0.2 s), without ever slowing the
+command down (``LineBatcher``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
@@ -55,60 +57,130 @@ def publish_table(report: BenchmarkReport) -> None:
 
 
 class LineBatcher:
-    """Sends the output lines of command ``label`` to ``logger`` in batches (thread-safe).
+    """Sends the output lines of command ``label`` to ``logger`` in batches, never blocking the caller.
 
-    One record carries up to ``max_lines`` lines (each still prefixed ``label |`` or ``label stderr |``), sent
-    when it is full or ``flush_s`` seconds after its first line arrived, whichever comes first; ``close()``
-    sends the rest. A record per line costs about a millisecond with Prefect's console and API handlers.
+    Invariant: the caller (the command's output reader) only appends to a bounded backlog: it is never held up
+    by the logger, so a command that prints faster than the run log can take is not slowed down. A sender
+    thread sends one record per up to ``max_lines`` lines (each prefixed ``label |`` or ``label stderr |``),
+    when a batch is full or ``flush_s`` seconds after its first line arrived; lines arrive in order. While
+    the backlog holds ``max_backlog`` lines, further lines are dropped from the run log only (the command's
+    log file keeps every byte) and one line in their place says how many. ``close()`` sends the rest.
     """
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any], label: str, *,
-                 max_lines: int = 200, flush_s: float = 0.2) -> None:
+                 max_lines: int = 200, flush_s: float = 0.2, max_backlog: int = 10_000,
+                 log_path: str | None = None) -> None:
         self.logger = logger
         self.label = label
         self.max_lines = max_lines
         self.flush_s = flush_s
-        self._lock = threading.Lock()
+        self.max_backlog = max_backlog
+        self.log_path = log_path
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()  # held while a batch is sent: batches leave in order
         self._lines: list[str] = []
-        self._timer: threading.Timer | None = None
+        self._first_at: float | None = None
+        self._dropped = 0
+        self._dropped_chars = 0
+        self._thread: threading.Thread | None = None
         self._closed = False
 
     def __call__(self, stream: str, line: str) -> None:
         kind = "" if stream == "stdout" else "stderr "
-        body = line.rstrip("\n")
-        text = f"{self.label} {kind}| {body}"
-        with self._lock:  # records are sent under the lock, so batches keep the lines' order
-            self._lines.append(text)
-            if len(self._lines) >= self.max_lines or self._closed:
-                self._send(self._take())
-            elif self._timer is None:
-                self._timer = threading.Timer(self.flush_s, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+        with self._cond:
+            if self._closed:
+                self._lines.append(f"{self.label} {kind}| {line.rstrip(chr(10))}")
+                batch = self._take()
+            else:
+                if len(self._lines) >= self.max_backlog:
+                    self._dropped += 1
+                    self._dropped_chars += len(line)
+                    return
+                self._note_dropped()
+                self._lines.append(f"{self.label} {kind}| {line.rstrip(chr(10))}")
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="grd-log-lines", daemon=True)
+                    self._thread.start()
+                if len(self._lines) >= self.max_lines:
+                    self._cond.notify_all()
+                return
+        self._send(batch)
+
+    def _note_dropped(self) -> None:
+        """Put the drop notice where the dropped lines were (called with the lock held)."""
+        if self._dropped:
+            where = f" {self.log_path}" if self.log_path else " the command's log file"
+            self._lines.append(
+                f"{self.label} | [grd: {self._dropped} line(s), {self._dropped_chars} characters, not shown "
+                f"here: the command printed faster than the run log takes them; every byte is in{where}]"
+            )
+            self._dropped = self._dropped_chars = 0
 
     def _take(self) -> list[str]:
         batch, self._lines = self._lines, []
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._first_at = None
         return batch
 
-    def _send(self, batch: list[str]) -> None:
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if len(self._lines) >= self.max_lines:
+                        break
+                    if self._first_at is not None:
+                        left = self._first_at + self.flush_s - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    else:
+                        self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._lines[: self.max_lines]
+                del self._lines[: self.max_lines]
+                self._first_at = time.monotonic() if self._lines else None
+                self._send_lock.acquire()
+            try:
+                self._emit(batch)
+            finally:
+                self._send_lock.release()
+
+    def _emit(self, batch: list[str]) -> None:
         if batch:
-            self.logger.info("%s", "\n".join(batch))
+            try:
+                self.logger.info("%s", "\n".join(batch))
+            except Exception:  # a broken log handler must not stop the lines that follow
+                logging.getLogger("grd").exception("cannot send output lines of %s to the run log",
+                                                   self.label)
+
+    def _send(self, batch: list[str]) -> None:
+        with self._send_lock:
+            self._emit(batch)
 
     def flush(self) -> None:
         """Send the lines waiting now."""
-        with self._lock:
-            self._send(self._take())
+        with self._cond:
+            self._note_dropped()
+            batch = self._take()
+            self._send_lock.acquire()
+        try:
+            self._emit(batch)
+        finally:
+            self._send_lock.release()
 
     def close(self) -> None:
-        """Send the rest; a line that still arrives later is sent at once."""
-        with self._lock:
+        """Send the rest (and the drop notice, if lines were dropped); a line that still arrives later is sent
+        at once."""
+        with self._cond:
             self._closed = True
-            self._send(self._take())
+            self._note_dropped()
+            self._cond.notify_all()
+        self.flush()
 
 
-def line_logger(logger: logging.Logger | logging.LoggerAdapter[Any], label: str) -> LineBatcher:
+def line_logger(logger: logging.Logger | logging.LoggerAdapter[Any], label: str,
+                log_path: str | None = None) -> LineBatcher:
     """A sink that sends the output lines of command ``label`` to ``logger``, batched (``LineBatcher``)."""
-    return LineBatcher(logger, label)
+    return LineBatcher(logger, label, log_path=log_path)

@@ -1,8 +1,11 @@
-"""Output lines reach the run log in order, batched: full batches at once, the rest on a timer or at close."""
+"""Output lines reach the run log in order, batched: full batches by the sender, the rest on a timer or at
+close; a command printing faster than the log takes never waits, and what the log drops is said in one
+line."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from grd_blocks.orchestration.prefect_states import LineBatcher
@@ -31,6 +34,9 @@ def test_lines_are_sent_in_order_one_record_per_full_batch_and_the_rest_at_close
     sink = LineBatcher(logger, "p.c", max_lines=3, flush_s=3600.0)
     for i in range(7):
         sink("stderr" if i == 4 else "stdout", f"line {i}\n")
+    end = time.monotonic() + 30
+    while len(records.messages) < 2 and time.monotonic() < end:
+        time.sleep(0.01)  # polling for the sender thread's records, bounded
     assert len(records.messages) == 2
     sink.close()
     lines = "\n".join(records.messages).split("\n")
@@ -48,3 +54,38 @@ def test_a_quiet_command_s_last_lines_are_sent_by_the_timer_before_it_ends() -> 
     assert records.messages == ["p.slow | epoch 1"]
     sink.close()
     assert records.messages == ["p.slow | epoch 1"], "close sends nothing twice"
+
+
+class _Slow(logging.Handler):
+    """A run log that takes a long time per record (Prefect's API handler under load)."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.gate.wait(30)
+        self.messages.append(record.getMessage())
+
+
+def test_a_slow_run_log_never_holds_the_command_up_and_every_dropped_line_is_counted_in_place() -> None:
+    release = threading.Event()
+    logger = logging.getLogger("grd.test.lines.slow")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    slow = _Slow(release)
+    logger.addHandler(slow)
+    sink = LineBatcher(logger, "p.fast", max_lines=10, flush_s=0.01, max_backlog=100,
+                       log_path="/x/p.fast.log")
+    for i in range(5000):  # the first batch is stuck in the handler: none of these calls may wait for it
+        sink("stdout", f"line {i}")
+    release.set()
+    sink.close()
+    lines = "\n".join(slow.messages).split("\n")
+    shown = [line for line in lines if "| line " in line]
+    notes = [line for line in lines if "[grd:" in line]
+    assert notes and all("not shown here" in note and "/x/p.fast.log" in note for note in notes)
+    assert sum(int(note.split("[grd: ")[1].split(" ")[0]) for note in notes) + len(shown) == 5000
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in shown]
+    assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the earliest ones kept
