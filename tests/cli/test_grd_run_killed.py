@@ -76,7 +76,7 @@ def _tree(marker: Path) -> list[str]:
 
 
 def test_grd_run_sigkilled_at_random_moments_leaves_no_command_running(tmp_path: Path, api_url: str) -> None:
-    """Ten trials here (each costs a `grd run` start-up); bench/fault_grd_run_kill.py runs fifty."""
+    """Ten trials here (each costs a `grd run` start-up); bench/bench_grd_run_kill.py runs fifty."""
     rng = random.Random(1818)
     survivors: dict[int, list[int]] = {}
     for trial in range(10):
