@@ -140,11 +140,11 @@ def test_a_resume_after_grd_run_was_sigkilled_never_runs_two_copies_at_once(
         first.wait()
     started.unlink()
     second = _start(tmp_path, _spec(tmp_path, "first", [sys.executable, "-c", code], "40s"),
-                    "--resume", key, "--report", "again.json", api_url=api_url)
+                    "--resume", key, "--report", "reports/again.json", api_url=api_url)
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output[-3000:]
     assert not overlaps.exists()
-    row = json.loads((tmp_path / "again.json").read_text())["phases"][0]["commands"][0]
+    row = json.loads((tmp_path / "reports" / "again.json").read_text())["phases"][0]["commands"][0]
     assert row["status"] == "COMPLETED" and "stopped an earlier copy" in row["note"]
     assert row["log_path"].endswith("p.job.attempt-2.log")  # the killed attempt's log is kept beside it
 
