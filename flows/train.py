@@ -82,7 +82,8 @@ def train(
         store=block,
         resume_from=source,
     )
-    observer = TrainingArtifacts(key, checkpoints, target_epochs=config.epochs, attempt=flow_run.run_count)
+    observer = TrainingArtifacts(key, checkpoints, target_epochs=config.epochs, attempt=flow_run.run_count,
+                                 log=logger)
     try:
         result = train_mlp(config, checkpoints, resume_from=source, budget=budget, observer=observer)
     except TrainingInterrupted as exc:

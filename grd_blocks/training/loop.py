@@ -15,8 +15,9 @@ Invariants:
 * Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
   an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
   ranks wait at a barrier until the checkpoint is committed.
-* An ``observer`` (rank 0 only) hears of the start/resume, every commit and every finished epoch; it is
-  telemetry: whatever it raises is logged and training goes on.
+* An ``observer`` (rank 0 only) hears of the start/resume, every commit and every finished epoch (after
+  that epoch's boundary saved, with its metrics); it is telemetry: whatever it raises is logged and training
+  goes on.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ class TrainingObserver(Protocol):
     def committed(self, ref: CheckpointRef, position: Position, prefix: RunCheckpoints) -> None:
         """Checkpoint ``ref`` (under ``prefix``, this run's or its ``partial/`` child) was committed."""
 
-    def epoch_finished(self, position: Position) -> None:
-        """An epoch ended; ``position.epoch`` epochs are done."""
+    def epoch_finished(
+        self, position: Position, *, metrics: Mapping[str, float], checkpoint: str | None
+    ) -> None:
+        """An epoch ended; ``position.epoch`` epochs are done, with ``metrics``; ``checkpoint`` is the URL
+        committed at its boundary, or None when none was due (``save_every_steps``)."""
 
 
 class ResumableTraining:
@@ -239,8 +243,12 @@ class ResumableTraining:
             )
         self.position = Position(pos.epoch + 1, 0, pos.global_step)
         due = self.save_every_steps is None or self.position.global_step % self.save_every_steps == 0
-        self._notify("epoch_finished", self.position)
-        self._boundary(due, metrics)
+        saves = self.saves
+        try:
+            self._boundary(due, metrics)
+        finally:  # also when the boundary saved and stops: the epoch is done and committed
+            saved = self.last_checkpoint_url if self.saves > saves else None
+            self._notify("epoch_finished", self.position, metrics=dict(metrics or {}), checkpoint=saved)
 
     def _observe_step(self) -> None:
         now = self.clock()

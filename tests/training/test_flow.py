@@ -58,14 +58,14 @@ def test_resume_from_a_run_key_continues_that_run(prefect_api: None, tmp_path: P
 
 
 # ---------------------------------------------------------------------------------------- visibility
-def test_flow_publishes_one_index_version_per_commit_with_manifest_checksums(
+def test_flow_publishes_one_index_artifact_per_attempt_updated_in_place_with_manifest_checksums(
     prefect_api: None, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
     result = train(config=TrainConfig(**BASE), store=str(store), run_key="visible-run")
     assert isinstance(result, dict) and result["global_step"] == 24
     versions = artifact_versions(checkpoint_index_key("visible-run"))
-    assert len(versions) == 3  # epochs 1..3 committed: one write each, nothing else
+    assert len(versions) == 1  # epochs 1..3 committed: one artifact, updated after each commit
     rows = table_rows(versions[0])
     assert [(r["checkpoint"], r["epoch"], r["step"]) for r in rows] == [
         ("epoch_1", 1, 8), ("epoch_2", 2, 16), ("epoch_3", 3, 24)
@@ -90,8 +90,39 @@ def test_retry_emits_resumed_and_the_index_keeps_the_first_attempts_checkpoints(
     (resumed,) = read_events("retried-visible", "grd.run.resumed", 1)
     assert resumed.payload["attempt"] == 2 and resumed.payload["global_step"] == 12
     assert resumed.payload["checkpoint_url"].endswith("retried-visible/partial/step_12")
-    rows = table_rows(artifact_versions(checkpoint_index_key("retried-visible"))[0])
+    versions = artifact_versions(checkpoint_index_key("retried-visible"))
+    assert len(versions) == 2  # one artifact per attempt, one key for the run
+    rows = table_rows(versions[0])
     assert [r["checkpoint"] for r in rows] == ["epoch_1", "partial/step_12", "epoch_2", "epoch_3"]
+
+
+def test_the_run_log_has_a_line_per_epoch_and_the_index_follows_the_stores_retention(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from grd_blocks.blocks import CheckpointStore
+
+    block = f"keep-one-{uuid.uuid4().hex[:6]}"
+    CheckpointStore(url=str(tmp_path / "store"), keep_last=1).save(block)
+    state = train(config=TrainConfig(**BASE), store=block, run_key="kept-one", return_state=True)
+    assert state.is_completed()
+    assert [p.name for p in (tmp_path / "store" / "kept-one").glob("epoch_*")] == ["epoch_3"]
+    (latest, *_) = artifact_versions(checkpoint_index_key("kept-one"))
+    assert [r["checkpoint"] for r in table_rows(latest)] == ["epoch_3"]  # what retention left
+
+    def lines() -> list[str]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        text = [log.message for log in logs]
+        return text if sum("epoch " in line and "checkpoint committed" in line for line in text) == 3 else []
+
+    text = wait_for(lines, "three epoch lines in the run's logs")  # logs reach the API in batches
+    assert any("no checkpoint in" in line and "starting at epoch 0" in line for line in text), text
+    epoch_2 = next(line for line in text if line.startswith("epoch 2/3"))
+    assert "loss=" in epoch_2 and "checkpoint committed: " in epoch_2 and "kept-one/epoch_2" in epoch_2
 
 
 # ---------------------------------------------------------------------------------------- approval
