@@ -12,8 +12,9 @@ run's progress so a retry (same flow run id) or a new run with ``resume_from`` s
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -33,6 +34,9 @@ from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import Status
 from grd_blocks.orchestration.store import open_store
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
+from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
+from grd_blocks.prefect_edge.process_log import process_log_to
+from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected, report_of
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
 from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, load_spec
 
@@ -47,6 +51,9 @@ class CommandResult:
 
     def __init__(self, row: CommandReport) -> None:
         self.row = row
+
+    def __repr__(self) -> str:
+        return f"CommandResult({self.row.name}: {self.row.status.value})"
 
 
 @task(name="grd-command", cache_policy=NO_CACHE, persist_result=False, task_run_name="{phase}.{command}")
@@ -65,15 +72,22 @@ def command_task(phase: str | None, command: str, cleanup: bool = False) -> Stat
         spec = run.command_spec(phase_run.spec, command)
         plan = run.plan_cleanup(phase_run, spec) if cleanup else run.plan_command(phase_run, spec)
     label = f"{plan.phase}.{command}"
-    sink = line_logger(get_run_logger(), label, str(plan.log_path))
+    logger = get_run_logger()
+    sink = line_logger(logger, label, str(plan.log_path))
     try:
-        row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
+        with process_log_to(logger, label):  # the kill ladder's steps, in this task run's log
+            row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
     finally:
         sink.close()
     if not cleanup and phase is not None:
         run.record(phase, row)
         _announce(run.run_key, plan.phase, command, row)
     message = f"{label}: {row.status.value} (returncode {row.returncode}, {row.elapsed_s:.1f}s)"
+    if row.timeout is not None:  # the kill ladder's outcome, beside its steps logged above
+        stop = row.timeout
+        term = "no SIGTERM" if stop.term_sent_s is None else f"SIGTERM at {stop.term_sent_s:.1f}s"
+        kill = "no SIGKILL" if stop.kill_sent_s is None else f"SIGKILL at {stop.kill_sent_s:.1f}s"
+        message += f"; {stop.level} deadline: {term}, {kill}, {stop.survivors} survivor(s)"
     return final_state(row.status, CommandResult(row), message)
 
 
@@ -108,8 +122,8 @@ def _state_data(state: State[Any]) -> Any:
     """What a finished run returned, read from memory when Prefect kept it there (no event-loop hop)."""
     data = state.data
     if isinstance(data, ResultRecord):
-        return data.result
-    return state.result(raise_on_failure=False)
+        return report_of(data.result)
+    return report_of(state.result(raise_on_failure=False))
 
 
 def _row_from_state(state: State[Any], name: str) -> CommandReport:
@@ -219,6 +233,14 @@ def _stopped_phases(run: BenchmarkRun, phases: list[PhaseSpec], exc: BaseExcepti
     ]
 
 
+def _log_outcome(logger: Any, report: BenchmarkReport, path: Path | str) -> None:
+    """The run's last line of its own: ``benchmark demo: TIMEOUT, exit code 124, report PATH`` (a WARNING
+    unless it completed; the commands' own failures were logged as they happened)."""
+    level = logging.INFO if report.status in (Status.COMPLETED, Status.SKIPPED) else logging.WARNING
+    logger.log(level, "benchmark %s: %s, exit code %s, report %s", report.benchmark, report.status.value,
+               report.exit_code, path)
+
+
 def _retries_left() -> int:
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
@@ -229,29 +251,49 @@ def _retries_left() -> int:
 
 @flow(name="grd-benchmark", validate_parameters=True)
 def benchmark(
-    spec_path: str,
-    run_key: str | None = None,
-    resume_from: str | None = None,
-    store: str | None = None,
-    timeouts: bool = True,
-    report_path: str | None = None,
-    approval_budget: str | None = None,
-    auto_approve: bool = False,
+    spec_path: Annotated[str, Title("Spec file")],
+    run_key: Annotated[str | None, OptionalText, Title("Run key")] = None,
+    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = None,
+    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = None,
+    timeouts: Annotated[bool, Title("Timeouts")] = True,
+    report_path: Annotated[str | None, OptionalText, Title("Report path")] = None,
+    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = None,
+    auto_approve: Annotated[bool, Title("Auto-approve")] = False,
 ) -> State[Any]:
     """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
     ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``.
 
-    ``approval_budget`` (a duration such as "2h"): a benchmark whose own timeout exceeds it waits for approval
-    (UI form or ``grd approve``) before any phase starts, and then runs under the approved limit;
-    ``auto_approve`` approves it (CI). A benchmark with no timeout is capped at ``approval_budget``."""
-    spec = load_spec(spec_path)
+    Args:
+        spec_path: The benchmark spec (YAML), e.g. examples/benchmark.yaml; a relative path is relative to
+            the worker's checkout.
+        run_key: The run's identity in the checkpoint store. Empty: resume_from if set, else this flow
+            run's id (so a Retry of this run resumes it).
+        resume_from: The run key of an earlier run to continue: its completed commands are skipped and
+            the others run again. Empty: start afresh (unless run_key names an earlier run).
+        store: Where progress and checkpoints go: a CheckpointStore block name (e.g. nightly-s3) or a URL
+            or path (s3://bucket/prefix, ./checkpoints). Empty: the block named default (./checkpoints).
+        timeouts: Enforce every deadline of the spec. Turn off only to debug a benchmark.
+        report_path: Where the JSON report is written on the worker. Empty:
+            reports/<run key>/report.json; command logs go beside it in <report dir>/<run key>/.
+        approval_budget: A duration such as 2h: a benchmark whose own timeout exceeds it waits for a
+            person's approval (the UI's Resume form or grd approve) before any phase starts. Empty: never
+            ask.
+        auto_approve: Approve a long run without asking, recording the estimate as the limit (CI).
+    """
+    run_key, resume_from, store = unset_if_blank(run_key), unset_if_blank(resume_from), unset_if_blank(store)
+    report_path, approval_budget = unset_if_blank(report_path), unset_if_blank(approval_budget)
+    quiet_run_ends()
+    logger = get_run_logger()
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
-    key = resolve_run_key(run_key, resume_from, flow_run_id)
-    limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
-    access, progress = open_store(store, key)
+    try:
+        spec = load_spec(spec_path)
+        key = resolve_run_key(run_key, resume_from, flow_run_id)
+        limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
+        access, progress = open_store(store, key)
+    except (*MISTAKES, *REFUSALS) as exc:  # the user's to fix: one line, no traceback
+        return rejected(exc, logger, f"benchmark {spec_path}")
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
-    logger = get_run_logger()
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
                        store=access, progress_root=progress, logger=logger)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
@@ -276,8 +318,8 @@ def benchmark(
             # the phase already stopped its commands. Say so in the report before the run ends.
             run.cancel.set()
             phases += _stopped_phases(run, spec.phases[len(phases):], exc)
-            write_report(run.report(phases, None, flow_run_id, budget_expired=expired),
-                         report_path or logs_dir / "report.json")
+            stopped = run.report(phases, None, flow_run_id, budget_expired=expired)
+            _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))
             raise
         finally:
             run.close()
@@ -286,8 +328,7 @@ def benchmark(
     report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired)
     path = write_report(report, report_path or logs_dir / "report.json")
     publish_table(report)
-    logger.info("benchmark %s: %s (exit code %s); report %s", spec.name, report.status.value,
-                report.exit_code, path)
+    _log_outcome(logger, report, path)
     if report.status in (Status.FAILED, Status.TIMEOUT) and _retries_left() > 0:
         raise BenchmarkIncomplete(
             f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "

@@ -12,7 +12,7 @@ artifact and emits ``grd.checkpoint.committed``; each epoch updates the progress
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -25,6 +25,7 @@ from grd_blocks.blocks import resolve_store
 from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
+from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.long_run import approve_training
 from grd_blocks.training.reference import train_mlp
@@ -51,18 +52,32 @@ def _cancel_requested() -> bool:
 
 @flow(name="grd-train", retries=2, retry_delay_seconds=0, validate_parameters=True)
 def train(
-    config: TrainConfig,
-    store: str | None = None,
-    run_key: str | None = None,
-    resume_from: str | None = None,
-    approval_budget: str | None = None,
-    auto_approve: bool = False,
+    config: Annotated[TrainConfig, Title("Training configuration")],
+    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = None,
+    run_key: Annotated[str | None, OptionalText, Title("Run key")] = None,
+    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = None,
+    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = None,
+    auto_approve: Annotated[bool, Title("Auto-approve")] = False,
 ) -> dict[str, Any] | State[Any]:
     """Train ``config`` as run ``run_key`` in ``store`` (block name or URL), resuming where it stopped.
 
-    ``approval_budget`` (a duration such as "2h"): a run estimated beyond it (remaining epochs x measured
-    or ``config.estimated_epoch_s`` seconds) waits for approval; ``auto_approve`` approves it (CI).
+    Args:
+        config: The training run: epochs, batch size, data, model and optimizer settings, seed, and when an
+            attempt saves and stops. Equal configs give bit-identical weights however often a run resumes.
+        store: Where checkpoints go: a CheckpointStore block name (e.g. nightly-s3, whose keep_last and
+            keep_best apply) or a URL or path (s3://bucket/prefix, ./checkpoints). Empty: the block named
+            default (./checkpoints).
+        run_key: The run's identity in the store. Empty: the run key resume_from names, else this flow
+            run's id (so an automatic retry or a Retry in the UI continues from its latest checkpoint).
+        resume_from: Continue an earlier run: its run key, or a checkpoint URL such as
+            ./checkpoints/run_42/epoch_3. Empty: start afresh (unless run_key has checkpoints).
+        approval_budget: A duration such as 2h: a run estimated beyond it (epochs left x measured or
+            estimated_epoch_s seconds) waits for a person's approval (the UI's Resume form or grd approve).
+            Empty: never ask, no limit.
+        auto_approve: Approve a long run without asking, recording the estimate as the limit (CI).
     """
+    store, run_key, resume_from = unset_if_blank(store), unset_if_blank(run_key), unset_if_blank(resume_from)
+    approval_budget = unset_if_blank(approval_budget)
     logger = get_run_logger()
     source: CheckpointUrl | None = None
     resume_key = resume_from

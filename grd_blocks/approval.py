@@ -64,6 +64,19 @@ def _flow_run_id() -> str | None:
     return str(context.flow_run.id)
 
 
+def _run_logger() -> Any:
+    """The flow run's logger (its lines show on the run's page), or grd's own outside a run."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("grd.approval")
+
+
 def _check(run_key: str, estimate_s: float, default_budget_s: float | None) -> None:
     from grd_blocks.checkpoint.layout import validate_run_key
 
@@ -159,6 +172,14 @@ def require_approval(
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
+    log = _run_logger()
+    log.warning(
+        "run %s is estimated at %.1f min, over its default budget of %.1f min: paused until someone "
+        "approves it (within %.0f min). Answer with Resume on this run's page in the Prefect UI, or run: "
+        "grd approve %s --minutes %d --reason TEXT  (--reject to refuse)",
+        run_key, estimate_s / 60, default_budget_s / 60, timeout_s / 60, flow_run_id,
+        max(1, math.ceil(estimate_s / 60)),
+    )
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s,
                                 key=f"grd-approval-{uuid.uuid4().hex[:12]}")
@@ -174,6 +195,10 @@ def require_approval(
     limit_s = answer.max_minutes * 60.0 if answer.approve else None
     decision = ApprovalRecord(kind, utc_now(), who, estimate_s, limit_s, answer.reason, flow_run_id)
     _record(ledger, decision, default_budget_s)
+    if answer.approve:
+        log.info("run %s approved by %s for %d min: %s", run_key, who, answer.max_minutes, answer.reason)
+    else:
+        log.warning("run %s rejected by %s: %s", run_key, who, answer.reason)
     if not answer.approve:
         raise ApprovalRejected(run_key, who=who, reason=answer.reason)
     return _from_record(decision, asked=True, reused=False)

@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--run-key {args.run_key!r} and --resume {args.resume!r} differ; pass one of them")
     for name, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)  # before the first import of prefect, where possible
+    from grd_blocks.prefect_edge.run_end import report_of
     from grd_blocks.report import BenchmarkReport, render_summary
 
     with _prefect_settings():
@@ -85,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
             report_path=args.report,
             return_state=True,
         )
-        data = state.result(raise_on_failure=False)
+        data = report_of(state.result(raise_on_failure=False))  # a run that did not complete: its report
     if isinstance(data, BaseException):
         raise data
     if not isinstance(data, dict):

@@ -2,9 +2,10 @@
 
 Invariant: a run's Prefect state says what its report says: COMPLETED -> Completed, FAILED -> Failed,
 TIMEOUT -> Failed named "TimedOut" (Prefect's own name for a timed-out run; 3.8.8 has no TimedOut helper),
-CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data. Output
-lines reach the run logs in order, batched (one record per up to 200 lines or 0.2 s), without ever slowing the
-command down (``LineBatcher``).
+CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data;
+a state that did not complete carries it inside a ``RunEnded`` (prefect_edge/run_end.py), the exception
+Prefect raises for it, so no run ends in a TypeError traceback. Output lines reach the run logs in order,
+batched (one record per up to 200 lines or 0.2 s), without ever slowing the command down (``LineBatcher``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Completed, Failed
 
 from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.run_end import RunEnded
 from grd_blocks.report import BenchmarkReport, table_rows
 
 __all__ = ["LineBatcher", "artifact_key", "final_state", "line_logger", "publish_table"]
@@ -29,13 +31,14 @@ def final_state(status: Status, data: Any, message: str) -> State[Any]:
     """The Prefect state a flow or task returns for a node that ended in ``status``."""
     if status is Status.COMPLETED:
         return Completed(data=data, message=message)
-    if status is Status.TIMEOUT:
-        return Failed(name="TimedOut", data=data, message=message)
-    if status is Status.CANCELLED:
-        return Cancelled(data=data, message=message)
     if status is Status.SKIPPED:
         return Completed(name="Skipped", data=data, message=message)
-    return Failed(data=data, message=message)
+    ended = RunEnded(message, data)
+    if status is Status.TIMEOUT:
+        return Failed(name="TimedOut", data=ended, message=message)
+    if status is Status.CANCELLED:
+        return Cancelled(data=ended, message=message)
+    return Failed(data=ended, message=message)
 
 
 def artifact_key(benchmark: str) -> str:

@@ -218,3 +218,20 @@ def test_each_command_task_run_is_named_phase_dot_command_and_the_final_cleanup_
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
     names = sorted(run.name for run in task_runs if "command_task" in run.task_key)
     assert names == ["named.final", "p.first", "p.second", "p.tidy"]
+
+
+@pytest.mark.parametrize("spec_text, store, expected", [
+    ("name: typo\nphases:\n  - name: p\n    comands: []\n", None, "did you mean 'commands'"),
+    ("name: ok\nphases:\n  - name: p\n    commands: [{name: c, run: 'true'}]\n", "no-such-store",
+     "no CheckpointStore block named 'no-such-store'"),
+])
+def test_a_users_mistake_ends_the_run_failed_invalid_parameters_in_one_line_without_raising(
+    tmp_path: Path, spec_text: str, store: str | None, expected: str
+) -> None:
+    from flows.benchmark import benchmark
+
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(spec_text)
+    state = benchmark(spec_path=str(spec), store=store or str(tmp_path / "store"), return_state=True)
+    assert state.is_failed() and state.name == "InvalidParameters", state
+    assert state.message.startswith(f"benchmark {spec}: invalid parameters: ") and expected in state.message
