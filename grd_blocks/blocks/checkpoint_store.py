@@ -131,8 +131,11 @@ class CheckpointStore(Block):
         """Env vars for a child process: ``GRD_CHECKPOINT_URL`` = ``{url}/{run_key}/{parts...}`` and the rest.
 
         Credentials travel as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (read by the S3 client), never
-        in ``GRD_CHECKPOINT_STORAGE_OPTIONS``; ``RunCheckpoints.from_env()`` opens it on the other side.
+        in ``GRD_CHECKPOINT_STORAGE_OPTIONS``; retention as ``GRD_CHECKPOINT_KEEP_LAST`` and the like;
+        ``RunCheckpoints.from_env()`` opens it on the other side, retention included.
         """
+        from grd_blocks.orchestration.environment import retention_env
+
         for part in (run_key, *parts):
             validate_run_key(part)
         env = {
@@ -145,6 +148,7 @@ class CheckpointStore(Block):
             env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        env.update(retention_env(self))
         return env
 
     # ------------------------------------------------------------------ DESIGN.md operations

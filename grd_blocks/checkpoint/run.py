@@ -114,7 +114,8 @@ class RunCheckpoints(RunReader):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints:
-        """Open a grd command's prefix: ``GRD_CHECKPOINT_URL`` (+ ``GRD_CHECKPOINT_STORAGE_OPTIONS``)."""
+        """Open a grd command's prefix: ``GRD_CHECKPOINT_URL`` (+ ``GRD_CHECKPOINT_STORAGE_OPTIONS``), with
+        the store's retention from ``GRD_CHECKPOINT_KEEP_LAST``, ``_KEEP_BEST``, ``_MONITOR``, ``_MODE``."""
         env = os.environ if environ is None else environ
         url = env.get("GRD_CHECKPOINT_URL")
         if not url:
@@ -129,7 +130,16 @@ class RunCheckpoints(RunReader):
             raise ConfigError(f"GRD_CHECKPOINT_STORAGE_OPTIONS is not JSON ({exc}): {raw[:200]!r}") from None
         if not isinstance(options, dict):
             raise ConfigError("GRD_CHECKPOINT_STORAGE_OPTIONS must be a JSON object")
-        return cls.from_url(url, storage_options=options)
+        keep_last, keep_best = env.get("GRD_CHECKPOINT_KEEP_LAST"), env.get("GRD_CHECKPOINT_KEEP_BEST")
+        mode = env.get("GRD_CHECKPOINT_MODE") or "min"
+        try:
+            last, best = (int(keep_last) if keep_last else None), (int(keep_best) if keep_best else 0)
+        except ValueError:
+            raise ConfigError(f"GRD_CHECKPOINT_KEEP_LAST={keep_last!r} / GRD_CHECKPOINT_KEEP_BEST="
+                              f"{keep_best!r} must be whole numbers") from None
+        return cls.from_url(url, storage_options=options, keep_last=last, keep_best=best,
+                            monitor=env.get("GRD_CHECKPOINT_MONITOR") or None,
+                            mode="max" if mode == "max" else "min")
 
     @classmethod
     def under(

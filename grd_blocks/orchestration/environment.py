@@ -3,7 +3,9 @@
 Invariant: a command's environment is the parent's (as it was when the run started), then the spec's ``env``,
 then grd's ``GRD_*`` variables (grd's win); ``PYTHONUNBUFFERED=1`` unless the spec's ``env`` sets it. Secrets
 of the store travel only as ``AWS_*`` variables, never inside ``GRD_CHECKPOINT_STORAGE_OPTIONS``. A local
-store URL is made absolute, so a command with another ``cwd`` writes to the same place.
+store URL is made absolute, so a command with another ``cwd`` writes to the same place. The store's
+retention travels as ``GRD_CHECKPOINT_KEEP_LAST`` / ``_KEEP_BEST`` / ``_MONITOR`` / ``_MODE`` (set only when
+the store sets them), which ``RunCheckpoints.from_env()`` applies to the command's own checkpoints.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StoreAccess", "command_env", "store_access"]
+__all__ = ["StoreAccess", "command_env", "retention_env", "store_access"]
 
 _SECRET_WORDS = ("secret", "password", "token", "key_id", "access_key", "session")
 
@@ -46,6 +48,7 @@ class StoreAccess:
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     secret_env: dict[str, str] = field(default_factory=dict)
+    retention_env: dict[str, str] = field(default_factory=dict)  # GRD_CHECKPOINT_KEEP_LAST and the like
 
     @functools.cached_property
     def storage_options_json(self) -> str:
@@ -78,7 +81,22 @@ def store_access(store: object) -> StoreAccess:
         env["AWS_ACCESS_KEY_ID"] = key_id
     if secret:
         env["AWS_SECRET_ACCESS_KEY"] = secret
-    return StoreAccess(url=url, storage_options=options, secret_env=env)
+    return StoreAccess(url=url, storage_options=options, secret_env=env, retention_env=retention_env(store))
+
+
+def retention_env(store: object) -> dict[str, str]:
+    """The store block's retention as ``GRD_CHECKPOINT_*`` variables (only the settings it sets)."""
+    keep_last, keep_best = getattr(store, "keep_last", None), getattr(store, "keep_best", 0) or 0
+    env: dict[str, str] = {}
+    if keep_last is not None:
+        env["GRD_CHECKPOINT_KEEP_LAST"] = str(int(keep_last))
+    if keep_best:
+        env["GRD_CHECKPOINT_KEEP_BEST"] = str(int(keep_best))
+    monitor = getattr(store, "monitor", None)
+    if monitor:
+        env["GRD_CHECKPOINT_MONITOR"] = str(monitor)
+        env["GRD_CHECKPOINT_MODE"] = str(getattr(store, "mode", "min") or "min")
+    return env
 
 
 def _seconds(value: float) -> str:
@@ -121,6 +139,7 @@ def command_env(
         env["GRD_WARN_SIGNAL"] = signal.Signals(warn_signal).name
     if store is not None:
         env.update(store.secret_env)
+        env.update(store.retention_env)
         env["GRD_CHECKPOINT_URL"] = store.command_url(run_key, phase, command)
         env["GRD_CHECKPOINT_STORAGE_OPTIONS"] = store.storage_options_json
     return env

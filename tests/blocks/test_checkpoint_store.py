@@ -75,6 +75,16 @@ def test_command_environment_passes_secrets_only_as_aws_env(tmp_path: pathlib.Pa
     assert SECRET not in env["GRD_CHECKPOINT_STORAGE_OPTIONS"] and env["AWS_SECRET_ACCESS_KEY"] == SECRET
 
 
+def test_command_environment_carries_the_blocks_retention_to_the_child(tmp_path: pathlib.Path) -> None:
+    from grd_blocks.checkpoint import RunCheckpoints
+
+    env = CheckpointStore(url=str(tmp_path), keep_last=2).command_environment("run1", "own")
+    own = RunCheckpoints.from_env(env)
+    for step in range(5):
+        own.save({"step": step}, step=step)
+    assert [ref.index for ref in own.checkpoints()] == [3, 4]
+
+
 def test_resolve_store_treats_paths_and_urls_as_unsaved_blocks(tmp_path: pathlib.Path) -> None:
     assert resolve_store(str(tmp_path)).url == str(tmp_path)
     assert resolve_store("s3://b/p").url == "s3://b/p"

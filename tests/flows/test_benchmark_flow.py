@@ -235,3 +235,27 @@ def test_a_users_mistake_ends_the_run_failed_invalid_parameters_in_one_line_with
     state = benchmark(spec_path=str(spec), store=store or str(tmp_path / "store"), return_state=True)
     assert state.is_failed() and state.name == "InvalidParameters", state
     assert state.message.startswith(f"benchmark {spec}: invalid parameters: ") and expected in state.message
+
+
+def test_a_command_that_checkpoints_itself_keeps_only_the_store_blocks_keep_last(tmp_path: Path) -> None:
+    import sys
+    import uuid
+
+    from grd_blocks.blocks import CheckpointStore
+    from grd_blocks.checkpoint import CheckpointEngine
+
+    name = f"keep-three-{uuid.uuid4().hex[:6]}"
+    CheckpointStore(url=str(tmp_path / "store"), keep_last=3).save(name)
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(
+        "name: retention\nphases:\n  - name: p\n    commands:\n      - name: fit\n"
+        f"        run: [{sys.executable}, -c, "
+        "\"from grd_blocks.checkpoint import RunCheckpoints as R; r = R.from_env(); "
+        "[r.save({'epoch': e}, epoch=e) for e in range(1, 11)]\"]\n")
+    from flows.benchmark import benchmark
+
+    state = benchmark(spec_path=str(spec), run_key="kept", store=name, report_path=str(tmp_path / "r.json"),
+                      return_state=True)
+    assert state.is_completed(), state
+    own = CheckpointEngine(str(tmp_path / "store")).run("kept").child("commands").child("p.fit")
+    assert [ref.index for ref in own.checkpoints()] == [8, 9, 10]  # 10 epochs saved, keep_last=3 kept

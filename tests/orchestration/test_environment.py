@@ -81,3 +81,27 @@ def test_the_warning_variables_appear_only_with_a_warning_and_never_leak_from_an
     warned = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=60, grace_s=5, phase="p",
                          command="c", store=None, base=outer, warn_s=20.0, warn_signal=signal.SIGUSR1)
     assert (warned["GRD_WARN_S"], warned["GRD_WARN_SIGNAL"]) == ("20.000", "SIGUSR1")
+
+
+def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Path) -> None:
+    from grd_blocks.blocks import CheckpointStore
+    from grd_blocks.checkpoint import RunCheckpoints
+
+    block = CheckpointStore(url=str(tmp_path / "store"), keep_last=3, keep_best=1, monitor="loss")
+    env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
+                      store=store_access(block), base={})
+    assert {k: v for k, v in env.items() if k.startswith("GRD_CHECKPOINT_") and "URL" not in k
+            and "OPTIONS" not in k} == {"GRD_CHECKPOINT_KEEP_LAST": "3", "GRD_CHECKPOINT_KEEP_BEST": "1",
+                                        "GRD_CHECKPOINT_MONITOR": "loss", "GRD_CHECKPOINT_MODE": "min"}
+    own = RunCheckpoints.from_env(env)
+    for epoch in range(1, 11):  # the best loss is epoch 2's
+        own.save({"epoch": epoch}, epoch=epoch, metrics={"loss": 0.01 if epoch == 2 else 1.0 / epoch})
+    assert [ref.index for ref in own.checkpoints()] == [2, 8, 9, 10]
+
+
+def test_a_store_without_retention_sets_no_retention_variables(tmp_path: Path) -> None:
+    from grd_blocks.blocks import CheckpointStore
+
+    env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
+                      store=store_access(CheckpointStore(url=str(tmp_path))), base={})
+    assert not [k for k in env if k.startswith("GRD_CHECKPOINT_KEEP") or k == "GRD_CHECKPOINT_MONITOR"]
