@@ -47,7 +47,9 @@ class CheckpointStore(Block):
 
     _block_type_name: ClassVar[str] = "grd Checkpoint Store"
     _block_type_slug: ClassVar[str] = "grd-checkpoint-store"
-    _documentation_url: ClassVar[Any] = "https://github.com/grd/grd#checkpoint-store"
+    # grd has no public documentation site: no link rather than a placeholder that leads nowhere (the README's
+    # "Checkpoint store" section documents the block).
+    _documentation_url: ClassVar[Any] = None
     _description: ClassVar[str] = (
         "Crash-consistent training and benchmark checkpoints on local disk or S3, with retention and resume."
     )
