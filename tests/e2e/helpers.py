@@ -101,21 +101,28 @@ def task_run_states(server: PrefectServer, flow_run_id: str) -> dict[str, str]:
 
 def flow_run_logs(server: PrefectServer, flow_run_id: str) -> list[str]:
     """Every log message of ``flow_run_id`` stored by the server, oldest first."""
-    messages: list[str] = []
+    return [str(record["message"]) for record in log_records(server, [flow_run_id])]
+
+
+def log_records(server: PrefectServer, flow_run_ids: list[str]) -> list[dict[str, Any]]:
+    """Every log record of the flow runs ``flow_run_ids`` stored by the server, oldest first."""
+    records: list[dict[str, Any]] = []
     with server.http() as client:
         while True:
             response = client.post("/logs/filter", json={
-                "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
-                "offset": len(messages), "limit": 200})
+                "logs": {"flow_run_id": {"any_": flow_run_ids}}, "sort": "TIMESTAMP_ASC",
+                "offset": len(records), "limit": 200})
             response.raise_for_status()
-            page = [str(item["message"]) for item in response.json()]
-            messages += page
+            page = response.json()
+            records += page
             if len(page) < 200:
-                return messages
+                return records
 
 
-def clone_deployment(server: PrefectServer, deployment: str, *, name: str, pool: str) -> str:
-    """Create a copy of ``flow/deployment`` named ``name`` on work pool ``pool``; returns its id."""
+def clone_deployment(server: PrefectServer, deployment: str, *, name: str, pool: str,
+                     **overrides: Any) -> str:
+    """Create a copy of ``flow/deployment`` named ``name`` on work pool ``pool`` (``overrides``: other fields
+    of the deployment, e.g. ``parameters`` or ``schedules``); returns its id."""
     with server.http() as client:
         found = client.get(f"/deployments/name/{deployment}")
         found.raise_for_status()
@@ -123,7 +130,7 @@ def clone_deployment(server: PrefectServer, deployment: str, *, name: str, pool:
         body = {key: source[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "parameters",
                                              "parameter_openapi_schema", "job_variables", "tags",
                                              "enforce_parameter_schema")}
-        body.update({"name": name, "work_pool_name": pool})
+        body.update({"name": name, "work_pool_name": pool, **overrides})
         created = client.post("/deployments/", json=body)
         created.raise_for_status()
         deployment_id: str = created.json()["id"]
@@ -183,3 +190,26 @@ def lose_machine(worker_pid: int, flow_run_id: str) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
     return sorted(victims)
+
+
+def deployment_runs(server: PrefectServer, deployment_id: str) -> list[dict[str, Any]]:
+    """Every flow run of the deployment ``deployment_id``, by expected start time."""
+    with server.http() as client:
+        response = client.post("/flow_runs/filter", json={
+            "flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+        response.raise_for_status()
+        runs: list[dict[str, Any]] = response.json()
+        return runs
+
+
+def run_logs(server: PrefectServer, flow_run_id: str) -> list[str]:
+    """The log lines of ``flow_run_id`` and of its subflow runs (phases), oldest first, each as
+    ``LEVEL message`` (what the UI shows on the run's and its subflows' pages)."""
+    import logging
+
+    with server.http() as client:
+        children = client.post("/flow_runs/filter", json={
+            "flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+        children.raise_for_status()
+        ids = [flow_run_id, *(str(child["id"]) for child in children.json())]
+    return [f"{logging.getLevelName(int(r['level']))} {r['message']}" for r in log_records(server, ids)]

@@ -53,8 +53,9 @@ SPEC = """\
 
 
 def test_cancel_from_the_api_leaves_no_process_of_the_run_alive(
-    deployed: PrefectServer, tmp_path: Path
+    deployed_on: PrefectServer, tmp_path: Path
 ) -> None:
+    deployed = deployed_on
     (tmp_path / "tree.sh").write_text(TREE)
     pids_dir = tmp_path / "pids"
     pids_dir.mkdir()

@@ -31,8 +31,9 @@ SPEC = """\
 
 
 def test_retry_clicked_in_the_ui_on_a_timed_out_run_resumes_it(
-    deployed: PrefectServer, tmp_path: Path
+    deployed_on: PrefectServer, tmp_path: Path
 ) -> None:
+    deployed = deployed_on
     spec = write_spec(tmp_path, SPEC)
     report_path = tmp_path / "report.json"
     flow_run_id = trigger(deployed, "grd-benchmark/grd-benchmark", {
@@ -45,13 +46,13 @@ def test_retry_clicked_in_the_ui_on_a_timed_out_run_resumes_it(
         p: Any = page
         p.get_by_role("button", name="Retry").first.click()
         confirm = p.get_by_role("dialog")
-        screenshot(p, "retry-confirm")
+        screenshot(p, f"retry-confirm-{deployed.backend}")
         confirm.get_by_role("button", name="Retry").click()
         deployed.wait_for_state(flow_run_id, {"SCHEDULED", "PENDING", "RUNNING", "COMPLETED"}, timeout_s=60)
         run = deployed.wait_for_state(flow_run_id, DONE)
         p.reload()
         p.get_by_text("Completed").first.wait_for()
-        screenshot(p, "retry-resumed")
+        screenshot(p, f"retry-resumed-{deployed.backend}")
 
     assert run["state"]["type"] == "COMPLETED", run["state"]
     report = read_json(report_path)
