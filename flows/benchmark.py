@@ -252,12 +252,12 @@ def _retries_left() -> int:
 @flow(name="grd-benchmark", validate_parameters=True)
 def benchmark(
     spec_path: Annotated[str, Title("Spec file")],
-    run_key: Annotated[str | None, OptionalText, Title("Run key")] = None,
-    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = None,
-    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = None,
+    run_key: Annotated[str | None, OptionalText, Title("Run key")] = "",
+    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = "",
+    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = "",
     timeouts: Annotated[bool, Title("Timeouts")] = True,
-    report_path: Annotated[str | None, OptionalText, Title("Report path")] = None,
-    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = None,
+    report_path: Annotated[str | None, OptionalText, Title("Report path")] = "",
+    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = "",
     auto_approve: Annotated[bool, Title("Auto-approve")] = False,
 ) -> State[Any]:
     """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
@@ -273,8 +273,8 @@ def benchmark(
         store: Where progress and checkpoints go: a CheckpointStore block name (e.g. nightly-s3) or a URL
             or path (s3://bucket/prefix, ./checkpoints). Empty: the block named default (./checkpoints).
         timeouts: Enforce every deadline of the spec. Turn off only to debug a benchmark.
-        report_path: Where the JSON report is written on the worker. Empty:
-            reports/<run key>/report.json; command logs go beside it in <report dir>/<run key>/.
+        report_path: Where the JSON report is written on the worker. Empty: reports/RUN_KEY/report.json;
+            command logs go beside it, in REPORT_DIR/RUN_KEY/.
         approval_budget: A duration such as 2h: a benchmark whose own timeout exceeds it waits for a
             person's approval (the UI's Resume form or grd approve) before any phase starts. Empty: never
             ask.
@@ -330,9 +330,11 @@ def benchmark(
     publish_table(report)
     _log_outcome(logger, report, path)
     if report.status in (Status.FAILED, Status.TIMEOUT) and _retries_left() > 0:
-        raise BenchmarkIncomplete(
+        incomplete = BenchmarkIncomplete(
             f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "
             "which skips every command that completed"
         )
+        logger.warning("%s", incomplete)  # the one line; Prefect's traceback of it is filtered
+        raise incomplete
     return final_state(report.status, report.model_dump(mode="json"),
                        f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")

@@ -26,6 +26,7 @@ from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
+from grd_blocks.prefect_edge.run_end import quiet_run_ends
 from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.long_run import approve_training
 from grd_blocks.training.reference import train_mlp
@@ -53,10 +54,10 @@ def _cancel_requested() -> bool:
 @flow(name="grd-train", retries=2, retry_delay_seconds=0, validate_parameters=True)
 def train(
     config: Annotated[TrainConfig, Title("Training configuration")],
-    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = None,
-    run_key: Annotated[str | None, OptionalText, Title("Run key")] = None,
-    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = None,
-    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = None,
+    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = "",
+    run_key: Annotated[str | None, OptionalText, Title("Run key")] = "",
+    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = "",
+    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = "",
     auto_approve: Annotated[bool, Title("Auto-approve")] = False,
 ) -> dict[str, Any] | State[Any]:
     """Train ``config`` as run ``run_key`` in ``store`` (block name or URL), resuming where it stopped.
@@ -76,6 +77,7 @@ def train(
             Empty: never ask, no limit.
         auto_approve: Approve a long run without asking, recording the estimate as the limit (CI).
     """
+    quiet_run_ends()  # an expected stop is the WARNING line below, not also a traceback
     store, run_key, resume_from = unset_if_blank(store), unset_if_blank(run_key), unset_if_blank(resume_from)
     approval_budget = unset_if_blank(approval_budget)
     logger = get_run_logger()

@@ -1,11 +1,13 @@
 """What grd's flow parameters look like in the Prefect UI's run form ("Run > Custom run").
 
 Invariants: every parameter of grd's flows carries a human title (``Title``) and a description (the flow's
-Google-style ``Args:`` docstring, which Prefect reads); an optional text parameter (``str | None``) is a plain
-text input (``OptionalText``: its JSON schema is a string, not "string or null", which the UI shows as a type
-toggle), and an empty input means "not set" (``unset_if_blank``), exactly like leaving it out. A
-deployment must not list such a parameter as ``null`` in its ``parameters``: the server would check that
-null against the string schema.
+Google-style ``Args:`` docstring, which Prefect reads). An optional text parameter is typed
+``Annotated[str | None, OptionalText, Title(...)] = ""``: its JSON schema is a plain string whose default is
+the empty string, so the form shows an empty text input (not a "string or None" type toggle, and not a
+null default the form's own validation refuses: "None is not of type 'string'"); an empty or blank input,
+the default, and None from a Python caller all mean "not set" (``unset_if_blank``). A deployment must not
+list such a parameter as ``null`` in its ``parameters``: the server checks that null against the string
+schema.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ Invariants:
   exception it raises, so the deployed engine's ``.result()`` raises this ``RunEnded`` instead of failing
   with "TypeError: Unexpected result for failed state: {the whole report}".
 * ``quiet_run_ends()`` (idempotent, once per process) drops exactly the records that repeat an outcome grd
-  has already logged in one line: Prefect's "Engine execution exited with unexpected exception" and
-  "Execution of flow run ... exited with unexpected exception" when the exception is a ``RunEnded``, and a
+  has already logged in one line: Prefect's "Encountered exception during execution", "Engine execution
+  exited with unexpected exception" and "Execution of flow run ... exited with unexpected exception" when
+  the exception is a ``RunEnded`` or an expected stop that grd logged as it raised it
+  (``TrainingInterrupted``: checkpoint saved, a retry continues; ``BenchmarkIncomplete``: a retry skips
+  what completed), and a
   grd command task's "Task run failed with state: Failed(... result=<object>)" followed by "NoneType: None"
   (the task's "Finished in state Failed('phase.command: FAILED (returncode 3, 0.4s)')" says it). Every other
   record, every other exception, passes untouched.
@@ -28,11 +31,13 @@ from prefect.states import Failed
 from grd_blocks.errors import (
     ApprovalExpired,
     ApprovalRejected,
+    BenchmarkIncomplete,
     ConfigError,
     DurationError,
     GrdError,
     InvalidRunKey,
     SpecError,
+    TrainingInterrupted,
     UsageError,
 )
 
@@ -41,7 +46,7 @@ __all__ = ["MISTAKES", "REFUSALS", "RunEnded", "quiet_run_ends", "rejected", "re
 MISTAKES: tuple[type[BaseException], ...] = (SpecError, DurationError, UsageError, ConfigError, InvalidRunKey)
 REFUSALS: tuple[type[BaseException], ...] = (ApprovalRejected, ApprovalExpired)
 GRD_TASKS = frozenset({"grd-command"})  # task names whose outcome is their final state's message
-_ENGINE_MESSAGES = ("Engine execution exited with unexpected exception", "exited with unexpected exception")
+_ENGINE_MESSAGES = ("Encountered exception during execution", "exited with unexpected exception")
 
 
 class RunEnded(GrdError):
@@ -63,7 +68,8 @@ class _RepeatedEnd(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, RunEnded) and any(m in str(record.msg) for m in _ENGINE_MESSAGES):
+        expected = isinstance(exc, RunEnded | TrainingInterrupted | BenchmarkIncomplete)
+        if expected and any(m in str(record.msg) for m in _ENGINE_MESSAGES):
             return False
         return not (
             getattr(record, "task_name", None) in GRD_TASKS

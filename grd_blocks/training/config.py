@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 def plain_optionals(schema: dict[str, Any]) -> None:
     """Show an optional field (``int | None`` and the like) as a plain, optional input of its own type in the
-    Prefect run form: ``anyOf [X, null]`` becomes ``X`` (the form would show a type toggle); leaving it
-    empty keeps the default, None."""
+    Prefect run form: ``anyOf [X, null]`` becomes ``X`` (the form would show a type toggle) with no default
+    in the schema (the form would refuse its null default as "not of type X"); left empty, it is left out
+    and the model's default, None, applies. The server's check of a run's parameters still accepts null for
+    a field that is neither required nor has a schema default."""
     for prop in schema.get("properties", {}).values():
         options = prop.get("anyOf")
         if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
             prop.update(next(o for o in options if o != {"type": "null"}))
             del prop["anyOf"]
+            if prop.get("default", ...) is None:
+                del prop["default"]
 
 
 class TrainConfig(BaseModel):
