@@ -11,8 +11,8 @@ import pytest
 
 from grd_blocks.prefect_edge.ledger import open_ledger
 from tests.e2e.browser import screenshot, ui_page
-from tests.e2e.helpers import read_json, retry_like_the_ui, trigger
-from tests.fixtures.prefect_server import PrefectServer
+from tests.e2e.helpers import flow_run_logs, read_json, retry_like_the_ui, trigger
+from tests.fixtures.prefect_server import PrefectServer, wait_until
 
 pytestmark = pytest.mark.e2e
 PROBE = "grd-approval-probe/grd-approval-probe"
@@ -25,6 +25,13 @@ def start_probe(server: PrefectServer, tmp_path: Path, run_key: str) -> tuple[st
     flow_run_id = trigger(server, PROBE, params)
     server.wait_for_state(flow_run_id, {"PAUSED"} | DONE)
     assert server.flow_run(flow_run_id)["state"]["type"] == "PAUSED"
+
+    def why_paused() -> list[str]:  # logs reach the API in batches
+        return [m for m in flow_run_logs(server, flow_run_id) if "paused until someone approves" in m]
+
+    (line,) = wait_until(why_paused, "the paused run's line saying why and how to answer", 60)
+    assert f"run {run_key} is estimated at 60.0 min, over its default budget of 10.0 min" in line, line
+    assert "Resume on this run's page" in line and f"grd approve {flow_run_id} --minutes 60" in line, line
     return flow_run_id, params
 
 

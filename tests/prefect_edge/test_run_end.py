@@ -10,7 +10,7 @@ import pytest
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.states import get_state_exception
 
-from grd_blocks.errors import ApprovalRejected, ConfigError
+from grd_blocks.errors import ApprovalRejected, ConfigError, TrainingInterrupted
 from grd_blocks.orchestration.prefect_states import final_state
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.run_end import RunEnded, quiet_run_ends, rejected, report_of
@@ -57,10 +57,13 @@ def test_completed_and_skipped_states_carry_the_report_itself() -> None:
 
 def test_only_the_records_repeating_a_grd_outcome_are_dropped(captured: Capture) -> None:
     flows, tasks = logging.getLogger("prefect.flow_runs"), logging.getLogger("prefect.task_runs")
-    for exc in (RunEnded("benchmark demo: FAILED, exit code 1"), ValueError("a real bug")):
+    stop = TrainingInterrupted("preempted", global_step=3, checkpoint_url=None)
+    expected = (RunEnded("benchmark demo: FAILED, exit code 1"), stop)
+    for exc in (*expected, ValueError("a real bug")):
         try:
             raise exc
         except Exception:
+            flows.exception("Encountered exception during execution: %r", exc)
             flows.error("Engine execution exited with unexpected exception", exc_info=True)
     repr_line = "Task run failed with state: Failed(message='p.bad: FAILED', result=<CommandResult ...>)"
     tasks.error(repr_line, exc_info=True, extra={"task_name": "grd-command"})
@@ -69,6 +72,7 @@ def test_only_the_records_repeating_a_grd_outcome_are_dropped(captured: Capture)
                 extra={"task_name": "grd-command"})
     kept = [(r.getMessage(), r.exc_info[1] if r.exc_info else None) for r in captured.records]
     assert [(m, type(e).__name__) for m, e in kept] == [
+        ("Encountered exception during execution: ValueError('a real bug')", "ValueError"),
         ("Engine execution exited with unexpected exception", "ValueError"),
         (repr_line, "NoneType"),
         ("Finished in state Failed('p.bad: FAILED (returncode 3, 0.0s)')", "NoneType"),
