@@ -87,7 +87,27 @@ def main(path: str, code: int) -> int:
     return 0
 
 
+NEVER = ("Traceback", "object at 0x", "NoneType: None", "Unexpected result", "unexpected exception")
+
+
+def check_output(path: str) -> int:
+    """What `grd run` printed holds no traceback or object repr, and its only ERROR lines are commands'
+    own outcomes ("Finished in state Failed/TimedOut('phase.command: ...')")."""
+    lines = Path(path).read_text(errors="replace").splitlines()
+    problems = [f"{word!r} in the output" for word in NEVER if any(word in line for line in lines)]
+    problems += [f"an ERROR that is not a command's outcome: {line}" for line in lines
+                 if "| ERROR " in line and not re.search(r"Task run '[^']+' - Finished in state ", line)]
+    if problems:
+        print("demo check FAILED (" + path + "):\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"demo check OK: {path} has no traceback, no object repr, and ERROR lines only for the commands' "
+          "own outcomes")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--output":  # check_demo.py --output FILE (what grd run printed)
+        sys.exit(check_output(sys.argv[2]))
     if sys.argv[1] == "--resumed":  # check_demo.py --resumed FIRST_REPORT RESUMED_REPORT CODE
         sys.exit(check_resumed(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     sys.exit(main(sys.argv[1], int(sys.argv[2])))
