@@ -9,24 +9,11 @@ import threading
 import time
 
 from grd_blocks.orchestration.prefect_states import LineBatcher
+from tests.logcapture import Records, capturing_logger
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _logger(name: str) -> tuple[logging.Logger, _Records]:
-    logger = logging.getLogger(f"grd.test.lines.{name}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    records = _Records()
-    logger.addHandler(records)
-    return logger, records
+def _logger(name: str) -> tuple[logging.Logger, Records]:
+    return capturing_logger(f"lines.{name}")
 
 
 def test_lines_are_sent_in_order_one_record_per_full_batch_and_the_rest_at_close() -> None:

@@ -8,26 +8,13 @@ import time
 
 from grd_blocks.prefect_edge.process_log import process_log_to
 from grd_blocks.process import run_command
+from tests.logcapture import Records, capturing_logger
 
 IGNORES_TERM = "trap '' TERM; sleep 30"
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[tuple[str, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((record.levelname, record.getMessage()))
-
-
-def _target(name: str) -> tuple[logging.Logger, Capture]:
-    logger = logging.getLogger(f"grd.test.run-log.{name}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    capture = Capture()
-    logger.addHandler(capture)
-    return logger, capture
+def _target(name: str) -> tuple[logging.Logger, Records]:
+    return capturing_logger(f"run-log.{name}")
 
 
 def test_term_ignored_then_kill_are_logged_to_the_commands_run_log() -> None:
