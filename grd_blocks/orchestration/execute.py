@@ -2,9 +2,9 @@
 
 Invariant: the command is started with the budget's effective deadline (absolute, monotonic) and its resolved
 grace; the status follows the outcome alone: could not start or non-zero exit -> FAILED, killed on its
-deadline, or exited 124 (it stopped itself for its budget) -> TIMEOUT (never FAILED), stopped by cancellation
--> CANCELLED, exit 0 -> COMPLETED. A row's ``timeout`` block is filled only for TIMEOUT and names the level
-of the budget whose deadline was binding.
+deadline, exited 124 (it stopped itself for its budget) or ended by the deadline's warning signal -> TIMEOUT
+(never FAILED), stopped by cancellation -> CANCELLED, exit 0 -> COMPLETED. A row's ``timeout`` block is filled
+only for TIMEOUT and names the level of the budget whose deadline was binding.
 """
 
 from __future__ import annotations
@@ -58,6 +58,16 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _killed_by_warning(plan: CommandPlan, outcome: CommandOutcome) -> bool:
+    """The deadline's warning signal ended it (it has no handler for it, e.g. it was still starting): the
+    deadline stopped it, so it is a timeout, like one that exits 124 on the warning."""
+    return (
+        plan.warn is not None
+        and outcome.warn_sent_s is not None
+        and outcome.returncode == -plan.warn.signal
+    )
+
+
 def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) -> CommandReport:
     """The report row of ``plan`` after ``run_command`` returned ``outcome``."""
     timeout: TimeoutInfo | None = None
@@ -65,7 +75,7 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
         status = Status.FAILED
     elif outcome.cancelled:
         status = Status.CANCELLED
-    elif outcome.timed_out or outcome.returncode == EXIT_TIMEOUT:
+    elif outcome.timed_out or outcome.returncode == EXIT_TIMEOUT or _killed_by_warning(plan, outcome):
         # 124 is the command saying "my budget ran out" itself (GNU timeout's code; grd's training helpers
         # save a checkpoint and exit 124 before GRD_TIME_LEFT_S runs out): a timeout, never a failure.
         status = Status.TIMEOUT

@@ -7,7 +7,7 @@ step + one save) + exit_s + margin_s``, where ``exit_s`` is the time the process
 the maximum of the last ``window`` observations (a slow outlier is believed at once, a fast one only slowly),
 and the save estimate starts at ``initial_save_s`` until a save was measured. The deadline is absolute
 monotonic seconds (``math.inf`` = none); it comes from an explicit deadline, a ``Budget`` (its effective
-deadline, so a parent's deadline counts too) or ``GRD_TIME_LEFT_S`` read at ``from_sources`` time.
+deadline, so a parent's deadline counts too) or grd's ``GRD_DEADLINE_UNIX`` (else ``GRD_TIME_LEFT_S``).
 """
 
 from __future__ import annotations
@@ -81,14 +81,25 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         initial_save_s: float = 1.0,
     ) -> Pacer:
-        """Earliest of ``deadline`` (absolute), now + ``time_left_s``, ``budget``, now + $GRD_TIME_LEFT_S."""
+        """Earliest of ``deadline`` (absolute), now + ``time_left_s``, ``budget``, and grd's deadline:
+        ``$GRD_DEADLINE_UNIX`` (fixed when grd started the process, so start-up time counts), else now +
+        ``$GRD_TIME_LEFT_S``."""
         env = os.environ if environ is None else environ
         now = clock()
         candidates = [math.inf if deadline is None else deadline]
         if time_left_s is not None:
             candidates.append(now + time_left_s)
+        absolute = env.get("GRD_DEADLINE_UNIX")
+        if absolute and absolute != "inf":
+            # The deadline grd fixed when it started the process: interpreter and torch start-up count.
+            try:
+                candidates.append(now + float(absolute) - time.time())
+            except ValueError:
+                raise ConfigError(
+                    f"GRD_DEADLINE_UNIX={absolute!r} is not a number of seconds since the epoch; unset it"
+                ) from None
         raw = env.get("GRD_TIME_LEFT_S")
-        if raw:
+        if raw and not absolute:
             try:
                 candidates.append(now + float(raw))
             except ValueError:

@@ -55,3 +55,18 @@ def test_a_warned_command_gets_the_signal_before_its_deadline_and_the_report_say
     assert "warned SIGUSR1 1.500" in job.stdout_tail
     assert job.timeout is not None and job.timeout.warn_sent_s is not None
     assert job.timeout.term_sent_s is None  # it stopped itself on the warning, before grd's SIGTERM
+
+
+def test_a_command_the_warning_kills_before_it_can_handle_it_is_a_timeout_not_a_failure(
+    tmp_path: Path,
+) -> None:
+    result = run_spec(tmp_path, """
+        name: unready
+        phases:
+          - name: p
+            commands:
+              - {name: job, run: "exec sleep 30", timeout: 2s, grace: 1s, warn: {signal: USR1, before: 1.5s}}
+        """, run_key="warn-2")
+    job = result.command("p", "job")
+    assert job.returncode == -10 and job.status is Status.TIMEOUT  # SIGUSR1's default action ended it
+    assert job.timeout is not None and job.timeout.warn_sent_s is not None

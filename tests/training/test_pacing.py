@@ -82,3 +82,15 @@ def test_the_exit_allowance_comes_from_grd_exit_s_and_counts_only_for_a_command_
     assert Pacer().exit_s == 0.5  # a command's process must also leave before its deadline
     monkeypatch.delenv("GRD_RUN_KEY")
     assert Pacer().exit_s == 0.0  # training inside a flow process does not exit it
+
+
+def test_grds_absolute_deadline_wins_so_start_up_time_counts_against_the_budget() -> None:
+    import time
+
+    # grd gave 30 s when it started the process; 20 s went to start-up (interpreter, torch import).
+    environ = {"GRD_DEADLINE_UNIX": f"{time.time() + 10.0:.3f}", "GRD_TIME_LEFT_S": "30.000"}
+    pacer = Pacer.from_sources(environ=environ)
+    assert 9.0 < pacer.remaining() <= 10.0
+    assert Pacer.from_sources(environ={"GRD_DEADLINE_UNIX": "inf"}).remaining() == math.inf
+    with pytest.raises(ConfigError, match="GRD_DEADLINE_UNIX='soon'"):
+        Pacer.from_sources(environ={"GRD_DEADLINE_UNIX": "soon"})
