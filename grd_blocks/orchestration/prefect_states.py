@@ -67,18 +67,23 @@ class LineBatcher:
     thread sends one record per up to ``max_lines`` lines (each prefixed ``label |`` or ``label stderr |``),
     when a batch is full or ``flush_s`` seconds after its first line arrived; lines arrive in order. While
     the backlog holds ``max_backlog`` lines, further lines are dropped from the run log only (the command's
-    log file keeps every byte) and one line in their place says how many. ``close()`` sends the rest.
+    log file keeps every byte) and one line in their place says how many; so are lines beyond ``max_per_s``
+    a second, which the reader then does not even split (``want_lines``: the Prefect log is for reading, the
+    log file for keeping). ``close()`` sends the rest.
     """
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any], label: str, *,
                  max_lines: int = 200, flush_s: float = 0.2, max_backlog: int = 10_000,
-                 log_path: str | None = None) -> None:
+                 max_per_s: int = 2_000, log_path: str | None = None) -> None:
         self.logger = logger
         self.label = label
         self.max_lines = max_lines
         self.flush_s = flush_s
         self.max_backlog = max_backlog
+        self.max_per_s = max_per_s
         self.log_path = log_path
+        self._window = 0  # the second (monotonic) lines are being counted in, and how many so far
+        self._in_window = 0
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()  # held while a batch is sent: batches leave in order
         self._lines: list[str] = []
@@ -88,14 +93,35 @@ class LineBatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    def want_lines(self) -> bool:
+        """Whether the next lines would be shown (``LineBudget``): under ``max_per_s`` this second and room
+        in the backlog."""
+        with self._cond:
+            self._roll()
+            return self._closed or (self._in_window < self.max_per_s and len(self._lines) < self.max_backlog)
+
+    def _roll(self) -> None:
+        """Start counting a new second when one has passed (called with the lock held)."""
+        second = int(time.monotonic())
+        if second != self._window:
+            self._window, self._in_window = second, 0
+
+    def skipped(self, stream: str, lines: int, chars: int) -> None:
+        """Lines the reader did not split (``LineBudget``): counted for the drop notice."""
+        with self._cond:
+            self._dropped += lines
+            self._dropped_chars += chars
+
     def __call__(self, stream: str, line: str) -> None:
         kind = "" if stream == "stdout" else "stderr "
         with self._cond:
+            self._roll()
+            self._in_window += 1
             if self._closed:
                 self._lines.append(f"{self.label} {kind}| {line.rstrip(chr(10))}")
                 batch = self._take()
             else:
-                if len(self._lines) >= self.max_backlog:
+                if len(self._lines) >= self.max_backlog or self._in_window > self.max_per_s:
                     self._dropped += 1
                     self._dropped_chars += len(line)
                     return

@@ -5,7 +5,8 @@ Invariant: the log file receives every byte the command wrote, unchanged and in 
 written whole when it ends, so the two streams interleave line by line; a run of more than ``MAX_LINE_CHARS``
 bytes without a newline is written as it comes, nothing inserted). The tails and the ``on_line`` callback get
 text: UTF-8 decoded with ``errors="replace"``, ``\\r\\n`` as ``\\n``, a last line without a newline still
-delivered, lines longer than ``MAX_LINE_CHARS`` in pieces (for display only). ``finish(timeout)`` never blocks
+delivered, lines longer than ``MAX_LINE_CHARS`` in pieces (for display only); a ``LineBudget`` callback that
+declines lines for a while gets them counted instead, never split or decoded. ``finish(timeout)`` never blocks
 longer than ``timeout`` even if some process still holds the write end: after it the reader drains what is
 already buffered and stops.
 """
@@ -24,8 +25,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-__all__ = ["MAX_LINE_CHARS", "OutputCapture"]
+__all__ = ["MAX_LINE_CHARS", "LineBudget", "OutputCapture"]
 
 log = logging.getLogger("grd.process")
 
@@ -34,6 +36,17 @@ _READ = 65536
 _DRAIN_READS = 64  # after finish() times out: at most 4 MiB more per stream
 
 OnLine = Callable[[str, str], None]
+
+
+@runtime_checkable
+class LineBudget(Protocol):
+    """An ``on_line`` callback that may decline lines for a while (a run log taking what it can): while
+    ``want_lines()`` is False, the reader skips splitting and decoding, counts the lines (a C ``count``) and
+    reports them through ``skipped``; the log file and the tails still get every byte."""
+
+    def want_lines(self) -> bool: ...
+
+    def skipped(self, stream: str, lines: int, chars: int) -> None: ...
 
 
 class _LogFile:
@@ -70,6 +83,7 @@ class _Stream:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending = bytearray()  # bytes of the current line, not yet in the log
         self.partial = ""  # text of the current line, not yet delivered
+        self.rest_of_skipped = False  # the current line began in a chunk a LineBudget declined
         self.tail = bytearray()
         self.callback_failed = False
 
@@ -82,7 +96,20 @@ class _Stream:
             if len(self.tail) > cap:
                 del self.tail[:-cap]
         if self.on_line is not None:
-            self._lines(data, final)
+            if isinstance(self.on_line, LineBudget) and data and not self.on_line.want_lines():
+                self._skip(data)
+            else:
+                self._lines(data, final)
+
+    def _skip(self, data: bytes) -> None:
+        """Count ``data``'s lines for a sink that declines them now (the partial line goes with them)."""
+        assert isinstance(self.on_line, LineBudget)
+        ended = data.count(b"\n")
+        if ended:
+            self.partial = ""
+            self.decoder.reset()
+            self.on_line.skipped(self.name, ended, len(data))
+        self.rest_of_skipped = not data.endswith(b"\n")  # the next chunk starts inside a skipped line
 
     def _log(self, data: bytes, final: bool) -> None:
         assert self.log_file is not None
@@ -100,6 +127,12 @@ class _Stream:
             self.pending.clear()
 
     def _lines(self, data: bytes, final: bool) -> None:
+        if self.rest_of_skipped:
+            cut = data.find(b"\n") + 1
+            if not cut and not final:
+                return
+            self.rest_of_skipped = False
+            data = data[cut:]
         text = self.partial + self.decoder.decode(data, final=final)
         lines = text.split("\n")
         self.partial = lines.pop()

@@ -76,3 +76,28 @@ def test_a_slow_run_log_never_holds_the_command_up_and_every_dropped_line_is_cou
     assert sum(int(note.split("[grd: ")[1].split(" ")[0]) for note in notes) + len(shown) == 5000
     numbers = [int(line.rsplit(" ", 1)[1]) for line in shown]
     assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the earliest ones kept
+
+
+def test_lines_beyond_the_rate_are_counted_not_split_and_the_log_file_keeps_them(tmp_path: object) -> None:
+    """Through run_command: 200,000 lines at full speed; the run log shows at most its rate and counts the
+    rest in place; the command's log file holds every byte."""
+    import sys
+    from pathlib import Path
+
+    from grd_blocks.process import run_command
+
+    logger, records = _logger("rate")
+    log = Path(str(tmp_path)) / "fast.log"
+    sink = LineBatcher(logger, "p.fast", max_per_s=500, log_path=str(log))
+    code = "import sys\nfor i in range(200000): sys.stdout.write(f'{i:09d}\\n')"
+    outcome = run_command([sys.executable, "-c", code], on_line=sink, log_path=log)
+    sink.close()
+    assert outcome.returncode == 0
+    assert log.read_bytes() == b"".join(f"{i:09d}\n".encode() for i in range(200000))
+    lines = "\n".join(records.messages).split("\n")
+    shown = [line for line in lines if "[grd:" not in line]
+    dropped = sum(int(line.split("[grd: ")[1].split(" ")[0]) for line in lines if "[grd:" in line)
+    assert len(shown) < 200000 and dropped > 0
+    assert len(shown) + dropped >= 199000  # a partial line at a skipped chunk's edge goes uncounted
+    numbers = [line.rsplit(" ", 1)[1] for line in shown]
+    assert all(len(n) == 9 for n in numbers) and numbers == sorted(numbers)  # whole lines, in order
