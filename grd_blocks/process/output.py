@@ -132,6 +132,8 @@ class _Stream:
             if not cut and not final:
                 return
             self.rest_of_skipped = False
+            if cut and isinstance(self.on_line, LineBudget):
+                self.on_line.skipped(self.name, 1, cut)  # the end of a line a declined chunk began
             data = data[cut:]
         text = self.partial + self.decoder.decode(data, final=final)
         lines = text.split("\n")
