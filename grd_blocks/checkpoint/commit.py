@@ -14,7 +14,9 @@ the payload bytes that are there. One small abstract type, two implementations:
 A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
 (invisible) and the new one renamed in; on object stores the old manifest is deleted before the new payload is
 written. A crash in between leaves N absent (never a mix of versions); readers then fall back to N-1.
-Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible.
+Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible. On local disk a
+checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
+``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
 
 The manifest content is asked for (``manifest()``) only after every payload file is written, so the caller
 can hash the payload while it is being written; where ``takes_streams``, a payload may even still be being
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 
@@ -33,8 +37,10 @@ import fsspec
 
 from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
 from grd_blocks.checkpoint.s3parts import put_object, takes_streams
+from grd_blocks.checkpoint.safe_io import describe
 from grd_blocks.checkpoint.serialization import Payload, pieces_of
 from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
+from grd_blocks.errors import CheckpointCorrupt
 
 
 class CommitProtocol(ABC):
@@ -114,6 +120,31 @@ class RenameCommit(CommitProtocol):
     def sweep(self, run_dir: str) -> list[str]:
         return sweep_stale(run_dir)
 
+    def remove(self, ckpt_dir: str) -> None:
+        """Delete a checkpoint directory, manifest first; refuse anything that is not a directory (a link
+        to a directory elsewhere is never followed)."""
+        try:
+            mode = os.lstat(ckpt_dir).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(mode):
+            raise _not_a_checkpoint(ckpt_dir, describe(ckpt_dir))
+        try:
+            fd = os.open(ckpt_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # swapped for a link since the lstat
+            if os.path.islink(ckpt_dir):
+                raise _not_a_checkpoint(ckpt_dir, describe(ckpt_dir)) from None
+            raise exc from None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(MANIFEST_NAME, dir_fd=fd)  # a link named MANIFEST.json: unlinked, not its target
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(ckpt_dir)  # never follows links inside (and refuses a top that became one)
+
     def write_pointer(self, path: str, data: bytes) -> None:
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
@@ -126,6 +157,13 @@ class RenameCommit(CommitProtocol):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
             raise
+
+
+def _not_a_checkpoint(path: str, found: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(
+        f"{path} is {found}, not a checkpoint directory; grd deletes only directories it wrote and never "
+        "follows a link out of the store (remove the link yourself if it is not needed)"
+    )
 
 
 class ManifestLastCommit(CommitProtocol):
