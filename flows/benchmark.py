@@ -318,7 +318,8 @@ def benchmark(
             # the phase already stopped its commands. Say so in the report before the run ends.
             run.cancel.set()
             phases += _stopped_phases(run, spec.phases[len(phases):], exc)
-            stopped = run.report(phases, None, flow_run_id, budget_expired=expired)
+            run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
+            stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
             _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))
             raise
         finally:
