@@ -166,14 +166,8 @@ class RenameCommit(CommitProtocol):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         with _flocked(directory, url):
-            try:
-                current: bytes | None = read_local(directory, (basename(path),), POINTER_LIMIT, url)
-            except FileNotFoundError:
-                current = None
-            except CheckpointCorrupt as exc:
-                logger.warning("%s; treating it as absent", exc)
-                current = None
-            data = decide(current)
+            name = basename(path)
+            data = decide(_pointer_or_none(lambda: read_local(directory, (name,), POINTER_LIMIT, url)))
             if data is not None:
                 self._replace(path, data)
         return True
@@ -189,6 +183,18 @@ class RenameCommit(CommitProtocol):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
             raise
+
+
+def _pointer_or_none(read: Callable[[], bytes]) -> bytes | None:
+    """What ``read`` returns, or None when the pointer is absent or refused (a link, a FIFO, too long: logged,
+    then treated as absent, so ``decide`` falls back to the newest checkpoint that verifies)."""
+    try:
+        return read()
+    except FileNotFoundError:
+        return None
+    except CheckpointCorrupt as exc:
+        logger.warning("%s; treating it as absent", exc)
+        return None
 
 
 def _not_a_checkpoint(path: str, found: str) -> CheckpointCorrupt:
@@ -270,14 +276,7 @@ class ManifestLastCommit(CommitProtocol):
                 pointer.update_conditional(self.fs, path, decide, url=url)
                 return True
         where = join(url, basename(path))
-        try:
-            current: bytes | None = read_remote(self.fs, path, POINTER_LIMIT, where)
-        except FileNotFoundError:
-            current = None
-        except CheckpointCorrupt as exc:
-            logger.warning("%s; treating it as absent", exc)
-            current = None
-        data = decide(current)
+        data = decide(_pointer_or_none(lambda: read_remote(self.fs, path, POINTER_LIMIT, where)))
         if data is not None:
             self.fs.pipe_file(path, data)
         return False
