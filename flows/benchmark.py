@@ -295,7 +295,7 @@ def benchmark(
         return rejected(exc, logger, f"benchmark {spec_path}")
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
-                       store=access, progress_root=progress, logger=logger)
+                       store=access, progress_root=progress, logger=logger, resume_from=resume_from or None)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)

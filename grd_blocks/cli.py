@@ -105,13 +105,10 @@ def _is_url(store: str | None) -> bool:
 
 
 def _checked_store(args: argparse.Namespace) -> Any:
-    """``--store``'s engine once it was probed, and ``--resume``'s progress found in it (cli_preflight)."""
-    from grd_blocks.cli_preflight import check_resume, check_store
+    """``--store``'s engine once it was probed (cli_preflight)."""
+    from grd_blocks.cli_preflight import check_store
 
-    engine = check_store(args.store)
-    if args.resume is not None:
-        check_resume(engine, args.resume)
-    return engine
+    return check_store(args.store)
 
 
 def _run(args: argparse.Namespace) -> int:

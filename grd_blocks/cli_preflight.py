@@ -11,10 +11,10 @@ Invariant: ``preflight`` returns only when every flag of `grd run` can do its jo
   opens (a known protocol, its package installed); its root is a directory (local disk) and a probe object
   ``.grd-probe-<random>`` can be written there and removed (so a regular file, a read-only place, an S3
   server that cannot be reached or a bucket that does not exist are found now, not after the benchmark);
-* ``--resume KEY`` names a run key with committed progress in that store: resuming a key that never ran
-  is refused (a typo would otherwise re-run everything without a word); start it with ``--run-key KEY``.
-
-Store checks need the Prefect API only for a block name (or the default block).
+Store checks need the Prefect API only for a block name (or the default block). ``--resume KEY`` with no
+progress under KEY is not refused (an attempt killed before its first command finished left none, and its
+resume must still stop that attempt's commands and count its attempts): the run warns in its log and its
+report (orchestration/run.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from grd_blocks.errors import GrdError, InvalidRunKey, PreflightError
 
-__all__ = ["check_report", "check_resume", "check_run_keys", "check_store", "preflight"]
+__all__ = ["check_report", "check_run_keys", "check_store", "preflight"]
 
 _PROBE_PREFIX = ".grd-probe-"
 
@@ -112,28 +112,8 @@ def check_store(store: str | None) -> Any:
     return engine
 
 
-def check_resume(engine: Any, resume: str) -> None:
-    """``--resume KEY``: some progress was committed under KEY in ``engine``'s store."""
-    from grd_blocks.orchestration.store import progress_prefix
-
-    try:
-        found = progress_prefix(engine, resume).latest()
-    except GrdError as exc:
-        raise PreflightError("--resume", resume, f"its progress cannot be read ({exc})",
-                             "fix the store, or start afresh with --run-key") from None
-    if found is None:
-        raise PreflightError(
-            "--resume", resume, f"no progress was ever committed under this run key in {engine.url} "
-            "(nothing to resume)",
-            f"check the key (`grd checkpoints ls {engine.url}` lists the run keys there), or start a run "
-            f"under it with --run-key {resume}",
-        )
-
-
 def preflight(*, run_key: str | None, resume: str | None, report: str | None, store: str | None) -> None:
     """Every check above, cheapest first (module docstring)."""
     check_run_keys(run_key, resume)
     check_report(report)
-    engine = check_store(store)
-    if resume is not None:
-        check_resume(engine, resume)
+    check_store(store)

@@ -95,6 +95,7 @@ class ProgressInfo(_Model):
 
     committed: bool = Field(description="Every finished command's result is in the store.")
     error: str | None = Field(default=None, description="Why not (the last store error); null if committed.")
+    note: str | None = Field(default=None, description="E.g. a resume that found nothing to resume.")
 
 
 class BenchmarkReport(_Model):

@@ -99,6 +99,12 @@ class ProgressLog:
             self._step = int(getattr(ref, "index", 0) or 0)
             return self._loaded
 
+    def earlier_snapshot(self) -> bool | None:
+        """Whether an earlier attempt of this run key committed a snapshot (None: it cannot be read)."""
+        if self.root is None or self._load() is None:
+            return None
+        return self._step > 0
+
     def previous(self, phase: str, command: str) -> CommandReport | None:
         """The row committed by an earlier attempt of this run key, or None."""
         if self.root is None:

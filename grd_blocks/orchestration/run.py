@@ -58,6 +58,7 @@ class BenchmarkRun:
     limit_s: float | None = None  # an approved long-run limit capping the benchmark's budget
     store: StoreAccess | None = None
     progress_root: ProgressPrefix | None = None
+    resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -69,6 +70,7 @@ class BenchmarkRun:
     _commands: dict[tuple[str, str], CommandSpec] = field(init=False, default_factory=dict)
     _previous: dict[str, CommandReport | None] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _resume_note: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timeouts = self.timeouts and self.spec.timeouts
@@ -77,6 +79,12 @@ class BenchmarkRun:
         self.gate = RunGate(self.budget, self.cancel)
         self.progress = ProgressLog(self.progress_root, logger=self.logger)
         self.parent_env = dict(os.environ)  # read once: every command starts from the run's environment
+        if self.resume_from is not None and self.progress.earlier_snapshot() is False:
+            self._resume_note = (
+                f"resume of run key {self.resume_from!r} asked, but no progress was ever committed under it "
+                "(no command of an earlier attempt finished, or the key is mistyped): every command runs"
+            )
+            self.logger.warning("%s", self._resume_note)
         for phase in self.spec.phases:
             for command in [*phase.commands, *([phase.cleanup] if phase.cleanup else [])]:
                 self._commands.setdefault((phase.name, command.name), command)
@@ -261,7 +269,7 @@ class BenchmarkRun:
             spec=str(self.spec.source),
             phases=phases,
             cleanup=cleanup,
-            progress=ProgressInfo(committed=committed, error=error),
+            progress=ProgressInfo(committed=committed, error=error, note=self._resume_note),
         )
 
 
