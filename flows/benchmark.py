@@ -295,7 +295,7 @@ def benchmark(
         return rejected(exc, logger, f"benchmark {spec_path}")
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
-                       store=access, progress_root=progress, logger=logger)
+                       store=access, progress_root=progress, logger=logger, resume_from=resume_from or None)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)
@@ -318,7 +318,8 @@ def benchmark(
             # the phase already stopped its commands. Say so in the report before the run ends.
             run.cancel.set()
             phases += _stopped_phases(run, spec.phases[len(phases):], exc)
-            stopped = run.report(phases, None, flow_run_id, budget_expired=expired)
+            run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
+            stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
             _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))
             raise
         finally:

@@ -205,9 +205,10 @@ def require_approval(
 
 
 def approve_flow_run(
-    flow_run_id: str, *, minutes: int, reason: str, approver: str, reject: bool = False
+    flow_run_id: str, *, minutes: int | None, reason: str, approver: str, reject: bool = False
 ) -> None:
-    """Answer a flow run paused in ``require_approval`` (what ``grd approve`` calls)."""
+    """Answer a flow run paused in ``require_approval`` (what ``grd approve`` calls); ``minutes`` (>= 1) is
+    needed to approve and ignored when rejecting."""
     from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
@@ -216,11 +217,18 @@ def approve_flow_run(
     except ValueError:
         raise UsageError(f"flow run id {flow_run_id!r} is not a UUID; copy it from the run's page or "
                          "`prefect flow-run ls`") from None
-    if minutes < 1:
+    if reject:
+        minutes = None
+    elif minutes is None:
+        raise UsageError("--minutes is missing: say how long the run may take (e.g. --minutes 90), or pass "
+                         "--reject to refuse it")
+    elif minutes < 1:
         raise UsageError(f"--minutes {minutes} must be at least 1 (the longest the run may take)")
     if not reason.strip():
         raise UsageError("--reason is empty; say why (it is kept in the run's audit artifact)")
-    run_input = {"approve": not reject, "max_minutes": minutes, "reason": reason, "approver": approver}
+    run_input: dict[str, Any] = {"approve": not reject, "reason": reason, "approver": approver}
+    if minutes is not None:  # a rejection sends the form's default, which nothing reads
+        run_input["max_minutes"] = minutes
     try:
         resume_flow_run(run_id, run_input=run_input)
     except NotPausedError:

@@ -1,4 +1,4 @@
-"""`grd approve FLOW_RUN_ID --minutes N --reason TEXT [--reject] [--approver NAME]`: answer a paused run.
+"""`grd approve FLOW_RUN_ID (--minutes N | --reject) --reason TEXT [--approver NAME]`: answer a paused run.
 
 Invariant: it sends exactly the form the Prefect UI shows for a run paused in ``require_approval`` (approve,
 max_minutes, reason, approver) to the Prefect API at ``PREFECT_API_URL``; the paused run records the
@@ -29,7 +29,7 @@ def _approve(args: argparse.Namespace) -> int:
 
     approve_flow_run(args.flow_run_id, minutes=args.minutes, reason=args.reason,
                      approver=args.approver or _default_approver(), reject=args.reject)
-    verdict = "rejected" if args.reject else f"approved for up to {args.minutes} min"
+    verdict = "rejected" if args.reject else f"approved for up to {args.minutes} min"  # minutes checked there
     print(f"flow run {args.flow_run_id}: {verdict}")
     return 0
 
@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Prefect API at PREFECT_API_URL. The decision holds for the run key and its retries.",
     )
     parser.add_argument("flow_run_id", metavar="FLOW_RUN_ID", help="the paused flow run's id")
-    parser.add_argument("--minutes", type=int, required=True, help="the longest the run may take, in minutes")
+    parser.add_argument("--minutes", type=int, default=None,
+                        help="the longest the run may take, in minutes (to approve; --reject needs none)")
     parser.add_argument("--reason", required=True, help="why (kept in the run's audit artifact)")
     parser.add_argument("--approver", default=None, help="your name (default: user@host)")
     parser.add_argument("--reject", action="store_true", help="refuse the run; it ends with your reason")

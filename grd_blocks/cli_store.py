@@ -35,8 +35,14 @@ def _metrics(ref: CheckpointRef) -> str:
     return " ".join(f"{key}={value:.6g}" for key, value in sorted(ref.metrics.items())) or "-"
 
 
+def one_line(message: str) -> str:
+    """``message`` as one printable line: control characters (a newline or a carriage return in a path a user
+    typed) are written as their escapes."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
 def _fail(message: str, code: int = 2) -> int:
-    print(f"grd: error: {message}", file=sys.stderr)
+    print(f"grd: error: {one_line(message)}", file=sys.stderr)
     return code
 
 

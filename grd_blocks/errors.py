@@ -63,6 +63,18 @@ class UsageError(GrdError, ValueError):
     """A command-line argument or API parameter is invalid."""
 
 
+class PreflightError(UsageError):
+    """A `grd run` flag cannot work (found before the first command runs): names the flag, its value, what is
+    wrong and the fix (``fix`` may be empty when ``problem`` already ends with one), on one line."""
+
+    def __init__(self, flag: str, value: object, problem: str, fix: str) -> None:
+        self.flag = flag
+        self.value = value
+        self.problem = " ".join(problem.split())  # one line, whatever the underlying error printed
+        self.fix = fix
+        super().__init__(f"{flag} {value!r}: {self.problem}" + (f"; {fix}" if fix else ""))
+
+
 # --- budgets and processes ------------------------------------------------------------------------------
 
 

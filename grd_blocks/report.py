@@ -20,7 +20,9 @@ __all__ = [
     "BenchmarkReport",
     "CommandReport",
     "PhaseReport",
+    "ProgressInfo",
     "TimeoutInfo",
+    "last_written",
     "render_summary",
     "table_rows",
     "write_report",
@@ -88,8 +90,17 @@ class PhaseReport(_Model):
     cleanup: CommandReport | None = None
 
 
+class ProgressInfo(_Model):
+    """Whether this attempt's command results reached the store (a resume skips only what did)."""
+
+    committed: bool = Field(description="Every finished command's result is in the store.")
+    error: str | None = Field(default=None, description="Why not (the last store error); null if committed.")
+    note: str | None = Field(default=None, description="E.g. a resume that found nothing to resume.")
+
+
 class BenchmarkReport(_Model):
-    """A whole benchmark run; ``exit_code`` is what `grd run` exits with."""
+    """A whole benchmark run; ``exit_code`` is what `grd run` exits with (130 after Ctrl-C/SIGINT, 143 after
+    SIGTERM)."""
 
     benchmark: str
     status: Status
@@ -101,6 +112,7 @@ class BenchmarkReport(_Model):
     spec: str = ""
     phases: list[PhaseReport] = Field(default_factory=list)
     cleanup: CommandReport | None = None
+    progress: ProgressInfo | None = None
 
     def to_json(self) -> str:
         """The report as indented JSON text."""
@@ -111,6 +123,9 @@ class BenchmarkReport(_Model):
         return self.model_copy(update={"status": status, "exit_code": exit_code(status)})
 
 
+_LAST_WRITTEN: list[Path] = []
+
+
 def write_report(report: BenchmarkReport, path: str | Path) -> Path:
     """Write ``report`` as JSON to ``path`` atomically (temp file in the same directory, then rename)."""
     target = Path(path)
@@ -118,7 +133,13 @@ def write_report(report: BenchmarkReport, path: str | Path) -> Path:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_text(report.to_json(), encoding="utf-8")
     os.replace(tmp, target)
+    _LAST_WRITTEN[:] = [target]
     return target
+
+
+def last_written() -> Path | None:
+    """The path this process last wrote a report to (`grd run` names it after an interrupted run)."""
+    return _LAST_WRITTEN[0] if _LAST_WRITTEN else None
 
 
 def _seconds(value: float | None) -> str:
@@ -187,6 +208,8 @@ def render_summary(report: BenchmarkReport) -> str:
         lines.append("  ".join([*cells, r[-1]]).rstrip())
     phases = ", ".join(f"{p.name}={p.status.value}" for p in report.phases)
     lines.append("")
+    if report.progress is not None and not report.progress.committed:
+        lines.append(f"progress NOT committed ({report.progress.error}): a resume re-runs those commands")
     lines.append(
         f"benchmark {report.benchmark!r}: {report.status.value} in {_seconds(report.elapsed_s)} "
         f"(phases: {phases or 'none'}; run key {report.run_key}; exit code {report.exit_code})"

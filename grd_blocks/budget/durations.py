@@ -69,7 +69,11 @@ def parse_duration(value: str | int | float | None) -> float | None:
     if isinstance(value, bool):
         raise DurationError(value, "a boolean is not a duration")
     if isinstance(value, Real):
-        return _check_number(float(value), value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int with hundreds of digits
+            raise DurationError(value, "it is too large for a duration (use null for no limit)") from None
+        return _check_number(number, value)
     if not isinstance(value, str):
         raise DurationError(value, f"expected a number or a string, got {type(value).__name__}")
     text = value.strip()

@@ -5,16 +5,27 @@ the payload bytes that are there. One small abstract type, two implementations:
 
 * ``RenameCommit`` (local disk): payload and manifest are written into a staging directory *inside the run
   directory* (same filesystem, so ``rename`` is atomic), fsynced, then renamed into place; the run
-  directory is
-  fsynced after. ``LATEST.json`` is replaced through a temp file in the same directory + ``os.replace``.
+  directory is fsynced after. ``LATEST.json`` is replaced through a temp file in the same directory +
+  ``os.replace``, under an exclusive ``flock`` of the run directory held from reading the pointer to
+  replacing it (every update opens the directory anew, so it excludes other threads as well as processes;
+  on a filesystem that cannot lock a directory, e.g. NFS, ``{run}/.LATEST.lock`` is locked instead).
 * ``ManifestLastCommit`` (object stores: S3, memory, ...): payload objects are written first, the manifest
   object last; a single PUT (or a completed multipart upload, for large S3 payloads: s3parts.py) is atomic,
-  so the manifest's appearance is the commit.
+  so the manifest's appearance is the commit. ``LATEST.json`` is updated with conditional PUTs where the S3
+  server honours them (pointer.py); elsewhere with a plain PUT, and ``update_pointer`` says it was not
+  atomic.
+
+``update_pointer(path, decide)`` is the one way LATEST.json changes: read it, ``decide`` what to write (None:
+leave it), write. Where it returns True no other update of that pointer came in between, so LATEST only ever
+moves the way every ``decide`` moves it. A pointer that is absent, damaged or hostile (a link, a FIFO, longer
+than ``safe_io.POINTER_LIMIT``) reaches ``decide`` as None.
 
 A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
 (invisible) and the new one renamed in; on object stores the old manifest is deleted before the new payload is
 written. A crash in between leaves N absent (never a mix of versions); readers then fall back to N-1.
-Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible.
+Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible. On local disk a
+checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
+``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
 
 The manifest content is asked for (``manifest()``) only after every payload file is written, so the caller
 can hash the payload while it is being written; where ``takes_streams``, a payload may even still be being
@@ -25,16 +36,27 @@ On local disk, after a commit, staging entries that crashed writers left behind 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import os
+import shutil
+import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import fsspec
 
-from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
-from grd_blocks.checkpoint.s3parts import put_object, takes_streams
+from grd_blocks.checkpoint.layout import LOCK_NAME, MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
+from grd_blocks.checkpoint.s3parts import drop_folder, is_s3, put_object, takes_streams
+from grd_blocks.checkpoint.safe_io import POINTER_LIMIT, describe, read_local, read_remote
 from grd_blocks.checkpoint.serialization import Payload, pieces_of
 from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
+from grd_blocks.errors import CheckpointCorrupt
+
+logger = logging.getLogger("grd.checkpoint")
+
+Decide = Callable[[bytes | None], bytes | None]
 
 
 class CommitProtocol(ABC):
@@ -55,8 +77,9 @@ class CommitProtocol(ABC):
         all."""
 
     @abstractmethod
-    def write_pointer(self, path: str, data: bytes) -> None:
-        """Replace the small file at ``path`` (``LATEST.json``) atomically."""
+    def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
+        """Read the pointer at ``path``, write ``decide(current)`` unless it is None; True when no other
+        update came in between (module docstring). ``url`` (the run's) names it in messages."""
 
     def remove(self, ckpt_dir: str) -> None:
         """Delete a checkpoint: its manifest first (it vanishes at once), then the rest."""
@@ -114,9 +137,43 @@ class RenameCommit(CommitProtocol):
     def sweep(self, run_dir: str) -> list[str]:
         return sweep_stale(run_dir)
 
-    def write_pointer(self, path: str, data: bytes) -> None:
+    def remove(self, ckpt_dir: str) -> None:
+        """Delete a checkpoint directory, manifest first; refuse anything that is not a directory (a link
+        to a directory elsewhere is never followed)."""
+        try:
+            mode = os.lstat(ckpt_dir).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(mode):
+            raise _not_a_checkpoint(ckpt_dir, describe(ckpt_dir))
+        try:
+            fd = os.open(ckpt_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # swapped for a link since the lstat
+            if os.path.islink(ckpt_dir):
+                raise _not_a_checkpoint(ckpt_dir, describe(ckpt_dir)) from None
+            raise exc from None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(MANIFEST_NAME, dir_fd=fd)  # a link named MANIFEST.json: unlinked, not its target
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(ckpt_dir)  # never follows links inside (and refuses a top that became one)
+
+    def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
+        with _flocked(directory, url):
+            name = basename(path)
+            data = decide(_pointer_or_none(lambda: read_local(directory, (name,), POINTER_LIMIT, url)))
+            if data is not None:
+                self._replace(path, data)
+        return True
+
+    def _replace(self, path: str, data: bytes) -> None:
+        directory = os.path.dirname(path)
         staging = os.path.join(directory, staging_name(TMP_PREFIX, basename(path)))
         try:
             _write_synced(staging, data)
@@ -126,6 +183,58 @@ class RenameCommit(CommitProtocol):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
             raise
+
+
+def _pointer_or_none(read: Callable[[], bytes]) -> bytes | None:
+    """What ``read`` returns, or None when the pointer is absent or refused (a link, a FIFO, too long: logged,
+    then treated as absent, so ``decide`` falls back to the newest checkpoint that verifies)."""
+    try:
+        return read()
+    except FileNotFoundError:
+        return None
+    except CheckpointCorrupt as exc:
+        logger.warning("%s; treating it as absent", exc)
+        return None
+
+
+def _not_a_checkpoint(path: str, found: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(
+        f"{path} is {found}, not a checkpoint directory; grd deletes only directories it wrote and never "
+        "follows a link out of the store (remove the link yourself if it is not needed)"
+    )
+
+
+@contextlib.contextmanager
+def _flocked(directory: str, where: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself (nothing extra appears in it); where the
+    filesystem refuses to lock a directory (NFS), on the regular file ``{directory}/.LATEST.lock``."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            os.close(fd)
+            fd = _lock_file(os.path.join(directory, LOCK_NAME), join(where, LOCK_NAME))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_file(path: str, where: str) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        if os.path.islink(path):
+            raise CheckpointCorrupt(f"{where} is {describe(path)}, not grd's lock file; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointCorrupt(f"{where} is {describe(path)}, not grd's lock file; remove it")
+    return fd
 
 
 class ManifestLastCommit(CommitProtocol):
@@ -147,6 +256,10 @@ class ManifestLastCommit(CommitProtocol):
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(join(ckpt_dir, name), recursive=True)
 
+    def remove(self, ckpt_dir: str) -> None:
+        super().remove(ckpt_dir)
+        drop_folder(self.fs, ckpt_dir)  # SeaweedFS would list the emptied prefix for ever
+
     def _present(self, ckpt_dir: str) -> set[str]:
         """Names directly under ``ckpt_dir`` now (empty when there is nothing)."""
         self.fs.invalidate_cache(ckpt_dir)
@@ -155,8 +268,18 @@ class ManifestLastCommit(CommitProtocol):
         except FileNotFoundError:
             return set()
 
-    def write_pointer(self, path: str, data: bytes) -> None:
-        self.fs.pipe_file(path, data)
+    def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
+        if is_s3(self.fs):
+            from grd_blocks.checkpoint import pointer  # botocore is imported only once S3 is in use
+
+            if pointer.conditional_writes(self.fs, path):
+                pointer.update_conditional(self.fs, path, decide, url=url)
+                return True
+        where = join(url, basename(path))
+        data = decide(_pointer_or_none(lambda: read_remote(self.fs, path, POINTER_LIMIT, where)))
+        if data is not None:
+            self.fs.pipe_file(path, data)
+        return False
 
 
 def protocol_for(fs: fsspec.AbstractFileSystem) -> CommitProtocol:

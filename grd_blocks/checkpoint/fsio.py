@@ -2,7 +2,9 @@
 
 Invariant: every storage error that is not "this object does not exist" leaves grd as ``StoreUnavailable``
 naming the store URL and the operation (disk full, server unreachable, wrong credentials), with the original
-error chained; programming errors (TypeError, ...) and grd's own errors pass through unchanged.
+error chained; programming errors (TypeError, ...) and grd's own errors pass through unchanged. A URL no
+installed fsspec implementation can open (an unknown protocol, a missing package) is a ``ConfigError``: the
+user's mistake, not the store's failure.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from grd_blocks.errors import GrdError, StoreUnavailable
+from grd_blocks.errors import ConfigError, GrdError, StoreUnavailable
 
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, KeyError, IndexError)
 
@@ -23,8 +25,17 @@ def open_fs(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """``url`` -> (filesystem, root path in that filesystem's own notation)."""
-    with guard(url, "open the store"):
-        fs, path = url_to_fs(url, **dict(storage_options or {}))
+    try:
+        with guard(url, "open the store"):
+            fs, path = url_to_fs(url, **dict(storage_options or {}))
+    except StoreUnavailable as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ImportError) or (isinstance(cause, ValueError) and "Protocol" in str(cause)):
+            raise ConfigError(
+                f"checkpoint store {url!r} cannot be opened ({cause}); use a local path (./checkpoints), "
+                "s3://bucket/prefix, or another fsspec URL whose package is installed"
+            ) from None
+        raise
     return fs, str(path).rstrip("/") or "/"
 
 

@@ -23,6 +23,8 @@ MANIFEST_NAME: Final = "MANIFEST.json"
 LATEST_NAME: Final = "LATEST.json"
 TMP_PREFIX: Final = ".tmp-"
 """Prefix of a local commit's staging directory / file (inside the run directory, never elsewhere)."""
+LOCK_NAME: Final = ".LATEST.lock"
+"""Lock file beside LATEST.json where a filesystem cannot lock the run directory itself (commit.py)."""
 OLD_PREFIX: Final = ".old-"
 """Prefix of a checkpoint directory being replaced by a retry of the same N (local disk)."""
 

@@ -12,6 +12,9 @@ Invariants:
   S3 payloads by parallel ranged GETs, hashed while they arrive: s3parts.py).
 * ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
   with step/epoch a damaged one raises ``CheckpointCorrupt``.
+* Nothing in the store is trusted (safe_io.py): LATEST.json and manifests are read with a size cap; on local
+  disk a checkpoint directory or file that is a symbolic link, a FIFO or a device is refused, never followed
+  or waited on, and counts as a damaged checkpoint (the same warning, the same fallback).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from grd_blocks.checkpoint.manifest import (
 )
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.s3parts import get_verified
+from grd_blocks.checkpoint.safe_io import MANIFEST_LIMIT, POINTER_LIMIT, open_local, read_local, read_remote
 from grd_blocks.checkpoint.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
 from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
 
@@ -83,20 +87,25 @@ class RunReader:
             handlers=dict(manifest.handlers),
         )
 
+    def _read_small(self, parts: tuple[str, ...], cap: int) -> bytes:
+        """The bytes of ``{path}/{parts...}`` (a pointer or a manifest), at most ``cap`` (safe_io.py):
+        ``FileNotFoundError`` if absent, ``CheckpointCorrupt`` if not a regular file or over ``cap``."""
+        with guard(self.url, f"read {'/'.join(parts)}", missing_ok=True):
+            if self._local:
+                return read_local(self.path, parts, cap, self.url)
+            return read_remote(self.fs, join(self.path, *parts), cap, join(self.url, *parts))
+
     def _read_pointer(self) -> LatestPointer | None:
-        path = join(self.path, LATEST_NAME)
+        """LATEST.json, or None when it is absent or not a valid pointer."""
         try:
-            with guard(self.url, f"read {LATEST_NAME}", missing_ok=True):
-                data = self.fs.cat_file(path)
-            return parse_latest(data, join(self.url, LATEST_NAME))
+            return parse_latest(self._read_small((LATEST_NAME,), POINTER_LIMIT), join(self.url, LATEST_NAME))
         except (FileNotFoundError, CheckpointCorrupt):
             return None
 
     def _read_manifest(self, name: str) -> Manifest:
         where = join(self.url, name, MANIFEST_NAME)
         try:
-            with guard(self.url, f"read {name}/{MANIFEST_NAME}", missing_ok=True):
-                data = self.fs.cat_file(join(self.path, name, MANIFEST_NAME))
+            data = self._read_small((name, MANIFEST_NAME), MANIFEST_LIMIT)
         except FileNotFoundError:
             raise CheckpointCorrupt(f"{where} is missing (the checkpoint was never committed)") from None
         manifest = parse_manifest(data, where)
@@ -104,11 +113,21 @@ class RunReader:
             raise CheckpointCorrupt(f"{where} describes {manifest.unit}_{manifest.index}, not {name}")
         return manifest
 
+    def _size(self, name: str, file_name: str) -> int:
+        """The size of a payload file (on local disk: a regular file, not a link; see safe_io.py)."""
+        with guard(self.url, f"stat {name}/{file_name}", missing_ok=True):
+            if not self._local:
+                return int(self.fs.info(join(self.path, name, file_name))["size"])
+            fd = open_local(self.path, (name, file_name), self.url)
+            try:
+                return os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+
     def _check_sizes(self, name: str, manifest: Manifest) -> None:
         for file_name, entry in manifest.files.items():
             try:
-                with guard(self.url, f"stat {name}/{file_name}", missing_ok=True):
-                    size = self.fs.info(join(self.path, name, file_name))["size"]
+                size = self._size(name, file_name)
             except FileNotFoundError:
                 raise CheckpointCorrupt(f"{join(self.url, name, file_name)} is missing") from None
             if size != entry.size:
@@ -131,7 +150,7 @@ class RunReader:
         where, path = join(self.url, name, file_name), join(self.path, name, file_name)
         try:
             with guard(self.url, f"open {name}/{file_name}", missing_ok=True):
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_local(self.path, (name, file_name), self.url)
         except FileNotFoundError:
             raise CheckpointCorrupt(f"{where} is missing") from None
         stack.callback(os.close, fd)
@@ -204,9 +223,7 @@ class RunReader:
         self._invalidate()
         latest_url = join(self.url, LATEST_NAME)
         try:
-            with guard(self.url, f"read {LATEST_NAME}", missing_ok=True):
-                data = self.fs.cat_file(join(self.path, LATEST_NAME))
-            pointer = parse_latest(data, latest_url)
+            pointer = parse_latest(self._read_small((LATEST_NAME,), POINTER_LIMIT), latest_url)
             manifest = self._read_manifest(pointer.dirname)
             if (manifest.unit, manifest.index) != (pointer.unit, pointer.index):
                 raise CheckpointCorrupt(f"{latest_url} names {pointer.dirname} but its fields disagree")

@@ -1,8 +1,11 @@
 """Retention: which committed checkpoints may be deleted after a newer one is committed.
 
-Invariant: never deletes the newest checkpoint, the one LATEST.json points at, or any of the ``keep_best``
-best by the monitored metric; with ``keep_last=None`` nothing is deleted at all. Only checkpoints older than
-the newest committed one are ever candidates, so deletion always follows a newer commit.
+Invariant: never deletes the newest checkpoint, the one LATEST.json points at, any checkpoint newer than that
+(with concurrent writers, its writer may be about to point LATEST at it), or any of the ``keep_best`` best by
+the monitored metric; with ``keep_last=None`` nothing is deleted at all. Only checkpoints older than the
+newest committed one are ever candidates, so deletion always follows a newer commit. Because LATEST.json
+never moves backwards (run.py), a checkpoint older than the pointer read before the listing is never one that
+LATEST points at then or later, whatever other writers do meanwhile.
 """
 
 from __future__ import annotations
@@ -58,9 +61,14 @@ def best(refs: Sequence[CheckpointRef], policy: RetentionPolicy) -> list[Checkpo
 
 
 def select_deletions(
-    refs: Sequence[CheckpointRef], policy: RetentionPolicy, *, protected: Collection[str] = ()
+    refs: Sequence[CheckpointRef],
+    policy: RetentionPolicy,
+    *,
+    protected: Collection[str] = (),
+    latest_index: int | None = None,
 ) -> list[CheckpointRef]:
-    """Checkpoints to delete from ``refs`` (any order); ``protected`` holds names like ``step_3`` to keep."""
+    """Checkpoints to delete from ``refs`` (any order); ``protected`` holds names like ``step_3`` to keep,
+    and nothing with an index of ``latest_index`` (LATEST.json's) or more is deleted."""
     if not policy.active or not refs:
         return []
     ordered = sorted(refs, key=lambda ref: ref.order)
@@ -69,4 +77,8 @@ def select_deletions(
     keep |= {ref.name for ref in best(ordered, policy)}
     keep |= set(protected)
     keep.add(ordered[-1].name)
-    return [ref for ref in ordered if ref.name not in keep]
+    return [
+        ref
+        for ref in ordered
+        if ref.name not in keep and (latest_index is None or ref.index < latest_index)
+    ]

@@ -18,6 +18,8 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,15 +35,28 @@ from grd_blocks.checkpoint.digest import digest_later
 from grd_blocks.checkpoint.fsio import guard, open_fs
 from grd_blocks.checkpoint.handlers import encode_state
 from grd_blocks.checkpoint.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
-from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, writer_id
+from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
 from grd_blocks.checkpoint.serialization import PieceStream, serialize
 from grd_blocks.checkpoint.snapshot import SnapshotBuffers
-from grd_blocks.errors import ConfigError, StaleWriter, UsageError
+from grd_blocks.errors import CheckpointCorrupt, ConfigError, StaleWriter, UsageError
 
 logger = logging.getLogger("grd.checkpoint")
+
+REPAIR_ROUNDS = 16
+"""Most repairs of a lagging LATEST.json one save makes on a store without conditional writes."""
+
+
+def _pointer_bytes(ref: CheckpointRef) -> bytes:
+    return LatestPointer(
+        unit=ref.unit, index=ref.index, dirname=ref.name, created_at=ref.created_at, writer=ref.writer or ""
+    ).to_bytes()
+
+
+def _same(ref: CheckpointRef, _pointer: LatestPointer | None) -> CheckpointRef:
+    return ref
 
 
 def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -285,37 +300,75 @@ class RunCheckpoints(RunReader):
         self._sweep_staging()
         return ref
 
+    def _update_pointer(
+        self, decide: Callable[[LatestPointer | None], CheckpointRef | None], what: str
+    ) -> bool:
+        """Point LATEST.json at ``decide(what it holds now)`` unless that is None (``decide`` gets None for an
+        absent or unreadable pointer); True if nothing came in between (commit.py ``update_pointer``)."""
+
+        def raw(current: bytes | None) -> bytes | None:
+            pointer = None
+            if current is not None:
+                with contextlib.suppress(CheckpointCorrupt):
+                    pointer = parse_latest(current, join(self.url, LATEST_NAME))
+            ref = decide(pointer)
+            return None if ref is None else _pointer_bytes(ref)
+
+        with guard(self.url, f"update {LATEST_NAME} {what}"):
+            return self._commit.update_pointer(join(self.path, LATEST_NAME), raw, url=self.url)
+
     def _advance_latest(self, ref: CheckpointRef) -> None:
-        current = self._read_pointer()
-        current_index: int | None = current.index if current is not None else None
-        if current is None:  # missing or unreadable: never let a stale writer win by default
-            newest = self._scan_newest(skip=ref.name, quiet=True)
-            current_index = newest.index if newest is not None else None
-        if current_index is not None and current_index > ref.index:
+        """Point LATEST.json at ``ref`` unless it holds a higher index (it never moves backwards); an absent
+        or unreadable pointer counts as the newest checkpoint that verifies, so a stale writer never wins by
+        default."""
+        ahead: list[int] = []
+
+        def forward(pointer: LatestPointer | None) -> CheckpointRef | None:
+            ahead.clear()
+            found = pointer if pointer is not None else self._scan_newest(quiet=True)
+            if found is not None and found.index > ref.index:
+                ahead.append(found.index)
+                return None
+            return ref
+
+        if not self._update_pointer(forward, f"to {ref.name}"):
+            self._repair_latest()
+        if ahead:
             stale = StaleWriter(
-                f"{ref.url} was committed, but LATEST.json already points at index {current_index} > "
+                f"{ref.url} was committed, but LATEST.json already points at index {ahead[0]} > "
                 f"{ref.index}; LATEST is left alone (it never moves backwards). An older writer (a retry "
                 "that resumed from an earlier checkpoint, or a zombie attempt) is still saving"
             )
             logger.warning("StaleWriter: %s", stale)
-            return
-        pointer = LatestPointer(
-            unit=ref.unit,
-            index=ref.index,
-            dirname=ref.name,
-            created_at=ref.created_at,
-            writer=ref.writer or "",
-        )
-        with guard(self.url, f"update {LATEST_NAME} to {ref.name}"):
-            self._commit.write_pointer(join(self.path, LATEST_NAME), pointer.to_bytes())
+
+    def _repair_latest(self) -> None:
+        """After a pointer update that was not atomic (a store without conditional writes): while LATEST
+        holds less than the newest committed checkpoint's index, point it there. Every writer does this
+        after its own update, so the last update of all leaves LATEST at the newest (README: "Concurrent
+        writers")."""
+        for _ in range(REPAIR_ROUNDS):
+            newest = self._scan_newest(quiet=True)
+            current = self._read_pointer()
+            if newest is None or (current is not None and current.index >= newest.index):
+                return
+            logger.info("LATEST.json of %s fell behind %s (a concurrent writer); repointing it", self.url,
+                        newest.url)
+            self._update_pointer(functools.partial(_same, newest), f"to {newest.name} (repair)")
+        logger.warning("LATEST.json of %s kept changing for %d repairs; the next save repairs it again",
+                       self.url, REPAIR_ROUNDS)
 
     def _apply_retention(self, newest: CheckpointRef) -> None:
         if not self.retention.active:
             return
         try:
             pointer = self._read_pointer()
-            protected = {newest.name} | ({pointer.dirname} if pointer is not None else set())
-            for ref in select_deletions(self.checkpoints(), self.retention, protected=protected):
+            if pointer is None:  # nothing is known to be safe to delete until LATEST is readable again
+                logger.warning("retention after committing %s skipped: %s is unreadable", newest.url,
+                               join(self.url, LATEST_NAME))
+                return
+            deletions = select_deletions(self.checkpoints(), self.retention, protected={newest.name},
+                                         latest_index=pointer.index)
+            for ref in deletions:
                 logger.info("retention: deleting %s", ref.url)
                 with guard(self.url, f"delete {ref.name} (retention)"):
                     self._commit.remove(join(self.path, ref.name))
@@ -351,23 +404,18 @@ class RunCheckpoints(RunReader):
         name = ref if isinstance(ref, str) else ref.name
         with guard(self.url, f"delete {name}"):
             self._commit.remove(join(self.path, name))
-        pointer = self._read_pointer()
-        if pointer is not None and pointer.dirname != name:
-            return
         newest = self._scan_newest(quiet=True)
-        with guard(self.url, f"update {LATEST_NAME} after deleting {name}"):
-            if newest is None:
-                if pointer is not None:
-                    self.fs.rm_file(join(self.path, LATEST_NAME))
-                return
-            moved = LatestPointer(
-                unit=newest.unit,
-                index=newest.index,
-                dirname=newest.name,
-                created_at=newest.created_at,
-                writer=newest.writer or "",
-            )
-            self._commit.write_pointer(join(self.path, LATEST_NAME), moved.to_bytes())
+        if newest is None:
+            with guard(self.url, f"remove {LATEST_NAME} after deleting {name}"), contextlib.suppress(
+                FileNotFoundError
+            ):
+                self.fs.rm_file(join(self.path, LATEST_NAME))
+            return
+
+        def away(pointer: LatestPointer | None) -> CheckpointRef | None:  # backwards on purpose: it is gone
+            return newest if pointer is None or pointer.dirname == name else None
+
+        self._update_pointer(away, f"after deleting {name}")
 
     def hints(self, *, target: int | None = None) -> ResumeHints:
         """Where to resume: the latest checkpoint's unit, index, step/epoch, URL; ``remaining`` to target."""

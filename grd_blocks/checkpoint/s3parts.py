@@ -75,7 +75,12 @@ def _s3(fs: fsspec.AbstractFileSystem) -> Any:
 
 def parallel(fs: fsspec.AbstractFileSystem, size: int) -> bool:
     """Whether an object of ``size`` bytes on ``fs`` moves in parallel parts (S3, two parts or more)."""
-    if size < 2 * PART_BYTES or not is_s3(fs):
+    return size >= 2 * PART_BYTES and usable(fs)
+
+
+def usable(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is S3 reached through a botocore client s3client.py can rebuild."""
+    if not is_s3(fs):
         return False
     from grd_blocks.checkpoint import s3client  # botocore is imported only once S3 is in use
 
@@ -151,6 +156,18 @@ def put_object(fs: fsspec.AbstractFileSystem, path: str, data: Payload) -> None:
         return
     bucket, key, _ = _s3(fs).split_path(path)
     _put_parts(_client(fs), bucket, key, data)
+    fs.invalidate_cache(path)
+
+
+def drop_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Forget the emptied "folder" ``path/``: SeaweedFS keeps listing a prefix whose objects were all deleted
+    until its ``path/`` key is deleted too (each deleted checkpoint then cost every later listing a manifest
+    GET); AWS S3 has no folders and answers the DELETE as a no-op. Best effort: failures are ignored."""
+    if not usable(fs):
+        return
+    bucket, key, _ = _s3(fs).split_path(path)
+    with contextlib.suppress(Exception):  # nothing depends on it: the objects are already gone
+        _client(fs).call("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
     fs.invalidate_cache(path)
 
 

@@ -6,8 +6,10 @@ snapshot holds every row read at start plus every row recorded before it was tak
 drops a row; a snapshot is written only after the previous one was read (a store that could not be read is
 never overwritten with fewer rows). A row is recorded only after its command ended, so a row seen on resume is
 final. Only COMPLETED rows are reused; failed, timed-out and cancelled commands run again with the attempt
-count carried on. A store that fails does not fail the benchmark: the error is logged once and kept in
-``errors``.
+count carried on. A store that fails does not stop the benchmark, but lost progress is never a success: the
+first failure of a read or a commit is an ERROR line in the run's log (kept in ``errors``), and once the run
+is closed ``outcome()`` says whether every recorded row reached the store (``committed``) and, if not, the
+last error; the report carries it and the run then exits non-zero (run.py).
 
 Writes are coalesced by one background thread: the first row is written at once, later ones at most every
 ``interval_s`` (default 0.5 s; stretched to ``COST_FACTOR`` times the last write's duration, so snapshot
@@ -72,6 +74,8 @@ class ProgressLog:
         self._load_lock = threading.Lock()
         self._loaded: dict[str, dict[str, Any]] | None = None  # the snapshot read at start
         self._load_tried = False
+        self._read_failed = False  # the snapshot of earlier attempts could not be read
+        self._closed = False
         self._step = 0  # number of the newest snapshot in the store
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -85,6 +89,7 @@ class ProgressLog:
                 ref = self.root.latest()
                 state = self.root.load() if ref is not None else None
             except Exception as exc:
+                self._read_failed = True
                 self._fail("read", exc)
                 return None
             finally:
@@ -93,6 +98,12 @@ class ProgressLog:
             self._loaded = dict(rows) if isinstance(rows, dict) else {}
             self._step = int(getattr(ref, "index", 0) or 0)
             return self._loaded
+
+    def earlier_snapshot(self) -> bool | None:
+        """Whether an earlier attempt of this run key committed a snapshot (None: it cannot be read)."""
+        if self.root is None or self._load() is None:
+            return None
+        return self._step > 0
 
     def previous(self, phase: str, command: str) -> CommandReport | None:
         """The row committed by an earlier attempt of this run key, or None."""
@@ -175,11 +186,18 @@ class ProgressLog:
 
     def _fail(self, what: str, exc: BaseException) -> None:
         with self._cond:
-            first = not self.errors
+            first = not any(error.startswith(f"{what}: ") for error in self.errors)
             self.errors.append(f"{what}: {exc}")
         if first:
-            self.logger.warning("progress %s failed (%s); the run continues but may not resume there",
-                                what, exc)
+            self.logger.error("progress %s failed (%s); the run goes on, but a resume of it re-runs every "
+                              "command whose result is not committed; the run will exit non-zero", what, exc)
+
+    def outcome(self) -> tuple[bool, str | None]:
+        """(every recorded row reached the store and the earlier attempts' rows were readable, the last error
+        if not); meaningful once ``close()`` returned."""
+        with self._cond:
+            committed = self.root is None or (not self._read_failed and self._saved_version >= self._version)
+            return committed, (None if committed else (self.errors[-1] if self.errors else "not flushed"))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write every recorded row now and wait for it (``timeout`` seconds at most); True once stored."""
@@ -198,7 +216,7 @@ class ProgressLog:
             return self._saved_version >= self._version
 
     def close(self) -> None:
-        """Flush, then stop the writer thread."""
+        """Flush, then stop the writer thread; the first close of a run whose progress was lost logs why."""
         self.flush()
         with self._cond:
             self._stopping = True
@@ -207,6 +225,12 @@ class ProgressLog:
         if writer is not None:
             writer.join()
         _OPEN.discard(self)
+        committed, error = self.outcome()
+        if not committed and not self._closed:
+            lost = self._version - self._saved_version
+            self.logger.error("progress NOT committed (%s): %d command result(s) of this attempt are not in "
+                              "the store; the run exits non-zero", error, lost)
+        self._closed = True
 
 
 _OPEN: weakref.WeakSet[ProgressLog] = weakref.WeakSet()

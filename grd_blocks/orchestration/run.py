@@ -28,8 +28,8 @@ from grd_blocks.orchestration.execute import CommandPlan
 from grd_blocks.orchestration.policy import PhaseGate, RunGate, Skip
 from grd_blocks.orchestration.progress import ProgressLog, ProgressPrefix
 from grd_blocks.orchestration.scheduler import skipped_row
-from grd_blocks.orchestration.status import Status, exit_code, rollup
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
+from grd_blocks.orchestration.status import Status, exit_code, interrupt_exit_code, rollup
+from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, ProgressInfo
 from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, resolve_command
 
 __all__ = ["BenchmarkRun", "PhaseRun", "bind_run", "current_run"]
@@ -58,6 +58,7 @@ class BenchmarkRun:
     limit_s: float | None = None  # an approved long-run limit capping the benchmark's budget
     store: StoreAccess | None = None
     progress_root: ProgressPrefix | None = None
+    resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -69,6 +70,7 @@ class BenchmarkRun:
     _commands: dict[tuple[str, str], CommandSpec] = field(init=False, default_factory=dict)
     _previous: dict[str, CommandReport | None] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _resume_note: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timeouts = self.timeouts and self.spec.timeouts
@@ -77,6 +79,12 @@ class BenchmarkRun:
         self.gate = RunGate(self.budget, self.cancel)
         self.progress = ProgressLog(self.progress_root, logger=self.logger)
         self.parent_env = dict(os.environ)  # read once: every command starts from the run's environment
+        if self.resume_from is not None and self.progress.earlier_snapshot() is False:
+            self._resume_note = (
+                f"resume of run key {self.resume_from!r} asked, but no progress was ever committed under it "
+                "(no command of an earlier attempt finished, or the key is mistyped): every command runs"
+            )
+            self.logger.warning("%s", self._resume_note)
         for phase in self.spec.phases:
             for command in [*phase.commands, *([phase.cleanup] if phase.cleanup else [])]:
                 self._commands.setdefault((phase.name, command.name), command)
@@ -237,21 +245,31 @@ class BenchmarkRun:
         )
 
     def report(self, phases: list[PhaseReport], cleanup: CommandReport | None,
-               flow_run_id: str | None, *, budget_expired: bool = False) -> BenchmarkReport:
-        """The whole run's report."""
+               flow_run_id: str | None, *, budget_expired: bool = False,
+               stopped_by: BaseException | None = None) -> BenchmarkReport:
+        """The whole run's report (after ``close()``, so that its progress outcome is known).
+
+        Lost progress (a result that never reached the store) makes the run FAILED, exit code 1, whatever
+        the commands did: a resume would run them again. A run ``stopped_by`` a signal (Ctrl-C, SIGTERM)
+        reports the exit code `grd run` exits with: 130 or 143."""
         statuses = [p.status for p in phases] + ([cleanup.status] if cleanup is not None else [])
         status = rollup(statuses, budget_expired=budget_expired)
+        committed, error = self.progress.outcome()
+        if not committed:
+            status = Status.FAILED
+        interrupted = interrupt_exit_code(stopped_by) if stopped_by is not None else None
         return BenchmarkReport(
             benchmark=self.spec.name,
             status=status,
             run_key=self.run_key,
             flow_run_id=flow_run_id,
             elapsed_s=round(self.clock() - self.budget.started_at, 3),
-            exit_code=exit_code(status),
+            exit_code=interrupted if interrupted is not None else exit_code(status),
             timeouts=self.timeouts,
             spec=str(self.spec.source),
             phases=phases,
             cleanup=cleanup,
+            progress=ProgressInfo(committed=committed, error=error, note=self._resume_note),
         )
 
 

@@ -3,7 +3,9 @@
 Invariant: TIMEOUT is never reported as FAILED. A phase or benchmark is FAILED if anything in it failed, else
 TIMEOUT if anything timed out (or its own budget expired while work was left), else CANCELLED if anything was
 cancelled, else COMPLETED; a node where everything was skipped is SKIPPED. Exit codes: 0 completed (or
-skipped), 1 failed or cancelled, 124 timed out and nothing failed; 2 is reserved for a bad spec or usage.
+skipped), 1 failed or cancelled, 124 timed out and nothing failed; 2 is reserved for a bad spec or usage;
+a run stopped by a signal exits 128 + its number, as a shell reports it: 130 for Ctrl-C (SIGINT), 143 for
+SIGTERM (``interrupt_exit_code``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 _PRECEDENCE = (Status.FAILED, Status.TIMEOUT, Status.CANCELLED, Status.COMPLETED)
 
@@ -43,6 +47,18 @@ def rollup(statuses: Iterable[Status], *, budget_expired: bool = False) -> Statu
         if status in seen:
             return status
     return Status.SKIPPED if seen else Status.COMPLETED
+
+
+def interrupt_exit_code(exc: BaseException) -> int | None:
+    """128 + the signal that stopped a run, from what it raised: ``KeyboardInterrupt`` (SIGINT) is 130, an
+    external-signal exception carrying ``signal`` (Prefect's ``TerminationSignal``: SIGTERM) 128 + it; None
+    for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT
+    number = getattr(exc, "signal", None)
+    if not isinstance(exc, Exception) and isinstance(number, int) and not isinstance(number, bool):
+        return 128 + number
+    return None
 
 
 def exit_code(status: Status) -> int:

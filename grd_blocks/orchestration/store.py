@@ -13,7 +13,7 @@ from typing import Any
 from grd_blocks.orchestration.environment import StoreAccess, store_access
 from grd_blocks.orchestration.progress import ProgressPrefix
 
-__all__ = ["PROGRESS_KEEP", "open_store"]
+__all__ = ["PROGRESS_KEEP", "open_store", "progress_prefix"]
 
 PROGRESS_KEEP = 2
 
@@ -21,13 +21,17 @@ PROGRESS_KEEP = 2
 def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
     """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
     from grd_blocks.blocks import resolve_store
+
+    block: Any = resolve_store(name_or_url)
+    return store_access(block), progress_prefix(block.engine(), run_key)
+
+
+def progress_prefix(engine: Any, run_key: str) -> Any:
+    """``{store}/{run_key}/progress`` of a ``CheckpointEngine``, keeping ``PROGRESS_KEEP`` snapshots (a
+    ``RunCheckpoints``: a ``ProgressPrefix``)."""
     from grd_blocks.checkpoint.retention import RetentionPolicy
     from grd_blocks.checkpoint.run import RunCheckpoints
 
-    block: Any = resolve_store(name_or_url)
-    run = block.engine().run(run_key).child("progress")
-    progress: ProgressPrefix = RunCheckpoints(
-        run.url, fs=run.fs, path=run.path, storage_options=run.storage_options,
-        retention=RetentionPolicy(keep_last=PROGRESS_KEEP),
-    )
-    return store_access(block), progress
+    run = engine.run(run_key).child("progress")
+    return RunCheckpoints(run.url, fs=run.fs, path=run.path, storage_options=run.storage_options,
+                          retention=RetentionPolicy(keep_last=PROGRESS_KEEP))

@@ -2,10 +2,13 @@
 
 Invariant: ``load_spec`` and ``parse_spec`` return a validated ``BenchmarkSpec`` or raise exactly one
 ``SpecError`` naming the file, the line and the key (a dotted path such as ``phases[0].commands[1].timeout``),
-the problem and the fix; no pydantic or YAML exception escapes. The YAML is composed into a node tree first,
-so every mapping key and list item keeps the line it started on, and a pydantic error location maps back to
-the nearest line the user wrote. Environment values written as YAML numbers or booleans keep their exact text
-(``SEED: 01`` is ``"01"``, not ``"1"``).
+the problem and the fix; no exception of any other kind escapes, whatever the input (control characters, a
+NUL, nesting deeper than ``MAX_DEPTH``, alias bombs, values no constructor can build, numbers too large for a
+float): tests/spec/test_loader_fuzz.py feeds it thousands of mutations. The YAML is first parsed event by
+event (iteratively: syntax errors and the depth limit are found there, before anything recursive runs), then
+composed into a node tree, so every mapping key and list item keeps the line it started on, and a pydantic
+error location maps back to the nearest line the user wrote. Environment values written as YAML numbers or
+booleans keep their exact text (``SEED: 01`` is ``"01"``, not ``"1"``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from pydantic import BaseModel, ValidationError
 from grd_blocks.errors import SpecError
 from grd_blocks.spec.models import BenchmarkSpec, CommandSpec, Defaults, PhaseSpec, model_fields_at
 
-__all__ = ["dotted", "load_spec", "parse_spec"]
+__all__ = ["MAX_DEPTH", "dotted", "load_spec", "parse_spec"]
 
 Loc = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
 _MAX_NODES = 100_000
+MAX_DEPTH = 32
+"""Deepest nesting of mappings and lists a spec may have (a real one needs 6: phases, commands, run)."""
+_BAD_VALUE = (yaml.YAMLError, ValueError, OverflowError, TypeError)  # what building a YAML scalar may raise
 _LOADER_FIELDS = {"source", "base_dir"}
 
 
@@ -58,6 +64,14 @@ class _Tree:
                 key=dotted(loc) or None,
                 fix="copy the values instead of using the alias",
             )
+        if len(loc) > MAX_DEPTH:  # through aliases: the event pass saw each alias as one node
+            raise SpecError(
+                f"the spec nests more than {MAX_DEPTH} levels deep (through aliases)",
+                file=self.source,
+                line=line,
+                key=dotted(loc[:MAX_DEPTH]) or None,
+                fix="write the spec out plainly",
+            )
         if self._count > _MAX_NODES:
             raise SpecError(
                 f"the spec expands to more than {_MAX_NODES} YAML nodes (aliases nested too deep?)",
@@ -77,13 +91,17 @@ class _Tree:
             return items
         if len(loc) >= 2 and loc[-2] == "env" and node.tag in _RAW_TAGS:
             return str(node.value)  # keep exactly what the user wrote: 01, 1e-3, yes
+        return self._construct(node, loc)
+
+    def _construct(self, node: yaml.Node, loc: Loc) -> Any:
+        """The Python value of a scalar node (a timestamp like 2020-02-30 or ``!!int zz`` is a SpecError)."""
         try:
             return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
+        except _BAD_VALUE as exc:
             raise SpecError(
-                f"cannot read value {node.value!r}: {getattr(exc, 'problem', exc)}",
+                f"cannot read value {_short(node.value)}: {getattr(exc, 'problem', None) or exc}",
                 file=self.source,
-                line=line,
+                line=node.start_mark.line + 1,
                 key=dotted(loc) or None,
                 fix="quote it",
             ) from None
@@ -108,7 +126,7 @@ class _Tree:
             key: Any = None
             if isinstance(key_node, yaml.ScalarNode):
                 raw = loc[-1:] == ("env",) and key_node.tag in _RAW_TAGS  # env: {ON: 1} keeps "ON"
-                key = str(key_node.value) if raw else self.loader.construct_object(key_node)
+                key = str(key_node.value) if raw else self._construct(key_node, loc)
             if not isinstance(key, str):
                 raise SpecError(
                     f"key {key_node.value if isinstance(key_node, yaml.ScalarNode) else '...'!r} is "
@@ -150,26 +168,59 @@ def _syntax_lines(exc: yaml.MarkedYAMLError) -> tuple[int | None, int | None]:
     return first, second if second != first else None
 
 
+def _yaml_error(exc: yaml.YAMLError, text: str, source: str) -> SpecError:
+    """The ``SpecError`` for a YAML reader, scanner or parser error."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML forbids: control characters, NUL
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return SpecError(
+            f"character U+{code:04X} is not allowed in YAML (control characters and NUL are not)",
+            file=source,
+            line=text.count("\n", 0, exc.position) + 1,
+            fix="remove it (inside double quotes a tab may be written as \\t)",
+        )
+    if isinstance(exc, yaml.MarkedYAMLError):
+        line, other = _syntax_lines(exc)
+        detail = ": ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if other is not None:
+            detail += f" (see also line {other})"
+        return SpecError(
+            f"YAML syntax error: {detail}",
+            file=source,
+            line=line,
+            fix="check indentation, colons and quotes on this line and the one before",
+        )
+    return SpecError(f"YAML syntax error: {exc}", file=source, fix="check the file is valid YAML")
+
+
+def _check_events(text: str, source: str) -> None:
+    """Parse ``text`` event by event (no recursion): raise its syntax error, or a ``SpecError`` where it nests
+    deeper than ``MAX_DEPTH``, before the recursive composer sees it."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(
+                    f"the spec nests more than {MAX_DEPTH} levels of mappings and lists",
+                    file=source,
+                    line=event.start_mark.line + 1 if event.start_mark is not None else None,
+                    fix="flatten it: a spec needs about 6 levels (phases, commands, run)",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _compose(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
-    loader = yaml.SafeLoader(text)
+    try:
+        _check_events(text, source)
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, text, source) from None
     try:
         try:
             node = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            line, other = _syntax_lines(exc)
-            detail = ": ".join(str(p) for p in (exc.context, exc.problem) if p)
-            if other is not None:
-                detail += f" (see also line {other})"
-            raise SpecError(
-                f"YAML syntax error: {detail}",
-                file=source,
-                line=line,
-                fix="check indentation, colons and quotes on this line and the one before",
-            ) from None
         except yaml.YAMLError as exc:
-            raise SpecError(
-                f"YAML syntax error: {exc}", file=source, fix="check the file is valid YAML"
-            ) from None
+            raise _yaml_error(exc, text, source) from None
         if node is None:
             raise SpecError(
                 "the spec is empty",

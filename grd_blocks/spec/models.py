@@ -3,9 +3,11 @@
 Invariants:
 
 - A model that validates is runnable as written: names match ``[A-Za-z0-9_.-]{1,63}``, durations are
-  ``None`` (not set) or finite seconds >= 0, timeouts are > 0, commands are a non-empty shell string or a
-  non-empty argv of strings, env maps strings to strings, names are unique within their scope, unknown keys
-  are refused.
+  ``None`` (not set) or finite seconds >= 0 and at most ``MAX_DURATION_S`` (what timers, ``setitimer`` and
+  lock waits can honour), timeouts are > 0, commands are a non-empty shell string or a non-empty argv of
+  strings, env maps strings to strings, names are unique within their scope, unknown keys are refused, and
+  every string handed to the OS (command, argv items, env names and values, cwd) has no NUL and encodes to
+  the bytes exec needs (``os.fsencode``).
 - Every rule violation raises a ``PydanticCustomError`` of type ``"grd_spec"`` whose context carries
   ``problem``, ``fix`` and, where the culprit is deeper than the validated model, ``at`` (the rest of the
   location); ``loader.py`` turns that into a ``SpecError`` naming file, line and key.
@@ -15,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -40,6 +43,8 @@ OnTimeout = Literal["continue", "stop_phase", "stop_benchmark"]
 """After a command times out: run the next one, skip the rest of its phase, or the rest of the benchmark."""
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+MAX_DURATION_S = 365 * 86_400.0
+"""Longest timeout or grace a spec may set (365 days); write null for no limit."""
 _NAME_FIX = "use 1-63 letters, digits, '_', '.' or '-', e.g. 'train_mlp'"
 
 
@@ -62,11 +67,32 @@ def _name(value: object) -> object:
 
 def _duration(value: object) -> object:
     try:
-        return parse_duration(value)  # type: ignore[arg-type]
+        seconds = parse_duration(value)  # type: ignore[arg-type]
     except DurationError as exc:
         raise spec_error(
             f"duration {value!r} is invalid: {exc.rule}",
             "write seconds (90, 1.5), '90s', '5m', '1h30m', or null for no limit",
+        ) from None
+    if seconds is not None and seconds > MAX_DURATION_S:
+        raise spec_error(
+            f"duration {value!r} is {seconds:.3g}s, more than the longest grd can time "
+            f"({MAX_DURATION_S:.0f}s, 365 days)",
+            "write null (or leave the key out) for no limit",
+        )
+    return seconds
+
+
+def _os_text(value: str, what: str, at: tuple[str | int, ...] = ()) -> None:
+    """Refuse a string the OS cannot take: a NUL, or a character with no bytes in the filesystem encoding."""
+    if "\0" in value:
+        raise spec_error(f"{what} contains a NUL byte", "remove it: no program can receive one", at)
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError as exc:
+        raise spec_error(
+            f"{what} contains {value[exc.start]!r} at position {exc.start}, which the OS cannot encode",
+            "remove it (a lone surrogate escape is not a character)",
+            at,
         ) from None
 
 
@@ -84,6 +110,7 @@ def _run(value: object) -> object:
     if isinstance(value, str):
         if not value.strip():
             raise spec_error("the command is empty", "write a shell command such as 'echo hello'")
+        _os_text(value, "the command")
         return value
     if isinstance(value, list):
         if not value:
@@ -97,6 +124,7 @@ def _run(value: object) -> object:
                     else "write every item as a string",
                     (i,),
                 )
+            _os_text(item, f"argv item {i}", (i,))
         if not value[0].strip():
             raise spec_error(
                 "the program (argv item 0) is empty", "name the program to run, e.g. python", (0,)
@@ -116,12 +144,13 @@ def _env(value: object) -> object:
         )
     out: dict[str, str] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+        if not isinstance(key, str) or not key or "=" in key:
             raise spec_error(
                 f"environment variable name {key!r} is invalid",
                 "use a non-empty name without '=' such as SEED",
                 (str(key),),
             )
+        _os_text(key, f"environment variable name {key!r}", (key,))
         if isinstance(item, bool):
             item = "true" if item else "false"
         elif isinstance(item, int | float):
@@ -132,8 +161,7 @@ def _env(value: object) -> object:
                 f'quote it: {key}: "..."',
                 (key,),
             )
-        if "\0" in item:
-            raise spec_error(f"env value of {key} contains a NUL byte", "remove it", (key,))
+        _os_text(item, f"env value of {key}", (key,))
         out[key] = item
     return out
 
@@ -168,6 +196,12 @@ def _positive(value: object) -> object:
     if seconds is None or seconds == 0:
         raise spec_error(f"warn.before is {value!r}: it must be a positive duration", _WARN_FIX)
     return seconds
+
+
+def _cwd(value: object) -> object:
+    if isinstance(value, str):
+        _os_text(value, "cwd")
+    return value
 
 
 def _cleanup(value: object) -> object:
@@ -210,7 +244,7 @@ class CommandSpec(_Model):
     env: Env = Field(
         default_factory=dict, description="Extra environment variables (merged over the parent's)."
     )
-    cwd: str | None = Field(
+    cwd: Annotated[str | None, BeforeValidator(_cwd)] = Field(
         default=None, description="Working directory, relative to the spec file's directory."
     )
     on_timeout: OnTimeout | None = Field(

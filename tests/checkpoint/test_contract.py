@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import cast
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import fsspec
 import pytest
@@ -79,7 +83,8 @@ def test_latest_costs_constant_requests_regardless_of_checkpoint_count(backend: 
         ref = run.latest()
         assert ref is not None and ref.index == total - 1
         counts.append(dict(recorder.counts))
-    assert counts[0] == counts[1] == {"cat_file": 2, "info": 1}
+    # local disk reads through os (O_NOFOLLOW, safe_io.py), not the filesystem object: no listing either way
+    assert counts[0] == counts[1] == ({} if backend.name == "local" else {"cat_file": 2, "info": 1})
 
 
 def test_resume_hints_point_at_latest(backend: Backend) -> None:
@@ -238,14 +243,29 @@ def _loaded_step_or(run: RunCheckpoints) -> int:
     return int(state["s"])
 
 
-def test_delete_removes_manifest_first_and_repoints_latest(backend: Backend) -> None:
+def _recorded(calls: list[str], name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real`` itself, noting each call's first argument in ``calls``."""
+
+    def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"{name} {path}")
+        return real(path, *args, **kwargs)
+
+    return call
+
+
+def test_delete_removes_manifest_first_and_repoints_latest(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run, recorder = recording_run(backend)
     run.save({"s": 0}, step=0)
     run.save({"s": 1}, step=1)
     recorder.calls.clear()
+    removed: list[str] = []  # local disk deletes through os (never following a link): record those calls
+    monkeypatch.setattr(os, "unlink", _recorded(removed, "unlink", os.unlink))
+    monkeypatch.setattr(shutil, "rmtree", _recorded(removed, "rmtree", shutil.rmtree))
     run.delete("step_1")
-    removals = [(name, arg) for name, arg in recorder.calls if name in ("rm", "rm_file")]
-    assert removals[0][0] == "rm_file" and removals[0][1].endswith("step_1/MANIFEST.json")
+    removals = [f"{name} {arg}" for name, arg in recorder.calls if name in ("rm", "rm_file")] or removed
+    assert removals[0].startswith(("rm_file ", "unlink ")) and removals[0].endswith("MANIFEST.json"), removals
     latest = run.latest()
     assert latest is not None and latest.index == 0
 
@@ -259,10 +279,22 @@ def test_run_keys_outside_the_rule_are_rejected(backend: Backend, bad: str) -> N
         engine.run("ok").child(bad)
 
 
-def test_unreachable_store_raises_store_unavailable_and_keeps_latest(backend: Backend) -> None:
+def test_unreachable_store_raises_store_unavailable_and_keeps_latest(
+    backend: Backend, tmp_path: Path
+) -> None:
     engine = backend.engine()
     run = engine.run("run")
     run.save({"s": 1}, step=1)
+    if backend.name == "local":  # local reads go through os, not the filesystem object: a real fault instead
+        aside = tmp_path / "aside"
+        os.rename(run.path, aside)
+        Path(run.path).write_bytes(b"not a directory")
+        with pytest.raises(StoreUnavailable, match=r"read LATEST\.json.*Not a directory"):
+            run.latest()
+        os.unlink(run.path)
+        os.rename(aside, run.path)
+        assert _loaded_step_or(run) == 1
+        return
     failing = RecordingFS(
         engine.fs,
         fail={

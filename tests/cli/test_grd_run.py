@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.cli.helpers import run_grd
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def api_url(prefect_api: None) -> Iterator[str]:
-    """The URL of the session's real Prefect API, for `grd run` subprocesses (PREFECT_API_URL set)."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    assert url, "the prefect_api fixture did not expose an API URL"
-    yield str(url)
 
 
 def _grd(tmp_path: Path, spec: str, *args: str,
          api_url: str | None = None) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "spec.yaml"
     path.write_text(textwrap.dedent(spec))
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    if api_url is not None:
-        env["PREFECT_API_URL"] = api_url
-    return subprocess.run(
-        [sys.executable, "-m", "grd_blocks.cli", "run", str(path), "--store", str(tmp_path / "ckpt"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    return run_grd(tmp_path, "run", str(path), "--store", str(tmp_path / "ckpt"), *args, api_url=api_url)
 
 
 def test_all_completed_exits_0_and_writes_the_report(tmp_path: Path, api_url: str) -> None:
@@ -94,7 +75,7 @@ def test_a_bad_spec_exits_2_naming_file_line_and_key_without_a_traceback(tmp_pat
 def test_an_invalid_run_key_is_a_usage_error(tmp_path: Path) -> None:
     proc = _grd(tmp_path, "name: k\nphases: [{name: p, commands: [{name: a, run: 'true'}]}]\n",
                 "--run-key", "no/slashes")
-    assert proc.returncode == 2 and "run key 'no/slashes' is invalid" in proc.stderr
+    assert proc.returncode == 2 and "--run-key 'no/slashes': is not a valid run key" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

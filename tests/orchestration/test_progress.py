@@ -151,7 +151,9 @@ class _BrokenPrefix:
         return None
 
 
-def test_a_failing_store_is_logged_once_and_never_fails_the_run(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_store_is_an_error_line_and_the_outcome_says_not_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     log = ProgressLog(_BrokenPrefix(), logger=logging.getLogger("grd.test"))
     with caplog.at_level(logging.WARNING, logger="grd.test"):
         assert log.previous("p", "a") is None
@@ -159,5 +161,18 @@ def test_a_failing_store_is_logged_once_and_never_fails_the_run(caplog: pytest.L
         log.record("p", CommandReport(name="b", status=Status.COMPLETED, attempts=1))
         assert not log.flush()
         log.close()
+        log.close()  # closing twice says it once
     assert log.errors and all("disk full" in e for e in log.errors)
-    assert sum("progress" in r.message for r in caplog.records) == 1
+    assert [(r.levelname, r.message.split(" (")[0]) for r in caplog.records] == [
+        ("ERROR", "progress commit failed"), ("ERROR", "progress NOT committed")
+    ]
+    assert log.outcome() == (False, "commit: disk full")
+
+
+def test_an_unreadable_store_is_never_a_committed_outcome(tmp_path: Path) -> None:
+    prefix = _Counting(_prefix(tmp_path))
+    prefix.fail_reads = True
+    log = ProgressLog(prefix, logger=logging.getLogger("test"))
+    assert log.previous("p", "a") is None
+    log.close()  # nothing recorded, but earlier attempts' rows could not be read: a resume would miss them
+    assert log.outcome() == (False, "read: store unreachable")

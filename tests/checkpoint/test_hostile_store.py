@@ -1,0 +1,161 @@
+"""Hostile store contents: links out of the store, FIFOs, devices and oversized pointers are refused (an error
+naming the path), never followed, waited on or read to the end; the previous valid checkpoint is used
+instead, and nothing outside the store is ever deleted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
+from grd_blocks.checkpoint.safe_io import POINTER_LIMIT
+from grd_blocks.cli_store import register
+from grd_blocks.errors import CheckpointCorrupt
+from tests.fixtures.seaweed import SeaweedServer
+
+pytestmark = pytest.mark.timeout(120)  # a FIFO that is waited on would hang: fail instead
+
+
+def _store(tmp_path: Path) -> tuple[str, RunCheckpoints]:
+    url = str(tmp_path / "store")
+    run = CheckpointEngine(url).run("run")
+    for step in range(3):
+        run.save({"step": step}, step=step)
+    return url, run
+
+
+def _grd(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="grd")
+    register(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def _outside_copy(run: RunCheckpoints, name: str, tmp_path: Path) -> Path:
+    """Move checkpoint ``name`` out of the store and leave a symbolic link to it in its place."""
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    shutil.move(os.path.join(run.path, name), outside)
+    os.symlink(outside, os.path.join(run.path, name))
+    return outside
+
+
+def test_a_symlinked_checkpoint_dir_is_not_loaded_and_nothing_outside_is_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, run = _store(tmp_path)
+    outside = _outside_copy(run, "step_2", tmp_path)  # LATEST.json still names step_2
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        latest = run.latest()
+        state = run.load()
+    assert latest is not None and latest.index == 1 and state == {"step": 1}
+    assert "step_2 is a symbolic link to" in caplog.text and "falling back" in caplog.text
+    assert [ref.index for ref in run.checkpoints()] == [0, 1]
+    assert run.verify("step_2")[0].endswith(
+        "never follows a link out of the store (remove it, or restore the checkpoint it replaced)"
+    )
+    pruning = CheckpointEngine(url, keep_last=1).run("run")
+    pruning.save({"step": 3}, step=3)  # retention prunes 0..1, never through the link
+    assert _grd(["checkpoints", "rm", url, "run", "--all", "--yes"]) == 0
+    assert _grd(["checkpoints", "rm", url, "run", "--step", "2", "--yes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("grd: error: ") and "step_2 is a symbolic link" in err
+    assert sorted(p.name for p in outside.iterdir()) == ["MANIFEST.json", "state.json"]
+    assert os.path.islink(os.path.join(run.path, "step_2"))
+
+
+def test_deleting_a_symlinked_checkpoint_refuses_and_leaves_the_target(tmp_path: Path) -> None:
+    _, run = _store(tmp_path)
+    outside = _outside_copy(run, "step_1", tmp_path)
+    with pytest.raises(CheckpointCorrupt, match=r"step_1 is a symbolic link to .*not a checkpoint directory"):
+        run.delete("step_1")
+    assert (outside / "MANIFEST.json").is_file()
+
+
+def _dev_zero_link(path: str) -> None:
+    os.unlink(path)
+    os.symlink("/dev/zero", path)
+
+
+def _fifo(path: str) -> None:
+    os.unlink(path)
+    os.mkfifo(path)
+
+
+def _oversized(path: str) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b" " * (POINTER_LIMIT + 1))
+
+
+@pytest.mark.parametrize(
+    ("plant", "found"),
+    [
+        (_dev_zero_link, "a symbolic link to /dev/zero"),
+        (_fifo, "a FIFO"),
+        (_oversized, "more than 65536 bytes"),
+    ],
+    ids=["dev-zero-link", "fifo", "oversized"],
+)
+def test_a_hostile_latest_pointer_is_refused_and_the_newest_valid_checkpoint_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, plant: Callable[[str], None], found: str
+) -> None:
+    _, run = _store(tmp_path)
+    plant(os.path.join(run.path, "LATEST.json"))
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        latest = run.latest()
+        state = run.load()
+    assert latest is not None and latest.index == 2 and state == {"step": 2}
+    assert f"{run.url}/LATEST.json is {found}" in caplog.text
+    run.save({"step": 3}, step=3)  # the next save replaces the pointer with a regular file
+    assert os.path.isfile(os.path.join(run.path, "LATEST.json")) and run.load() == {"step": 3}
+
+
+@pytest.mark.parametrize(
+    ("plant", "found"),
+    [(_dev_zero_link, "a symbolic link to /dev/zero"), (_fifo, "a FIFO")],
+    ids=["dev-zero-link", "fifo"],
+)
+def test_a_hostile_manifest_is_refused_and_the_previous_checkpoint_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, plant: Callable[[str], None], found: str
+) -> None:
+    _, run = _store(tmp_path)
+    plant(os.path.join(run.path, "step_2", "MANIFEST.json"))
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        latest = run.latest()
+        state = run.load()
+    assert latest is not None and latest.index == 1 and state == {"step": 1}
+    assert f"{run.url}/step_2/MANIFEST.json is {found}" in caplog.text
+    assert [ref.index for ref in run.checkpoints()] == [0, 1]
+
+
+def test_a_payload_linked_to_a_file_outside_the_store_is_refused(tmp_path: Path) -> None:
+    _, run = _store(tmp_path)
+    payload = os.path.join(run.path, "step_2", "state.json")
+    outside = tmp_path / "same-bytes.json"
+    shutil.copyfile(payload, outside)  # even identical bytes: a link is not what grd wrote
+    os.unlink(payload)
+    os.symlink(outside, payload)
+    assert "state.json is a symbolic link to" in run.verify("step_2")[0]
+    assert run.load() == {"step": 1}
+
+
+@pytest.mark.s3
+def test_an_oversized_latest_object_on_s3_is_refused_and_then_replaced(
+    s3_server: SeaweedServer, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = CheckpointEngine(f"{s3_bucket}/store", storage_options=s3_server.storage_options).run("run")
+    for step in range(2):
+        run.save({"step": step}, step=step)
+    run.fs.pipe_file(f"{run.path}/LATEST.json", b"{" + b" " * (8 * POINTER_LIMIT))
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        latest = run.latest()
+    assert latest is not None and latest.index == 1
+    assert "LATEST.json is more than 65536 bytes" in caplog.text
+    run.save({"step": 2}, step=2)  # the conditional update replaces the oversized object
+    assert len(run.fs.cat_file(f"{run.path}/LATEST.json")) < POINTER_LIMIT and run.load() == {"step": 2}

@@ -1,0 +1,103 @@
+"""Several writer processes on one run key (a zombie attempt beside its retry, or worse): LATEST.json never
+moves backwards, always names a checkpoint that verifies, and ends at the newest committed step; retention
+never deletes the checkpoint LATEST names nor the newest one.
+
+Real processes (spawned), real local disk and a real SeaweedFS S3 server (which honours conditional writes:
+tests/checkpoint/test_pointer.py). Writer ``w`` of ``n`` commits steps ``w, w + n, w + 2n, ...``, so every
+step is committed by exactly one writer and the writers interleave; a separate sampler process reads
+LATEST.json over and over while they run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grd_blocks.checkpoint import RunCheckpoints
+from tests.checkpoint_faults._concurrent import Sampled, sample_latest, write_steps
+from tests.fixtures.seaweed import SeaweedServer
+
+ROUNDS = 200
+"""Checkpoints each writer commits."""
+KEEP_LAST = 2
+_WAIT_S = 240.0  # bound on waiting for a process's report (a hung writer fails the test, not the session)
+
+
+def _race(
+    url: str, options: dict[str, Any], writers: int, keep_last: int | None
+) -> tuple[Sampled, list[int]]:
+    """Run ``writers`` writers and the sampler to the end; (what the sampler saw, each writer's last step)."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(writers + 1)
+    stop = context.Event()
+    results = context.Queue()
+    procs = [
+        context.Process(
+            target=write_steps, args=(url, options, keep_last, w, writers, ROUNDS, start, results)
+        )
+        for w in range(writers)
+    ]
+    sampler = context.Process(target=sample_latest,
+                              args=(url, options, keep_last is not None, start, stop, results))
+    for proc in [*procs, sampler]:
+        proc.start()
+    lasts: list[int] = []
+    sampled: Sampled | None = None
+    try:
+        for _ in range(writers):
+            kind, _first, value, error = results.get(timeout=_WAIT_S)
+            assert kind == "writer" and error is None, error
+            lasts.append(value)
+        stop.set()
+        kind, _, sampled, error = results.get(timeout=_WAIT_S)
+        assert kind == "sampler" and error is None, error
+    except queue.Empty:
+        pytest.fail("a writer or the sampler did not report within the bound")
+    finally:
+        stop.set()
+        for proc in [*procs, sampler]:
+            proc.join(timeout=_WAIT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert sampled is not None
+    return sampled, lasts
+
+
+def _check(url: str, options: dict[str, Any], writers: int, keep_last: int | None) -> None:
+    sampled, lasts = _race(url, options, writers, keep_last)
+    assert sampled.failures == [], sampled.failures[:5]
+    assert sampled.decreases == [], f"LATEST.json moved backwards: {sampled.decreases[:5]}"
+    assert sampled.verified > 0 and sampled.indexes_seen == sampled.verified + sampled.superseded
+    newest = writers * ROUNDS - 1
+    assert max(lasts) == newest
+    run = RunCheckpoints.from_url(url, storage_options=options)
+    latest = run.latest()
+    assert latest is not None and latest.index == newest, "LATEST.json ended behind the newest commit"
+    assert run.verify(latest) == [] and run.load() == {"step": newest, "writer": newest % writers}
+    steps = [ref.index for ref in run.checkpoints()]
+    if keep_last is None:
+        assert steps == list(range(writers * ROUNDS))
+    else:  # the newest is kept; at most one checkpoint per other writer committed after the last pruning
+        assert newest in steps and len(steps) <= keep_last + writers - 1, steps
+
+
+@pytest.mark.parametrize("keep_last", [None, KEEP_LAST], ids=["all-kept", "keep-last-2"])
+@pytest.mark.parametrize("writers", [2, 4])
+def test_latest_is_monotonic_under_concurrent_writers_on_local_disk(
+    tmp_path: Path, writers: int, keep_last: int | None
+) -> None:
+    _check(str(tmp_path / "store" / "run"), {}, writers, keep_last)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("keep_last", [None, KEEP_LAST], ids=["all-kept", "keep-last-2"])
+@pytest.mark.parametrize("writers", [2, 4])
+def test_latest_is_monotonic_under_concurrent_writers_on_s3(
+    s3_server: SeaweedServer, s3_bucket: str, writers: int, keep_last: int | None
+) -> None:
+    _check(f"{s3_bucket}/store/run", dict(s3_server.storage_options), writers, keep_last)
