@@ -65,6 +65,9 @@ def _submit_form(server: PrefectServer, deployment: dict[str, Any], fields: dict
     before = {run["id"] for run in deployment_runs(server, deployment["id"])}
     with ui_page(f"{server.ui_url}/deployments/deployment/{deployment['id']}/run") as page:
         p: Any = page
+        refused: list[str] = []  # what the API answered the UI with, when the UI shows "Something went wrong"
+        p.on("response", lambda r: refused.append(f"{r.status} {r.request.method} {r.url}")
+             if r.status >= 400 and "/api/" in r.url else None)
         p.get_by_text("Checkpoint store (Optional)").first.wait_for()
         assert "Property is type" not in p.content()
         for label, value in fields.items():
@@ -76,7 +79,8 @@ def _submit_form(server: PrefectServer, deployment: dict[str, Any], fields: dict
             return [r for r in deployment_runs(server, deployment["id"]) if r["id"] not in before]
 
         try:
-            (run,) = wait_until(created, f"the run submitted from the {shot} form", 60)
+            (run,) = wait_until(created, f"the run submitted from the {shot} form (API answers >= 400: "
+                                         f"{refused})", 120)
         finally:
             screenshot(p, f"{shot}-submitted")
     return run

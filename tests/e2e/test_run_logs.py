@@ -133,7 +133,7 @@ def test_a_cancelled_run_ends_with_one_line_and_no_traceback(runs: dict[str, Run
     assert all(e.startswith("ERROR Finished in state Cancelled('work.job: CANCELLED") for e in errors), errors
     assert len(errors) <= 1
     assert _last_grd_line(run.logs) == (
-        f"WARNING benchmark e2e-logs: CANCELLED, exit code 1, report {run.directory / 'report.json'}")
+        f"WARNING benchmark e2e-logs: CANCELLED, exit code 143, report {run.directory / 'report.json'}")
 
 
 @pytest.mark.parametrize("kind, expected", [
