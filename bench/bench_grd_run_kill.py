@@ -27,33 +27,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.process.helpers import marked, term_recording_tree  # noqa: E402  (the suite's independent /proc scan)
+
 RESULTS = ROOT / "bench" / "results" / "grd_run_kill.json"
-CODE = """
-import os, signal, sys
-def bye(*_):
-    open(sys.argv[1] + f".term.{os.getpid()}", "w").close(); os._exit(0)
-signal.signal(signal.SIGTERM, bye)
-if os.fork() == 0:
-    os.setsid()
-    os.fork()
-open(sys.argv[1] + ".started", "w").close()
-while True: signal.pause()
-"""
-
-
-def marked(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            stat = Path(f"/proc/{name}/stat").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
 
 
 def children_of(pid: int) -> list[int]:
@@ -78,7 +55,7 @@ def trial(work: Path, index: int, api_url: str, grace: float, rng: random.Random
           - name: p
             commands:
               - name: job
-                run: {json.dumps([sys.executable, "-c", CODE, str(marker)])}
+                run: {json.dumps(term_recording_tree(marker))}
                 grace: {grace}s
         """))
     env = dict(os.environ, PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")

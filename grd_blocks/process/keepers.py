@@ -100,12 +100,10 @@ class Keeper:
     def pump(self) -> None:
         """Take every message waiting now (never blocks)."""
         while not self.lost:
-            try:
-                message, fds = wire.recv(self.sock)
-            except BlockingIOError:
+            received = wire.poll(self.sock)
+            if received is None:
                 return
-            except OSError:
-                message, fds = None, []
+            message, fds = received
             for fd in fds:
                 os.close(fd)
             if message is None:

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_INLINE", "Message", "pair", "recv", "send"]
+__all__ = ["MAX_INLINE", "Message", "pair", "poll", "recv", "send"]
 
 Message = dict[str, Any]
 MAX_INLINE = 48 * 1024  # bodies up to this size go inline; larger ones through a memfd
@@ -74,6 +74,17 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
         finally:
             os.close(spill)
     return message, received
+
+
+def poll(sock: socket.socket) -> tuple[Message | None, list[int]] | None:
+    """``recv`` on a non-blocking socket: None when nothing is waiting, ``(None, [])`` when the peer is gone
+    (EOF, or the socket failed)."""
+    try:
+        return recv(sock)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return None, []
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.helpers import marked, running, wait_for
+from tests.process.helpers import marked, running, term_recording_tree, wait_for
 
 SLACK_S = 20.0  # added to every bound: a loaded 2-core host schedules late, never early
 
@@ -59,20 +59,8 @@ def _start(tmp_path: Path, spec: Path, *args: str, api_url: str | None) -> subpr
 
 
 def _tree(marker: Path) -> list[str]:
-    """A command with a child and a setsid grandchild, all carrying ``marker``; each writes ``<marker>.term``
-    when SIGTERM arrives and exits, as a checkpointing job would."""
-    code = textwrap.dedent("""
-        import os, signal, sys
-        def bye(*_):
-            open(sys.argv[1] + f".term.{os.getpid()}", "w").close(); os._exit(0)
-        signal.signal(signal.SIGTERM, bye)
-        if os.fork() == 0:
-            os.setsid()
-            os.fork()
-        open(sys.argv[1] + ".started", "w").close()
-        while True: signal.pause()
-        """)
-    return [sys.executable, "-c", code, str(marker)]
+    """A command with a child and a setsid grandchild that record SIGTERM (``term_recording_tree``)."""
+    return term_recording_tree(marker)
 
 
 def test_grd_run_sigkilled_at_random_moments_leaves_no_command_running(tmp_path: Path, api_url: str) -> None:

@@ -47,6 +47,26 @@ def marked(marker: str) -> list[int]:
     return sorted(found)
 
 
+def term_recording_tree(marker: Path) -> list[str]:
+    """A command with a child and a setsid grandchild, all carrying ``marker``; each writes
+    ``<marker>.term.<pid>`` when SIGTERM arrives and exits, as a checkpointing job would, and the command
+    writes ``<marker>.started`` once its tree is built."""
+    return [sys.executable, "-c", _TERM_RECORDING_TREE, str(marker)]
+
+
+_TERM_RECORDING_TREE = """
+import os, signal, sys
+def bye(*_):
+    open(sys.argv[1] + f".term.{os.getpid()}", "w").close(); os._exit(0)
+signal.signal(signal.SIGTERM, bye)
+if os.fork() == 0:
+    os.setsid()
+    os.fork()
+open(sys.argv[1] + ".started", "w").close()
+while True: signal.pause()
+"""
+
+
 def running(pid: int) -> bool:
     """Independent of grd: does /proc say ``pid`` exists and is not a zombie?"""
     try:

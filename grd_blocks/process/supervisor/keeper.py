@@ -135,12 +135,10 @@ class Keeper:
                     self._handle_message()
 
     def _handle_message(self) -> None:
-        try:
-            message, fds = wire.recv(self.sock)
-        except BlockingIOError:
+        received = wire.poll(self.sock)
+        if received is None:
             return
-        except OSError:
-            message, fds = None, []
+        message, fds = received
         if message is None:  # grd is gone: stop the tree as its deadline would
             self._stop_tree_and_exit()
             return
