@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import fsspec
 
@@ -57,6 +57,13 @@ def _pointer_bytes(ref: CheckpointRef) -> bytes:
 
 def _same(ref: CheckpointRef, _pointer: LatestPointer | None) -> CheckpointRef:
     return ref
+
+
+class _Unset:
+    """The type of ``_UNSET``: ``from_env`` was given no ``default``."""
+
+
+_UNSET = _Unset()
 
 
 def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -127,16 +134,41 @@ class RunCheckpoints(RunReader):
         policy = RetentionPolicy(keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode)
         return cls(url, fs=fs, path=path, storage_options=storage_options, retention=policy)
 
+    @overload
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints: ...
+
+    @overload
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, default: str) -> RunCheckpoints: ...
+
+    @overload
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, default: None
+    ) -> RunCheckpoints | None: ...
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, default: str | _Unset | None = _UNSET
+    ) -> RunCheckpoints | None:
         """Open a grd command's prefix: ``GRD_CHECKPOINT_URL`` (+ ``GRD_CHECKPOINT_STORAGE_OPTIONS``), with
-        the store's retention from ``GRD_CHECKPOINT_KEEP_LAST``, ``_KEEP_BEST``, ``_MONITOR``, ``_MODE``."""
+        the store's retention from ``GRD_CHECKPOINT_KEEP_LAST``, ``_KEEP_BEST``, ``_MONITOR``, ``_MODE``.
+
+        Outside grd (``GRD_CHECKPOINT_URL`` unset): ``default`` (a URL or path) is opened instead, and
+        ``default=None`` returns None (no store: a ``ResumableTraining`` then saves nothing); without
+        ``default`` it raises ``ConfigError``.
+        """
         env = os.environ if environ is None else environ
         url = env.get("GRD_CHECKPOINT_URL")
         if not url:
+            if default is None:
+                return None
+            if isinstance(default, str):
+                return cls.from_url(default)
             raise ConfigError(
-                "GRD_CHECKPOINT_URL is not set; run this under `grd run`, or set it to a store prefix "
-                "such as ./checkpoints/my-run"
+                "GRD_CHECKPOINT_URL is not set; run this under `grd run`, set it to a store prefix "
+                "such as ./checkpoints/my-run, or pass from_env(default='./checkpoints/my-run')"
             )
         raw = env.get("GRD_CHECKPOINT_STORAGE_OPTIONS") or "{}"
         try:
