@@ -74,3 +74,15 @@ print(json.dumps({{"w": state["w"].tolist(), "epoch": state["epoch"], "pair": li
 """
     )
     assert result == {"w": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "epoch": 4, "pair": [1, 2], "torch_loaded": True}
+
+
+def test_importing_the_integrations_package_imports_no_framework() -> None:
+    result = _python(
+        """
+import json, sys
+import grd_blocks, grd_blocks.integrations
+loaded = sorted(m for m in ("lightning", "transformers", "torch", "mlflow") if m in sys.modules)
+print(json.dumps({"loaded": loaded}))
+"""
+    )
+    assert result == {"loaded": []}

@@ -2,10 +2,10 @@
 loop, batches sampled with ``torch.randint`` from the global RNG, the next batch drawn (prefetched) before the
 backward pass, a GradScaler, the learning rate set by iteration, a plain ``best_val_loss`` float.
 
-The lines marked ``# grd`` are all it takes to resume bit for bit (10 added, 2 changed). It needs no ``with``
-block and catches nothing: an uncaught stop exits 124 (deadline), 143 (SIGTERM) or 130 (SIGINT) with its
-checkpoint committed. The prefetched batch is saved with the checkpoint (``batch``): the RNG state saved is the
-one *after* drawing it, so without it a resumed run would train on the batch after.
+The lines marked ``# grd`` are all it takes to resume bit for bit (10 added, 2 changed). It needs no
+``with`` block and catches nothing: an uncaught stop exits 124 (deadline), 143 (SIGTERM) or 130 (SIGINT)
+with its checkpoint committed. The prefetched batch is saved with the checkpoint (``batch``): the RNG state
+saved is the one *after* drawing it, so without it a resumed run would train on the batch after.
 
 Environment: MAX_ITERS (may grow between attempts), SAVE_EVERY, STEP_DELAY, STEPS_LOG, OUT (final weights).
 """
@@ -78,4 +78,5 @@ while iter_num < max_iters:
     training.step_done()  # grd
 training.finish()  # grd
 if os.environ.get("OUT"):
-    torch.save({"model": model.state_dict(), "best_val_loss": best_val_loss, "iters": iter_num}, os.environ["OUT"])
+    result = {"model": model.state_dict(), "best_val_loss": best_val_loss, "iters": iter_num}
+    torch.save(result, os.environ["OUT"])

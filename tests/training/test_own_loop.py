@@ -1,8 +1,8 @@
 """Your own loop: a script-style loop resumes bit for bit with a few lines, and each friction it met is gone.
 
 A real process runs ``_script_style.py`` (module level, ``torch.randint`` batches, a prefetched batch, a
-GradScaler, LR by iteration) and is stopped by grd's budget, by SIGTERM and by SIGKILL; its final weights equal
-an uninterrupted run's, bit for bit. The other tests prove one removed friction each, in process.
+GradScaler, LR by iteration) and is stopped by grd's budget, by SIGTERM and by SIGKILL; its final weights
+equal an uninterrupted run's, bit for bit. The other tests prove one removed friction each, in process.
 """
 
 from __future__ import annotations
@@ -26,11 +26,7 @@ SCRIPT = Path(__file__).with_name("_script_style.py")
 
 
 def _start(ck: Path, log: Path, **extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT)],
-        env=_script.env(GRD_CHECKPOINT_URL=str(ck), STEPS_LOG=str(log), **extra),
-        cwd=_script.ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    return _script.start([], script=SCRIPT, GRD_CHECKPOINT_URL=str(ck), STEPS_LOG=str(log), **extra)
 
 
 def _run(ck: Path, log: Path, **extra: str) -> tuple[int, str]:
