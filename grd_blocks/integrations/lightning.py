@@ -36,7 +36,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -46,6 +45,7 @@ from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.retention import RetentionPolicy
 from grd_blocks.errors import CheckpointNotFound
 from grd_blocks.integrations._stopping import StopPolicy
+from grd_blocks.integrations._values import plain, scalar_metrics
 from grd_blocks.training import dist
 from grd_blocks.training.data import batches_per_epoch, seeded_loader
 from grd_blocks.training.pacing import Pacer
@@ -57,29 +57,6 @@ logger = logging.getLogger("grd.integrations.lightning")
 
 LATEST = "grd:latest"
 _KEY = "grd"  # the checkpoint's own key: RNG states, position, metrics
-
-
-def plain(value: Any) -> Any:
-    """``value`` as plain data a weights-only load accepts: mappings (AttributeDict, OrderedDict) as dicts,
-    namedtuples as tuples; anything else unchanged (the store refuses what is not plain, naming it)."""
-    if isinstance(value, Mapping):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(plain(item) for item in value)
-    return value
-
-
-def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar entries of a metrics mapping (0-d tensors and numbers) as floats."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[str(key)] = float(value.item())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[str(key)] = float(value)
-    return out
 
 
 class GrdCheckpointIO(CheckpointIO):
