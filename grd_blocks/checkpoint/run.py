@@ -14,6 +14,9 @@ Invariants:
 * A retry that saves the same N replaces that checkpoint (old version hidden first; see commit.py).
 * After a local commit, staging directories left by crashed writers are swept (staging.py); like retention,
   that cleanup never fails the save.
+* Experiment trackers with a run active when ``save``/``save_async`` is called (MLflow) are told about the
+  commit once LATEST moved: its metrics at its step, its URL and its manifest (observers.py); a tracker's
+  failure never fails the save.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from grd_blocks.checkpoint.fsio import guard, open_fs
 from grd_blocks.checkpoint.handlers import encode_state
 from grd_blocks.checkpoint.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
 from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
+from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
@@ -95,6 +99,7 @@ class _PendingSave:
     epoch: int | None
     metrics: dict[str, float]
     metadata: dict[str, Any]
+    observers: tuple[Observer, ...] = ()  # bound in the caller's thread (observers.py)
 
 
 class RunCheckpoints(RunReader):
@@ -286,7 +291,8 @@ class RunCheckpoints(RunReader):
         """Validate the arguments and encode ``state`` (through ``copy`` when it is written later)."""
         unit, index = self._resolve_index(step, epoch)
         payload, types = encode_state(state, copy=copy)
-        return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata))
+        return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata),
+                            tuple(bind_automatic()))
 
     def _write(self, pending: _PendingSave) -> CheckpointRef:
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
@@ -328,6 +334,7 @@ class RunCheckpoints(RunReader):
                 data.recycle()  # sent and hashed: its buffers serve the next save
         ref = self._ref(built[-1])
         self._advance_latest(ref)
+        notify(pending.observers, ref, built[-1])
         self._apply_retention(ref)
         self._sweep_staging()
         return ref
