@@ -11,7 +11,10 @@ Invariants:
   ``trainer_state.json``). Once it is complete (``on_save``, after the Trainer's last write into it) its files
   are committed, byte for byte, as one store checkpoint ``step_N`` with the store's protocol (payload fsynced
   and checksummed, manifest last, ``LATEST.json`` after it; on S3 manifest-last) and the latest logged scalar
-  metrics. The local folder is the Trainer's scratch copy; the store is what a resume reads.
+  metrics. The local folder is the Trainer's scratch copy; the store is what a resume reads. A save the
+  Trainer makes at the step that ends an epoch is committed as it is saved again at the epoch's end, after
+  the epoch's evaluation (the Trainer's own folder then holds RNG states from before it, and a resume from
+  it skips that evaluation, so it would not continue exactly).
 * ``resume_from(trainer)`` writes the newest checkpoint whose every sha256 verifies (a damaged one is skipped
   with a warning, falling back to the one before) into a fresh folder under ``{output_dir}/.grd-resume/``
   and returns its path; ``None`` (a fresh start) when nothing is committed. A half-written local
@@ -115,6 +118,8 @@ class GrdTrainerCallback(TrainerCallback):
         self.metrics: dict[str, float] = {}  # the latest value of every scalar the Trainer logged
         self._stopping = ""  # the reason of a stop asked for
         self._armed = False  # the next save is the stop's (not one the Trainer makes before the epoch's end)
+        self._epoch_ended = False  # on_epoch_end ran: the epoch's evaluation is over
+        self._resave = False  # the Trainer saved at the step that ended the epoch: commit its epoch-end save
         self._step_end: float | None = None  # when the last optimizer step ended (its save follows)
 
     # ------------------------------------------------------------------ resume
@@ -156,6 +161,11 @@ class GrdTrainerCallback(TrainerCallback):
             self.checkpoints.retention = retention_of(args)
         self.policy.install()
 
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._epoch_ended = False
+
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -172,6 +182,9 @@ class GrdTrainerCallback(TrainerCallback):
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._epoch_ended = True
+        if self._resave:
+            control.should_save = True
         if self._stopping:
             self._arm(control)
 
@@ -192,6 +205,12 @@ class GrdTrainerCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if float(state.epoch or 0.0).is_integer() and not self._epoch_ended and not self._armed:
+            # the Trainer saves at the step that ends an epoch before the epoch's end (its evaluation draws
+            # random numbers; a resume from this folder would skip it): commit the save made after it instead
+            self._resave = True
+            return
+        self._resave = False
         folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         dist.barrier()  # every rank has written its files (RNG state per rank) into the folder
         url: str | None = None

@@ -1,11 +1,7 @@
 """The Hugging Face Trainer through grd's store: resumes bit for bit after SIGTERM (at an epoch boundary and
-mid epoch), grd's deadline warning signal, a grd budget and SIGKILL; a damaged newest checkpoint and a
-half-written local folder are never resumed from; retention is the store's and never deletes before the
-newer commit.
-
-The interrupted runs are processes running ``_hf_script.py`` (a real ``Trainer``, a one-layer GPT-2 built from
-a config); the other tests run a real ``Trainer`` in process (no bit-for-bit claim there).
-"""
+mid epoch), a damaged newest checkpoint, grd's deadline warning signal, a grd budget and SIGKILL; a
+half-written local folder is never resumed from; retention is the store's and never deletes before the
+newer commit."""
 
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ from tests.training import _script
 
 SCRIPT = Path(__file__).with_name("_hf_script.py")
 STEPS_PER_EPOCH = 16
-EPOCHS = 3
+EPOCHS = 4
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -43,6 +39,12 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(right["model"][key], tensor), key
 
 
+def _damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def _latest(tmp: Path) -> str | None:
     ref = RunCheckpoints.from_url(str(tmp / "ck")).latest()
     return None if ref is None else ref.name
@@ -56,23 +58,27 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where / "full.pt"
 
 
-def test_resumes_bit_for_bit_after_sigterm_at_epoch_end_and_mid_epoch_a_warning_a_budget_and_sigkill(
+def test_resumes_bit_for_bit_after_sigterm_at_epoch_end_and_mid_epoch_damage_a_warning_a_budget_and_sigkill(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
+    spe = STEPS_PER_EPOCH
     # SIGTERM as the epoch's last step ends: the Trainer's own save of that step does not stop it; the stop
     # save is made at the epoch's end, after its evaluation (epoch 1 done)
-    rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(STEPS_PER_EPOCH)))
+    rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(spe)))
     assert rc == 143, out
-    assert "training stopped (preempted)" in out and _latest(tmp_path) == f"step_{STEPS_PER_EPOCH}"
-    # SIGTERM mid epoch 2: saved at that very step
-    rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(STEPS_PER_EPOCH + 5)))
+    assert "training stopped (preempted)" in out and _latest(tmp_path) == f"step_{spe}"
+    # SIGTERM mid epoch 3, after the Trainer's own save at the step that ended epoch 2 (committed as saved
+    # again after that epoch's evaluation)
+    rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(2 * spe + 1)))
     assert rc == 143, out
-    assert _latest(tmp_path) == f"step_{STEPS_PER_EPOCH + 5}"
+    assert _latest(tmp_path) == f"step_{2 * spe + 1}"
+    # the newest is damaged: the next attempt resumes from the epoch-end one before it, exactly
+    _damage(tmp_path / "ck" / f"step_{2 * spe + 1}" / "state.pt")
     # grd's deadline warning (GRD_WARN_SIGNAL) at a step the Trainer saves anyway: one save, exit 124
-    warn = {"GRD_WARN_SIGNAL": "SIGUSR1", "SIGNAL": "SIGUSR1", "SIGNAL_AT": str(STEPS_PER_EPOCH + 8)}
+    warn = {"GRD_WARN_SIGNAL": "SIGUSR1", "SIGNAL": "SIGUSR1", "SIGNAL_AT": str(2 * spe + 4)}
     rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, **warn))
     assert rc == 124 and "training stopped (deadline)" in out, out
-    assert _latest(tmp_path) == f"step_{STEPS_PER_EPOCH + 8}"
+    assert f"step_{2 * spe + 1} is damaged" in out and _latest(tmp_path) == f"step_{2 * spe + 4}"
     # a grd budget: GRD_TIME_LEFT_S with slow steps saves and stops with exit 124, mid epoch
     rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, STEP_DELAY="0.3", GRD_TIME_LEFT_S="4"))
     assert rc == 124, out
@@ -91,7 +97,7 @@ def test_resumes_bit_for_bit_after_sigterm_at_epoch_end_and_mid_epoch_a_warning_
     assert killed_at is not None and int(killed_at.split("_")[1]) % 4 == 0
     rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, OUT=str(tmp_path / "out.pt")))
     assert rc == 0, out
-    assert sorted(set(_script.steps(log))) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert sorted(set(_script.steps(log))) == list(range(1, EPOCHS * spe + 1))
     _assert_same_weights(uninterrupted, tmp_path / "out.pt")
 
 
@@ -137,10 +143,7 @@ def test_a_damaged_newest_checkpoint_or_a_half_written_local_folder_is_never_res
     _train(tmp_path, 1)
     run = RunCheckpoints.from_url(str(tmp_path / "ck"))
     assert [ref.name for ref in run.checkpoints()] == ["step_4", "step_8", "step_12", "step_16"]
-    payload = tmp_path / "ck" / "step_16" / "state.pt"
-    data = bytearray(payload.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    payload.write_bytes(bytes(data))
+    _damage(tmp_path / "ck" / "step_16" / "state.pt")
     # a crash inside the Trainer's own save leaves a local folder the Trainer's resume would pick by name
     partial = tmp_path / "out" / "checkpoint-99"
     partial.mkdir()
@@ -158,9 +161,10 @@ def test_retention_is_save_total_limit_in_the_store_and_never_deletes_before_the
     assert grd.checkpoints.retention.keep_last == 2
     run = RunCheckpoints.from_url(str(tmp_path / "ck"))
     assert [ref.name for ref in run.checkpoints()] == ["step_12", "step_16"]
-    # at every save, before grd committed it, the store still held the two committed before
+    # at every save, before grd committed it, the store still held the two committed before (the Trainer
+    # saves step 16, the epoch's last, twice: grd commits the save made after the epoch's end)
     assert probe.before_commit == [(4, []), (8, ["step_4"]), (12, ["step_4", "step_8"]),
-                                   (16, ["step_8", "step_12"])]
+                                   (16, ["step_8", "step_12"]), (16, ["step_8", "step_12"])]
     latest = run.latest()
     assert latest is not None and latest.metadata["hf_folder"] == "checkpoint-16"
     assert latest.metrics["loss"] > 0 and latest.metrics["learning_rate"] > 0  # the Trainer's logged scalars
