@@ -25,8 +25,8 @@ Invariants:
   ``metric_for_best_model`` -> ``keep_best=1`` by ``eval_<metric>`` (``greater_is_better`` -> max). The
   Trainer's rotation (``save_total_limit``) prunes only its scratch folders.
 * The Trainer resumes mid-epoch exactly (its sampler is seeded per epoch, the resumed epoch's first batches
-  are skipped and the RNG states restored after them), so with every checkpoint intact a resumed run's
-  weights equal an uninterrupted run's bit for bit.
+  are skipped and the RNG states restored after them), so a resumed run's weights equal an uninterrupted
+  run's bit for bit, after a fallback past a damaged checkpoint too.
 * SIGTERM, SIGINT, grd's warning signal (``GRD_WARN_SIGNAL``) and the ``GRD_TIME_LEFT_S`` budget (a step and
   a save must still fit) make the Trainer save after the current optimizer step (after the epoch's end and
   its evaluation when that step ends an epoch), commit, and raise ``TrainingInterrupted`` out of
