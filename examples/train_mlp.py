@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
 
     # 1. Seed, then build everything that consumes random numbers (as any script does).
-    make_deterministic(args.seed)
+    make_deterministic(args.seed, threads=1)  # omit threads= to keep yours (and your numbers)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     dataset = synthetic_regression(args.samples, 8, seed=args.seed)

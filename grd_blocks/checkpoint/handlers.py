@@ -89,9 +89,46 @@ class _StateDictHandler(Handler):
         target.load_state_dict(payload)
 
 
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule; DDP / DataParallel
+
+
+def unwrap_module(module: Any) -> Any:
+    """The module inside ``torch.compile`` (``_orig_mod``) and DDP/DataParallel (``module``) wrappers."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if inner is None and type(module).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(module, "module", None)
+        if inner is None or not _is_torch(inner, "nn.Module"):
+            return module
+        module = inner
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the ``_orig_mod.`` / ``module.`` prefixes that every key shares removed (repeatedly),
+    so a state dict written from a wrapped model loads into a bare one and the other way round."""
+    out = dict(state)
+    while out:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(str(key).startswith(p) for key in out)), None)
+        if prefix is None:
+            return out
+        out = {str(key)[len(prefix) :]: value for key, value in out.items()}
+    return out
+
+
 class ModuleHandler(_StateDictHandler):
+    """Saves the bare module's state dict (wrapper prefixes never reach a checkpoint) and restores into the
+    bare module, whichever way either side was wrapped (``torch.compile``, DDP, DataParallel)."""
+
     type_name = "torch.nn.Module"
     kind = "nn.Module"
+
+    def to_payload(self, value: Any) -> Any:
+        return unwrap_module(value).state_dict()
+
+    def restore(self, target: Any, payload: Any, key: str) -> None:
+        if not _is_torch(target, self.kind):
+            super().restore(target, payload, key)
+        unwrap_module(target).load_state_dict(strip_wrapper_prefixes(payload))
 
 
 class OptimizerHandler(_StateDictHandler):

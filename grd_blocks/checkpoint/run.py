@@ -14,6 +14,9 @@ Invariants:
 * A retry that saves the same N replaces that checkpoint (old version hidden first; see commit.py).
 * After a local commit, staging directories left by crashed writers are swept (staging.py); like retention,
   that cleanup never fails the save.
+* Experiment trackers with a run active when ``save``/``save_async`` is called (MLflow) are told about the
+  commit once LATEST moved: its metrics at its step, its URL and its manifest (observers.py); a tracker's
+  failure never fails the save.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import fsspec
 
@@ -36,6 +39,7 @@ from grd_blocks.checkpoint.fsio import guard, open_fs
 from grd_blocks.checkpoint.handlers import encode_state
 from grd_blocks.checkpoint.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
 from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
+from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
@@ -57,6 +61,13 @@ def _pointer_bytes(ref: CheckpointRef) -> bytes:
 
 def _same(ref: CheckpointRef, _pointer: LatestPointer | None) -> CheckpointRef:
     return ref
+
+
+class _Unset:
+    """The type of ``_UNSET``: ``from_env`` was given no ``default``."""
+
+
+_UNSET = _Unset()
 
 
 def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -88,6 +99,7 @@ class _PendingSave:
     epoch: int | None
     metrics: dict[str, float]
     metadata: dict[str, Any]
+    observers: tuple[Observer, ...] = ()  # bound in the caller's thread (observers.py)
 
 
 class RunCheckpoints(RunReader):
@@ -127,16 +139,41 @@ class RunCheckpoints(RunReader):
         policy = RetentionPolicy(keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode)
         return cls(url, fs=fs, path=path, storage_options=storage_options, retention=policy)
 
+    @overload
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunCheckpoints: ...
+
+    @overload
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, default: str) -> RunCheckpoints: ...
+
+    @overload
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, default: None
+    ) -> RunCheckpoints | None: ...
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, default: str | _Unset | None = _UNSET
+    ) -> RunCheckpoints | None:
         """Open a grd command's prefix: ``GRD_CHECKPOINT_URL`` (+ ``GRD_CHECKPOINT_STORAGE_OPTIONS``), with
-        the store's retention from ``GRD_CHECKPOINT_KEEP_LAST``, ``_KEEP_BEST``, ``_MONITOR``, ``_MODE``."""
+        the store's retention from ``GRD_CHECKPOINT_KEEP_LAST``, ``_KEEP_BEST``, ``_MONITOR``, ``_MODE``.
+
+        Outside grd (``GRD_CHECKPOINT_URL`` unset): ``default`` (a URL or path) is opened instead, and
+        ``default=None`` returns None (no store: a ``ResumableTraining`` then saves nothing); without
+        ``default`` it raises ``ConfigError``.
+        """
         env = os.environ if environ is None else environ
         url = env.get("GRD_CHECKPOINT_URL")
         if not url:
+            if default is None:
+                return None
+            if isinstance(default, str):
+                return cls.from_url(default)
             raise ConfigError(
-                "GRD_CHECKPOINT_URL is not set; run this under `grd run`, or set it to a store prefix "
-                "such as ./checkpoints/my-run"
+                "GRD_CHECKPOINT_URL is not set; run this under `grd run`, set it to a store prefix "
+                "such as ./checkpoints/my-run, or pass from_env(default='./checkpoints/my-run')"
             )
         raw = env.get("GRD_CHECKPOINT_STORAGE_OPTIONS") or "{}"
         try:
@@ -254,7 +291,8 @@ class RunCheckpoints(RunReader):
         """Validate the arguments and encode ``state`` (through ``copy`` when it is written later)."""
         unit, index = self._resolve_index(step, epoch)
         payload, types = encode_state(state, copy=copy)
-        return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata))
+        return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata),
+                            tuple(bind_automatic()))
 
     def _write(self, pending: _PendingSave) -> CheckpointRef:
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
@@ -296,6 +334,7 @@ class RunCheckpoints(RunReader):
                 data.recycle()  # sent and hashed: its buffers serve the next save
         ref = self._ref(built[-1])
         self._advance_latest(ref)
+        notify(pending.observers, ref, built[-1])
         self._apply_retention(ref)
         self._sweep_staging()
         return ref

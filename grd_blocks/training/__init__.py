@@ -19,7 +19,7 @@ from grd_blocks.training.data import (
 from grd_blocks.training.leaving import exit_now, install_excepthook
 from grd_blocks.training.loop import ResumableTraining
 from grd_blocks.training.pacing import DurationEstimate, Pacer
-from grd_blocks.training.resume import CheckpointUrl, Position, split_checkpoint_url
+from grd_blocks.training.resume import CheckpointUrl, Position, Resumed, split_checkpoint_url
 from grd_blocks.training.shutdown import GracefulShutdown
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Pacer",
     "Position",
     "ResumableTraining",
+    "Resumed",
     "TrainConfig",
     "batches_per_epoch",
     "epoch_seed",

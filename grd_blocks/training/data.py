@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, get_worker_info
+
+logger = logging.getLogger("grd.training")
 
 _MIX = 1_000_003
 
@@ -32,15 +35,22 @@ def epoch_seed(seed: int, epoch: int, worker: int = -1) -> int:
     return value % (2**63 - 1)
 
 
-def make_deterministic(seed: int, *, threads: int | None = 1, algorithms: bool | None = None) -> None:
-    """Seed torch/numpy/random, fix the thread count and, where it matters, use deterministic algorithms.
+def make_deterministic(seed: int, *, threads: int | None = None, algorithms: bool | None = None) -> int:
+    """Seed torch/numpy/random and, where it matters, use deterministic algorithms; returns torch's
+    intra-op thread count.
 
-    ``algorithms=None`` turns ``torch.use_deterministic_algorithms`` on only when CUDA is available: the CPU
-    kernels a training loop uses are already deterministic for a fixed thread count, and the switch imports
-    torch's compiler stack (~3 s of start-up per process).
+    The CPU kernels a training loop uses are deterministic for a fixed thread count, so the thread count is
+    left as it is (your numbers stay those of your earlier runs) unless ``threads`` asks for another one; a
+    change is logged, and so is the count kept. A resumed run must use the same count as the run it resumes.
+    ``algorithms=None`` turns ``torch.use_deterministic_algorithms`` on only when CUDA is available: the
+    switch imports torch's compiler stack (~3 s of start-up per process) and changes nothing on CPU.
     """
-    if threads is not None:
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
         torch.set_num_threads(threads)
+        logger.info("make_deterministic: torch threads set from %d to %d", before, threads)
+    else:
+        logger.info("make_deterministic: torch threads kept at %d (results are reproducible for it)", before)
     if algorithms is None:
         algorithms = torch.cuda.is_available()
     if algorithms:
@@ -48,6 +58,7 @@ def make_deterministic(seed: int, *, threads: int | None = 1, algorithms: bool |
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+    return torch.get_num_threads()
 
 
 def synthetic_regression(samples: int, features: int, *, seed: int, noise: float = 0.1) -> TensorDataset:

@@ -5,7 +5,9 @@ close their runs, and multiprocessing reaps its workers), flushes stdout and std
 with ``code`` without the interpreter's module teardown, which takes seconds once torch is imported (see
 bench/results/training_stop.json). Non-daemon threads are not waited for: call it once the work that matters
 (the checkpoint) is done. ``install_excepthook()`` makes an uncaught ``TrainingInterrupted`` one line on
-stderr and such an exit with its code (124 deadline, 143 SIGTERM, 130 SIGINT), so a script need not catch it.
+stderr and such an exit with its code (124 deadline, 143 SIGTERM, 130 SIGINT), so a script need not catch it;
+its checkpoint is committed, so from then on SIGTERM and SIGINT are ignored (a framework's teardown may have
+put the default handlers back) and cannot turn that exit into -15.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import sys
 from types import TracebackType
 
@@ -33,6 +36,9 @@ def exit_now(code: int) -> None:
 
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     if isinstance(value, TrainingInterrupted):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                signal.signal(sig, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             sys.stderr.write(f"grd: {value}\n")
         exit_now(value.exit_code)

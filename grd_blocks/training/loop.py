@@ -2,16 +2,22 @@
 
 Invariants:
 
-* ``resume()`` restores every object passed in ``objects`` (model, optimizer, scheduler, ...) and, last, the
-  RNG state of this rank (torch, CUDA, numpy, random: dropout included), and returns the position to continue
-  at; nothing that consumes random numbers may run between ``resume()`` and the first step.
+* ``resume()`` restores every object passed in ``objects`` (model, optimizer, scheduler, ...) in place and,
+  last, the RNG state of this rank (torch, CUDA, numpy, random: dropout included), and returns the position to
+  continue at together with the plain values (``values``: numbers, strings, lists, tuples of tensors such as a
+  prefetched batch), which cannot be restored in place; nothing that consumes random numbers may run between
+  ``resume()`` and the first step. It installs the signal handlers and the exit hook itself, so a
+  script-style loop needs no ``with`` block; ``finish()`` (or leaving the ``with``) removes the handlers.
+* ``steps_per_epoch=None`` is the step-only mode: positions count global steps only, checkpoints are
+  ``step_N``, and the number of steps to run is the caller's business, so it may grow between attempts.
 * After ``step_done()`` / ``epoch_done()`` return, the step is counted; they save when a checkpoint is due
   (every epoch, or every ``save_every_steps`` steps) and, when a stop was asked for (SIGTERM, SIGINT,
   ``stop_at_step``) or the deadline is too close for one more step and a save, they save first and then raise
   ``TrainingInterrupted`` (``TrainingTimedOut`` for the deadline, also after grd's warning signal). No
   completed step is ever lost by a stop. Under grd (``GRD_RUN_KEY`` set) the stop then ignores later stop
-  signals (``GracefulShutdown.absorb``) and an uncaught ``TrainingInterrupted`` exits at once with its code
-  (``leaving.install_excepthook``): a deadline stop ends 124 before grd's SIGTERM, not -15.
+  signals (``GracefulShutdown.absorb``). Under grd or not, an uncaught ``TrainingInterrupted`` exits at once
+  with its code (``leaving.install_excepthook``: 124 deadline, 143 SIGTERM, 130 SIGINT), so a deadline stop
+  ends 124 (TIMEOUT) before grd's SIGTERM, never 1 (FAILED) or -15.
 * Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
   an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
   ranks wait at a barrier until the checkpoint is committed.
@@ -34,7 +40,7 @@ from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
 from grd_blocks.training.leaving import install_excepthook
 from grd_blocks.training.pacing import Pacer
-from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, load_position, newest
+from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, Resumed, load_position, newest
 from grd_blocks.training.shutdown import GracefulShutdown
 
 logger = logging.getLogger("grd.training")
@@ -66,7 +72,7 @@ class ResumableTraining:
         checkpoints: RunCheckpoints | None,
         objects: Mapping[str, Any],
         *,
-        steps_per_epoch: int,
+        steps_per_epoch: int | None,
         save_every_steps: int | None = None,
         pacer: Pacer | None = None,
         shutdown: GracefulShutdown | None = None,
@@ -76,14 +82,18 @@ class ResumableTraining:
         clock: Callable[[], float] = time.monotonic,
         observer: TrainingObserver | None = None,
     ) -> None:
-        if steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch={steps_per_epoch} must be >= 1; give the loader more data")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ConfigError(
+                f"steps_per_epoch={steps_per_epoch} must be >= 1 (give the loader more data), or None for "
+                "the step-only mode"
+            )
         if save_every_steps is not None and save_every_steps < 1:
             raise ConfigError(
                 f"save_every_steps={save_every_steps} must be >= 1, or None to save every epoch"
             )
         self.checkpoints = checkpoints
-        self.objects = dict(objects)
+        self.objects = {key: value for key, value in objects.items() if not _is_value(value)}
+        self.values: dict[str, Any] = {key: value for key, value in objects.items() if _is_value(value)}
         self.steps_per_epoch = steps_per_epoch
         self.save_every_steps = save_every_steps
         self.pacer = pacer or Pacer.from_sources()
@@ -100,28 +110,38 @@ class ResumableTraining:
         self.saves = 0
         self._boundary_at: float | None = None
         self._saved_at: Position | None = None
+        self._entered = False
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> ResumableTraining:
-        self.shutdown.install()
-        if _under_grd():
-            install_excepthook()
+        self._entered = True
+        self._install()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._entered = False
+        self._close()
+
+    def _install(self) -> None:
+        self.shutdown.install()
+        install_excepthook()
+
+    def _close(self) -> None:
         if self.checkpoints is not None and dist.rank() == 0:
             self.checkpoints.flush()
         self.shutdown.uninstall()
 
     @property
     def unit(self) -> str:
-        return "epoch" if self.save_every_steps is None else "step"
+        return "epoch" if self.save_every_steps is None and self.steps_per_epoch is not None else "step"
 
     # ------------------------------------------------------------------ resume
-    def resume(self) -> Position:
-        """Restore the newest committed state (see ``_load``); returns the position to continue at."""
+    def resume(self) -> Resumed:
+        """Restore the newest committed state (see ``_load``); returns the position to continue at and the
+        plain ``values`` (as saved, or as passed in when there is no checkpoint yet)."""
+        self._install()
         state: dict[str, Any] | None = None
         if self.checkpoints is not None or self.resume_from is not None:
             state, position, url = self._load()
@@ -135,6 +155,7 @@ class ResumableTraining:
                     if isinstance(ranks, list) and len(ranks) > dist.rank()
                     else state["rng"]
                 )
+                self.values.update({key: state[key] for key in self.values if key in state})
                 restore_rng_state(rng)
                 logger.info(
                     "resumed %s at epoch %d batch %d (global step %d)",
@@ -144,9 +165,10 @@ class ResumableTraining:
                     position.global_step,
                 )
         self._notify("started", self.position, resumed_url=self.resumed_url,
-                     steps_per_epoch=self.steps_per_epoch)
+                     steps_per_epoch=self.steps_per_epoch or 0)
         self._boundary_at = self.clock()
-        return self.position
+        pos = self.position
+        return Resumed(pos.epoch, pos.batch, pos.global_step, values=dict(self.values))
 
     def _notify(self, what: str, *args: Any, **kwargs: Any) -> None:
         """Tell the observer (rank 0 only); telemetry never stops training, so failures are logged."""
@@ -205,18 +227,20 @@ class ResumableTraining:
         if not isinstance(saved, Mapping):
             return
         mine = self._layout()
-        if (
-            int(saved.get("steps_per_epoch", mine["steps_per_epoch"])) != mine["steps_per_epoch"]
-            or int(saved.get("world_size", mine["world_size"])) != mine["world_size"]
-        ):
+        if saved.get("steps_per_epoch") != mine.get("steps_per_epoch") or int(
+            saved.get("world_size", mine["world_size"])
+        ) != mine["world_size"]:
             raise ConfigError(
                 f"checkpoint {url} was written with {dict(saved)} but this run has {mine}; resume with "
-                "the same "
-                "batch size, data size and number of ranks, or start a new run key"
+                "the same batch size, data size and number of ranks (steps_per_epoch=None on both sides for "
+                "the step-only mode), or start a new run key"
             )
 
     def _layout(self) -> dict[str, int]:
-        return {"steps_per_epoch": self.steps_per_epoch, "world_size": dist.world_size()}
+        layout = {"world_size": dist.world_size()}
+        if self.steps_per_epoch is not None:  # the step-only mode records none: its target may grow
+            layout["steps_per_epoch"] = self.steps_per_epoch
+        return layout
 
     def skip_batches(self, epoch: int) -> int:
         """Batches of ``epoch`` already done (non-zero only in the epoch a checkpoint stopped in)."""
@@ -228,7 +252,7 @@ class ResumableTraining:
         pos = self.position
         self.position = Position(pos.epoch, pos.batch + 1, pos.global_step + 1)
         self._observe_step()
-        if self.position.batch >= self.steps_per_epoch:
+        if self.steps_per_epoch is not None and self.position.batch >= self.steps_per_epoch:
             return  # the epoch's last step: epoch_done() is the boundary that saves and stops
         due = self.save_every_steps is not None and self.position.global_step % self.save_every_steps == 0
         self._boundary(due, metrics)
@@ -236,6 +260,11 @@ class ResumableTraining:
     def epoch_done(self, metrics: Mapping[str, float] | None = None) -> None:
         """Close the epoch (its last ``step_done`` must have been called); save if due; stop if asked."""
         pos = self.position
+        if self.steps_per_epoch is None:
+            raise ConfigError(
+                "epoch_done() in the step-only mode (steps_per_epoch=None); pass steps_per_epoch to count "
+                "epochs, or call step_done() only"
+            )
         if pos.batch != self.steps_per_epoch:
             raise ConfigError(
                 f"epoch_done() after {pos.batch} of {self.steps_per_epoch} steps of epoch {pos.epoch}; call "
@@ -286,15 +315,18 @@ class ResumableTraining:
 
     def finish(self, metrics: Mapping[str, float] | None = None) -> str | None:
         """Save the final position unless the last checkpoint already holds it; returns its URL."""
+        url = self.last_checkpoint_url
         if self._saved_at != self.position:
-            return self.save(metrics=metrics, reason="final")
-        return self.last_checkpoint_url
+            url = self.save(metrics=metrics, reason="final")
+        if not self._entered:  # resume() installed the handlers of a loop without a ``with`` block
+            self._close()
+        return url
 
     # ------------------------------------------------------------------ saving
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: the objects, this position, the layout and the RNG state(s)."""
         rng = capture_rng_state()
-        state: dict[str, Any] = dict(self.objects)
+        state: dict[str, Any] = {**self.objects, **self.values}
         state["position"] = self.position.metadata()
         state["layout"] = self._layout()
         state["rng"] = rng
@@ -328,6 +360,12 @@ class ResumableTraining:
         self._saved_at = self.position
         self.saves += 1
         return url
+
+
+def _is_value(value: object) -> bool:
+    """A plain value that cannot be restored in place (numbers, strings, lists, tuples): ``resume()`` returns
+    it in ``values`` instead; modules, optimizers, tensors, arrays and dicts are restored in place."""
+    return isinstance(value, int | float | str | bool | list | tuple) or value is None
 
 
 def _under_grd() -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints
@@ -48,6 +48,21 @@ class Position:
                 f"checkpoint {where} has no training position in its metadata (epoch, batch, global_step); "
                 "it was not written by grd_blocks.training: load it yourself or start a new run key"
             ) from None
+
+
+@dataclass(frozen=True)
+class Resumed(Position):
+    """What ``ResumableTraining.resume()`` returns: the position to continue at, and the plain ``values``
+    (numbers, strings, lists, tuples) as the checkpoint holds them, or as passed in when there is none yet."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.batch, self.global_step)
 
 
 @dataclass(frozen=True)

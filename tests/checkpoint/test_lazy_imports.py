@@ -1,4 +1,5 @@
-"""Importing the store and saving/loading JSON state never imports torch or numpy; torch state still loads."""
+"""Importing the store and saving/loading JSON state never imports torch, numpy or a tracker (MLflow); torch
+state still loads."""
 
 from __future__ import annotations
 
@@ -30,13 +31,13 @@ def _python(code: str) -> dict[str, object]:
     return result
 
 
-def test_json_state_round_trip_never_imports_torch_or_numpy(tmp_path: pathlib.Path) -> None:
+def test_json_state_round_trip_never_imports_torch_numpy_or_a_tracker(tmp_path: pathlib.Path) -> None:
     result = _python(
         f"""
 import json, sys
 import grd_blocks.blocks, grd_blocks.checkpoint
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
-after_import = sorted(m for m in ("torch", "numpy") if m in sys.modules)
+after_import = sorted(m for m in ("torch", "numpy", "mlflow") if m in sys.modules)
 engine = CheckpointEngine({str(tmp_path / "store")!r})
 engine.save_checkpoint("bench", state={{"done": ["prep", "train"], "score": 0.5}}, step=2)
 run = RunCheckpoints.from_url({str(tmp_path / "store" / "bench")!r})
@@ -45,7 +46,7 @@ run.save_async({{"done": ["prep", "train", "eval"]}}, step=3)
 run.flush()
 print(json.dumps({{"after_import": after_import, "loaded": loaded, "latest": run.latest().index,
                   "verify": run.verify("step_3"),
-                  "modules": sorted(m for m in ("torch", "numpy") if m in sys.modules)}}))
+                  "modules": sorted(m for m in ("torch", "numpy", "mlflow") if m in sys.modules)}}))
 """
     )
     assert result == {
@@ -74,3 +75,15 @@ print(json.dumps({{"w": state["w"].tolist(), "epoch": state["epoch"], "pair": li
 """
     )
     assert result == {"w": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "epoch": 4, "pair": [1, 2], "torch_loaded": True}
+
+
+def test_importing_the_integrations_package_imports_no_framework() -> None:
+    result = _python(
+        """
+import json, sys
+import grd_blocks, grd_blocks.integrations
+loaded = sorted(m for m in ("lightning", "transformers", "torch", "mlflow") if m in sys.modules)
+print(json.dumps({"loaded": loaded}))
+"""
+    )
+    assert result == {"loaded": []}

@@ -31,9 +31,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def command(args: Sequence[str], *, nproc: int = 1) -> list[str]:
+def command(args: Sequence[str], *, nproc: int = 1, script: Path = SCRIPT) -> list[str]:
     if nproc == 1:
-        return [sys.executable, str(SCRIPT), *args]
+        return [sys.executable, str(script), *args]
     return [
         sys.executable,
         "-m",
@@ -48,14 +48,16 @@ def command(args: Sequence[str], *, nproc: int = 1) -> list[str]:
         str(free_port()),
         "--monitor-interval",
         "0.2",
-        str(SCRIPT),
+        str(script),
         *args,
     ]
 
 
-def start(args: Sequence[str], *, nproc: int = 1, **extra: str) -> subprocess.Popen[str]:
+def start(
+    args: Sequence[str], *, nproc: int = 1, script: Path = SCRIPT, **extra: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        command(args, nproc=nproc),
+        command(args, nproc=nproc, script=script),
         env=env(**extra),
         cwd=ROOT,
         text=True,
@@ -65,9 +67,11 @@ def start(args: Sequence[str], *, nproc: int = 1, **extra: str) -> subprocess.Po
     )
 
 
-def run(args: Sequence[str], *, nproc: int = 1, timeout: float = 300, **extra: str) -> tuple[int, str]:
+def run(
+    args: Sequence[str], *, nproc: int = 1, timeout: float = 300, script: Path = SCRIPT, **extra: str
+) -> tuple[int, str]:
     done = subprocess.run(
-        command(args, nproc=nproc),
+        command(args, nproc=nproc, script=script),
         env=env(**extra),
         cwd=ROOT,
         text=True,

@@ -88,7 +88,9 @@ def test_grds_absolute_deadline_wins_so_start_up_time_counts_against_the_budget(
     import time
 
     # grd gave 30 s when it started the process; 20 s went to start-up (interpreter, torch import).
-    environ = {"GRD_DEADLINE_UNIX": f"{time.time() + 10.0:.3f}", "GRD_TIME_LEFT_S": "30.000"}
+    # (rounded down to the millisecond: rounding to nearest could put the deadline up to 0.5 ms past 10 s)
+    deadline = math.floor((time.time() + 10.0) * 1000) / 1000
+    environ = {"GRD_DEADLINE_UNIX": f"{deadline:.3f}", "GRD_TIME_LEFT_S": "30.000"}
     pacer = Pacer.from_sources(environ=environ)
     assert 9.0 < pacer.remaining() <= 10.0
     assert Pacer.from_sources(environ={"GRD_DEADLINE_UNIX": "inf"}).remaining() == math.inf
