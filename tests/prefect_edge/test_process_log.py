@@ -11,6 +11,9 @@ from grd_blocks.process import run_command
 from tests.logcapture import Records, capturing_logger
 
 IGNORES_TERM = "trap '' TERM; sleep 30"
+# The deadline leaves the shell time to install its trap even on a loaded machine (a SIGTERM before the
+# trap ends it at once, and the ladder never needs SIGKILL).
+SETUP_S = 3.0
 
 
 def _target(name: str) -> tuple[logging.Logger, Records]:
@@ -20,7 +23,7 @@ def _target(name: str) -> tuple[logging.Logger, Records]:
 def test_term_ignored_then_kill_are_logged_to_the_commands_run_log() -> None:
     logger, capture = _target("mine")
     with process_log_to(logger, "p.slow"):
-        outcome = run_command(IGNORES_TERM, deadline=time.monotonic() + 0.3, grace_s=0.3)
+        outcome = run_command(IGNORES_TERM, deadline=time.monotonic() + SETUP_S, grace_s=0.3)
     assert outcome.timed_out and outcome.kill_sent_s is not None
     levels = [level for level, _ in capture.lines]
     messages = [message for _, message in capture.lines]
