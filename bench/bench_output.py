@@ -59,7 +59,7 @@ from typing import Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from grd_blocks.orchestration.prefect_states import LineBatcher  # noqa: E402
+from grd_blocks.orchestration.line_batches import LineBatcher  # noqa: E402
 from grd_blocks.process import run_command  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "output.json"

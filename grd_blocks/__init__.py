@@ -36,8 +36,6 @@ from grd_blocks.errors import (
 )
 
 if TYPE_CHECKING:
-    from grd_blocks.approval import Approval, ApprovalInput, approve_flow_run, require_approval
-    from grd_blocks.blocks import CheckpointStore, resolve_store
     from grd_blocks.budget import Budget, Clock, FakeClock, format_duration, parse_duration
     from grd_blocks.checkpoint import (
         CheckpointEngine,
@@ -49,6 +47,8 @@ if TYPE_CHECKING:
     )
     from grd_blocks.orchestration.status import Status
     from grd_blocks.prefect_edge import EVENT_NAMES, emit_grd_event
+    from grd_blocks.prefect_edge.approval import Approval, ApprovalInput, approve_flow_run, require_approval
+    from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
     from grd_blocks.process import CommandOutcome, run_command
     from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, TimeoutInfo
     from grd_blocks.spec import (
@@ -73,10 +73,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(
-        ["Approval", "ApprovalInput", "approve_flow_run", "require_approval"], "grd_blocks.approval"
-    ),
-    **dict.fromkeys(["CheckpointStore", "resolve_store"], "grd_blocks.blocks"),
+    **dict.fromkeys(["Approval", "ApprovalInput", "approve_flow_run", "require_approval"],
+                    "grd_blocks.prefect_edge.approval"),
+    **dict.fromkeys(["CheckpointStore", "resolve_store"], "grd_blocks.prefect_edge.block"),
     **dict.fromkeys(
         ["Budget", "Clock", "FakeClock", "format_duration", "parse_duration"], "grd_blocks.budget"
     ),

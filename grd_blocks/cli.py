@@ -11,16 +11,13 @@ when set, else an ephemeral one started for the run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 from grd_blocks import cli_approve, cli_store
@@ -29,57 +26,7 @@ from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
 
-# The one place the library reaches the flows package: looked up at run time, never imported statically.
-BENCHMARK_FLOW = "flows.benchmark:benchmark"
 _USAGE_ERRORS = (SpecError, UsageError, DurationError, InvalidRunKey, ConfigError)
-_PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
-
-
-def _prefect_settings() -> contextlib.AbstractContextManager[object]:
-    """Defaults for the ephemeral API (a user's environment wins), in the environment for child processes and
-    as temporary settings, in case Prefect read its settings before (an earlier import of prefect)."""
-    from prefect.settings import (
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        temporary_settings,
-    )
-
-    for name, value in _PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    startup = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
-    analytics = os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"].strip().lower() in ("1", "true", "yes", "on")
-    updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: analytics}
-    if startup.strip().isdigit():
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = int(startup)
-    return temporary_settings(updates=updates)
-
-
-def _load_flow() -> Callable[..., Any]:
-    module, _, attr = BENCHMARK_FLOW.partition(":")
-    flow: Callable[..., Any] = getattr(importlib.import_module(module), attr)
-    return flow
-
-
-def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
-    """SIGTERM outside a flow run (Prefect's own handler is in place inside one, and hands the signal back
-    here when it is done): end the same way, as Prefect's ``TerminationSignal``."""
-    from prefect.exceptions import TerminationSignal
-
-    raise TerminationSignal(signal=signum)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _stopped(code: int, spec_path: Path) -> int:
     """The one line `grd run` prints when a signal stopped it; returns ``code`` (130 or 143)."""
     from grd_blocks.report import last_written
@@ -99,7 +46,7 @@ def _stopped(code: int, spec_path: Path) -> int:
 
 
 def _is_url(store: str | None) -> bool:
-    from grd_blocks.blocks.checkpoint_store import looks_like_url
+    from grd_blocks.prefect_edge.block import looks_like_url
 
     return store is not None and looks_like_url(store)
 
@@ -119,12 +66,18 @@ def _run(args: argparse.Namespace) -> int:
     load_spec(spec_path)  # a bad spec fails here, before any server starts
     check_run_keys(args.run_key, args.resume)
     check_report(args.report)
-    for name, value in _PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)  # before the first import of prefect, where possible
+    from grd_blocks.prefect_edge.cli_run import (
+        benchmark_flow,
+        prefect_settings,
+        set_default_environment,
+        sigterm_raises,
+    )
+
+    set_default_environment()  # before the first import of prefect, where possible
     from grd_blocks.prefect_edge.run_end import report_of
     from grd_blocks.report import BenchmarkReport, render_summary
 
-    with _prefect_settings(), _sigterm_raises():
+    with prefect_settings(), sigterm_raises():
         try:
             engine = _checked_store(args) if _is_url(args.store) else None  # needs no API: before it starts
             if not (args.check and engine is not None):
@@ -138,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"grd run: {spec_path}: the spec and every flag are fine (store {engine.url} "
                       "writable); nothing was run")
                 return 0
-            state = _load_flow()(
+            state = benchmark_flow()(
                 spec_path=str(spec_path),
                 run_key=args.run_key,
                 resume_from=args.resume,

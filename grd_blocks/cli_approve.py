@@ -25,7 +25,7 @@ def _default_approver() -> str:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from grd_blocks.approval import approve_flow_run
+    from grd_blocks.prefect_edge.approval import approve_flow_run
 
     approve_flow_run(args.flow_run_id, minutes=args.minutes, reason=args.reason,
                      approver=args.approver or _default_approver(), reject=args.reject)

@@ -84,7 +84,7 @@ def _store_fix(value: str) -> str:
 def check_store(store: str | None) -> Any:
     """The store ``--store`` names, after a probe object was written to its root and removed; returns the
     engine (a ``CheckpointEngine``)."""
-    from grd_blocks.blocks import resolve_store
+    from grd_blocks.prefect_edge.block import resolve_store
 
     shown = store if store is not None else "default"
     try:

@@ -59,7 +59,7 @@ def _guarded(func: Handler) -> Handler:
 
 
 def _open_run(args: argparse.Namespace) -> RunCheckpoints:
-    from grd_blocks.blocks.checkpoint_store import resolve_store
+    from grd_blocks.prefect_edge.block import resolve_store
 
     return resolve_store(args.target).run(args.run_key)
 
@@ -78,7 +78,7 @@ def _select(run: RunCheckpoints, args: argparse.Namespace) -> CheckpointRef:
 def _store_create(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
-    from grd_blocks.blocks.checkpoint_store import CheckpointStore
+    from grd_blocks.prefect_edge.block import CheckpointStore
 
     options: dict[str, Any] = {}
     for item in args.storage_option or []:
@@ -115,7 +115,7 @@ def _store_create(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- checkpoints
 @_guarded
 def _ls(args: argparse.Namespace) -> int:
-    from grd_blocks.blocks.checkpoint_store import resolve_store
+    from grd_blocks.prefect_edge.block import resolve_store
 
     if args.run_key is None:
         runs = resolve_store(args.target).list_runs()

@@ -51,7 +51,7 @@ def test_importing_the_package_imports_nothing_heavy() -> None:
 
 def test_public_names_resolve_to_the_documented_modules() -> None:
     assert grd_blocks.Budget.__module__.startswith("grd_blocks.budget")
-    assert grd_blocks.CheckpointStore.__module__.startswith("grd_blocks.blocks")
+    assert grd_blocks.CheckpointStore.__module__.startswith("grd_blocks.prefect_edge")
     assert grd_blocks.run_command.__module__.startswith("grd_blocks.process")
 
 

@@ -2,7 +2,7 @@
 
 Invariant: the engine never touches anything outside ``{url}/{run_key}/`` for a valid run key; it holds only
 configuration (URL, storage options, retention) and delegates every operation to ``RunCheckpoints``.
-No Prefect here: the Block (grd_blocks/blocks) wraps this object.
+No Prefect here: the Block (grd_blocks/prefect_edge/block.py) wraps this object.
 """
 
 from __future__ import annotations

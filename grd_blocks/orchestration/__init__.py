@@ -1,6 +1,6 @@
 """The library logic the benchmark flows compose: budgets, gates, statuses, command environment, progress.
 
-Invariant: nothing here imports ``flows``; Prefect is touched only in ``prefect_states`` and ``store``. Import
+Invariant: nothing here imports Prefect or anything above it (grd_blocks/prefect_edge, the CLI). Import
 submodules directly (``from grd_blocks.orchestration.run import BenchmarkRun``); this package itself exports
 only the statuses, so that ``grd_blocks.report`` and the orchestration modules can import each other freely.
 """

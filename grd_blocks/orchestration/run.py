@@ -300,5 +300,5 @@ def current_run() -> BenchmarkRun:
     except LookupError:
         raise UsageError(
             "no grd benchmark run is bound here: grd's phase and command flows run only inside the benchmark "
-            "flow (flows.benchmark.benchmark) or a `with bind_run(run):` block"
+            "flow (grd_blocks.prefect_edge.benchmark_flow) or a `with bind_run(run):` block"
         ) from None

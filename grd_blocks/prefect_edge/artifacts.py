@@ -24,6 +24,7 @@ __all__ = [
     "progress_artifact_key",
     "publish_approval_audit",
     "render_audit",
+    "results_artifact_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def checkpoint_index_key(run_key: str) -> str:
 def progress_artifact_key(run_key: str) -> str:
     """The training progress artifact key of ``run_key``: ``grd-progress-<run key, sanitised>``."""
     return artifact_key("grd-progress", run_key)
+
+
+def results_artifact_key(benchmark: str) -> str:
+    """The results table artifact key of benchmark ``benchmark``: ``grd-<name, sanitised>``."""
+    return artifact_key("grd", benchmark)
 
 
 def in_prefect_run() -> bool:

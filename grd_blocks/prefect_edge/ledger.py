@@ -110,7 +110,7 @@ def open_ledger(store: object, run_key: str) -> ApprovalLedger:
     if isinstance(store, CheckpointEngine):
         engine = store
     elif store is None or isinstance(store, str):
-        from grd_blocks.blocks import resolve_store
+        from grd_blocks.prefect_edge.block import resolve_store
 
         engine = resolve_store(store).engine()
     elif callable(getattr(store, "engine", None)):

@@ -4,13 +4,15 @@ Invariant: with no ``approval_budget`` nothing is asked and nothing is bounded (
 gets a ``Budget`` that its pacer saves and stops before: the default budget when the estimate fits it (or
 when nothing says how long an epoch takes: then the run may not exceed the default budget without a
 person's approval, and once it has measured its epochs a retry asks), else the limit ``require_approval``
-returned (asked in the Prefect UI, ``grd approve``, ``auto_approve``, or reused from an earlier attempt of
-the same run key, which is never asked twice). Each attempt is bounded by the full limit from its own start.
+returned by ``ask`` (the edge's: asked in the Prefect UI, ``grd approve``, ``auto_approve``, or reused from
+an earlier attempt of the same run key, which is never asked twice). Each attempt is bounded by the full
+limit from its own start. Nothing here knows how a person is asked: the caller passes ``ask``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from grd_blocks.budget import Budget, format_duration, parse_duration
 from grd_blocks.checkpoint import RunCheckpoints
@@ -19,7 +21,12 @@ from grd_blocks.training.data import batches_per_epoch
 from grd_blocks.training.estimate import RunEstimate, estimate_remaining
 from grd_blocks.training.resume import CheckpointUrl
 
-__all__ = ["approve_training"]
+__all__ = ["AskApproval", "approve_training"]
+
+AskApproval = Callable[[str, float, float], "tuple[float | None, str]"]
+"""``ask(run_key, estimate_s, default_budget_s)``: the limit a person (or a recorded decision) allows, in
+seconds (None: unlimited), and who decided; raises ``ApprovalRejected`` / ``ApprovalExpired`` when refused or
+unanswered."""
 
 logger = logging.getLogger("grd.training")
 
@@ -30,15 +37,13 @@ def approve_training(
     checkpoints: RunCheckpoints,
     *,
     approval_budget: str | float | None,
-    auto_approve: bool = False,
-    store: object = None,
+    ask: AskApproval,
     resume_from: CheckpointUrl | None = None,
 ) -> Budget | None:
-    """The budget run ``run_key`` may use (None: unbounded); pauses the flow run when approval is needed.
+    """The budget run ``run_key`` may use (None: unbounded); calls ``ask`` when approval is needed.
 
-    ``store``: where the decision is kept (the run's ``CheckpointStore`` block, so retries see it).
-    Raises ``ApprovalRejected`` / ``ApprovalExpired`` (see ``grd_blocks.approval``) and ``DurationError``
-    for a malformed ``approval_budget``.
+    Raises what ``ask`` raises (``ApprovalRejected`` / ``ApprovalExpired``) and ``DurationError`` for a
+    malformed ``approval_budget``.
     """
     default_s = parse_duration(approval_budget)
     if default_s is None:
@@ -49,7 +54,7 @@ def approve_training(
         steps_per_epoch=max(1, batches_per_epoch(config.samples, config.batch_size)),
         resume_from=resume_from,
     )
-    limit_s = _limit(run_key, estimate, default_s, auto_approve=auto_approve, store=store)
+    limit_s = _limit(run_key, estimate, default_s, ask)
     return Budget.after(limit_s, name=f"approved run {run_key}", level="run")
 
 
@@ -57,9 +62,7 @@ def _limit(
     run_key: str,
     estimate: RunEstimate,
     default_s: float,
-    *,
-    auto_approve: bool,
-    store: object,
+    ask: AskApproval,
 ) -> float | None:
     total = estimate.total_s
     if total is None:
@@ -70,9 +73,7 @@ def _limit(
             format_duration(default_s),
         )
         return default_s
-    from grd_blocks.approval import require_approval
-
-    approval = require_approval(run_key, total, default_s, auto_approve=auto_approve, store=store)
+    limit_s, who = ask(run_key, total, default_s)
     logger.info(
         "run %s: %.2f epochs left at %.3gs each (%s) = %s; limit %s (%s)",
         run_key,
@@ -80,7 +81,7 @@ def _limit(
         estimate.epoch_s,
         estimate.source,
         format_duration(total),
-        format_duration(approval.limit_s),
-        approval.who,
+        format_duration(limit_s),
+        who,
     )
-    return approval.limit_s
+    return limit_s

@@ -35,7 +35,7 @@ def test_json_state_round_trip_never_imports_torch_numpy_or_a_tracker(tmp_path: 
     result = _python(
         f"""
 import json, sys
-import grd_blocks.blocks, grd_blocks.checkpoint
+import grd_blocks.prefect_edge.block, grd_blocks.checkpoint
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
 after_import = sorted(m for m in ("torch", "numpy", "mlflow") if m in sys.modules)
 engine = CheckpointEngine({str(tmp_path / "store")!r})

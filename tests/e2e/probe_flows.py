@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from grd_blocks.approval import require_approval
+from grd_blocks.prefect_edge.approval import require_approval
 
 
 @flow(name="grd-approval-probe")

@@ -17,8 +17,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from grd_blocks.orchestration.prefect_states import artifact_key
 from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.artifacts import results_artifact_key
 from tests.flows.helpers import run_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -54,7 +54,7 @@ def test_a_90s_command_in_a_phase_with_2s_is_stopped_and_reported_inherited(tmp_
     assert result.phase("smoke").status is Status.TIMEOUT
     assert result.report.status is Status.TIMEOUT and result.report.exit_code == 124
     assert result.state.is_failed() and result.state.name == "TimedOut"
-    rows = asyncio.run(_artifact_rows(artifact_key("inherit-demo")))
+    rows = asyncio.run(_artifact_rows(results_artifact_key("inherit-demo")))
     assert [(r["command"], r["status"]) for r in rows] == [("train", "⏱ TIMEOUT")]
 
 
@@ -241,8 +241,8 @@ def test_a_command_that_checkpoints_itself_keeps_only_the_store_blocks_keep_last
     import sys
     import uuid
 
-    from grd_blocks.blocks import CheckpointStore
     from grd_blocks.checkpoint import CheckpointEngine
+    from grd_blocks.prefect_edge.block import CheckpointStore
 
     name = f"keep-three-{uuid.uuid4().hex[:6]}"
     CheckpointStore(url=str(tmp_path / "store"), keep_last=3).save(name)

@@ -84,8 +84,8 @@ def test_the_warning_variables_appear_only_with_a_warning_and_never_leak_from_an
 
 
 def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Path) -> None:
-    from grd_blocks.blocks import CheckpointStore
     from grd_blocks.checkpoint import RunCheckpoints
+    from grd_blocks.prefect_edge.block import CheckpointStore
 
     block = CheckpointStore(url=str(tmp_path / "store"), keep_last=3, keep_best=1, monitor="loss")
     env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
@@ -100,7 +100,7 @@ def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Pat
 
 
 def test_a_store_without_retention_sets_no_retention_variables(tmp_path: Path) -> None:
-    from grd_blocks.blocks import CheckpointStore
+    from grd_blocks.prefect_edge.block import CheckpointStore
 
     env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
                       store=store_access(CheckpointStore(url=str(tmp_path))), base={})

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 
-from grd_blocks.orchestration.prefect_states import LineBatcher
+from grd_blocks.orchestration.line_batches import LineBatcher
 from tests.logcapture import Records, capturing_logger
 
 

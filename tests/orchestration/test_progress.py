@@ -16,7 +16,7 @@ import pytest
 from grd_blocks.checkpoint.run import RunCheckpoints
 from grd_blocks.orchestration.progress import ProgressLog
 from grd_blocks.orchestration.status import Status
-from grd_blocks.orchestration.store import open_store
+from grd_blocks.prefect_edge.store import open_store
 from grd_blocks.report import CommandReport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_rows_still_pending_are_written_when_the_process_exits(tmp_path: Path) -
         import logging, sys
         sys.path.insert(0, {str(ROOT)!r})
         from grd_blocks.orchestration.progress import ProgressLog
-        from grd_blocks.orchestration.store import open_store
+        from grd_blocks.prefect_edge.store import open_store
         from grd_blocks.report import CommandReport
         log = ProgressLog(open_store({str(tmp_path / "ckpt")!r}, "run-1")[1], logger=logging.getLogger("t"),
                           interval_s=3600.0)

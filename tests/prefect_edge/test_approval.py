@@ -17,8 +17,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import State
 
 from grd_blocks import cli_approve
-from grd_blocks.approval import Approval, approve_flow_run, require_approval
 from grd_blocks.errors import ApprovalRejected, UsageError
+from grd_blocks.prefect_edge.approval import Approval, approve_flow_run, require_approval
 from grd_blocks.prefect_edge.artifacts import approval_artifact_key
 from grd_blocks.prefect_edge.ledger import open_ledger
 

@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-from grd_blocks.blocks import CheckpointStore, resolve_store
+from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 PREFECT = Path(sys.executable).with_name("prefect")
@@ -59,7 +59,7 @@ def test_without_a_reachable_api_the_local_default_is_used_unsaved(no_default_bl
         client.read_block_document_by_name("default", "grd-checkpoint-store")
 
 
-@pytest.mark.parametrize("module", ["grd_blocks", "grd_blocks.blocks"])
+@pytest.mark.parametrize("module", ["grd_blocks", "grd_blocks.prefect_edge.block"])
 def test_block_register_cli_registers_the_checkpoint_store_type(module: str) -> None:
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     done = subprocess.run([str(PREFECT), "block", "register", "-m", module], env=env,

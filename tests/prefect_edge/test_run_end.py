@@ -11,9 +11,9 @@ from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary
 from prefect.states import get_state_exception
 
 from grd_blocks.errors import ApprovalRejected, ConfigError, TrainingInterrupted
-from grd_blocks.orchestration.prefect_states import final_state
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.run_end import RunEnded, quiet_run_ends, rejected, report_of
+from grd_blocks.prefect_edge.states import final_state
 
 REPORT = {"benchmark": "demo", "status": "TIMEOUT", "phases": []}
 

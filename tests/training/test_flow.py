@@ -13,9 +13,9 @@ import pytest
 from prefect.client.schemas.objects import State
 
 from flows.train import train
-from grd_blocks.approval import approve_flow_run
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
 from grd_blocks.errors import TrainingInterrupted, TrainingTimedOut
+from grd_blocks.prefect_edge.approval import approve_flow_run
 from grd_blocks.prefect_edge.artifacts import checkpoint_index_key, progress_artifact_key
 from grd_blocks.prefect_edge.ledger import open_ledger
 from grd_blocks.training import TrainConfig
@@ -102,7 +102,7 @@ def test_the_run_log_has_a_line_per_epoch_and_the_index_follows_the_stores_reten
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    from grd_blocks.blocks import CheckpointStore
+    from grd_blocks.prefect_edge.block import CheckpointStore
 
     block = f"keep-one-{uuid.uuid4().hex[:6]}"
     CheckpointStore(url=str(tmp_path / "store"), keep_last=1).save(block)

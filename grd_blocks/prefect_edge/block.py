@@ -37,7 +37,7 @@ class CheckpointStore(Block):
     Example:
         Load a saved store and checkpoint a run:
         ```python
-        from grd_blocks.blocks import CheckpointStore
+        from grd_blocks.prefect_edge.block import CheckpointStore
 
         store = CheckpointStore.load("BLOCK_NAME")
         store.save_checkpoint("run_42", step=3, state={"model": model}, metrics={"val_loss": 0.38})

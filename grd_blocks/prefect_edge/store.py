@@ -20,7 +20,7 @@ PROGRESS_KEEP = 2
 
 def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
     """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
-    from grd_blocks.blocks import resolve_store
+    from grd_blocks.prefect_edge.block import resolve_store
 
     block: Any = resolve_store(name_or_url)
     return store_access(block), progress_prefix(block.engine(), run_key)

@@ -1,62 +1,19 @@
-"""The Prefect edge of a run: final states, the results artifact, and output lines as run logs.
+"""Output lines of a command sent to a logger (the run's log) in batches, never slowing the command down.
 
-Invariant: a run's Prefect state says what its report says: COMPLETED -> Completed, FAILED -> Failed,
-TIMEOUT -> Failed named "TimedOut" (Prefect's own name for a timed-out run; 3.8.8 has no TimedOut helper),
-CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data;
-a state that did not complete carries it inside a ``RunEnded`` (prefect_edge/run_end.py), the exception
-Prefect raises for it, so no run ends in a TypeError traceback. Output lines reach the run logs in order,
-batched (one record per up to 200 lines or 0.2 s), without ever slowing the command down (``LineBatcher``).
+Invariant: the command's output reader only appends to a bounded backlog and is never held up by the
+logger; lines leave in order, one record per up to ``max_lines`` lines or ``flush_s`` seconds; what is
+dropped from the log (over ``max_per_s`` lines a second, or a full backlog) is counted in place, so the lines
+shown plus the lines counted equal the lines printed. The command's log file keeps every byte regardless.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
 
-from prefect.artifacts import create_table_artifact
-from prefect.client.schemas.objects import State
-from prefect.states import Cancelled, Completed, Failed
-
-from grd_blocks.orchestration.status import Status
-from grd_blocks.prefect_edge.run_end import RunEnded
-from grd_blocks.report import BenchmarkReport, table_rows
-
-__all__ = ["LineBatcher", "artifact_key", "final_state", "line_logger", "publish_table"]
-
-
-def final_state(status: Status, data: Any, message: str) -> State[Any]:
-    """The Prefect state a flow or task returns for a node that ended in ``status``."""
-    if status is Status.COMPLETED:
-        return Completed(data=data, message=message)
-    if status is Status.SKIPPED:
-        return Completed(name="Skipped", data=data, message=message)
-    ended = RunEnded(message, data)
-    if status is Status.TIMEOUT:
-        return Failed(name="TimedOut", data=ended, message=message)
-    if status is Status.CANCELLED:
-        return Cancelled(data=ended, message=message)
-    return Failed(data=ended, message=message)
-
-
-def artifact_key(benchmark: str) -> str:
-    """A valid artifact key (lowercase letters, digits, dashes) for a benchmark's results table."""
-    slug = re.sub(r"[^a-z0-9]+", "-", benchmark.lower()).strip("-") or "benchmark"
-    return f"grd-{slug}"[:64]
-
-
-def publish_table(report: BenchmarkReport) -> None:
-    """Create the results table artifact of ``report`` (TIMEOUT rows show as ``⏱ TIMEOUT``)."""
-    create_table_artifact(
-        table=table_rows(report),
-        key=artifact_key(report.benchmark),
-        description=(
-            f"grd benchmark **{report.benchmark}**: {report.status.value} in {report.elapsed_s:.1f}s, "
-            f"run key `{report.run_key}`, exit code {report.exit_code}"
-        ),
-    )
+__all__ = ["LineBatcher", "line_logger"]
 
 
 class LineBatcher:

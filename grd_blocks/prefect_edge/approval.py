@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from grd_blocks.prefect_edge.artifacts import publish_approval_audit
 from grd_blocks.prefect_edge.events import emit_grd_event
 from grd_blocks.prefect_edge.ledger import ApprovalLedger, ApprovalRecord, RecordKind, open_ledger, utc_now
 
-__all__ = ["Approval", "ApprovalInput", "approve_flow_run", "require_approval"]
+__all__ = ["Approval", "ApprovalInput", "approval_asker", "approve_flow_run", "require_approval"]
 
 _RunInput: Any
 try:
@@ -239,3 +240,18 @@ def approve_flow_run(
     except FlowPauseTimeout:
         raise ApprovalExpired(f"flow run {flow_run_id}'s approval request expired; retry the flow run to "
                               "ask again") from None
+
+
+_Ask = Callable[[str, float, float], tuple[float | None, str]]  # training.long_run.AskApproval
+
+
+def approval_asker(*, auto_approve: bool, store: object) -> _Ask:
+    """The ``ask`` a training run gets (``training.long_run.AskApproval``): ``require_approval`` with the
+    decision kept in ``store``; returns the limit and who decided."""
+
+    def ask(run_key: str, estimate_s: float, default_budget_s: float) -> tuple[float | None, str]:
+        approval = require_approval(run_key, estimate_s, default_budget_s, auto_approve=auto_approve,
+                                    store=store)
+        return approval.limit_s, approval.who
+
+    return ask

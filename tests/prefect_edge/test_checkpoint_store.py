@@ -13,9 +13,9 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from grd_blocks.blocks import CheckpointStore, resolve_store
 from grd_blocks.cli_store import register
 from grd_blocks.errors import ConfigError, StoreUnavailable
+from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex
 
@@ -31,7 +31,7 @@ def _subclasses(cls: type[Block]) -> set[type[Block]]:
 
 
 def test_every_block_grd_defines_is_under_the_standards_suite() -> None:
-    import grd_blocks.blocks  # noqa: F401  (imports every block module)
+    import grd_blocks.prefect_edge.block  # noqa: F401  (imports every block module)
 
     mine = {cls for cls in _subclasses(Block) if cls.__module__.startswith("grd_blocks.")}
     assert mine == set(BLOCKS)

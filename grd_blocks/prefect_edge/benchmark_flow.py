@@ -1,0 +1,342 @@
+"""The benchmark flow: benchmark -> a subflow per phase -> a task per command (thin: it composes grd_blocks).
+
+Invariant: every command runs through ``grd_blocks.process.run_command`` with its budget's effective deadline.
+Prefect's own ``timeout_seconds`` is only a backstop, set beyond the deadline plus grace and a margin, on the
+phase subflows and cleanup tasks (they run in the main thread, where Prefect can interrupt them; command tasks
+run in worker threads, where it cannot, and an interrupted phase cancels them down the kill ladder). Each
+node's Prefect state matches its report status (Completed, Failed, Failed named TimedOut, Cancelled), the
+report is written as JSON and published as a table artifact, and each finished command is committed to the
+run's progress so a retry (same flow run id) or a new run with ``resume_from`` skips what already completed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import Task, flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
+from prefect.runtime import flow_run
+
+from grd_blocks.budget import parse_duration
+from grd_blocks.errors import BenchmarkIncomplete, UsageError
+from grd_blocks.orchestration.execute import execute
+from grd_blocks.orchestration.line_batches import line_logger
+from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun, bind_run, current_run
+from grd_blocks.orchestration.runkey import resolve_run_key
+from grd_blocks.orchestration.scheduler import run_commands
+from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.approval import require_approval
+from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
+from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
+from grd_blocks.prefect_edge.process_log import process_log_to
+from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected, report_of
+from grd_blocks.prefect_edge.states import final_state, publish_table
+from grd_blocks.prefect_edge.store import open_store
+from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
+from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, load_spec
+
+__all__ = ["benchmark", "command_task", "phase_flow"]
+
+
+class CommandResult:
+    """What a command task's state carries: its report row, as one opaque object. (Prefect walks a state's
+    data to track results; a dict row cost every command about 0.3 ms of that walk.)"""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: CommandReport) -> None:
+        self.row = row
+
+    def __repr__(self) -> str:
+        return f"CommandResult({self.row.name}: {self.row.status.value})"
+
+
+@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False, task_run_name="{phase}.{command}")
+def command_task(phase: str | None, command: str, cleanup: bool = False) -> State[Any]:
+    """Run one command of ``phase``, or a cleanup (``cleanup=True``: shielded budget, not cancelled);
+    ``phase=None`` is the benchmark's own cleanup (its task run is named by ``_runner``). Its final state's
+    message is the outcome (Prefect logs it
+    as "Finished in state ..."), so nothing else is logged per command but the command's own output lines."""
+    run = current_run()
+    if phase is None:
+        if run.spec.cleanup is None or not cleanup:
+            raise UsageError(f"benchmark {run.spec.name!r} has no cleanup named {command!r}")
+        plan = run.plan_cleanup(None, run.spec.cleanup)
+    else:
+        phase_run = run.active_phase(phase)
+        spec = run.command_spec(phase_run.spec, command)
+        plan = run.plan_cleanup(phase_run, spec) if cleanup else run.plan_command(phase_run, spec)
+    label = f"{plan.phase}.{command}"
+    logger = get_run_logger()
+    sink = line_logger(logger, label, str(plan.log_path))
+    try:
+        with process_log_to(logger, label):  # the kill ladder's steps, in this task run's log
+            row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
+    finally:
+        sink.close()
+    if not cleanup and phase is not None:
+        run.record(phase, row)
+        _announce(run.run_key, plan.phase, command, row)
+    message = f"{label}: {row.status.value} (returncode {row.returncode}, {row.elapsed_s:.1f}s)"
+    if row.timeout is not None:  # the kill ladder's outcome, beside its steps logged above
+        stop = row.timeout
+        term = "no SIGTERM" if stop.term_sent_s is None else f"SIGTERM at {stop.term_sent_s:.1f}s"
+        kill = "no SIGKILL" if stop.kill_sent_s is None else f"SIGKILL at {stop.kill_sent_s:.1f}s"
+        message += f"; {stop.level} deadline: {term}, {kill}, {stop.survivors} survivor(s)"
+    return final_state(row.status, CommandResult(row), message)
+
+
+def _announce(run_key: str, phase: str, command: str, row: CommandReport) -> None:
+    """Prefect events for automations: ``grd.command.failed`` for a FAILED command, and
+    ``grd.command.timed_out`` (with the report's timeout block) for a TIMEOUT; a completed command has none
+    of its own (its phase's ``grd.phase.completed`` counts it). Buffered; never raises."""
+    if row.resumed:
+        return
+    if row.status is Status.FAILED:
+        command_failed(run_key, phase, command, returncode=row.returncode, elapsed_s=row.elapsed_s,
+                       reason=row.reason)
+    elif row.status is Status.TIMEOUT and row.timeout is not None:
+        command_timed_out(run_key, phase, command, timeout=row.timeout.model_dump(mode="json"))
+
+
+def _announce_resume(run: BenchmarkRun) -> None:
+    """``grd.run.resumed`` when this attempt starts with commands an earlier one completed (to be skipped)."""
+    done = [
+        f"{phase.name}.{command.name}"
+        for phase in run.spec.phases
+        for command in phase.commands
+        if (row := run.progress.previous(phase.name, command.name)) is not None
+        and row.status is Status.COMPLETED
+    ]
+    if done:
+        run.logger.info("resuming run %s: %d completed command(s) will be skipped", run.run_key, len(done))
+        run_resumed(run.run_key, attempt=int(flow_run.run_count or 1), detail={"skipped": done})
+
+
+def _state_data(state: State[Any]) -> Any:
+    """What a finished run returned, read from memory when Prefect kept it there (no event-loop hop)."""
+    data = state.data
+    if isinstance(data, ResultRecord):
+        return report_of(data.result)
+    return report_of(state.result(raise_on_failure=False))
+
+
+def _row_from_state(state: State[Any], name: str) -> CommandReport:
+    data = _state_data(state)
+    if isinstance(data, CommandResult):
+        return data.row
+    if isinstance(data, dict):
+        return CommandReport.model_validate(data)
+    status = Status.TIMEOUT if state.name == "TimedOut" else Status.FAILED
+    reason = f"Prefect ended the task: {state.name}: {state.message}"
+    return CommandReport(name=name, status=status, reason=reason)
+
+
+@functools.lru_cache(maxsize=32)
+def _runner(backstop: float | None, benchmark: str | None = None) -> Task[..., State[Any]]:
+    """The command task with Prefect's ``timeout_seconds`` backstop (built once per distinct value); with
+    ``benchmark``, for the benchmark's own cleanup, whose task run is named ``<benchmark>.<command>``."""
+    runner = command_task
+    if benchmark is not None:  # spec names are [A-Za-z0-9_.-]: nothing to escape in the template
+        runner = runner.with_options(task_run_name=f"{benchmark}.{{command}}")
+    return runner if backstop is None else runner.with_options(timeout_seconds=backstop)
+
+
+def _call_command(run: BenchmarkRun, phase: str | None, command: CommandSpec, *, cleanup: bool,
+                  backstop: float | None) -> CommandReport:
+    runner = _runner(backstop, run.spec.name if phase is None else None)
+    state = runner(phase, command.name, cleanup, return_state=True)
+    return _row_from_state(state, command.name)
+
+
+def _cleanup(run: BenchmarkRun, phase_run: PhaseRun | None, command: CommandSpec) -> CommandReport:
+    phase = phase_run.spec.name if phase_run is not None else None
+    backstop = run.cleanup_backstop(phase_run.spec if phase_run else None, command)
+    return _call_command(run, phase, command, cleanup=True, backstop=backstop)
+
+
+@flow(name="grd-phase", validate_parameters=False)
+def phase_flow(phase: str) -> State[Any]:
+    """Run one phase: its commands (up to ``max_parallel`` at once), then its cleanup, shielded."""
+    run = current_run()
+    phase_run = run.begin_phase(run.phase_spec(phase))
+    spec = phase_run.spec
+    rows: list[CommandReport] = []
+    cleanup_row: CommandReport | None = None
+    try:
+        rows = run_commands(
+            spec.commands,
+            start=lambda c: _call_command(run, phase, c, cleanup=False, backstop=None),
+            gate=phase_run.gate,
+            cancel=run.cancel,
+            max_parallel=spec.max_parallel,
+            reuse=lambda c: run.reusable(phase, c.name),
+            done=lambda c, row: run.observe(phase_run, c, row),
+        )
+    finally:
+        run.flush_progress()
+        if spec.cleanup is not None:
+            cleanup_row = _cleanup(run, phase_run, spec.cleanup)
+    report = run.phase_report(phase_run, rows, cleanup_row)
+    phase_completed(run.run_key, phase, status=report.status.value, elapsed_s=report.elapsed_s,
+                    commands={row.name: row.status.value for row in report.commands})
+    return final_state(report.status, report.model_dump(mode="json"), f"phase {phase}: {report.status.value}")
+
+
+def _phase_from_state(state: State[Any], run: BenchmarkRun, name: str) -> PhaseReport:
+    data = _state_data(state)
+    if isinstance(data, dict):
+        return PhaseReport.model_validate(data)
+    status = Status.CANCELLED if run.cancel.is_set() else Status.FAILED
+    phase = run.phase_spec(name)
+    reason = f"the phase flow ended as {state.name}: {state.message}"
+    rows = [CommandReport(name=c.name, status=status, reason=reason) for c in phase.commands]
+    return PhaseReport(name=name, status=status, commands=rows)
+
+
+def _approved_limit(
+    spec: BenchmarkSpec, run_key: str, store: str | None, approval_budget: str | None, *, auto_approve: bool
+) -> float | None:
+    """The long-run limit for this run: None without ``approval_budget``; the approved limit when the spec's
+    timeout exceeds it (asked once per run key; retries reuse the decision); else ``approval_budget``."""
+    default_s = parse_duration(approval_budget)
+    if default_s is None:
+        return None
+    if spec.timeout is None:
+        get_run_logger().warning("benchmark %s has no timeout: capped at its approval budget of %.0fs",
+                                 spec.name, default_s)
+        return default_s
+    approval = require_approval(run_key, spec.timeout, default_s, auto_approve=auto_approve, store=store)
+    return approval.limit_s
+
+
+def _stopped_phases(run: BenchmarkRun, phases: list[PhaseSpec], exc: BaseException) -> list[PhaseReport]:
+    """Rows for the phases a stopped run did not finish (the interrupted one first): what finished keeps its
+    result, everything else is CANCELLED."""
+    reason = f"the flow run was stopped ({type(exc).__name__}) before this command finished"
+    return [
+        PhaseReport(
+            name=phase.name,
+            status=Status.CANCELLED,
+            commands=[
+                run.progress.finished(phase.name, command.name)
+                or CommandReport(name=command.name, status=Status.CANCELLED, reason=reason)
+                for command in phase.commands
+            ],
+        )
+        for phase in phases
+    ]
+
+
+def _log_outcome(logger: Any, report: BenchmarkReport, path: Path | str) -> None:
+    """The run's last line of its own: ``benchmark demo: TIMEOUT, exit code 124, report PATH`` (a WARNING
+    unless it completed; the commands' own failures were logged as they happened)."""
+    level = logging.INFO if report.status in (Status.COMPLETED, Status.SKIPPED) else logging.WARNING
+    logger.log(level, "benchmark %s: %s, exit code %s, report %s", report.benchmark, report.status.value,
+               report.exit_code, path)
+
+
+def _retries_left() -> int:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return 0
+    retries = context.flow_run.empirical_policy.retries or 0
+    return max(0, retries - (context.flow_run.run_count - 1))
+
+
+@flow(name="grd-benchmark", validate_parameters=True)
+def benchmark(
+    spec_path: Annotated[str, Title("Spec file")],
+    run_key: Annotated[str | None, OptionalText, Title("Run key")] = "",
+    resume_from: Annotated[str | None, OptionalText, Title("Resume from")] = "",
+    store: Annotated[str | None, OptionalText, Title("Checkpoint store")] = "",
+    timeouts: Annotated[bool, Title("Timeouts")] = True,
+    report_path: Annotated[str | None, OptionalText, Title("Report path")] = "",
+    approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = "",
+    auto_approve: Annotated[bool, Title("Auto-approve")] = False,
+) -> State[Any]:
+    """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
+    ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``.
+
+    Args:
+        spec_path: The benchmark spec (YAML), e.g. examples/benchmark.yaml; a relative path is relative to
+            the worker's checkout.
+        run_key: The run's identity in the checkpoint store. Empty: resume_from if set, else this flow
+            run's id (so a Retry of this run resumes it).
+        resume_from: The run key of an earlier run to continue: its completed commands are skipped and
+            the others run again. Empty: start afresh (unless run_key names an earlier run).
+        store: Where progress and checkpoints go: a CheckpointStore block name (e.g. nightly-s3) or a URL
+            or path (s3://bucket/prefix, ./checkpoints). Empty: the block named default (./checkpoints).
+        timeouts: Enforce every deadline of the spec. Turn off only to debug a benchmark.
+        report_path: Where the JSON report is written on the worker. Empty: reports/RUN_KEY/report.json;
+            command logs go beside it, in REPORT_DIR/RUN_KEY/.
+        approval_budget: A duration such as 2h: a benchmark whose own timeout exceeds it waits for a
+            person's approval (the UI's Resume form or grd approve) before any phase starts. Empty: never
+            ask.
+        auto_approve: Approve a long run without asking, recording the estimate as the limit (CI).
+    """
+    run_key, resume_from, store = unset_if_blank(run_key), unset_if_blank(resume_from), unset_if_blank(store)
+    report_path, approval_budget = unset_if_blank(report_path), unset_if_blank(approval_budget)
+    quiet_run_ends()
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    flow_run_id = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+    try:
+        spec = load_spec(spec_path)
+        key = resolve_run_key(run_key, resume_from, flow_run_id)
+        limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
+        access, progress = open_store(store, key)
+    except (*MISTAKES, *REFUSALS) as exc:  # the user's to fix: one line, no traceback
+        return rejected(exc, logger, f"benchmark {spec_path}")
+    logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
+    run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
+                       store=access, progress_root=progress, logger=logger, resume_from=resume_from or None)
+    logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
+                "on" if run.timeouts else "OFF", logs_dir)
+    _announce_resume(run)
+    phases: list[PhaseReport] = []
+    expired = False
+    cleanup_row: CommandReport | None = None
+    with bind_run(run):
+        try:
+            for phase in spec.phases:
+                skip = run.gate.skip()
+                if skip is not None:
+                    expired = expired or skip.budget_expired
+                    phases.append(run.skipped_phase(phase, skip))
+                    continue
+                backstop = run.phase_backstop(phase)
+                subflow = phase_flow.with_options(flow_run_name=phase.name, timeout_seconds=backstop)
+                phases.append(_phase_from_state(subflow(phase.name, return_state=True), run, phase.name))
+        except BaseException as exc:
+            # SIGTERM from the worker (the UI's Cancel), Ctrl-C or Prefect's backstop ended the run mid-phase;
+            # the phase already stopped its commands. Say so in the report before the run ends.
+            run.cancel.set()
+            phases += _stopped_phases(run, spec.phases[len(phases):], exc)
+            run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
+            stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
+            _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))
+            raise
+        finally:
+            run.close()
+            if spec.cleanup is not None:
+                cleanup_row = _cleanup(run, None, spec.cleanup)
+    report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired)
+    path = write_report(report, report_path or logs_dir / "report.json")
+    publish_table(report)
+    _log_outcome(logger, report, path)
+    if report.status in (Status.FAILED, Status.TIMEOUT) and _retries_left() > 0:
+        incomplete = BenchmarkIncomplete(
+            f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "
+            "which skips every command that completed"
+        )
+        logger.warning("%s", incomplete)  # the one line; Prefect's traceback of it is filtered
+        raise incomplete
+    return final_state(report.status, report.model_dump(mode="json"),
+                       f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")

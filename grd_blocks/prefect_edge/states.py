@@ -1,0 +1,49 @@
+"""The Prefect edge of a run: its final states and its results artifact.
+
+Invariant: a run's Prefect state says what its report says: COMPLETED -> Completed, FAILED -> Failed,
+TIMEOUT -> Failed named "TimedOut" (Prefect's own name for a timed-out run; 3.8.8 has no TimedOut helper),
+CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data;
+a state that did not complete carries it inside a ``RunEnded`` (prefect_edge/run_end.py), the exception
+Prefect raises for it, so no run ends in a TypeError traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Completed, Failed
+
+from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.artifacts import results_artifact_key
+from grd_blocks.prefect_edge.run_end import RunEnded
+from grd_blocks.report import BenchmarkReport, table_rows
+
+__all__ = ["final_state", "publish_table"]
+
+
+def final_state(status: Status, data: Any, message: str) -> State[Any]:
+    """The Prefect state a flow or task returns for a node that ended in ``status``."""
+    if status is Status.COMPLETED:
+        return Completed(data=data, message=message)
+    if status is Status.SKIPPED:
+        return Completed(name="Skipped", data=data, message=message)
+    ended = RunEnded(message, data)
+    if status is Status.TIMEOUT:
+        return Failed(name="TimedOut", data=ended, message=message)
+    if status is Status.CANCELLED:
+        return Cancelled(data=ended, message=message)
+    return Failed(data=ended, message=message)
+
+
+def publish_table(report: BenchmarkReport) -> None:
+    """Create the results table artifact of ``report`` (TIMEOUT rows show as ``⏱ TIMEOUT``)."""
+    create_table_artifact(
+        table=table_rows(report),
+        key=results_artifact_key(report.benchmark),
+        description=(
+            f"grd benchmark **{report.benchmark}**: {report.status.value} in {report.elapsed_s:.1f}s, "
+            f"run key `{report.run_key}`, exit code {report.exit_code}"
+        ),
+    )

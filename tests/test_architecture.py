@@ -1,0 +1,74 @@
+"""The one direction of imports (docs/design.md, "The picture"): Prefect is reached only through
+``grd_blocks/prefect_edge``; the core (budget, spec, process, checkpoint, training, orchestration, report,
+errors, integrations) imports neither Prefect nor anything above it; nothing in the library names ``flows``.
+
+Read from the source with ``ast`` (imports inside functions count too), not from what happens to be loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+LIBRARY = Path(__file__).resolve().parent.parent / "grd_blocks"
+EDGE = "grd_blocks.prefect_edge"
+ABOVE_THE_CORE = (EDGE, "grd_blocks.cli", "flows")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(LIBRARY.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path``, relative ones resolved."""
+    found: list[tuple[int, str]] = []
+    package = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.append((node.lineno, base))
+    return found
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+SOURCES = sorted(LIBRARY.rglob("*.py"))
+CORE = [path for path in SOURCES
+        if not _within(_module(path), EDGE) and not _module(path).startswith("grd_blocks.cli")
+        and _module(path) != "grd_blocks"]
+
+
+def test_the_sources_are_found() -> None:
+    assert len(SOURCES) > 50 and len(CORE) > 40
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if not _within(_module(p), EDGE)],
+                         ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_only_the_prefect_edge_imports_prefect(path: Path) -> None:
+    offending = [(line, name) for line, name in _imports(path) if _within(name, "prefect")]
+    assert not offending, f"{path}: imports Prefect outside {EDGE}: {offending}"
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_the_core_imports_nothing_above_it(path: Path) -> None:
+    offending = [(line, name) for line, name in _imports(path)
+                 if any(_within(name, above) for above in ABOVE_THE_CORE)]
+    assert not offending, f"{path}: the core imports the edge or the CLI: {offending}"
+
+
+def test_nothing_in_the_library_names_the_flows_package() -> None:
+    named = [f"{path.relative_to(LIBRARY)}:{number}" for path in SOURCES
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if any(_within(name, "flows") for _, name in _imports(path))
+             or "flows.benchmark" in line or "flows.train" in line or "flows/" in line]
+    assert not named, named
