@@ -45,9 +45,9 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import PrefectHTTPStatusError  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from grd_blocks.prefect_edge.benchmark_flow import _call_command, benchmark  # noqa: E402
 from grd_blocks.orchestration.run import BenchmarkRun, bind_run  # noqa: E402
 from grd_blocks.orchestration.scheduler import run_commands  # noqa: E402
+from grd_blocks.prefect_edge.benchmark_flow import _call_command, benchmark  # noqa: E402
 from grd_blocks.prefect_edge.store import open_store  # noqa: E402
 from grd_blocks.report import BenchmarkReport, CommandReport  # noqa: E402
 from grd_blocks.spec import CommandSpec, load_spec  # noqa: E402
