@@ -1,5 +1,5 @@
-"""Deployment entrypoint (prefect.yaml: ``flows/benchmark.py:benchmark``): the benchmark flow, defined at grd's
-Prefect edge (grd_blocks/prefect_edge/benchmark_flow.py)."""
+"""Deployment entrypoint (prefect.yaml: ``flows/benchmark.py:benchmark``): the benchmark flow, defined at
+grd's Prefect edge (grd_blocks/prefect_edge/benchmark_flow.py)."""
 
 from __future__ import annotations
 
