@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import cancel_like_the_ui, run_logs, trigger, write_spec
+from tests.e2e.helpers import cancel_like_the_ui, log_records, run_logs, trigger, write_spec
 from tests.fixtures.prefect_server import PrefectServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -72,9 +72,11 @@ def runs(deployed: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> d
         run.state = deployed.wait_for_state(run.flow_run_id, DONE)["state"]
 
         def ended(run: Run = run) -> list[str]:  # logs reach the API in batches, after the state
-            lines = run_logs(deployed, run.flow_run_id)
-            return lines if any("Finished in state" in line and "grd-phase" not in line
-                                for line in lines[-3:]) else []
+            # The run's own last lines, not its phase subflow's (which also end "Finished in state").
+            own = [record["message"] for record in log_records(deployed, [run.flow_run_id])]
+            if not any("Finished in state" in message for message in own[-3:]):
+                return []
+            return run_logs(deployed, run.flow_run_id)
 
         run.logs = wait_until(ended, f"the {kind} run's last log lines", 60)
     return started
