@@ -1,4 +1,4 @@
-"""The report of a benchmark run: its JSON shape (DESIGN.md, `grd run`) and its readable renderings.
+"""The report of a benchmark run: its JSON shape (docs/design.md, `grd run`) and its readable renderings.
 
 Invariant: every report serialises to the same keys whether or not a node timed out (``timeout`` is ``null``
 unless the command timed out); statuses are the strings of ``Status``; durations are seconds rounded to ms.

@@ -1,4 +1,4 @@
-"""What a command receives (DESIGN.md): its environment and where its own checkpoints live.
+"""What a command receives (docs/design.md): its environment and where its own checkpoints live.
 
 Invariant: a command's environment is the parent's (as it was when the run started), then the spec's ``env``,
 then grd's ``GRD_*`` variables (grd's win); ``PYTHONUNBUFFERED=1`` unless the spec's ``env`` sets it. Secrets

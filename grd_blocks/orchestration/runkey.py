@@ -1,8 +1,8 @@
 """Run identity: the key under which a run's progress and checkpoints live.
 
-Invariant (DESIGN.md): run key = the explicit run key, else the run being resumed, else the Prefect flow run
-id, which stays the same across a flow run's retries, so a retry resumes. A key is ``[A-Za-z0-9_.-]{1,128}``,
-not ``.`` or ``..``.
+Invariant (docs/design.md): run key = the explicit run key, else the run being resumed, else the Prefect flow
+run id, which stays the same across a flow run's retries, so a retry resumes. A key is
+``[A-Za-z0-9_.-]{1,128}``, not ``.`` or ``..``.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ class CheckpointStore(Block):
         env.update(retention_env(self))
         return env
 
-    # ------------------------------------------------------------------ DESIGN.md operations
+    # ------------------------------------------------------------------ docs/design.md operations
     def run(self, run_key: str) -> RunCheckpoints:
         """One run's checkpoints (keep the object to use ``save_async``/``flush``)."""
         return self.engine().run(run_key)

@@ -1,4 +1,4 @@
-"""The report's JSON shape (DESIGN.md) and its renderings."""
+"""The report's JSON shape (docs/design.md) and its renderings."""
 
 from __future__ import annotations
 
