@@ -45,13 +45,14 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
 from grd_blocks.checkpoint import CheckpointEngine  # noqa: E402
-from grd_blocks.checkpoint.s3parts import PARALLEL_PARTS, PART_BYTES  # noqa: E402
+from grd_blocks.checkpoint.s3client import TRANSFER_THREADS  # noqa: E402
+from grd_blocks.checkpoint.s3parts import PART_BYTES  # noqa: E402
 from tests.fixtures.seaweed import REGION, running_seaweed  # noqa: E402
 
 MiB = 2**20
 PART = PART_BYTES  # grd's part size for multipart uploads and ranged GETs
 THRESHOLD = 2 * PART_BYTES  # grd goes multipart from two parts up
-CONCURRENCY = PARALLEL_PARTS  # parts in flight at once
+CONCURRENCY = TRANSFER_THREADS  # parts in flight at once
 ROUNDS = 5
 RESULTS = REPO / "bench" / "results" / "s3.json"
 

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
-from grd_blocks.checkpoint.serialization import Blob, Payload, Pieces, PieceStream
+from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
 
-CHUNK = 8 * 1024 * 1024
+CHUNK = PIECE_BYTES
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()

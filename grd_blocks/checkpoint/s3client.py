@@ -54,9 +54,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from s3fs.errors import translate_boto_error
 
-from grd_blocks.checkpoint.s3parts import PARALLEL_PARTS
-
-TRANSFER_THREADS = PARALLEL_PARTS
+TRANSFER_THREADS = 8
 """Threads (and pooled connections) for part transfers, per process: the parts in flight."""
 CACHE_SIZE = 8
 """Client configurations kept per process."""

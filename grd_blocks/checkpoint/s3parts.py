@@ -1,10 +1,10 @@
 """Moving one large payload to and from S3 in parallel parts: multipart upload and ranged GETs.
 
 s3fs moves a large object one way or another (``pipe_file`` in batches of parts that wait for the slowest,
-``cat_file`` through three whole-object copies), and hashes every part twice (payload signature, CRC32) on
-its one event-loop thread. This module moves the parts from ``PARALLEL_PARTS`` threads through a botocore
-client built from the filesystem's own settings (s3client.py: same credentials, endpoint, retries and error
-translation), with fewer copies, no batch barriers, and two hash passes where there were four: the
+``cat_file`` through three whole-object copies), and hashes every part twice (payload signature, CRC32) on its
+one event-loop thread. This module moves the parts from ``s3client.TRANSFER_THREADS`` threads through a
+botocore client built from the filesystem's own settings (s3client.py: same credentials, endpoint, retries and
+error translation), with fewer copies, no batch barriers, and two hash passes where there were four: the
 whole-file sha256 of the manifest and each part's CRC32.
 
 Invariants:
@@ -13,18 +13,19 @@ Invariants:
   anything else, including wrappers that record or fault calls, goes through ``pipe_file``/``cat_file``
   unchanged.
 * ``put_object``: payloads of at least two ``PART_BYTES`` parts go up as a multipart upload with
-  ``PARALLEL_PARTS`` parts in flight (a finished part starts the next one at once). The object appears only
-  when ``complete_multipart_upload`` succeeds; any failure stops the parts not yet started, waits for those
-  under way, aborts the upload (best effort) and raises the first failure (by part number), so a reader
-  never sees a partial object. ``Pieces`` of ``PART_BYTES`` (what serialize produces) are sent as they
-  are, a ``PieceStream``'s pieces as soon as each is produced (a failed serialization stops the upload like
-  a failed part, and its own error is raised); other content is copied one part at a time, just before
-  that part is sent.
+  ``s3client.TRANSFER_THREADS`` parts in flight (a finished part starts the next one at once). The object
+  appears only when ``complete_multipart_upload`` succeeds; any failure stops the parts not yet started, waits
+  for those under way, aborts the upload (best effort) and raises the first failure (by part number), so a
+  reader never sees a partial object. ``Pieces`` of ``PART_BYTES`` (what serialize produces) are sent as they
+  are, a ``PieceStream``'s pieces as soon as each is produced (a failed serialization stops the upload like a
+  failed part, and its own error is raised); other content is copied one part at a time, just before that part
+  is sent.
 * Each part carries a CRC32 the server checks (s3client.py: a damaged part is refused and sent again) and
   no sha256 of its own: the payload that goes up in parts is a ``PieceStream``, whose manifest entry lists
   no chunk digests (``digest.digest_later``); its whole-file sha256, checked on every load before anything
   is used, is what proves the bytes end to end.
-* ``get_verified``: the object is read by ranged GETs, ``PARALLEL_PARTS`` in flight, straight into one
+* ``get_verified``: the object is read by ranged GETs, ``s3client.TRANSFER_THREADS`` in flight, straight into
+one
   buffer of the manifest's size (``readinto``, no intermediate copies), and hashed while it arrives: an
   entry without chunk digests as the whole-file sha256, each range as soon as every range before it is in
   (``digest.InOrderHasher``); an entry with ``PART_BYTES`` chunk digests (older manifests, other writers)
@@ -58,8 +59,6 @@ if TYPE_CHECKING:
 PART_BYTES = PIECE_BYTES
 """Part size of multipart uploads and ranged GETs: 8 MiB, the size of serialize's pieces and of the manifest's
 chunks (boto3's default part size too)."""
-PARALLEL_PARTS = 8
-"""Parts in flight at once (the transfer threads of s3client.py, shared by the process's transfers)."""
 
 
 def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
@@ -94,8 +93,9 @@ def _client(fs: fsspec.AbstractFileSystem) -> S3Client:
 
 
 def _in_parallel(numbers: Iterable[int], job: Callable[[int], None]) -> None:
-    """Run ``job(n)`` for each ``n`` of ``numbers`` on the transfer threads, in order, ``PARALLEL_PARTS`` at a
-    time, each submitted as soon as ``numbers`` yields it (a stream's next piece may still be coming).
+    """Run ``job(n)`` for each ``n`` of ``numbers`` on the transfer threads, in order,
+    ``s3client.TRANSFER_THREADS`` at a time, each submitted as soon as ``numbers`` yields it (a stream's next
+    piece may still be coming).
 
     The first failure stops the jobs not yet started; the failure of the lowest-numbered job is raised once
     every job under way has returned (so nothing still writes into, or reads from, the caller's buffers). An

@@ -62,9 +62,9 @@ class _PiecePool:
     """Full-size piece buffers reused from one streamed save to the next, process-wide.
 
     Why: a fresh 8 MiB buffer per piece costs the kernel a zero-fill and a page fault per 4 KiB page on first
-    write (0.3-0.5 s of CPU for a 512 MiB payload, as much as serializing it); a reused one costs only the
-    copy. The pool keeps the full pieces of the last stream recycled (about one payload's size of host
-    memory between saves) and hands each out to one stream at a time.
+    write (for a large payload about as much CPU as serializing it); a reused one costs only the copy. The
+    pool keeps the full pieces of the last stream recycled (about one payload's size of host memory between
+    saves) and hands each out to one stream at a time.
     """
 
     def __init__(self) -> None:

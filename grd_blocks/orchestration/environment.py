@@ -21,24 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StoreAccess", "command_env", "retention_env", "store_access"]
+from grd_blocks.checkpoint.layout import validate_run_key
 
-_SECRET_WORDS = ("secret", "password", "token", "key_id", "access_key", "session")
+__all__ = ["SECRET_WORDS", "StoreAccess", "absolute_url", "command_env"]
+
+SECRET_WORDS = ("secret", "password", "token", "key_id", "access_key", "session")
+"""Storage option names holding any of these never travel in ``GRD_CHECKPOINT_STORAGE_OPTIONS``."""
 
 
-def _absolute(url: str) -> str:
+def absolute_url(url: str) -> str:
+    """A store URL as a command with another ``cwd`` must see it: a local path made absolute."""
     if url.startswith("file://"):
         return "file://" + str(Path(url[len("file://"):]).absolute())
     if "://" in url or "::" in url:
         return url.rstrip("/")
     return str(Path(url).absolute())
-
-
-def _secret(value: Any) -> str | None:
-    if value is None:
-        return None
-    getter = getattr(value, "get_secret_value", None)
-    return str(getter()) if callable(getter) else str(value)
 
 
 @dataclass(frozen=True)
@@ -63,40 +60,19 @@ class StoreAccess:
         """A command's own checkpoint prefix: ``{url}/{run_key}/commands/{phase}.{command}``."""
         return self.prefix(run_key, "commands", f"{phase}.{command}")
 
-
-def store_access(store: object) -> StoreAccess:
-    """Read a ``CheckpointStore`` block: url (made absolute), ``public_storage_options()``, AWS secrets."""
-    url = _absolute(str(getattr(store, "url", "./checkpoints")))
-    public = getattr(store, "public_storage_options", None)
-    raw = public() if callable(public) else dict(getattr(store, "storage_options", None) or {})
-    options = {k: v for k, v in dict(raw).items() if not any(word in k.lower() for word in _SECRET_WORDS)}
-    env: dict[str, str] = {}
-    endpoint = getattr(store, "endpoint_url", None)
-    if endpoint:
-        options.setdefault("endpoint_url", endpoint)
-        env["AWS_ENDPOINT_URL"] = str(endpoint)
-    key_id = _secret(getattr(store, "aws_access_key_id", None))
-    secret = _secret(getattr(store, "aws_secret_access_key", None))
-    if key_id:
-        env["AWS_ACCESS_KEY_ID"] = key_id
-    if secret:
-        env["AWS_SECRET_ACCESS_KEY"] = secret
-    return StoreAccess(url=url, storage_options=options, secret_env=env, retention_env=retention_env(store))
-
-
-def retention_env(store: object) -> dict[str, str]:
-    """The store block's retention as ``GRD_CHECKPOINT_*`` variables (only the settings it sets)."""
-    keep_last, keep_best = getattr(store, "keep_last", None), getattr(store, "keep_best", 0) or 0
-    env: dict[str, str] = {}
-    if keep_last is not None:
-        env["GRD_CHECKPOINT_KEEP_LAST"] = str(int(keep_last))
-    if keep_best:
-        env["GRD_CHECKPOINT_KEEP_BEST"] = str(int(keep_best))
-    monitor = getattr(store, "monitor", None)
-    if monitor:
-        env["GRD_CHECKPOINT_MONITOR"] = str(monitor)
-        env["GRD_CHECKPOINT_MODE"] = str(getattr(store, "mode", "min") or "min")
-    return env
+    def environment(self, run_key: str, *parts: str) -> dict[str, str]:
+        """What a child process needs to open ``{url}/{run_key}/{parts...}`` with
+        ``RunCheckpoints.from_env()``: ``GRD_CHECKPOINT_URL``, ``GRD_CHECKPOINT_STORAGE_OPTIONS`` (no
+        secrets), the secrets as ``AWS_*`` and the retention as ``GRD_CHECKPOINT_KEEP_LAST`` and the like.
+        Every part must pass the run-key rule."""
+        for part in (run_key, *parts):
+            validate_run_key(part)
+        return {
+            **self.secret_env,
+            **self.retention_env,
+            "GRD_CHECKPOINT_URL": self.prefix(run_key, *parts),
+            "GRD_CHECKPOINT_STORAGE_OPTIONS": self.storage_options_json,
+        }
 
 
 def _seconds(value: float) -> str:
@@ -138,8 +114,5 @@ def command_env(
         env["GRD_WARN_S"] = _seconds(warn_s)
         env["GRD_WARN_SIGNAL"] = signal.Signals(warn_signal).name
     if store is not None:
-        env.update(store.secret_env)
-        env.update(store.retention_env)
-        env["GRD_CHECKPOINT_URL"] = store.command_url(run_key, phase, command)
-        env["GRD_CHECKPOINT_STORAGE_OPTIONS"] = store.storage_options_json
+        env.update(store.environment(run_key, "commands", f"{phase}.{command}"))
     return env

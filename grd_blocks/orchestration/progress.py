@@ -16,9 +16,9 @@ Writes are coalesced by one background thread: the first row is written at once,
 writes of a huge run stay under ~10% of one core) while rows keep arriving, and at once on ``flush()`` (the
 flows flush at the end of each phase), ``close()`` (end of the run, also on SIGTERM or Ctrl-C through the
 flows' ``finally``) and at interpreter exit. Window: a command that ended less than one interval plus one
-snapshot write before the process was killed hard (SIGKILL, power loss) may be missing from the store; it
-then simply runs again on resume (1,000 rows: ~25 ms per write, so the window is ~0.5 s). A command reported
-COMPLETED whose row reached the store is always skipped on resume.
+snapshot write before the process was killed hard (SIGKILL, power loss) may be missing from the store; it then
+simply runs again on resume. A command reported COMPLETED whose row reached the store is always skipped on
+resume.
 """
 
 from __future__ import annotations

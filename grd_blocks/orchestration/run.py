@@ -146,6 +146,11 @@ class BenchmarkRun:
         policy = resolve_command(self.spec, phase_run.spec, command).on_timeout
         phase_run.gate.observe(phase_run.spec.name, command.name, row.status, policy)
 
+    def completed_earlier(self) -> list[str]:
+        """``phase.command`` of every command an earlier attempt of this run key completed (to be skipped)."""
+        return [f"{phase.name}.{command.name}" for phase in self.spec.phases for command in phase.commands
+                if self.reusable(phase.name, command.name) is not None]
+
     def record(self, phase: str, row: CommandReport) -> None:
         """Commit a finished command's row (not reused or skipped ones)."""
         if not row.resumed:
@@ -243,6 +248,31 @@ class BenchmarkRun:
             timeout_s=phase.timeout if self.timeouts else None,
             commands=[self.reusable(phase.name, c.name) or skipped_row(c.name, skip) for c in phase.commands],
         )
+
+    def lost_phase(self, name: str, reason: str) -> PhaseReport:
+        """The report of a phase whose flow ended without one (``reason`` says how): every command
+        CANCELLED when the run is being cancelled, else FAILED."""
+        status = Status.CANCELLED if self.cancel.is_set() else Status.FAILED
+        commands = self.phase_spec(name).commands
+        rows = [CommandReport(name=c.name, status=status, reason=reason) for c in commands]
+        return PhaseReport(name=name, status=status, commands=rows)
+
+    def stopped_phases(self, phases: list[PhaseSpec], stopped_by: str) -> list[PhaseReport]:
+        """Rows for the phases a stopped run did not finish (the interrupted one first; ``stopped_by``
+        names what stopped it): what finished keeps its result, everything else is CANCELLED."""
+        reason = f"the flow run was stopped ({stopped_by}) before this command finished"
+        return [
+            PhaseReport(
+                name=phase.name,
+                status=Status.CANCELLED,
+                commands=[
+                    self.progress.finished(phase.name, command.name)
+                    or CommandReport(name=command.name, status=Status.CANCELLED, reason=reason)
+                    for command in phase.commands
+                ],
+            )
+            for phase in phases
+        ]
 
     def report(self, phases: list[PhaseReport], cleanup: CommandReport | None,
                flow_run_id: str | None, *, budget_expired: bool = False,

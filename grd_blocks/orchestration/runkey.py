@@ -2,25 +2,16 @@
 
 Invariant (docs/design.md): run key = the explicit run key, else the run being resumed, else the Prefect flow
 run id, which stays the same across a flow run's retries, so a retry resumes. A key is
-``[A-Za-z0-9_.-]{1,128}``, not ``.`` or ``..``.
+``[A-Za-z0-9_.-]{1,128}``, not ``.`` or ``..``: the store's own rule (``checkpoint.layout``), checked once
+here, before any work starts.
 """
 
 from __future__ import annotations
 
-import re
-
-from grd_blocks.errors import InvalidRunKey, UsageError
+from grd_blocks.checkpoint.layout import validate_run_key  # the one copy of the rule: the store's
+from grd_blocks.errors import UsageError
 
 __all__ = ["resolve_run_key", "validate_run_key"]
-
-_RUN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
-def validate_run_key(run_key: str) -> str:
-    """Return ``run_key`` unchanged, or raise ``InvalidRunKey`` naming it and the rule."""
-    if not _RUN_KEY.fullmatch(run_key) or run_key in (".", ".."):
-        raise InvalidRunKey(run_key)
-    return run_key
 
 
 def resolve_run_key(run_key: str | None, resume_from: str | None, flow_run_id: str | None) -> str:

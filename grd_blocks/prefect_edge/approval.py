@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 
+from grd_blocks.budget.approval import AskApproval
 from grd_blocks.errors import ApprovalExpired, ApprovalRejected, UsageError
 from grd_blocks.prefect_edge.artifacts import publish_approval_audit
 from grd_blocks.prefect_edge.events import emit_grd_event
@@ -242,12 +242,11 @@ def approve_flow_run(
                               "ask again") from None
 
 
-_Ask = Callable[[str, float, float], tuple[float | None, str]]  # training.long_run.AskApproval
 
 
-def approval_asker(*, auto_approve: bool, store: object) -> _Ask:
-    """The ``ask`` a training run gets (``training.long_run.AskApproval``): ``require_approval`` with the
-    decision kept in ``store``; returns the limit and who decided."""
+def approval_asker(*, auto_approve: bool, store: object) -> AskApproval:
+    """The ``ask`` benchmarks and training runs get (``budget.approval.AskApproval``):
+    ``require_approval`` with the decision kept in ``store``; returns the limit and who decided."""
 
     def ask(run_key: str, estimate_s: float, default_budget_s: float) -> tuple[float | None, str]:
         approval = require_approval(run_key, estimate_s, default_budget_s, auto_approve=auto_approve,

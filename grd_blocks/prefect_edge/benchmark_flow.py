@@ -23,7 +23,7 @@ from prefect.context import FlowRunContext
 from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
 from prefect.runtime import flow_run
 
-from grd_blocks.budget import parse_duration
+from grd_blocks.budget.approval import approved_limit
 from grd_blocks.errors import BenchmarkIncomplete, UsageError
 from grd_blocks.orchestration.execute import execute
 from grd_blocks.orchestration.line_batches import line_logger
@@ -31,7 +31,7 @@ from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun, bind_run, curre
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import Status
-from grd_blocks.prefect_edge.approval import require_approval
+from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.prefect_edge.process_log import process_log_to
@@ -39,14 +39,15 @@ from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, 
 from grd_blocks.prefect_edge.states import final_state, publish_table
 from grd_blocks.prefect_edge.store import open_store
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
-from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, load_spec
+from grd_blocks.spec import BenchmarkSpec, CommandSpec, load_spec
 
 __all__ = ["benchmark", "command_task", "phase_flow"]
 
 
 class CommandResult:
-    """What a command task's state carries: its report row, as one opaque object. (Prefect walks a state's
-    data to track results; a dict row cost every command about 0.3 ms of that walk.)"""
+    """What a command task's state carries: its report row, as one opaque object (Prefect walks a state's
+    data to track results; an opaque object is one step of that walk, a dict row one per field: the
+    difference is in bench/bench_overhead.py's figures)."""
 
     __slots__ = ("row",)
 
@@ -107,13 +108,7 @@ def _announce(run_key: str, phase: str, command: str, row: CommandReport) -> Non
 
 def _announce_resume(run: BenchmarkRun) -> None:
     """``grd.run.resumed`` when this attempt starts with commands an earlier one completed (to be skipped)."""
-    done = [
-        f"{phase.name}.{command.name}"
-        for phase in run.spec.phases
-        for command in phase.commands
-        if (row := run.progress.previous(phase.name, command.name)) is not None
-        and row.status is Status.COMPLETED
-    ]
+    done = run.completed_earlier()
     if done:
         run.logger.info("resuming run %s: %d completed command(s) will be skipped", run.run_key, len(done))
         run_resumed(run.run_key, attempt=int(flow_run.run_count or 1), detail={"skipped": done})
@@ -193,45 +188,18 @@ def _phase_from_state(state: State[Any], run: BenchmarkRun, name: str) -> PhaseR
     data = _state_data(state)
     if isinstance(data, dict):
         return PhaseReport.model_validate(data)
-    status = Status.CANCELLED if run.cancel.is_set() else Status.FAILED
-    phase = run.phase_spec(name)
-    reason = f"the phase flow ended as {state.name}: {state.message}"
-    rows = [CommandReport(name=c.name, status=status, reason=reason) for c in phase.commands]
-    return PhaseReport(name=name, status=status, commands=rows)
+    return run.lost_phase(name, f"the phase flow ended as {state.name}: {state.message}")
 
 
 def _approved_limit(
     spec: BenchmarkSpec, run_key: str, store: str | None, approval_budget: str | None, *, auto_approve: bool
 ) -> float | None:
-    """The long-run limit for this run: None without ``approval_budget``; the approved limit when the spec's
-    timeout exceeds it (asked once per run key; retries reuse the decision); else ``approval_budget``."""
-    default_s = parse_duration(approval_budget)
-    if default_s is None:
-        return None
-    if spec.timeout is None:
-        get_run_logger().warning("benchmark %s has no timeout: capped at its approval budget of %.0fs",
-                                 spec.name, default_s)
-        return default_s
-    approval = require_approval(run_key, spec.timeout, default_s, auto_approve=auto_approve, store=store)
-    return approval.limit_s
-
-
-def _stopped_phases(run: BenchmarkRun, phases: list[PhaseSpec], exc: BaseException) -> list[PhaseReport]:
-    """Rows for the phases a stopped run did not finish (the interrupted one first): what finished keeps its
-    result, everything else is CANCELLED."""
-    reason = f"the flow run was stopped ({type(exc).__name__}) before this command finished"
-    return [
-        PhaseReport(
-            name=phase.name,
-            status=Status.CANCELLED,
-            commands=[
-                run.progress.finished(phase.name, command.name)
-                or CommandReport(name=command.name, status=Status.CANCELLED, reason=reason)
-                for command in phase.commands
-            ],
-        )
-        for phase in phases
-    ]
+    """The long-run limit for this run (``budget.approval``'s policy; the estimate is the spec's timeout),
+    asked once per run key through the Prefect pause (retries reuse the decision)."""
+    decided = approved_limit(run_key, spec.timeout, approval_budget,
+                             ask=approval_asker(auto_approve=auto_approve, store=store),
+                             no_estimate=f"benchmark {spec.name} has no timeout", log=get_run_logger())
+    return None if decided is None else decided.limit_s
 
 
 def _log_outcome(logger: Any, report: BenchmarkReport, path: Path | str) -> None:
@@ -318,7 +286,7 @@ def benchmark(
             # SIGTERM from the worker (the UI's Cancel), Ctrl-C or Prefect's backstop ended the run mid-phase;
             # the phase already stopped its commands. Say so in the report before the run ends.
             run.cancel.set()
-            phases += _stopped_phases(run, spec.phases[len(phases):], exc)
+            phases += run.stopped_phases(spec.phases[len(phases):], type(exc).__name__)
             run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
             stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
             _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))

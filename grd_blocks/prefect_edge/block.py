@@ -1,7 +1,9 @@
 """``CheckpointStore``: the Prefect Block that holds checkpoint store configuration.
 
-Invariant: the block is configuration only; every operation delegates to a ``CheckpointEngine`` built by
-``engine()``, the one place where secrets are unwrapped (into the fsspec storage options). Secrets are
+Invariant: the block is configuration only; every operation delegates to one ``CheckpointEngine`` (and so one
+filesystem), built by ``engine()`` on first use and again only when a field changed: the one place where
+secrets are unwrapped (into the fsspec storage options). ``access()`` is the one reading of the block for a
+command's environment (docs/design.md, "The command environment"). Secrets are
 ``SecretStr`` (masked in the UI, in ``repr`` and in logs). The slug ``grd-checkpoint-store`` never changes.
 Method names never shadow ``Block.save``/``Block.load`` (which store the block itself).
 """
@@ -15,11 +17,11 @@ from typing import Any, ClassVar, Literal
 
 from fsspec.core import split_protocol
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from grd_blocks.checkpoint import CheckpointEngine, CheckpointRef, ResumeHints, RunCheckpoints
-from grd_blocks.checkpoint.layout import join, validate_run_key
 from grd_blocks.errors import ConfigError
+from grd_blocks.orchestration.environment import SECRET_WORDS, StoreAccess, absolute_url
 
 DEFAULT_URL = "./checkpoints"
 DEFAULT_BLOCK_NAME = "default"
@@ -84,6 +86,7 @@ class CheckpointStore(Block):
     mode: Literal["min", "max"] = Field(
         default="min", description="Whether a lower (min) or higher (max) metric is better."
     )
+    _engine: tuple[str, CheckpointEngine] | None = PrivateAttr(default=None)
 
     # ------------------------------------------------------------------ configuration
     def _is_s3(self) -> bool:
@@ -119,39 +122,47 @@ class CheckpointStore(Block):
         return options
 
     def engine(self) -> CheckpointEngine:
-        """The plain engine this block configures (secrets unwrapped here and nowhere else)."""
-        return CheckpointEngine(
-            self.url,
-            storage_options=self._storage_options(),
-            keep_last=self.keep_last,
-            keep_best=self.keep_best,
-            monitor=self.monitor,
-            mode=self.mode,
-        )
+        """The plain engine this block configures, built once per configuration (secrets unwrapped here and
+        nowhere else)."""
+        options = self._storage_options()
+        config = json.dumps([self.url, options, self.keep_last, self.keep_best, self.monitor, self.mode],
+                            sort_keys=True, default=str)
+        if self._engine is None or self._engine[0] != config:
+            engine = CheckpointEngine(self.url, storage_options=options, keep_last=self.keep_last,
+                                      keep_best=self.keep_best, monitor=self.monitor, mode=self.mode)
+            self._engine = (config, engine)
+        return self._engine[1]
+
+    def access(self) -> StoreAccess:
+        """How a command reaches this store: the url made absolute, the options without anything secret,
+        the credentials as ``AWS_*`` variables, the retention as ``GRD_CHECKPOINT_*`` variables."""
+        options = {key: value for key, value in self.public_storage_options().items()
+                   if not any(word in key.lower() for word in SECRET_WORDS)}
+        secrets: dict[str, str] = {}
+        if self.endpoint_url:
+            secrets["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.aws_access_key_id is not None:
+            secrets["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id.get_secret_value()
+        if self.aws_secret_access_key is not None:
+            secrets["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+        return StoreAccess(url=absolute_url(self.url), storage_options=options, secret_env=secrets,
+                           retention_env=self._retention_env())
+
+    def _retention_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.keep_last is not None:
+            env["GRD_CHECKPOINT_KEEP_LAST"] = str(int(self.keep_last))
+        if self.keep_best:
+            env["GRD_CHECKPOINT_KEEP_BEST"] = str(int(self.keep_best))
+        if self.monitor:
+            env["GRD_CHECKPOINT_MONITOR"] = self.monitor
+            env["GRD_CHECKPOINT_MODE"] = self.mode
+        return env
 
     def command_environment(self, run_key: str, *parts: str) -> dict[str, str]:
-        """Env vars for a child process: ``GRD_CHECKPOINT_URL`` = ``{url}/{run_key}/{parts...}`` and the rest.
-
-        Credentials travel as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (read by the S3 client), never
-        in ``GRD_CHECKPOINT_STORAGE_OPTIONS``; retention as ``GRD_CHECKPOINT_KEEP_LAST`` and the like;
-        ``RunCheckpoints.from_env()`` opens it on the other side, retention included.
-        """
-        from grd_blocks.orchestration.environment import retention_env
-
-        for part in (run_key, *parts):
-            validate_run_key(part)
-        env = {
-            "GRD_CHECKPOINT_URL": join(self.url, run_key, *parts),
-            "GRD_CHECKPOINT_STORAGE_OPTIONS": json.dumps(self.public_storage_options()),
-        }
-        if self.aws_access_key_id is not None:
-            env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id.get_secret_value()
-        if self.aws_secret_access_key is not None:
-            env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
-        if self.endpoint_url:
-            env["AWS_ENDPOINT_URL"] = self.endpoint_url
-        env.update(retention_env(self))
-        return env
+        """Env vars for a child process to open ``{url}/{run_key}/{parts...}`` (``RunCheckpoints.from_env()``,
+        retention included): the same variables a benchmark command gets (``access().environment``)."""
+        return self.access().environment(run_key, *parts)
 
     # ------------------------------------------------------------------ docs/design.md operations
     def run(self, run_key: str) -> RunCheckpoints:

@@ -8,10 +8,12 @@ apply to the commands' checkpoints, not to progress).
 
 from __future__ import annotations
 
-from typing import Any
-
-from grd_blocks.orchestration.environment import StoreAccess, store_access
+from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.checkpoint.retention import RetentionPolicy
+from grd_blocks.checkpoint.run import RunCheckpoints
+from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.progress import ProgressPrefix
+from grd_blocks.prefect_edge.block import resolve_store
 
 __all__ = ["PROGRESS_KEEP", "open_store", "progress_prefix"]
 
@@ -20,18 +22,12 @@ PROGRESS_KEEP = 2
 
 def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
     """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
-    from grd_blocks.prefect_edge.block import resolve_store
-
-    block: Any = resolve_store(name_or_url)
-    return store_access(block), progress_prefix(block.engine(), run_key)
+    block = resolve_store(name_or_url)
+    return block.access(), progress_prefix(block.engine(), run_key)
 
 
-def progress_prefix(engine: Any, run_key: str) -> Any:
-    """``{store}/{run_key}/progress`` of a ``CheckpointEngine``, keeping ``PROGRESS_KEEP`` snapshots (a
-    ``RunCheckpoints``: a ``ProgressPrefix``)."""
-    from grd_blocks.checkpoint.retention import RetentionPolicy
-    from grd_blocks.checkpoint.run import RunCheckpoints
-
+def progress_prefix(engine: CheckpointEngine, run_key: str) -> ProgressPrefix:
+    """``{store}/{run_key}/progress`` of ``engine``, keeping ``PROGRESS_KEEP`` snapshots."""
     run = engine.run(run_key).child("progress")
     return RunCheckpoints(run.url, fs=run.fs, path=run.path, storage_options=run.storage_options,
                           retention=RetentionPolicy(keep_last=PROGRESS_KEEP))

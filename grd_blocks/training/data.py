@@ -43,7 +43,7 @@ def make_deterministic(seed: int, *, threads: int | None = None, algorithms: boo
     left as it is (your numbers stay those of your earlier runs) unless ``threads`` asks for another one; a
     change is logged, and so is the count kept. A resumed run must use the same count as the run it resumes.
     ``algorithms=None`` turns ``torch.use_deterministic_algorithms`` on only when CUDA is available: the
-    switch imports torch's compiler stack (~3 s of start-up per process) and changes nothing on CPU.
+    switch imports torch's compiler stack (seconds of start-up per process) and changes nothing on CPU.
     """
     before = torch.get_num_threads()
     if threads is not None and threads != before:

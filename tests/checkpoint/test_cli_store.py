@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.cli_store import register
+from grd_blocks.cli.store import register
 
 
 def _grd(argv: list[str]) -> int:

@@ -20,8 +20,8 @@ from grd_blocks.checkpoint import CheckpointEngine, serialization
 from grd_blocks.checkpoint.commit import ManifestLastCommit
 from grd_blocks.checkpoint.digest import CHUNK, InOrderHasher, digest_later
 from grd_blocks.checkpoint.manifest import FileEntry
-from grd_blocks.checkpoint.s3client import client_for
-from grd_blocks.checkpoint.s3parts import PARALLEL_PARTS, PART_BYTES, get_verified, is_s3, put_object
+from grd_blocks.checkpoint.s3client import TRANSFER_THREADS, client_for
+from grd_blocks.checkpoint.s3parts import PART_BYTES, get_verified, is_s3, put_object
 from grd_blocks.checkpoint.serialization import PIECE_BYTES, Pieces, serialize
 from grd_blocks.errors import CheckpointCorrupt, StoreUnavailable
 from tests.fixtures.seaweed import SeaweedServer
@@ -454,5 +454,5 @@ def test_one_client_per_configuration_and_another_for_other_credentials(
     assert client_for(first) is client_for(again)
     assert client_for(other) is not client_for(first)
     options = client_for(first).client.meta.config
-    assert options.max_pool_connections >= PARALLEL_PARTS
+    assert options.max_pool_connections >= TRANSFER_THREADS
     assert client_for(first).client.meta.endpoint_url == s3_server.endpoint_url

@@ -6,24 +6,22 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
-from grd_blocks.orchestration.environment import command_env, store_access
+from grd_blocks.orchestration.environment import StoreAccess, command_env
+from grd_blocks.prefect_edge.block import CheckpointStore
 
 
-class _Store:
-    url = "s3://bucket/ckpts"
-    endpoint_url = "http://127.0.0.1:8333"
-    aws_access_key_id = SecretStr("AKID")
-    aws_secret_access_key = SecretStr("s3cr3t")
-
-    def public_storage_options(self) -> dict[str, object]:
-        return {"endpoint_url": self.endpoint_url, "use_ssl": False}
+def _s3_access(**options: object) -> StoreAccess:
+    return CheckpointStore(url="s3://bucket/ckpts", endpoint_url="http://127.0.0.1:8333",
+                           aws_access_key_id=SecretStr("AKID"), aws_secret_access_key=SecretStr("s3cr3t"),
+                           storage_options={"use_ssl": False, **options}).access()
 
 
 def test_command_env_carries_budget_identity_and_its_checkpoint_prefix() -> None:
     env = command_env(spec_env={"SEED": "1"}, run_key="r1", attempt=2, time_left_s=12.3456, grace_s=5,
-                      phase="train", command="fit", store=store_access(_Store()), base={"PATH": "/bin"})
+                      phase="train", command="fit", store=_s3_access(), base={"PATH": "/bin"})
     assert env["GRD_TIME_LEFT_S"] == "12.346"
     assert env["GRD_GRACE_S"] == "5.000"
     assert (env["GRD_RUN_KEY"], env["GRD_ATTEMPT"], env["SEED"], env["PATH"]) == ("r1", "2", "1", "/bin")
@@ -33,7 +31,7 @@ def test_command_env_carries_budget_identity_and_its_checkpoint_prefix() -> None
 
 def test_secrets_travel_only_as_aws_variables() -> None:
     env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=1, grace_s=1, phase="p", command="c",
-                      store=store_access(_Store()), base={})
+                      store=_s3_access(), base={})
     options = json.loads(env["GRD_CHECKPOINT_STORAGE_OPTIONS"])
     assert options == {"endpoint_url": "http://127.0.0.1:8333", "use_ssl": False}
     assert "s3cr3t" not in env["GRD_CHECKPOINT_STORAGE_OPTIONS"]
@@ -48,12 +46,10 @@ def test_spec_may_set_pythonunbuffered_and_unlimited_budget_reads_inf() -> None:
     assert "GRD_CHECKPOINT_URL" not in env
 
 
-def test_a_relative_local_store_is_made_absolute_for_commands_with_another_cwd(tmp_path: Path,
-                                                                              monkeypatch: object) -> None:
-    class Local:
-        url = "./checkpoints"
-
-    access = store_access(Local())
+def test_a_relative_local_store_is_made_absolute_for_commands_with_another_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    access = CheckpointStore(url="./checkpoints").access()
     assert Path(access.url).is_absolute()
     assert access.command_url("r", "p", "c").endswith("/checkpoints/r/commands/p.c")
 
@@ -85,11 +81,10 @@ def test_the_warning_variables_appear_only_with_a_warning_and_never_leak_from_an
 
 def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Path) -> None:
     from grd_blocks.checkpoint import RunCheckpoints
-    from grd_blocks.prefect_edge.block import CheckpointStore
 
     block = CheckpointStore(url=str(tmp_path / "store"), keep_last=3, keep_best=1, monitor="loss")
     env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
-                      store=store_access(block), base={})
+                      store=block.access(), base={})
     assert {k: v for k, v in env.items() if k.startswith("GRD_CHECKPOINT_") and "URL" not in k
             and "OPTIONS" not in k} == {"GRD_CHECKPOINT_KEEP_LAST": "3", "GRD_CHECKPOINT_KEEP_BEST": "1",
                                         "GRD_CHECKPOINT_MONITOR": "loss", "GRD_CHECKPOINT_MODE": "min"}
@@ -100,8 +95,26 @@ def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Pat
 
 
 def test_a_store_without_retention_sets_no_retention_variables(tmp_path: Path) -> None:
-    from grd_blocks.prefect_edge.block import CheckpointStore
-
     env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=10, grace_s=1, phase="p", command="c",
-                      store=store_access(CheckpointStore(url=str(tmp_path))), base={})
+                      store=CheckpointStore(url=str(tmp_path)).access(), base={})
     assert not [k for k in env if k.startswith("GRD_CHECKPOINT_KEEP") or k == "GRD_CHECKPOINT_MONITOR"]
+
+
+def test_a_secret_looking_storage_option_never_travels_in_the_options_variable() -> None:
+    env = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=1, grace_s=1, phase="p", command="c",
+                      store=_s3_access(session_token="tok3n", client_kwargs={"verify": False}), base={})
+    assert "tok3n" not in env["GRD_CHECKPOINT_STORAGE_OPTIONS"]
+    assert json.loads(env["GRD_CHECKPOINT_STORAGE_OPTIONS"])["client_kwargs"] == {"verify": False}
+
+
+def test_the_blocks_command_environment_is_the_one_a_benchmark_command_gets(tmp_path: Path) -> None:
+    """One copy of the rule: what ``CheckpointStore.command_environment`` gives a child is exactly the store
+    part of ``command_env`` for the same prefix."""
+    block = CheckpointStore(url="s3://bucket/ckpts", endpoint_url="http://127.0.0.1:8333",
+                            aws_access_key_id=SecretStr("AKID"), aws_secret_access_key=SecretStr("s3cr3t"),
+                            keep_last=2)
+    full = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=1, grace_s=1, phase="p", command="c",
+                       store=block.access(), base={})
+    own = block.command_environment("r", "commands", "p.c")
+    assert own == {name: full[name] for name in own}
+    assert {name for name in full if name.startswith(("AWS_", "GRD_CHECKPOINT_"))} == set(own)

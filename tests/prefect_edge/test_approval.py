@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import State
 
-from grd_blocks import cli_approve
+from grd_blocks.cli import approve as cli_approve
 from grd_blocks.errors import ApprovalRejected, UsageError
 from grd_blocks.prefect_edge.approval import Approval, approve_flow_run, require_approval
 from grd_blocks.prefect_edge.artifacts import approval_artifact_key

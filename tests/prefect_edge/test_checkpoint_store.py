@@ -13,7 +13,7 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from grd_blocks.cli_store import register
+from grd_blocks.cli.store import register
 from grd_blocks.errors import ConfigError, StoreUnavailable
 from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
 
@@ -191,3 +191,17 @@ def test_cli_store_create_then_ls_by_block_name(
     args = parser.parse_args(["store", "create", name + "x", "s3://b/p", "--aws-credentials-from-env"])
     assert args.func(args) == 2
     assert "AWS_ACCESS_KEY_ID" in capsys.readouterr().err
+
+
+def test_the_block_keeps_one_engine_and_one_filesystem_until_its_configuration_changes(
+        tmp_path: pathlib.Path) -> None:
+    store = CheckpointStore(url=str(tmp_path / "a"), keep_last=2)
+    first = store.engine()
+    store.save_checkpoint("r", state={"a": 1}, step=0)
+    assert store.engine() is first and store.engine().fs is first.fs
+    store.keep_last = 1
+    changed = store.engine()
+    assert changed is not first and changed.retention.keep_last == 1
+    store.url = str(tmp_path / "b")
+    assert store.engine().url == str(tmp_path / "b")
+    assert store.list_runs() == [] and CheckpointStore(url=str(tmp_path / "a")).list_runs() == ["r"]

@@ -1,9 +1,8 @@
 """``grd store create`` and ``grd checkpoints ls|show|verify|rm``: the checkpoint store from a shell.
 
-Invariant: every subcommand returns an exit code (0 ok, 1 a checkpoint failed verification or the store
-failed, 2 bad input) and prints errors as one ``grd: error: ...`` line on stderr naming what was wrong;
-secrets
-are never taken on the command line (``--aws-credentials-from-env`` reads them from the environment).
+Invariant: every subcommand returns an exit code (0 ok, 1 a checkpoint is damaged or the store failed, 2 bad
+input: exits.py decides) and prints errors as one ``grd: error: ...`` line on stderr naming what was wrong;
+secrets are never taken on the command line (``--aws-credentials-from-env`` reads them from the environment).
 """
 
 from __future__ import annotations
@@ -11,15 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from grd_blocks.checkpoint.refs import CheckpointRef, format_size
 from grd_blocks.checkpoint.run import RunCheckpoints
-from grd_blocks.errors import CheckpointNotFound, GrdError, StoreUnavailable
+from grd_blocks.cli.exits import fail, guarded
+from grd_blocks.errors import CheckpointNotFound
 
-Handler = Callable[[argparse.Namespace], int]
+__all__ = ["register"]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -35,27 +34,8 @@ def _metrics(ref: CheckpointRef) -> str:
     return " ".join(f"{key}={value:.6g}" for key, value in sorted(ref.metrics.items())) or "-"
 
 
-def one_line(message: str) -> str:
-    """``message`` as one printable line: control characters (a newline or a carriage return in a path a user
-    typed) are written as their escapes."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"grd: error: {one_line(message)}", file=sys.stderr)
-    return code
-
-
-def _guarded(func: Handler) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except StoreUnavailable as exc:
-            return _fail(str(exc), 1)
-        except (GrdError, ValueError) as exc:
-            return _fail(str(exc))
-
-    return run
+def _fail(message: str) -> int:
+    return fail("grd: error", message)
 
 
 def _open_run(args: argparse.Namespace) -> RunCheckpoints:
@@ -74,7 +54,7 @@ def _select(run: RunCheckpoints, args: argparse.Namespace) -> CheckpointRef:
 
 
 # ---------------------------------------------------------------------- store create
-@_guarded
+@guarded("grd: error")
 def _store_create(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
@@ -113,7 +93,7 @@ def _store_create(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- checkpoints
-@_guarded
+@guarded("grd: error")
 def _ls(args: argparse.Namespace) -> int:
     from grd_blocks.prefect_edge.block import resolve_store
 
@@ -138,7 +118,7 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded("grd: error")
 def _show(args: argparse.Namespace) -> int:
     run = _open_run(args)
     ref = _select(run, args)
@@ -159,7 +139,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
-@_guarded
+@guarded("grd: error")
 def _verify(args: argparse.Namespace) -> int:
     run = _open_run(args)
     refs = [_select(run, args)] if args.step is not None or args.epoch is not None else run.checkpoints()
@@ -177,7 +157,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
-@_guarded
+@guarded("grd: error")
 def _rm(args: argparse.Namespace) -> int:
     run = _open_run(args)
     if args.all:

@@ -1,32 +1,27 @@
-"""The `grd` command line: `grd run SPEC.yaml` plus the subcommands other modules register.
+"""`grd run SPEC.yaml`: the benchmark flow from a shell, its report summarised, its exit code the benchmark's.
 
-Invariant: exit codes are the benchmark's (0 completed, 1 failed, 124 timed out and nothing failed), 130 /
-143 when Ctrl-C (SIGINT) / SIGTERM stopped it (the report's ``exit_code`` says the same), and 2 for a bad
-spec or usage. Every user mistake, in any subcommand, is one line on stderr naming the file, line and key or
-the flag, the problem and the fix, without a traceback; `grd run` finds its mistakes (the spec, every flag:
-cli_preflight.py) before the first command runs. `grd run` uses the Prefect API at ``PREFECT_API_URL``
-when set, else an ephemeral one started for the run.
+Invariant: the spec and every flag are checked (preflight.py) before any Prefect API starts or any command
+runs; the exit code is the report's ``exit_code`` (0 completed, 1 failed or progress lost, 124 timed out and
+nothing failed), 130 / 143 when Ctrl-C / SIGTERM stopped the run, with one line saying how to resume.
+`grd run` uses the Prefect API at ``PREFECT_API_URL`` when set, else an ephemeral one started (and guarded)
+for the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
-from grd_blocks import cli_approve, cli_store
-from grd_blocks.errors import ConfigError, DurationError, GrdError, InvalidRunKey, SpecError, UsageError
-from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE, interrupt_exit_code
+from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, interrupt_exit_code
 
-__all__ = ["build_parser", "main"]
+__all__ = ["register"]
 
-_USAGE_ERRORS = (SpecError, UsageError, DurationError, InvalidRunKey, ConfigError)
+
 def _stopped(code: int, spec_path: Path) -> int:
     """The one line `grd run` prints when a signal stopped it; returns ``code`` (130 or 143)."""
     from grd_blocks.report import last_written
@@ -51,15 +46,15 @@ def _is_url(store: str | None) -> bool:
     return store is not None and looks_like_url(store)
 
 
-def _checked_store(args: argparse.Namespace) -> Any:
-    """``--store``'s engine once it was probed (cli_preflight)."""
-    from grd_blocks.cli_preflight import check_store
+def _checked_store(args: argparse.Namespace) -> CheckpointEngine:
+    """``--store``'s engine once it was probed (preflight.py)."""
+    from grd_blocks.cli.preflight import check_store
 
     return check_store(args.store)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from grd_blocks.cli_preflight import check_report, check_run_keys
+    from grd_blocks.cli.preflight import check_report, check_run_keys
     from grd_blocks.spec import load_spec
 
     spec_path = Path(args.spec)
@@ -119,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `grd run` to the `grd` parser."""
     run = subparsers.add_parser(
         "run",
         help="run a benchmark spec as a Prefect flow and write its JSON report",
@@ -138,51 +134,3 @@ def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     run.add_argument("--check", action="store_true", help="check the spec and every flag (the store is "
                      "written and the report path created), then exit 0 without running anything")
     run.set_defaults(func=_run)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line (and which its subparsers inherit)."""
-
-    def error(self, message: str) -> NoReturn:
-        line = cli_store.one_line(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
-        self.exit(EXIT_USAGE, line + "\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `grd` parser with `run` and every registered subcommand."""
-    parser: argparse.ArgumentParser = _Parser(
-        prog="grd", description="Nested budgets, checkpoints and resuming retries for long Prefect jobs."
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register_run(subparsers)
-    cli_store.register(subparsers)
-    cli_approve.register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `grd` script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    # Prefect's events worker reports its queue while draining at exit ("Still processing items: ..."), on
-    # stderr and without a newline before ours: nothing a grd user can act on
-    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
-    try:
-        return func(args)
-    except _USAGE_ERRORS as exc:
-        print(f"grd {args.command}: {cli_store.one_line(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except GrdError as exc:
-        print(f"grd {args.command}: {cli_store.one_line(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"grd {args.command}: interrupted (Ctrl-C); exit code {EXIT_SIGINT}", file=sys.stderr)
-        return EXIT_SIGINT
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import socket
-import sys
 
-__all__ = ["main", "register"]
+__all__ = ["register"]
 
 
 def _default_approver() -> str:
@@ -49,25 +48,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--approver", default=None, help="your name (default: user@host)")
     parser.add_argument("--reject", action="store_true", help="refuse the run; it ends with your reason")
     parser.set_defaults(func=_approve)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m grd_blocks.cli_approve approve ...`: the same as `grd approve ...` (exit 2 on bad usage)."""
-    from grd_blocks.errors import GrdError, UsageError
-
-    parser = argparse.ArgumentParser(prog="grd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except UsageError as exc:
-        print(f"grd approve: {exc}", file=sys.stderr)
-        return 2
-    except GrdError as exc:
-        print(f"grd approve: {exc}", file=sys.stderr)
-        return 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

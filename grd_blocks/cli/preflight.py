@@ -23,8 +23,8 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Any
 
+from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.errors import GrdError, InvalidRunKey, PreflightError
 
 __all__ = ["check_report", "check_run_keys", "check_store", "preflight"]
@@ -81,9 +81,9 @@ def _store_fix(value: str) -> str:
             f"block (`grd store create {value if '/' not in value else 'NAME'} URL`)")
 
 
-def check_store(store: str | None) -> Any:
-    """The store ``--store`` names, after a probe object was written to its root and removed; returns the
-    engine (a ``CheckpointEngine``)."""
+def check_store(store: str | None) -> CheckpointEngine:
+    """The store ``--store`` names, after a probe object was written to its root and removed; returns its
+    engine."""
     from grd_blocks.prefect_edge.block import resolve_store
 
     shown = store if store is not None else "default"

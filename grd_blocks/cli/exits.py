@@ -1,0 +1,67 @@
+"""How every `grd` subcommand ends on an error: one line on stderr and one exit code, from one table.
+
+Invariant: the exit code of an error is decided here and nowhere else (docs/design.md, "Exit codes"):
+2 when the input is wrong and the user fixes it (a spec, a flag, a run key, a block field, a duration, a
+checkpoint that does not exist: every ``ValueError`` grd raises, and ``CheckpointNotFound``); 1 when the work
+or the store failed (an unreachable or failing store, a damaged checkpoint, a refused approval: any other
+``GrdError``); 130 for Ctrl-C. Anything else is a bug in grd and keeps its traceback. A message is printed as
+one line: control characters (a newline in a path a user typed) are written as their escapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+
+from grd_blocks.errors import CheckpointNotFound, GrdError, StoreUnavailable
+from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE
+
+__all__ = ["Handler", "exit_code_for", "fail", "guarded", "one_line"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code ``exc`` ends a subcommand with; None for an error that is not the user's or the store's
+    (a bug: let it raise)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT
+    if isinstance(exc, StoreUnavailable):  # an OSError, never a ValueError: checked first all the same
+        return EXIT_FAILED
+    if isinstance(exc, ValueError | CheckpointNotFound):
+        return EXIT_USAGE
+    if isinstance(exc, GrdError):
+        return EXIT_FAILED
+    return None
+
+
+def one_line(message: str) -> str:
+    """``message`` with every control character written as its escape."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
+def fail(where: str, message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``where: message`` as one line on stderr; return ``code``."""
+    print(f"{where}: {one_line(message)}", file=sys.stderr)
+    return code
+
+
+def guarded(where: str) -> Callable[[Handler], Handler]:
+    """A handler whose errors end as ``fail(where, ...)`` with ``exit_code_for``'s code."""
+
+    def wrap(func: Handler) -> Handler:
+        @functools.wraps(func)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return func(args)
+            except Exception as exc:
+                code = exit_code_for(exc)
+                if code is None:
+                    raise
+                return fail(where, str(exc), code)
+
+        return run
+
+    return wrap
