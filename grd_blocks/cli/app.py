@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from grd_blocks.cli import approve, run, store
-from grd_blocks.cli.exits import exit_code_for, fail, one_line
+from grd_blocks.cli.exits import end_with, one_line
 from grd_blocks.orchestration.status import EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
@@ -54,9 +54,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except BaseException as exc:
-        code = exit_code_for(exc)
-        if code is None:
-            raise
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        message = f"interrupted (Ctrl-C); exit code {code}" if interrupted else str(exc)
-        return fail(f"grd {args.command}", message, code)
+        return end_with(f"grd {args.command}", exc)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from grd_blocks.errors import CheckpointNotFound, GrdError, StoreUnavailable
 from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE
 
-__all__ = ["Handler", "exit_code_for", "fail", "guarded", "one_line"]
+__all__ = ["Handler", "end_with", "exit_code_for", "fail", "guarded", "one_line"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -48,8 +48,18 @@ def fail(where: str, message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def end_with(where: str, exc: BaseException) -> int:
+    """End a subcommand on ``exc``: one line (``where: message``) and ``exit_code_for``'s code; ``exc`` raised
+    again when it is a bug (no code)."""
+    code = exit_code_for(exc)
+    if code is None:
+        raise exc
+    message = f"interrupted (Ctrl-C); exit code {code}" if isinstance(exc, KeyboardInterrupt) else str(exc)
+    return fail(where, message, code)
+
+
 def guarded(where: str) -> Callable[[Handler], Handler]:
-    """A handler whose errors end as ``fail(where, ...)`` with ``exit_code_for``'s code."""
+    """A handler whose errors end through ``end_with(where, ...)``."""
 
     def wrap(func: Handler) -> Handler:
         @functools.wraps(func)
@@ -57,10 +67,7 @@ def guarded(where: str) -> Callable[[Handler], Handler]:
             try:
                 return func(args)
             except Exception as exc:
-                code = exit_code_for(exc)
-                if code is None:
-                    raise
-                return fail(where, str(exc), code)
+                return end_with(where, exc)
 
         return run
 
