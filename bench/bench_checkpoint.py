@@ -30,7 +30,7 @@ import fsspec
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
-from grd_blocks.checkpoint.manifest import FileEntry, LatestPointer, Manifest, now_iso, sha256_hex
+from grd_blocks.checkpoint.payload.manifest import FileEntry, LatestPointer, Manifest, now_iso, sha256_hex
 
 MiB = 1024 * 1024
 RESULTS = pathlib.Path(__file__).parent / "results" / "checkpoint.json"

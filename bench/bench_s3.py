@@ -45,8 +45,8 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
 from grd_blocks.checkpoint import CheckpointEngine  # noqa: E402
-from grd_blocks.checkpoint.s3client import TRANSFER_THREADS  # noqa: E402
-from grd_blocks.checkpoint.s3parts import PART_BYTES  # noqa: E402
+from grd_blocks.checkpoint.storage.s3client import TRANSFER_THREADS  # noqa: E402
+from grd_blocks.checkpoint.storage.s3parts import PART_BYTES  # noqa: E402
 from tests.fixtures.seaweed import REGION, running_seaweed  # noqa: E402
 
 MiB = 2**20

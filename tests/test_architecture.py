@@ -72,3 +72,24 @@ def test_nothing_in_the_library_names_the_flows_package() -> None:
              if any(_within(name, "flows") for _, name in _imports(path))
              or "flows.benchmark" in line or "flows.train" in line or "flows/" in line]
     assert not named, named
+
+
+CHECKPOINT = "grd_blocks.checkpoint"
+LAYERS = {  # a layer of checkpoint/ and what else of checkpoint/ it may import
+    f"{CHECKPOINT}.payload": (f"{CHECKPOINT}.payload",),
+    f"{CHECKPOINT}.storage": (f"{CHECKPOINT}.payload", f"{CHECKPOINT}.storage"),
+}
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if any(_within(_module(p), layer) for layer in LAYERS)],
+                         ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_checkpoint_payload_knows_no_storage_and_storage_knows_no_run_handle(path: Path) -> None:
+    layer = next(layer for layer in LAYERS if _within(_module(path), layer))
+    offending = [(line, name) for line, name in _imports(path) if _within(name, CHECKPOINT)
+                 and not any(_within(name, allowed) for allowed in LAYERS[layer])]
+    assert not offending, f"{path}: {layer} imports above itself: {offending}"
+
+
+def test_checkpoint_has_no_flat_modules_beside_its_layers_but_the_run_handle() -> None:
+    flat = sorted(p.stem for p in (LIBRARY / "checkpoint").glob("*.py") if p.stem != "__init__")
+    assert flat == ["async_writer", "engine", "observers", "reader", "refs", "retention", "run"]

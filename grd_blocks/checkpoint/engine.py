@@ -12,11 +12,11 @@ from typing import Any
 
 import fsspec
 
-from grd_blocks.checkpoint.fsio import guard, open_fs
-from grd_blocks.checkpoint.layout import basename, join, validate_run_key
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy
 from grd_blocks.checkpoint.run import RunCheckpoints
+from grd_blocks.checkpoint.storage.fsio import guard, open_fs
+from grd_blocks.checkpoint.storage.layout import basename, join, validate_run_key
 
 
 class CheckpointEngine:

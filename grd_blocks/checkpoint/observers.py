@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from grd_blocks.checkpoint.manifest import Manifest
+from grd_blocks.checkpoint.payload.manifest import Manifest
 from grd_blocks.checkpoint.refs import CheckpointRef
 
 logger = logging.getLogger("grd.checkpoint")

@@ -27,10 +27,19 @@ from typing import Any
 
 import fsspec
 
-from grd_blocks.checkpoint.digest import verify_bytes, verify_fd
-from grd_blocks.checkpoint.fsio import guard
-from grd_blocks.checkpoint.handlers import decode_state, restore_into
-from grd_blocks.checkpoint.layout import (
+from grd_blocks.checkpoint.payload.digest import verify_bytes, verify_fd
+from grd_blocks.checkpoint.payload.handlers import decode_state, restore_into
+from grd_blocks.checkpoint.payload.manifest import (
+    FileEntry,
+    LatestPointer,
+    Manifest,
+    parse_latest,
+    parse_manifest,
+)
+from grd_blocks.checkpoint.payload.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
+from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.storage.fsio import guard
+from grd_blocks.checkpoint.storage.layout import (
     LATEST_NAME,
     MANIFEST_NAME,
     basename,
@@ -38,17 +47,14 @@ from grd_blocks.checkpoint.layout import (
     join,
     parse_dirname,
 )
-from grd_blocks.checkpoint.manifest import (
-    FileEntry,
-    LatestPointer,
-    Manifest,
-    parse_latest,
-    parse_manifest,
+from grd_blocks.checkpoint.storage.s3parts import get_verified
+from grd_blocks.checkpoint.storage.safe_io import (
+    MANIFEST_LIMIT,
+    POINTER_LIMIT,
+    open_local,
+    read_local,
+    read_remote,
 )
-from grd_blocks.checkpoint.refs import CheckpointRef
-from grd_blocks.checkpoint.s3parts import get_verified
-from grd_blocks.checkpoint.safe_io import MANIFEST_LIMIT, POINTER_LIMIT, open_local, read_local, read_remote
-from grd_blocks.checkpoint.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
 from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
 
 logger = logging.getLogger("grd.checkpoint")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from grd_blocks.checkpoint.layout import Unit
+from grd_blocks.checkpoint.payload.manifest import Unit
 
 
 def format_size(size_bytes: int) -> str:

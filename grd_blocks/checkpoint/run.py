@@ -33,18 +33,18 @@ from typing import Any, overload
 import fsspec
 
 from grd_blocks.checkpoint.async_writer import AsyncWriter
-from grd_blocks.checkpoint.commit import CommitProtocol, RenameCommit, protocol_for
-from grd_blocks.checkpoint.digest import digest_later
-from grd_blocks.checkpoint.fsio import guard, open_fs
-from grd_blocks.checkpoint.handlers import encode_state
-from grd_blocks.checkpoint.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
-from grd_blocks.checkpoint.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
 from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
+from grd_blocks.checkpoint.payload.digest import digest_later
+from grd_blocks.checkpoint.payload.handlers import encode_state
+from grd_blocks.checkpoint.payload.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
+from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize
+from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
-from grd_blocks.checkpoint.serialization import PieceStream, serialize
-from grd_blocks.checkpoint.snapshot import SnapshotBuffers
+from grd_blocks.checkpoint.storage.commit import CommitProtocol, RenameCommit, protocol_for
+from grd_blocks.checkpoint.storage.fsio import guard, open_fs
+from grd_blocks.checkpoint.storage.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
 from grd_blocks.errors import CheckpointCorrupt, ConfigError, StaleWriter, UsageError
 
 logger = logging.getLogger("grd.checkpoint")

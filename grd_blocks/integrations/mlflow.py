@@ -26,8 +26,8 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from grd_blocks.checkpoint.manifest import Manifest
 from grd_blocks.checkpoint.observers import Observer
+from grd_blocks.checkpoint.payload.manifest import Manifest
 from grd_blocks.checkpoint.refs import CheckpointRef
 
 __all__ = ["observer_for_active_run", "record_commit"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grd_blocks.checkpoint.layout import validate_run_key
+from grd_blocks.checkpoint.storage.layout import validate_run_key
 
 __all__ = ["SECRET_WORDS", "StoreAccess", "absolute_url", "command_env"]
 

@@ -8,7 +8,7 @@ here, before any work starts.
 
 from __future__ import annotations
 
-from grd_blocks.checkpoint.layout import validate_run_key  # the one copy of the rule: the store's
+from grd_blocks.checkpoint.storage.layout import validate_run_key  # the one copy of the rule: the store's
 from grd_blocks.errors import UsageError
 
 __all__ = ["resolve_run_key", "validate_run_key"]

@@ -79,7 +79,7 @@ def _run_logger() -> Any:
 
 
 def _check(run_key: str, estimate_s: float, default_budget_s: float | None) -> None:
-    from grd_blocks.checkpoint.layout import validate_run_key
+    from grd_blocks.checkpoint.storage.layout import validate_run_key
 
     validate_run_key(run_key)
     if not math.isfinite(estimate_s) or estimate_s < 0:

@@ -31,9 +31,9 @@ from typing import Any
 from uuid import UUID
 
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints
-from grd_blocks.checkpoint.layout import MANIFEST_NAME, join
 from grd_blocks.checkpoint.refs import format_size
 from grd_blocks.checkpoint.retention import select_deletions
+from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, join
 from grd_blocks.prefect_edge.artifacts import checkpoint_index_key, in_prefect_run, progress_artifact_key
 from grd_blocks.prefect_edge.events import checkpoint_committed, run_resumed
 from grd_blocks.training.resume import PARTIAL, Position

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.digest import CHUNK
-from grd_blocks.checkpoint.manifest import FileEntry, Manifest, now_iso, parse_manifest
+from grd_blocks.checkpoint.payload.digest import CHUNK
+from grd_blocks.checkpoint.payload.manifest import FileEntry, Manifest, now_iso, parse_manifest
 from grd_blocks.errors import CheckpointCorrupt
 from tests.checkpoint.conftest import Backend
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
-from grd_blocks.checkpoint.safe_io import POINTER_LIMIT
+from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT
 from grd_blocks.cli.store import register
 from grd_blocks.errors import CheckpointCorrupt
 from tests.fixtures.seaweed import SeaweedServer

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from grd_blocks.checkpoint import serialization
-from grd_blocks.checkpoint.digest import digest_later
-from grd_blocks.checkpoint.serialization import PIECE_BYTES, Pieces, PieceStream, serialize
+from grd_blocks.checkpoint.payload import serialization
+from grd_blocks.checkpoint.payload.digest import digest_later
+from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Pieces, PieceStream, serialize
 
 
 def _state(size: int) -> dict[str, Any]:

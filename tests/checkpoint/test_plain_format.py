@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from grd_blocks.checkpoint.handlers import check_plain
-from grd_blocks.checkpoint.serialization import JSON_FILE, TORCH_FILE, deserialize, json_text, serialize
+from grd_blocks.checkpoint.payload.handlers import check_plain
+from grd_blocks.checkpoint.payload.serialization import (
+    JSON_FILE,
+    TORCH_FILE,
+    deserialize,
+    json_text,
+    serialize,
+)
 from grd_blocks.errors import UsageError
 
 

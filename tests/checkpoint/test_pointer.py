@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.layout import LATEST_NAME
-from grd_blocks.checkpoint.manifest import LatestPointer
-from grd_blocks.checkpoint.pointer import conditional_writes, update_conditional
+from grd_blocks.checkpoint.payload.manifest import LatestPointer
+from grd_blocks.checkpoint.storage.layout import LATEST_NAME
+from grd_blocks.checkpoint.storage.pointer import conditional_writes, update_conditional
 from tests.fixtures.seaweed import SeaweedServer
 
 

@@ -16,13 +16,14 @@ import pytest
 import s3fs
 import torch
 
-from grd_blocks.checkpoint import CheckpointEngine, serialization
-from grd_blocks.checkpoint.commit import ManifestLastCommit
-from grd_blocks.checkpoint.digest import CHUNK, InOrderHasher, digest_later
-from grd_blocks.checkpoint.manifest import FileEntry
-from grd_blocks.checkpoint.s3client import TRANSFER_THREADS, client_for
-from grd_blocks.checkpoint.s3parts import PART_BYTES, get_verified, is_s3, put_object
-from grd_blocks.checkpoint.serialization import PIECE_BYTES, Pieces, serialize
+from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.checkpoint.payload import serialization
+from grd_blocks.checkpoint.payload.digest import CHUNK, InOrderHasher, digest_later
+from grd_blocks.checkpoint.payload.manifest import FileEntry
+from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Pieces, serialize
+from grd_blocks.checkpoint.storage.commit import ManifestLastCommit
+from grd_blocks.checkpoint.storage.s3client import TRANSFER_THREADS, client_for
+from grd_blocks.checkpoint.storage.s3parts import PART_BYTES, get_verified, is_s3, put_object
 from grd_blocks.errors import CheckpointCorrupt, StoreUnavailable
 from tests.fixtures.seaweed import SeaweedServer
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import capture_rng_state
-from grd_blocks.checkpoint.manifest import FileEntry, Manifest, now_iso, sha256_hex
+from grd_blocks.checkpoint.payload.manifest import FileEntry, Manifest, now_iso, sha256_hex
 from grd_blocks.errors import UnsafeCheckpoint
 from tests.checkpoint.conftest import Backend
 

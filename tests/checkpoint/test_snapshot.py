@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grd_blocks.checkpoint.snapshot import SnapshotBuffers
+from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 from tests.checkpoint.conftest import Backend
 
 

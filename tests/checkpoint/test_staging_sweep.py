@@ -9,14 +9,14 @@ import sys
 import time
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.staging import STALE_AFTER_S, staging_name, sweep_stale, writer_tag
+from grd_blocks.checkpoint.storage.staging import STALE_AFTER_S, staging_name, sweep_stale, writer_tag
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 CRASHING_WRITER = """
 import os, sys
 from fsspec.implementations.local import LocalFileSystem
-from grd_blocks.checkpoint.commit import RenameCommit
+from grd_blocks.checkpoint.storage.commit import RenameCommit
 
 def crash() -> bytes:
     os._exit(9)  # the process dies after the payload is written, before its manifest

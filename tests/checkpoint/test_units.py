@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import RunCheckpoints, capture_rng_state, restore_rng_state
-from grd_blocks.checkpoint.layout import parse_dirname, validate_run_key
-from grd_blocks.checkpoint.manifest import LatestPointer, parse_latest
+from grd_blocks.checkpoint.payload.manifest import LatestPointer, parse_latest
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.retention import RetentionPolicy, select_deletions
+from grd_blocks.checkpoint.storage.layout import parse_dirname, validate_run_key
 from grd_blocks.errors import CheckpointCorrupt, CheckpointError, ConfigError
 
 

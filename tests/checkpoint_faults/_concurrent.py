@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grd_blocks.checkpoint import RunCheckpoints
-from grd_blocks.checkpoint.manifest import parse_latest
+from grd_blocks.checkpoint.payload.manifest import parse_latest
 from grd_blocks.errors import CheckpointCorrupt
 
 

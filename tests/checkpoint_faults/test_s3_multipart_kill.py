@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.s3parts import PART_BYTES
+from grd_blocks.checkpoint.storage.s3parts import PART_BYTES
 from tests.fixtures.seaweed import SeaweedServer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -174,7 +174,7 @@ def test_checkpoints_load_across_compile_and_ddp_wrappers(tmp_path: Path) -> Non
     raw = {f"module._orig_mod.{key}": value for key, value in source.state_dict().items()}
     prefix.save({"model": raw}, step=2)  # plain data, as a hand-written torch checkpoint would hold it
     target = torch.compile(_Net())
-    from grd_blocks.checkpoint.handlers import ModuleHandler
+    from grd_blocks.checkpoint.payload.handlers import ModuleHandler
 
     ModuleHandler().restore(target, raw, "model")
     assert torch.equal(target._orig_mod.body[0].weight, source.body[0].weight)

@@ -31,10 +31,10 @@ from typing import Any, Final
 import fsspec
 from botocore.exceptions import ClientError
 
-from grd_blocks.checkpoint import s3client
-from grd_blocks.checkpoint.layout import join
-from grd_blocks.checkpoint.s3parts import usable
-from grd_blocks.checkpoint.safe_io import POINTER_LIMIT
+from grd_blocks.checkpoint.storage import s3client
+from grd_blocks.checkpoint.storage.layout import join
+from grd_blocks.checkpoint.storage.s3parts import usable
+from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT
 from grd_blocks.errors import StoreUnavailable
 
 __all__ = ["CAS_ATTEMPTS", "conditional_writes", "update_conditional"]

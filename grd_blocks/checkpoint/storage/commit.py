@@ -47,11 +47,18 @@ from collections.abc import Callable, Iterator, Mapping
 
 import fsspec
 
-from grd_blocks.checkpoint.layout import LOCK_NAME, MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX, basename, join
-from grd_blocks.checkpoint.s3parts import drop_folder, is_s3, put_object, takes_streams
-from grd_blocks.checkpoint.safe_io import POINTER_LIMIT, describe, read_local, read_remote
-from grd_blocks.checkpoint.serialization import Payload, pieces_of
-from grd_blocks.checkpoint.staging import remove_tree, staging_name, sweep_stale
+from grd_blocks.checkpoint.payload.serialization import Payload, pieces_of
+from grd_blocks.checkpoint.storage.layout import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    OLD_PREFIX,
+    TMP_PREFIX,
+    basename,
+    join,
+)
+from grd_blocks.checkpoint.storage.s3parts import drop_folder, is_s3, put_object, takes_streams
+from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT, describe, read_local, read_remote
+from grd_blocks.checkpoint.storage.staging import remove_tree, staging_name, sweep_stale
 from grd_blocks.errors import CheckpointCorrupt
 
 logger = logging.getLogger("grd.checkpoint")
@@ -270,7 +277,7 @@ class ManifestLastCommit(CommitProtocol):
 
     def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
         if is_s3(self.fs):
-            from grd_blocks.checkpoint import pointer  # botocore is imported only once S3 is in use
+            from grd_blocks.checkpoint.storage import pointer  # botocore is imported only once S3 is in use
 
             if pointer.conditional_writes(self.fs, path):
                 pointer.update_conditional(self.fs, path, decide, url=url)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from grd_blocks.checkpoint.handlers import loaded_torch
+from grd_blocks.checkpoint.payload.handlers import loaded_torch
 
 __all__ = ["SnapshotBuffers"]
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 
-from grd_blocks.checkpoint.rng import RNG_MARKER
-from grd_blocks.checkpoint.serialization import json_text
+from grd_blocks.checkpoint.payload.rng import RNG_MARKER
+from grd_blocks.checkpoint.payload.serialization import json_text
 from grd_blocks.errors import CheckpointError, UsageError
 
 _PLAIN_LEAVES = (str, int, float, bool, type(None))

@@ -48,13 +48,19 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
-from grd_blocks.checkpoint.digest import InOrderHasher, check_pieces, check_sha256, hash_later, verify_bytes
-from grd_blocks.checkpoint.manifest import FileEntry
-from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
+from grd_blocks.checkpoint.payload.digest import (
+    InOrderHasher,
+    check_pieces,
+    check_sha256,
+    hash_later,
+    verify_bytes,
+)
+from grd_blocks.checkpoint.payload.manifest import FileEntry
+from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
 
 if TYPE_CHECKING:
-    from grd_blocks.checkpoint.s3client import S3Client
+    from grd_blocks.checkpoint.storage.s3client import S3Client
 
 PART_BYTES = PIECE_BYTES
 """Part size of multipart uploads and ranged GETs: 8 MiB, the size of serialize's pieces and of the manifest's
@@ -81,13 +87,13 @@ def usable(fs: fsspec.AbstractFileSystem) -> bool:
     """Whether ``fs`` is S3 reached through a botocore client s3client.py can rebuild."""
     if not is_s3(fs):
         return False
-    from grd_blocks.checkpoint import s3client  # botocore is imported only once S3 is in use
+    from grd_blocks.checkpoint.storage import s3client  # botocore is imported only once S3 is in use
 
     return s3client.supported(fs)
 
 
 def _client(fs: fsspec.AbstractFileSystem) -> S3Client:
-    from grd_blocks.checkpoint import s3client
+    from grd_blocks.checkpoint.storage import s3client
 
     return s3client.client_for(fs)
 
@@ -101,7 +107,7 @@ def _in_parallel(numbers: Iterable[int], job: Callable[[int], None]) -> None:
     every job under way has returned (so nothing still writes into, or reads from, the caller's buffers). An
     error raised by ``numbers`` itself (a failed serialization) stops them alike and is raised as it is.
     """
-    from grd_blocks.checkpoint.s3client import transfer_pool
+    from grd_blocks.checkpoint.storage.s3client import transfer_pool
 
     stop = threading.Event()
 

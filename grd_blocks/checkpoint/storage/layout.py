@@ -13,12 +13,13 @@ Layout::
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final
 
+from grd_blocks.checkpoint.payload.manifest import UNITS, Unit
 from grd_blocks.errors import InvalidRunKey
 
-Unit = Literal["epoch", "step"]
-UNITS: Final[tuple[Unit, ...]] = ("epoch", "step")
+__all__ = ["LATEST_NAME", "LOCK_NAME", "MANIFEST_NAME", "OLD_PREFIX", "TMP_PREFIX", "UNITS", "Unit",
+           "basename", "checkpoint_dirname", "join", "parse_dirname", "validate_run_key"]
 MANIFEST_NAME: Final = "MANIFEST.json"
 LATEST_NAME: Final = "LATEST.json"
 TMP_PREFIX: Final = ".tmp-"

@@ -28,7 +28,7 @@ import uuid
 from functools import cache
 from typing import Final
 
-from grd_blocks.checkpoint.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
+from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, OLD_PREFIX, TMP_PREFIX
 
 logger = logging.getLogger("grd.checkpoint")
 

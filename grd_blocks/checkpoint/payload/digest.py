@@ -24,8 +24,8 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from grd_blocks.checkpoint.manifest import FileEntry, sha256_hex
-from grd_blocks.checkpoint.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
+from grd_blocks.checkpoint.payload.manifest import FileEntry, sha256_hex
+from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
 
 CHUNK = PIECE_BYTES

@@ -15,10 +15,13 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal
 
-from grd_blocks.checkpoint.layout import UNITS, Unit
 from grd_blocks.errors import CheckpointCorrupt
+
+Unit = Literal["epoch", "step"]
+"""What a checkpoint's index counts."""
+UNITS: Final[tuple[Unit, ...]] = ("epoch", "step")
 
 FORMAT_VERSION = 1
 
