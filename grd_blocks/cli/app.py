@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from grd_blocks.cli import approve, run, store
-from grd_blocks.cli.exits import end_with, one_line
+from grd_blocks.cli.exits import Handler, end_with, one_line
 from grd_blocks.orchestration.status import EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `grd` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

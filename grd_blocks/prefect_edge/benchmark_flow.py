@@ -46,8 +46,7 @@ __all__ = ["benchmark", "command_task", "phase_flow"]
 
 class CommandResult:
     """What a command task's state carries: its report row, as one opaque object (Prefect walks a state's
-    data to track results; an opaque object is one step of that walk, a dict row one per field: the
-    difference is in bench/bench_overhead.py's figures)."""
+    data to track results: an opaque object is one step of that walk, a dict row one per field)."""
 
     __slots__ = ("row",)
 
