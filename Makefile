@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint bench install browser postgres clean
+.PHONY: demo test check lint bench install browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,12 +30,24 @@ lint: $(STAMP)
 	$(PY) -m ruff check grd_blocks flows tests bench examples
 	$(PY) -m mypy
 
-# tests/training asserts bit-for-bit RNG continuity: it runs in a pytest process of its own, before any Prefect
-# flow has run there, because Prefect's background services (started by the first in-process flow run) may draw
-# from Python's global `random` at any moment.
+# The suite runs on TEST_WORKERS pytest-xdist workers: most tests wait on servers, processes and deadlines, so
+# more workers than cores pays. `--dist loadgroup` keeps each database backend's end-to-end tests on one worker
+# (tests/conftest.py). Tests marked pristine_process (tests/training) assert bit-for-bit RNG continuity
+# in-process: they run in a pytest process of their own where no Prefect flow has run, because Prefect's
+# background services (started by the first in-process flow run) may draw from Python's global `random`.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -q
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
+# The fast lane: no server (Prefect, SeaweedFS), no browser, no torch in other processes, no long fault test.
+FAST := not server and not e2e and not torch_procs and not slow
+
 test: lint browser postgres
-	$(PY) -m pytest -q --ignore=tests/training
-	$(PY) -m pytest -q tests/training
+	$(PYTEST) $(XDIST) -m "not pristine_process"
+	$(PYTEST) -m pristine_process tests/training
+
+check: lint
+	$(PYTEST) -n 2 --dist loadgroup -m "$(FAST) and not pristine_process"
+	$(PYTEST) -m "$(FAST) and pristine_process" tests/training
 
 bench: $(STAMP)
 	bash bench/run_all.sh

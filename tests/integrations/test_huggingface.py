@@ -19,6 +19,8 @@ from grd_blocks.integrations.huggingface import GrdTrainerCallback
 from tests.integrations import _hf_script
 from tests.training import _script
 
+pytestmark = pytest.mark.torch_procs  # the Trainer runs as real processes
+
 SCRIPT = Path(__file__).with_name("_hf_script.py")
 STEPS_PER_EPOCH = 16
 EPOCHS = 4

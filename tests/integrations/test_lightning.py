@@ -22,6 +22,8 @@ from grd_blocks.training import synthetic_regression
 from tests.integrations._lightning_script import Regressor
 from tests.training import _script
 
+pytestmark = pytest.mark.torch_procs  # Lightning runs as real processes (and 2 DDP ranks)
+
 SCRIPT = Path(__file__).with_name("_lightning_script.py")
 STEPS_PER_EPOCH = 16  # 256 samples, 16 per step (8 per rank with 2 ranks)
 EPOCHS = 3

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 TREE_CHILD = str(Path(__file__).with_name("tree_child.py"))
+ESCAPED_CGROUPS = "escaped-cgroups"  # in a pid dir: the cgroups tree_child.py's members made (its own copy)
 SETUP_TIMEOUT_S = 30.0  # how long a tree may take to start before the test gives up waiting for it
 
 

@@ -6,7 +6,8 @@ all exist the main process writes ``PID_DIR/ready`` and blocks (or exits 0 with 
 child with a grandchild), ``setsid`` (a child in its own session), ``daemon`` (double fork + setsid, the
 intermediate exits), ``scrubbed`` (a daemon that also execs a fresh interpreter with an empty environment),
 ``cgroup_root`` (a child that moves itself to the cgroup2 root, as root can), ``cgroup_new`` (a child that
-makes a cgroup of its own beside the root and moves into it), ``pidns`` (a child in a PID namespace of its
+makes a cgroup of its own beside the root, with a name no other test uses, recorded in
+``PID_DIR/escaped-cgroups``, and moves into it), ``pidns`` (a child in a PID namespace of its
 own, made with ``unshare``), ``ignore_term`` (every member ignores SIGTERM), ``save_on_term`` (every member
 writes ``<role>.term`` on SIGTERM and exits, as a checkpointing job would), ``note_usr1`` (every member writes
 ``<role>.usr1`` when SIGUSR1 arrives and carries on), ``exit`` (main exits once ready).
@@ -19,11 +20,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 PID_DIR = sys.argv[1]
 KINDS = sys.argv[2:]
 _BLOCK = "import signal\nwhile True: signal.pause()"
 ROLE = "main"
+ESCAPED_CGROUPS = "escaped-cgroups"  # the cgroups ``cgroup_new`` members made, one path per line (helpers.py)
 
 
 def _mark(suffix: str) -> None:
@@ -101,8 +104,11 @@ def main() -> None:
             expected.append(f"setsid{i}")
         elif kind in ("cgroup_root", "cgroup_new"):
             root = cgroup2_root()
-            own = os.path.join(root, f"grd-test-escape-{os.getpid()}-{i}")
+            own = os.path.join(root, f"grd-test-escape-{uuid.uuid4().hex[:12]}-{i}")
             where = root if kind == "cgroup_root" else own
+            if kind == "cgroup_new":
+                with open(os.path.join(PID_DIR, ESCAPED_CGROUPS), "a") as made:
+                    made.write(own + "\n")  # the pid_dir fixture removes exactly these
             fork_member(f"{kind}{i}", setsid=True, cgroup=where)
             expected.append(f"{kind}{i}")
         elif kind == "pidns":

@@ -13,6 +13,8 @@ from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.training import TrainConfig
 from grd_blocks.training.reference import train_mlp
 
+pytestmark = pytest.mark.pristine_process  # in-process RNG continuity, bit for bit
+
 EPOCHS = 5
 BASE = {"epochs": EPOCHS, "samples": 128, "batch_size": 16}  # 8 steps per epoch
 STEPS_PER_EPOCH = 8

@@ -39,6 +39,7 @@ def _weights(path: Path) -> dict[str, Any]:
     return state
 
 
+@pytest.mark.torch_procs
 def test_script_style_loop_with_a_prefetched_batch_resumes_bit_for_bit_after_budget_sigterm_and_sigkill(
     tmp_path: Path,
 ) -> None:

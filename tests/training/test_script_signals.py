@@ -14,6 +14,8 @@ from grd_blocks.training.reference import train_mlp
 from grd_blocks.training.resume import newest
 from tests.training import _script
 
+pytestmark = pytest.mark.torch_procs  # the training script runs as a real process
+
 ARGS = ["--epochs", "3", "--samples", "128", "--batch-size", "16"]  # 8 steps per epoch, 24 in all
 TARGET = 24
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from grd_blocks.checkpoint import RunCheckpoints
 from grd_blocks.errors import TrainingTimedOut
 from grd_blocks.training import TrainConfig
 from grd_blocks.training.reference import train_mlp
+
+pytestmark = pytest.mark.pristine_process  # in-process RNG continuity, bit for bit
 
 STEPS_PER_EPOCH = 8
 DELAY = 0.02

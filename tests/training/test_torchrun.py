@@ -11,7 +11,11 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.training import _script
+
+pytestmark = pytest.mark.torch_procs  # a 2-rank torchrun job
 
 ARGS = ["--epochs", "2", "--samples", "128", "--batch-size", "16"]  # 4 steps per rank per epoch, 8 in all
 
