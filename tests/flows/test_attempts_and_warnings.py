@@ -46,10 +46,12 @@ def test_a_warned_command_gets_the_signal_before_its_deadline_and_the_report_say
           - name: p
             commands:
               - name: job
-                timeout: 2s
+                timeout: 5s
                 grace: 1s
                 run: "trap 'wait; echo warned $GRD_WARN_SIGNAL $GRD_WARN_S; exit 124' USR1; sleep 30 & wait"
         """, run_key="warn-1")
+    # the warning comes 3.5 s after the start: time for a shell on a loaded host to install its trap (with
+    # 0.5 s, 1 run in 3 of the suite on 4 workers found no trap yet; that case is the next test's)
     job = result.command("p", "job")
     assert job.status is Status.TIMEOUT and job.returncode == 124
     assert "warned SIGUSR1 1.500" in job.stdout_tail
