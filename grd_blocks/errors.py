@@ -50,11 +50,13 @@ class SpecError(GrdError, ValueError):
 class DurationError(GrdError, ValueError):
     """A duration (``90s``, ``5m``, ``1h30m`` or seconds) could not be parsed or is out of range."""
 
-    def __init__(self, value: object, rule: str) -> None:
+    def __init__(self, value: object, rule: str, *, field: str | None = None) -> None:
         self.value = value
         self.rule = rule
+        self.field = field  # the parameter or key it was given as, where the caller knows it
+        where = f"{field}: " if field else ""
         super().__init__(
-            f"duration {value!r} is invalid: {rule}; "
+            f"{where}duration {value!r} is invalid: {rule}; "
             "write seconds as a number (90, 1.5) or a string like '90s', '5m', '1h30m', or null for no limit"
         )
 

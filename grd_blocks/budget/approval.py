@@ -44,7 +44,7 @@ def approved_limit(
     """The limit of run ``run_key`` (None: no approval budget, so unbounded). ``no_estimate`` names why
     there is no estimate, for the warning. Raises what ``ask`` raises and ``DurationError`` for a malformed
     ``approval_budget``."""
-    default_s = parse_duration(approval_budget)
+    default_s = parse_duration(approval_budget, field="approval_budget")
     if default_s is None:
         return None
     if estimate_s is None:

@@ -62,8 +62,18 @@ def _parse_units(text: str, original: object) -> float:
     return _check_number(total, original)
 
 
-def parse_duration(value: str | int | float | None) -> float | None:
-    """Seconds in ``value`` (a number, or a string like "90s", "5m", "1h30m"); None -> None (no limit)."""
+def parse_duration(value: str | int | float | None, *, field: str | None = None) -> float | None:
+    """Seconds in ``value`` (a number, or a string like "90s", "5m", "1h30m"); None -> None (no limit). A
+    ``DurationError`` names ``field`` (the parameter ``value`` was given as), if given."""
+    try:
+        return _parse(value)
+    except DurationError as exc:
+        if field is None:
+            raise
+        raise DurationError(value, exc.rule, field=field) from None
+
+
+def _parse(value: str | int | float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):

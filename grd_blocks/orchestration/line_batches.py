@@ -1,7 +1,8 @@
 """Output lines of a command sent to a logger (the run's log) in batches, never slowing the command down.
 
 Invariant: the command's output reader only appends to a bounded backlog and is never held up by the
-logger; lines leave in order, one record per up to ``max_lines`` lines or ``flush_s`` seconds; what is
+logger; lines leave in order, one record per up to ``max_lines`` lines or ``flush_s`` seconds after the
+first line of a batch arrived, however long the command was quiet before it; what is
 dropped from the log (over ``max_per_s`` lines a second, or a full backlog) is counted in place, so the lines
 shown plus the lines counted equal the lines printed. The command's log file keeps every byte regardless.
 """
@@ -84,13 +85,14 @@ class LineBatcher:
                     return
                 self._note_dropped()
                 self._lines.append(f"{self.label} {kind}| {line.rstrip(chr(10))}")
-                if self._first_at is None:
+                starts_batch = self._first_at is None
+                if starts_batch:
                     self._first_at = time.monotonic()
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="grd-log-lines", daemon=True)
                     self._thread.start()
-                if len(self._lines) >= self.max_lines:
-                    self._cond.notify_all()
+                if starts_batch or len(self._lines) >= self.max_lines:
+                    self._cond.notify_all()  # the sender (idle, or waiting for a batch) starts its timer
                 return
         self._send(batch)
 

@@ -6,7 +6,9 @@ else the flow run id, which Prefect keeps across automatic retries and UI "Retry
 a stop by SIGINT, or by the SIGTERM of a cancel asked in the UI or API, returns a Cancelled state; the
 checkpoint is committed in every case.
 With ``approval_budget``, a run estimated beyond it waits for approval before training, and every attempt is
-bounded by the approved limit (its pacer saves before it). Every commit updates the checkpoint index
+bounded by the approved limit (its pacer saves before it). A user's mistake (a malformed duration, run key,
+store or checkpoint URL) or a refused approval ends the run before any training, ``rejected``: one ERROR line
+naming the parameter and a Failed state named ``InvalidParameters`` or ``NotApproved``. Every commit updates the checkpoint index
 artifact and emits ``grd.checkpoint.committed``; each epoch updates the progress artifact.
 """
 
@@ -19,15 +21,16 @@ from prefect import flow, get_client, get_run_logger
 from prefect.client.schemas.objects import State, StateType
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
 
 from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.orchestration.runkey import resolve_run_key
+from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.block import resolve_store
 from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
-from grd_blocks.prefect_edge.run_end import quiet_run_ends
+from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected
+from grd_blocks.prefect_edge.states import final_state
 from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.long_run import approve_training
 from grd_blocks.training.reference import train_mlp
@@ -84,21 +87,24 @@ def train(
     logger = get_run_logger()
     source: CheckpointUrl | None = None
     resume_key = resume_from
-    if resume_from and is_url(resume_from):
-        source = split_checkpoint_url(resume_from)
-        resume_key = None if run_key else source.run_key
-    key = resolve_run_key(run_key, resume_key, _flow_run_id())
-    block: Any = resolve_store(store)
-    checkpoints = block.engine().run(key)
-    logger.info("run key %s, checkpoints %s", key, checkpoints.url)
-    budget = approve_training(
-        config,
-        key,
-        checkpoints,
-        approval_budget=approval_budget,
-        ask=approval_asker(auto_approve=auto_approve, store=block),
-        resume_from=source,
-    )
+    try:
+        if resume_from and is_url(resume_from):
+            source = split_checkpoint_url(resume_from)
+            resume_key = None if run_key else source.run_key
+        key = resolve_run_key(run_key, resume_key, _flow_run_id())
+        block: Any = resolve_store(store)
+        checkpoints = block.engine().run(key)
+        logger.info("run key %s, checkpoints %s", key, checkpoints.url)
+        budget = approve_training(
+            config,
+            key,
+            checkpoints,
+            approval_budget=approval_budget,
+            ask=approval_asker(auto_approve=auto_approve, store=block),
+            resume_from=source,
+        )
+    except (*MISTAKES, *REFUSALS) as exc:  # the user's to fix: one line, no traceback
+        return rejected(exc, logger, "training run")
     observer = TrainingArtifacts(key, checkpoints, target_epochs=config.epochs, attempt=flow_run.run_count,
                                  log=logger)
     try:
@@ -106,9 +112,10 @@ def train(
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)
         if exc.reason == "cancelled" or (exc.reason == "preempted" and _cancel_requested()):
-            return Cancelled(
-                message=str(exc), data={"checkpoint_url": exc.checkpoint_url, "global_step": exc.global_step}
-            )
+            # the data rides in a RunEnded: Prefect resolves a Cancelled state's data into the exception it
+            # raises; a plain dict made the engine log "Unexpected result for failed state", with a traceback
+            return final_state(Status.CANCELLED, {"checkpoint_url": exc.checkpoint_url,
+                                                  "global_step": exc.global_step}, str(exc))
         raise
     if result.resumed_url:
         logger.info("resumed from %s at epoch %s", result.resumed_url, result.resumed_epoch)

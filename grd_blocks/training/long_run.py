@@ -41,7 +41,7 @@ def approve_training(
     Raises what ``ask`` raises (``ApprovalRejected`` / ``ApprovalExpired``) and ``DurationError`` for a
     malformed ``approval_budget``.
     """
-    if parse_duration(approval_budget) is None:
+    if parse_duration(approval_budget, field="approval_budget") is None:
         return None
     estimate = estimate_remaining(
         config,

@@ -53,3 +53,11 @@ def test_a_refusal_and_a_malformed_budget_are_raised_before_anything_runs() -> N
         approved_limit("r", 9000.0, "1h", ask=refuse, no_estimate="-", log=logging.getLogger("t"))
     with pytest.raises(DurationError):
         approved_limit("r", 9000.0, "an hour", ask=_Asker(), no_estimate="-", log=logging.getLogger("t"))
+
+
+def test_a_malformed_approval_budget_is_refused_naming_the_parameter_before_anything_is_asked() -> None:
+    def ask(run_key: str, estimate_s: float, default_s: float) -> tuple[float, str]:
+        raise AssertionError("nothing is asked for a malformed budget")
+
+    with pytest.raises(DurationError, match=r"^approval_budget: duration 'soon' is invalid"):
+        approved_limit("r", 9000.0, "soon", ask=ask, no_estimate="-", log=logging.getLogger("t"))

@@ -115,3 +115,15 @@ def test_any_string_parses_to_finite_non_negative_seconds_or_raises_duration_err
     except DurationError:
         return
     assert seconds is not None and math.isfinite(seconds) and seconds >= 0
+
+
+@pytest.mark.parametrize("value", ["soon", "-5m", True, "1m1h"])
+def test_a_bad_duration_given_as_a_parameter_names_the_parameter_the_rule_and_the_fix(value: object) -> None:
+    with pytest.raises(DurationError) as raised:
+        parse_duration(value, field="approval_budget")  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith(f"approval_budget: duration {value!r} is invalid: ")
+    assert "'1h30m'" in message and raised.value.field == "approval_budget"
+    with pytest.raises(DurationError) as bare:
+        parse_duration(value)  # type: ignore[arg-type]
+    assert str(bare.value) == message.removeprefix("approval_budget: ")

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.helpers import (
     cancel_like_the_ui,
+    flow_run_logs,
     flow_run_pids,
     read_json,
     start_time,
@@ -27,6 +28,8 @@ from tests.fixtures.prefect_server import PrefectServer, wait_until
 from tests.process.helpers import marked
 
 pytestmark = pytest.mark.e2e
+NEVER = ("Traceback", "object at 0x", "NoneType: None", "Unexpected result", "unexpected exception",
+         "Running()")
 
 # $1 is the directory the members say they are up in; every member's command line carries it.
 TREE = """\
@@ -117,3 +120,12 @@ def test_cancel_of_a_training_run_commits_a_checkpoint_and_ends_cancelled(
     wait_until(lambda: not flow_run_pids(flow_run_id), "the cancelled run's processes to exit", 30)
     run_count = deployed.flow_run(flow_run_id)["run_count"]
     assert run_count == 1, f"a cancelled run was retried: run_count {run_count}"
+
+    def ended() -> list[str]:  # logs reach the API in batches; its process, gone now, sent its last ones
+        lines = flow_run_logs(deployed, flow_run_id)
+        return lines if any("Finished in state Cancelled" in line for line in lines) else []
+
+    # what the run's page shows: no traceback, no repr
+    logs = wait_until(ended, "the cancelled run's last log lines to reach the API", 60)
+    shown = [line for line in logs if any(never in line for never in NEVER)]
+    assert not shown, shown

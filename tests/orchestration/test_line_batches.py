@@ -21,9 +21,7 @@ def test_lines_are_sent_in_order_one_record_per_full_batch_and_the_rest_at_close
     sink = LineBatcher(logger, "p.c", max_lines=3, flush_s=3600.0)
     for i in range(7):
         sink("stderr" if i == 4 else "stdout", f"line {i}\n")
-    end = time.monotonic() + 30
-    while len(records.messages) < 2 and time.monotonic() < end:
-        time.sleep(0.01)  # polling for the sender thread's records, bounded
+    _wait_for_records(records, 2)
     assert len(records.messages) == 2
     sink.close()
     lines = "\n".join(records.messages).split("\n")
@@ -31,16 +29,33 @@ def test_lines_are_sent_in_order_one_record_per_full_batch_and_the_rest_at_close
     assert len(records.messages) == 3
 
 
+def _wait_for_records(records: Records, count: int) -> None:
+    end = time.monotonic() + 30
+    while len(records.messages) < count and time.monotonic() < end:
+        time.sleep(0.01)  # polling for the sender thread's records, bounded
+
+
 def test_a_quiet_command_s_last_lines_are_sent_by_the_timer_before_it_ends() -> None:
     logger, records = _logger("timer")
     sink = LineBatcher(logger, "p.slow", max_lines=1000, flush_s=0.05)
     sink("stdout", "epoch 1\n")
-    end = time.monotonic() + 30
-    while not records.messages and time.monotonic() < end:
-        time.sleep(0.01)  # polling for the timer's record, bounded
+    _wait_for_records(records, 1)
     assert records.messages == ["p.slow | epoch 1"]
     sink.close()
     assert records.messages == ["p.slow | epoch 1"], "close sends nothing twice"
+
+
+def test_every_line_after_an_idle_spell_is_sent_by_the_timer_while_the_command_runs() -> None:
+    """A command printing one line now and then (a training step a minute): each line is its own record,
+    sent by the timer, not held until the command ends or 200 lines have queued."""
+    logger, records = _logger("idle")
+    sink = LineBatcher(logger, "p.paced", max_lines=200, flush_s=0.05)
+    for step in range(4):
+        sink("stdout", f"step {step}\n")
+        _wait_for_records(records, step + 1)  # the sender was idle, waiting for a first line
+        assert records.messages == [f"p.paced | step {i}" for i in range(step + 1)]
+    sink.close()
+    assert len(records.messages) == 4
 
 
 class _Slow(logging.Handler):

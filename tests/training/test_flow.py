@@ -186,3 +186,35 @@ def test_estimate_uses_measured_epochs_once_the_run_has_committed(tmp_path: Path
     estimate = estimate_remaining(config, prefix, steps_per_epoch=8)
     assert estimate.source == "measured" and estimate.epochs_left == 1.5
     assert estimate.epoch_s is not None and 0 < estimate.epoch_s < 999
+
+
+def test_a_malformed_approval_budget_ends_the_run_before_training_naming_the_parameter(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    state = train.with_options(retries=0)(config=TrainConfig(**BASE), store=str(store), run_key="soon",
+                                          approval_budget="soon", return_state=True)
+    assert state.is_failed() and state.name == "InvalidParameters", state
+    expected = "training run: invalid parameters: approval_budget: duration 'soon' is invalid"
+    assert (state.message or "").startswith(expected), state.message
+    assert not list(store.glob("soon/**/MANIFEST.json")), "nothing trained, nothing committed"
+
+
+def test_a_rejected_training_run_ends_not_approved_with_the_reason(prefect_api: None, tmp_path: Path) -> None:
+    store, name = str(tmp_path / "store"), f"train-reject-{uuid.uuid4().hex[:8]}"
+    out: dict[str, State[Any]] = {}
+
+    def run() -> None:
+        flow = train.with_options(flow_run_name=name, retries=0)
+        out["state"] = flow(config=TrainConfig(**BASE, estimated_epoch_s=600), store=store, run_key="no",
+                            approval_budget="10m", return_state=True)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    flow_run_id = wait_for(lambda: paused_run_id(name), "the training run to pause for approval")
+    approve_flow_run(flow_run_id, minutes=1, reason="too costly this week", approver="bo", reject=True)
+    thread.join(120)
+    state = out["state"]
+    assert state.is_failed() and state.name == "NotApproved", state
+    assert "too costly this week" in (state.message or "") and "bo" in (state.message or "")
+    assert list(Path(store, "no").glob("epoch_*")) == []
