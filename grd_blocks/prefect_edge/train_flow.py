@@ -8,8 +8,9 @@ checkpoint is committed in every case.
 With ``approval_budget``, a run estimated beyond it waits for approval before training, and every attempt is
 bounded by the approved limit (its pacer saves before it). A user's mistake (a malformed duration, run key,
 store or checkpoint URL) or a refused approval ends the run before any training, ``rejected``: one ERROR line
-naming the parameter and a Failed state named ``InvalidParameters`` or ``NotApproved``. Every commit updates
-the checkpoint index artifact and emits ``grd.checkpoint.committed``; each epoch updates the progress artifact.
+naming the parameter and a Failed state named ``InvalidParameters`` or ``NotApproved``. Every commit
+updates the checkpoint index artifact and emits ``grd.checkpoint.committed``; each epoch updates the
+progress artifact.
 """
 
 from __future__ import annotations
