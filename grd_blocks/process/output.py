@@ -3,12 +3,13 @@ the supervising thread (``pump``) or by one reader thread (``start``/``hand_over
 
 Invariant: the log file receives every byte the command wrote, unchanged and in each stream's order (a line is
 written whole when it ends, so the two streams interleave line by line; a run of more than ``MAX_LINE_CHARS``
-bytes without a newline is written as it comes, nothing inserted). The tails and the ``on_line`` callback get
-text: UTF-8 decoded with ``errors="replace"``, ``\\r\\n`` as ``\\n``, a last line without a newline still
-delivered, lines longer than ``MAX_LINE_CHARS`` in pieces (for display only); a ``LineBudget`` callback that
-declines lines for a while gets them counted instead, never split or decoded. ``finish(timeout)`` never blocks
-longer than ``timeout`` even if some process still holds the write end: after it the reader drains what is
-already buffered and stops.
+bytes without a newline is written as it comes, nothing inserted; a stream's last bytes without a newline are
+written once every stream has ended, so they never join the other stream's next line). The tails and the
+``on_line`` callback get text: UTF-8 decoded with ``errors="replace"``, ``\\r\\n`` as ``\\n``, a last line
+without a newline still delivered, lines longer than ``MAX_LINE_CHARS`` in pieces (for display only); a
+``LineBudget`` callback that declines lines for a while gets them counted instead, never split or decoded.
+``finish(timeout)`` never blocks longer than ``timeout`` even if some process still holds the write end: after
+it the reader drains what is already buffered and stops.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class _LogFile:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(path, flags, 0o644)
         self.lock = threading.Lock()
+        self.last_pieces: list[bytes] = []  # the streams' unterminated last bytes, written by ``close``
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -67,8 +69,17 @@ class _LogFile:
             while view:
                 view = view[os.write(self.fd, view) :]
 
+    def hold_last_piece(self, data: bytes | bytearray) -> None:
+        """A stream ended without a newline: its last bytes wait until every stream has ended, or written now
+        they would join the other stream's next line."""
+        with self.lock:
+            self.last_pieces.append(bytes(data))
+
     def close(self) -> None:
+        pieces, self.last_pieces = b"".join(self.last_pieces), []
         with contextlib.suppress(OSError):
+            if pieces:
+                self.write(pieces)
             os.close(self.fd)
 
 
@@ -122,7 +133,10 @@ class _Stream:
                 self.log_file.write(data[:cut])
             data = data[cut:]
         self.pending += data
-        if self.pending and (final or len(self.pending) > MAX_LINE_CHARS):
+        if self.pending and final:
+            self.log_file.hold_last_piece(self.pending)
+            self.pending.clear()
+        elif len(self.pending) > MAX_LINE_CHARS:
             self.log_file.write(self.pending)
             self.pending.clear()
 

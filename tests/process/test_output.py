@@ -66,6 +66,23 @@ def test_the_log_keeps_each_streams_bytes_in_order_and_whole_lines_together(
     assert len(lines) in (4001, 4002)  # nothing inserted: 4000 newlines, the two unterminated ends
 
 
+def test_a_stream_that_ends_without_a_newline_never_joins_the_other_stream_s_next_line(
+    containment: str, tmp_path: Path
+) -> None:
+    """stderr ends early, unterminated, while stdout goes on (seen under load with the test above: the log
+    had ``err-endout 1534``): its last bytes are written after everything else."""
+    log = tmp_path / "early.log"
+    code = (
+        "import os, sys, time\n"
+        "sys.stderr.write('err-end'); sys.stderr.flush(); os.close(2)\n"
+        "time.sleep(0.5)  # the command's own pacing: stderr's EOF is read before stdout goes on\n"
+        "for i in range(3): print(f'out {i}', flush=True)\n"
+    )
+    outcome = run_command([sys.executable, "-c", code], log_path=log)
+    assert outcome.returncode == 0
+    assert log.read_bytes() == b"out 0\nout 1\nout 2\nerr-end"
+
+
 def test_tail_keeps_only_the_last_characters(containment: str) -> None:
     outcome = run_command("seq 1 2000", tail_chars=20)
     assert len(outcome.stdout_tail) <= 20 and outcome.stdout_tail.endswith("1999\n2000")
