@@ -149,6 +149,7 @@ class TrainingInterrupted(GrdError):
         self.reason = reason
         self.global_step = global_step
         self.checkpoint_url = checkpoint_url
+        self.detail = detail
         self.exit_code = self.EXIT_CODES.get(reason, 1)
         where = checkpoint_url or "no checkpoint store"
         message = f"training stopped ({reason}) after global step {global_step}; state saved to {where}"
@@ -157,6 +158,12 @@ class TrainingInterrupted(GrdError):
         super().__init__(
             message + "; run again with the same run key (or retry the flow run) to resume there"
         )
+
+    def plain(self) -> TrainingInterrupted:
+        """The same stop as a plain ``TrainingInterrupted`` (same message), for a caller that must not let it
+        pass for a ``TimeoutError`` (Prefect logs a timeout's repr and makes it the state's message)."""
+        return TrainingInterrupted(self.reason, global_step=self.global_step,
+                                   checkpoint_url=self.checkpoint_url, detail=self.detail)
 
 
 class TrainingTimedOut(TrainingInterrupted, TimeoutError):

@@ -54,6 +54,11 @@ class TimeoutInfo(_Model):
     warn_sent_s: float | None = Field(
         default=None, description="Seconds after start when the pre-deadline warning signal went to the tree."
     )
+    stopped_by: str | None = Field(
+        default=None,
+        description="Who ran the kill ladder: grd, or its keeper when grd missed the deadline (stopped by "
+        "SIGSTOP or Ctrl-Z, hung or starved); null when the command stopped itself (exit 124).",
+    )
 
 
 class CommandReport(_Model):

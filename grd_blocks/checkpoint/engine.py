@@ -15,7 +15,7 @@ import fsspec
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy
 from grd_blocks.checkpoint.run import RunCheckpoints
-from grd_blocks.checkpoint.storage.fsio import guard, open_fs
+from grd_blocks.checkpoint.storage.fsio import check_store_url, guard, open_fs
 from grd_blocks.checkpoint.storage.layout import basename, join, validate_run_key
 
 
@@ -33,6 +33,7 @@ class CheckpointEngine:
         mode: Mode = "min",
         fs: fsspec.AbstractFileSystem | None = None,
     ) -> None:
+        check_store_url(url)  # before the trailing slashes go: 's3://' must not become the local folder 's3:'
         self.url = url.rstrip("/") or url
         self.storage_options = dict(storage_options or {})
         self.retention = RetentionPolicy(keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode)

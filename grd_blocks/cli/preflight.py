@@ -4,11 +4,14 @@ Invariant: ``preflight`` returns only when every flag of `grd run` can do its jo
 ``PreflightError`` (flag, value, what is wrong, the fix) otherwise, before any command runs:
 
 * ``--run-key`` / ``--resume`` are valid run keys and do not contradict each other;
-* ``--report FILE`` (default ``reports/<run key>/report.json``): FILE is not a directory nor anything but a
-  regular file, its directory exists or can be created, and a probe file can be created and removed there
-  (the report is written through a temp file in that directory, and command logs go beside it);
+* ``--report FILE`` (default ``reports/<run key>/report.json``): every name in it fits the file system
+  (255 bytes a name, 4096 a path), FILE is not a directory nor anything but a regular file, its directory
+  exists or can be created, and a probe file can be created and removed there (the report is written
+  through a temp file in that directory, and command logs go beside it);
 * ``--store NAME|URL`` (default: the block named ``default``): a block name names a saved block; the URL
-  opens (a known protocol, its package installed); its root is a directory (local disk) and a probe object
+  names a place (``s3://`` with no bucket or ``s3:/b`` a slash short are refused, not taken as a local folder
+  ``s3:``), is not a memory store (a resume runs in a later process), and opens (a known protocol, its
+  package installed); its root is a directory (local disk) and a probe object
   ``.grd-probe-<random>`` can be written there and removed (so a regular file, a read-only place, an S3
   server that cannot be reached or a bucket that does not exist are found now, not after the benchmark);
 Store checks need the Prefect API only for a block name (or the default block). ``--resume KEY`` with no
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -49,12 +53,17 @@ def check_run_keys(run_key: str | None, resume: str | None) -> None:
                              "pass one of them (resuming continues that run under its own key)")
 
 
+_NAME_MAX = 255
+_PATH_MAX = 4096
+
+
 def check_report(report: str | None) -> None:
     """``--report`` (or the default reports/ directory) can be written."""
     flag_value = report if report is not None else "reports/<run key>/report.json"
     target = Path(report) if report is not None else None
     directory = target.parent if target is not None else Path("reports")
     fix = "pass a file in a writable directory, e.g. --report reports/run.json"
+    _check_name_lengths("--report", flag_value, target, fix)
     if target is not None and (target.exists() or target.is_symlink()):
         if target.is_dir():
             raise PreflightError("--report", flag_value, "is a directory", "name a file in it, e.g. "
@@ -76,6 +85,30 @@ def check_report(report: str | None) -> None:
                              f"({exc.strerror or exc})", fix) from None
 
 
+def _check_name_lengths(flag: str, value: str, target: Path | None, fix: str) -> None:
+    """Every name in ``target`` fits the file system's limits (255 bytes a name, 4096 a path on Linux)."""
+    if target is None:
+        return
+    longest = max((len(os.fsencode(part)) for part in target.parts), default=0)
+    if longest > _NAME_MAX:
+        raise PreflightError(flag, value[:60] + "...", f"has a name of {longest} bytes; the most a file "
+                             f"system allows is {_NAME_MAX}", fix)
+    if len(os.fsencode(str(target.absolute()))) >= _PATH_MAX:
+        raise PreflightError(flag, value[:60] + "...",
+                             f"is longer than the {_PATH_MAX} bytes a path may have", fix)
+
+
+def _kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a directory"
+
+
 def _store_fix(value: str) -> str:
     return ("pass a writable directory (./checkpoints), s3://bucket/prefix on a reachable server, or a saved "
             f"block (`grd store create {value if '/' not in value else 'NAME'} URL`)")
@@ -92,12 +125,15 @@ def check_store(store: str | None) -> CheckpointEngine:
     except GrdError as exc:  # no such block, an unknown protocol: the message names the fix
         raise PreflightError("--store", shown, str(exc), "") from None
     fs, root = engine.fs, engine.path
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if "memory" in protocols:
+        raise PreflightError("--store", shown, f"{engine.url} is a memory store: it lives only in this "
+                             "process, so a resume (a later process) would find nothing", _store_fix(shown))
     probe = f"{root.rstrip('/')}/{_PROBE_PREFIX}{uuid.uuid4().hex}"
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,))
     try:
-        if local:
+        if "file" in protocols:
             if os.path.exists(root) and not os.path.isdir(root):
-                raise PreflightError("--store", shown, f"{root} is a regular file, not a directory",
+                raise PreflightError("--store", shown, f"{root} is {_kind(root)}, not a directory",
                                      _store_fix(shown))
             os.makedirs(root, exist_ok=True)
         fs.pipe_file(probe, b"grd preflight probe")

@@ -10,6 +10,7 @@ for the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,27 +18,47 @@ import sys
 from pathlib import Path
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, interrupt_exit_code
+from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, interrupt_exit_code
 
 __all__ = ["register"]
 
 
 def _stopped(code: int, spec_path: Path) -> int:
-    """The one line `grd run` prints when a signal stopped it; returns ``code`` (130 or 143)."""
+    """The one line `grd run` prints when a signal stopped it; returns the exit code: the written report's
+    (whichever signal came later, the report says the code grd exits with), else ``code`` (130 or 143)."""
     from grd_blocks.report import last_written
 
-    what = "Ctrl-C (SIGINT)" if code == EXIT_SIGINT else f"signal {signal.Signals(code - 128).name}"
     report = last_written()
+    key = "RUN_KEY"
+    if report is not None:
+        try:
+            written = json.loads(report.read_text(encoding="utf-8"))
+            key, code = str(written["run_key"]), int(written["exit_code"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    _exit_at_once_on_signals(code)
+    what = "Ctrl-C (SIGINT)" if code == EXIT_SIGINT else (
+        f"signal {signal.Signals(code - 128).name}" if code > 128 else "a signal after the run ended")
     if report is None:
         print(f"grd run: stopped by {what} before the benchmark started; exit code {code}", file=sys.stderr)
         return code
-    try:
-        key = json.loads(report.read_text(encoding="utf-8"))["run_key"]
-    except (OSError, ValueError, KeyError):
-        key = "RUN_KEY"
     print(f"grd run: stopped by {what}; exit code {code}; report {report} records what finished; resume with "
           f"`grd run {spec_path} --resume {key}`", file=sys.stderr)
     return code
+
+
+def _exit_at_once_on_signals(code: int) -> None:
+    """From now on the outcome is final: a further Ctrl-C or SIGTERM (during the summary or Prefect's
+    shutdown) ends grd at once with ``code``, the code its report says; the guardian stops the API server and
+    the keepers what is left of the commands."""
+    def finish(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, finish)
 
 
 def _is_url(store: str | None) -> bool:
@@ -72,14 +93,14 @@ def _run(args: argparse.Namespace) -> int:
     from grd_blocks.prefect_edge.run_end import report_of
     from grd_blocks.report import BenchmarkReport, render_summary
 
-    with prefect_settings(), sigterm_raises():
+    with prefect_settings(), sigterm_raises(), contextlib.ExitStack() as api:
         try:
             engine = _checked_store(args) if _is_url(args.store) else None  # needs no API: before it starts
             if not (args.check and engine is not None):
-                from grd_blocks.prefect_edge.ephemeral import start_guarded_ephemeral_api
+                from grd_blocks.prefect_edge.ephemeral import guarded_ephemeral_api
 
                 startup = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"].strip()
-                start_guarded_ephemeral_api(int(startup) if startup.isdigit() else None)
+                api.enter_context(guarded_ephemeral_api(int(startup) if startup.isdigit() else None))
             if engine is None:
                 engine = _checked_store(args)  # a block name, or the default block: through the API
             if args.check:
@@ -108,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     report = BenchmarkReport.model_validate(data)
+    _exit_at_once_on_signals(report.exit_code)
     print(render_summary(report))
+    if report.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):  # a signal stopped it: the flow ended it Cancelled
+        return _stopped(report.exit_code, spec_path)
     where = args.report or f"reports/{report.run_key}/report.json"
     print(f"report: {where}")
     return report.exit_code

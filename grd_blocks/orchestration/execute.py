@@ -88,6 +88,7 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
             kill_sent_s=_round(outcome.kill_sent_s),
             survivors=outcome.survivors,
             warn_sent_s=_round(outcome.warn_sent_s),
+            stopped_by=outcome.stopped_by,
         )
     else:
         status = Status.COMPLETED if outcome.returncode == 0 else Status.FAILED

@@ -7,12 +7,16 @@ run in worker threads, where it cannot, and an interrupted phase cancels them do
 node's Prefect state matches its report status (Completed, Failed, Failed named TimedOut, Cancelled), the
 report is written as JSON and published as a table artifact, and each finished command is committed to the
 run's progress so a retry (same flow run id) or a new run with ``resume_from`` skips what already completed.
+A run stopped by a signal (the SIGTERM of a cancel or of a stopping worker, Ctrl-C) writes its report at
+once, runs the benchmark's cleanup, publishes the table with what finished, logs one line saying what is kept
+and how to resume, and ends Cancelled (unless the process supervising it owns its next state: it re-raises).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,13 +34,14 @@ from grd_blocks.orchestration.line_batches import line_logger
 from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun, bind_run, current_run
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.scheduler import run_commands
-from grd_blocks.orchestration.status import Status
+from grd_blocks.orchestration.status import Status, interrupt_exit_code
 from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.prefect_edge.process_log import process_log_to
 from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected, report_of
 from grd_blocks.prefect_edge.states import final_state, publish_table
+from grd_blocks.prefect_edge.stops import cancel_requested, retries_left, supervisor_owns_stop
 from grd_blocks.prefect_edge.store import open_store
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
 from grd_blocks.spec import BenchmarkSpec, CommandSpec, load_spec
@@ -209,14 +214,6 @@ def _log_outcome(logger: Any, report: BenchmarkReport, path: Path | str) -> None
                report.exit_code, path)
 
 
-def _retries_left() -> int:
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return 0
-    retries = context.flow_run.empirical_policy.retries or 0
-    return max(0, retries - (context.flow_run.run_count - 1))
-
-
 @flow(name="grd-benchmark", validate_parameters=True)
 def benchmark(
     spec_path: Annotated[str, Title("Spec file")],
@@ -269,6 +266,7 @@ def benchmark(
     _announce_resume(run)
     phases: list[PhaseReport] = []
     expired = False
+    stop: BaseException | None = None
     cleanup_row: CommandReport | None = None
     with bind_run(run):
         try:
@@ -283,22 +281,28 @@ def benchmark(
                 phases.append(_phase_from_state(subflow(phase.name, return_state=True), run, phase.name))
         except BaseException as exc:
             # SIGTERM from the worker (the UI's Cancel), Ctrl-C or Prefect's backstop ended the run mid-phase;
-            # the phase already stopped its commands. Say so in the report before the run ends.
+            # the phase already stopped its commands. The report says so at once, before the cleanup runs
+            # (a second signal may end that).
             run.cancel.set()
             phases += run.stopped_phases(spec.phases[len(phases):], type(exc).__name__)
             run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
             stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
-            _log_outcome(logger, stopped, write_report(stopped, report_path or logs_dir / "report.json"))
-            raise
+            write_report(stopped, report_path or logs_dir / "report.json")
+            if interrupt_exit_code(exc) is None or supervisor_owns_stop():
+                raise  # not a stop (a defect: Prefect logs its traceback), or its next state is not ours
+            stop = exc
         finally:
             run.close()
             if spec.cleanup is not None:
                 cleanup_row = _cleanup(run, None, spec.cleanup)
-    report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired)
+    report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired,
+                                         stopped_by=stop)
     path = write_report(report, report_path or logs_dir / "report.json")
     publish_table(report)
     _log_outcome(logger, report, path)
-    if report.status in (Status.FAILED, Status.TIMEOUT) and _retries_left() > 0:
+    if stop is not None:
+        return _stopped(report, stop, logger)
+    if report.status in (Status.FAILED, Status.TIMEOUT) and retries_left() > 0:
         incomplete = BenchmarkIncomplete(
             f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "
             "which skips every command that completed"
@@ -307,3 +311,24 @@ def benchmark(
         raise incomplete
     return final_state(report.status, report.model_dump(mode="json"),
                        f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")
+
+
+def _stopped(report: BenchmarkReport, stop: BaseException, logger: Any) -> State[Any]:
+    """A run stopped by a signal ends Cancelled, its message naming what stopped it, with one line saying
+    what was kept and how to resume."""
+    if isinstance(stop, KeyboardInterrupt):
+        cause = "Ctrl-C"
+    elif cancel_requested():
+        cause = "a cancel (the UI or the API)"
+    else:
+        cause = f"signal {signal.Signals(report.exit_code - 128).name}"
+    rows = [row for phase in report.phases for row in phase.commands]
+    done = sum(row.status in (Status.COMPLETED, Status.SKIPPED) for row in rows)
+    committed = report.progress is not None and report.progress.committed
+    how = (f"a Retry of this flow run, or a new run with resume_from={report.run_key}, runs the other "
+           f"{len(rows) - done}" if committed else "its progress was not committed: a resume "
+           "runs every command again")
+    logger.warning("benchmark %s: stopped by %s; %d of %d command(s) completed and are kept; %s",
+                   report.benchmark, cause, done, len(rows), how)
+    message = f"benchmark {report.benchmark}: stopped by {cause}, exit code {report.exit_code}"
+    return final_state(Status.CANCELLED, report.model_dump(mode="json"), message)

@@ -58,7 +58,8 @@ class CheckpointStore(Block):
 
     url: str = Field(
         default=DEFAULT_URL,
-        description="Store root: a local path or an fsspec URL such as s3://bucket/prefix or memory://name.",
+        description="Store root: a local path or an fsspec URL such as s3://bucket/prefix (memory://name "
+        "lives in one process only: deployment runs refuse it).",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,

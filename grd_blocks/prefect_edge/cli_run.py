@@ -69,4 +69,5 @@ def sigterm_raises() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is _terminate:  # not replaced meanwhile (by the final outcome's)
+            signal.signal(signal.SIGTERM, previous)

@@ -8,22 +8,40 @@ apply to the commands' checkpoints, not to progress).
 
 from __future__ import annotations
 
+from prefect.runtime import flow_run
+
 from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.checkpoint.retention import RetentionPolicy
 from grd_blocks.checkpoint.run import RunCheckpoints
+from grd_blocks.errors import ConfigError
 from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.progress import ProgressPrefix
-from grd_blocks.prefect_edge.block import resolve_store
+from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
 
-__all__ = ["PROGRESS_KEEP", "open_store", "progress_prefix"]
+__all__ = ["PROGRESS_KEEP", "open_store", "progress_prefix", "run_store"]
 
 PROGRESS_KEEP = 2
 
 
 def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
     """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
-    block = resolve_store(name_or_url)
+    block = run_store(name_or_url)
     return block.access(), progress_prefix(block.engine(), run_key)
+
+
+def run_store(name_or_url: str | None) -> CheckpointStore:
+    """The store a flow run checkpoints to (``resolve_store``); a memory store is refused for a deployment's
+    run, whose Retry runs in a new process that would find nothing (``ConfigError``, the user's to fix)."""
+    block = resolve_store(name_or_url)
+    fs = block.engine().fs
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if "memory" in protocols and flow_run.deployment_id:
+        raise ConfigError(
+            f"checkpoint store {block.url!r} is a memory store: it lives only in this process, so a Retry of "
+            "this deployment run (a new process) would find nothing; use a directory or s3://bucket/prefix "
+            "(a memory store suits only a flow called in one process)"
+        )
+    return block
 
 
 def progress_prefix(engine: CheckpointEngine, run_key: str) -> ProgressPrefix:

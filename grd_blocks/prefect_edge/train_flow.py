@@ -2,9 +2,12 @@
 
 Invariant: the run key is ``run_key``, else ``resume_from`` (a run key, or the run named by a checkpoint URL),
 else the flow run id, which Prefect keeps across automatic retries and UI "Retry": so a retry continues from
-``{store}/{run_key}``'s newest checkpoint. A stop by SIGTERM or the deadline raises (Failed: Prefect retries);
-a stop by SIGINT, or by the SIGTERM of a cancel asked in the UI or API, returns a Cancelled state; the
-checkpoint is committed in every case.
+``{store}/{run_key}``'s newest checkpoint. The checkpoint is committed at every stop, which is
+logged once, as one WARNING line saying where the state is and how to resume. A stop Prefect will retry (the
+deadline, ``stop_at_step`` or a SIGTERM no cancel asked for, with retries left) raises a plain
+``TrainingInterrupted``; with no retry left the run ends in a state named for the stop, whose message is that
+line: TimedOut (deadline), Cancelled (Ctrl-C, or the SIGTERM of a cancel asked in the UI or API), Cancelled
+named Preempted (any other SIGTERM), Failed named Stopped (``stop_at_step``).
 With ``approval_budget``, a run estimated beyond it waits for approval before training, and every attempt is
 bounded by the approved limit (its pacer saves before it). A user's mistake (a malformed duration, run key,
 store or checkpoint URL) or a refused approval ends the run before any training, ``rejected``: one ERROR line
@@ -16,44 +19,39 @@ progress artifact.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger
-from prefect.client.schemas.objects import State, StateType
-from prefect.context import FlowRunContext
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, Failed
 
 from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.approval import approval_asker
-from grd_blocks.prefect_edge.block import resolve_store
 from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected
 from grd_blocks.prefect_edge.states import final_state
+from grd_blocks.prefect_edge.stops import cancel_requested, flow_run_id, retries_left, supervisor_owns_stop
+from grd_blocks.prefect_edge.store import run_store
 from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.long_run import approve_training
 from grd_blocks.training.reference import train_mlp
 from grd_blocks.training.resume import CheckpointUrl, is_url, split_checkpoint_url
 
 
-def _flow_run_id() -> str | None:
-    context = FlowRunContext.get()
-    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
-
-
-def _cancel_requested() -> bool:
-    """Whether someone asked Prefect to cancel this run (its worker then sends SIGTERM, like preemption)."""
-    flow_run_id = _flow_run_id()
-    if flow_run_id is None:
-        return False
-    try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(flow_run_id)).state
-    except Exception:  # the API being unreachable must not turn a saved stop into a crash
-        return False
-    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
+def _ended(exc: TrainingInterrupted) -> State[Any]:
+    """The final state of an attempt that saved and stopped with no retry to follow: named for the stop, its
+    message the one line already logged, its data the exception (what calling the flow raises)."""
+    data = {"checkpoint_url": exc.checkpoint_url, "global_step": exc.global_step}
+    if exc.reason == "cancelled" or (exc.reason == "preempted" and cancel_requested()):
+        # the data rides in a RunEnded: Prefect resolves a Cancelled state's data into the exception it
+        # raises; a plain dict made the engine log "Unexpected result for failed state", with a traceback
+        return final_state(Status.CANCELLED, data, str(exc))
+    if exc.reason == "preempted":  # a SIGTERM that no cancel asked for (the worker stopping, a preemption)
+        return Cancelled(name="Preempted", data=exc, message=str(exc))
+    return Failed(name="TimedOut" if exc.reason == "deadline" else "Stopped", data=exc, message=str(exc))
 
 
 @flow(name="grd-train", retries=2, retry_delay_seconds=0, validate_parameters=True)
@@ -92,8 +90,8 @@ def train(
         if resume_from and is_url(resume_from):
             source = split_checkpoint_url(resume_from)
             resume_key = None if run_key else source.run_key
-        key = resolve_run_key(run_key, resume_key, _flow_run_id())
-        block: Any = resolve_store(store)
+        key = resolve_run_key(run_key, resume_key, flow_run_id())
+        block: Any = run_store(store)
         checkpoints = block.engine().run(key)
         logger.info("run key %s, checkpoints %s", key, checkpoints.url)
         budget = approve_training(
@@ -111,13 +109,13 @@ def train(
     try:
         result = train_mlp(config, checkpoints, resume_from=source, budget=budget, observer=observer)
     except TrainingInterrupted as exc:
-        logger.warning("%s", exc)
-        if exc.reason == "cancelled" or (exc.reason == "preempted" and _cancel_requested()):
-            # the data rides in a RunEnded: Prefect resolves a Cancelled state's data into the exception it
-            # raises; a plain dict made the engine log "Unexpected result for failed state", with a traceback
-            return final_state(Status.CANCELLED, {"checkpoint_url": exc.checkpoint_url,
-                                                  "global_step": exc.global_step}, str(exc))
-        raise
+        logger.warning("%s", exc)  # the one line: it says where the state was saved and how to resume
+        if exc.reason in ("deadline", "stop_at_step", "preempted") and retries_left() > 0 \
+                and not (exc.reason == "preempted" and cancel_requested()):
+            raise exc.plain() from None  # Prefect retries it; a TimeoutError would be logged again as a repr
+        if supervisor_owns_stop():
+            raise
+        return _ended(exc)
     if result.resumed_url:
         logger.info("resumed from %s at epoch %s", result.resumed_url, result.resumed_epoch)
     return result.to_dict()

@@ -7,8 +7,8 @@ process), ``ladder`` for SIGTERM -> grace -> SIGKILL.
 
 from __future__ import annotations
 
-from grd_blocks.process.keepers import guard_process
+from grd_blocks.process.keepers import guard_process, prepare_guardian
 from grd_blocks.process.outcome import CommandOutcome
 from grd_blocks.process.runner import DeadlineWarning, run_command
 
-__all__ = ["CommandOutcome", "DeadlineWarning", "guard_process", "run_command"]
+__all__ = ["CommandOutcome", "DeadlineWarning", "guard_process", "prepare_guardian", "run_command"]

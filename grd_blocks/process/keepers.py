@@ -88,6 +88,7 @@ class Keeper:
         self.spawn_error: tuple[int, str, bool] | None = None
         self.lost = False
         self.stopping = False
+        self.backstop: dict[str, float] = {}  # the ladder steps the keeper took itself: "term"/"kill" -> time
         self._start_time: int | None = None
         self._replies: list[int] = []
         self._main_host_pid: int | None = None
@@ -135,6 +136,8 @@ class Keeper:
             self._replies.append(int(message["count"]))
         elif event == "stopping":
             self.stopping = True
+        elif event == "backstop":
+            self.backstop[str(message["step"])] = float(message["at"])
 
     def await_ready(self, timeout: float) -> bool:
         """True once the keeper said ``ready`` (its containment in place); False if it failed or is gone."""
@@ -170,8 +173,10 @@ class Keeper:
         stdout: int,
         stderr: int,
         hold: Sequence[int] = (),
+        backstop_at: float | None = None,
     ) -> None:
-        """Have the keeper start the command; raises ``ProcessError`` if the keeper is gone."""
+        """Have the keeper start the command; raises ``ProcessError`` if the keeper is gone. ``backstop_at``
+        (CLOCK_MONOTONIC): when the keeper runs the ladder itself if grd has not begun it."""
         message = {
             "op": "run",
             "exe": exe,
@@ -180,6 +185,7 @@ class Keeper:
             "cwd": cwd,
             "grace": grace_s,
             "umask": _umask(),
+            "backstop_at": backstop_at,
         }
         try:
             wire.send(self.sock, message, [stdout, stderr, *hold])
@@ -205,6 +211,7 @@ class Keeper:
         within ``REPLY_TIMEOUT_S`` (stopped, or stuck)."""
         if self.lost:
             return None
+        self._resume()
         before = len(self._replies)
         try:
             wire.send(self.sock, message)
@@ -292,6 +299,14 @@ class Keeper:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         return len(members)
+
+    def _resume(self) -> None:
+        """SIGCONT the keeper before asking it anything: a command may have stopped it (SIGSTOP; it is the
+        command's subreaper and of the same user), which would hold up every step of the ladder until the
+        reply times out. Harmless when it runs; only the same keeper (pid and start time) is signalled."""
+        if self.pid is not None and self._is_keeper(procfs.read_stat(self.pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGCONT)
 
     def _is_keeper(self, stat: procfs.ProcStat | None) -> bool:
         same = self._start_time is None or (stat is not None and stat.start == self._start_time)
@@ -490,6 +505,13 @@ os.register_at_fork(after_in_child=_SUPERVISION.forget)
 def acquire(requested: str | None = None) -> Keeper:
     """A ready keeper for one command, in the mode asked for (default: ``requested_mode()``)."""
     return _SUPERVISION.acquire(requested or requested_mode())
+
+
+def prepare_guardian() -> None:
+    """Start this process's guardian now (it starts on first use otherwise), so that guarding a process later
+    is one message, with no window in which the process is not yet guarded."""
+    with _SUPERVISION.lock:
+        _SUPERVISION._link()
 
 
 def guard_process(pid: int, grace_s: float = 5.0) -> None:

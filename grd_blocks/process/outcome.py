@@ -33,6 +33,7 @@ class CommandOutcome:
     pid: int | None = None  # the main process id on the host (also its process group and session id)
     warn_sent_s: float | None = None  # when the pre-deadline warning signal went to the tree
     note: str | None = None  # something the caller should report (e.g. an earlier copy was stopped first)
+    stopped_by: str | None = None  # who ran the deadline's ladder: "grd", or "keeper" (grd missed it)
 
     def with_note(self, note: str) -> CommandOutcome:
         """A copy carrying ``note`` (appended to any note it has)."""

@@ -3,12 +3,14 @@
 Invariant: when ``run_command`` returns (or raises, e.g. on KeyboardInterrupt), no process of the command's
 tree is running: on the deadline or ``cancel`` the kill ladder runs (SIGTERM, ``grace_s``, SIGKILL); after a
 normal exit any leftover descendant (a daemonized grandchild) is stopped by the same ladder. If grd itself
-dies, the keeper runs that ladder on its own (see ``supervisor``). A command whose deadline has already
-passed, or whose cancel event is already set, is not started. Spawn failures (missing executable or cwd) come
-back as an outcome with returncode 127 (126: not executable); ``ProcessError`` is raised only for invalid
-arguments or when no keeper can be started. With ``warn``, its signal goes to the whole tree ``before_s``
-seconds before the deadline (once). With ``exclusive``, a copy still running under the same key (an earlier
-attempt whose grd died) is stopped before this one starts.
+dies, the keeper runs that ladder on its own (see ``supervisor``); if grd is alive but misses the deadline
+(stopped by SIGSTOP or Ctrl-Z, hung, starved), the keeper runs it ``BACKSTOP_MARGIN_S`` later (with the real
+monotonic clock) and the outcome says ``stopped_by="keeper"`` with the keeper's times. A command whose
+deadline has already passed, or whose cancel event is already set, is not started. Spawn failures (missing
+executable or cwd) come back as an outcome with returncode 127 (126: not executable); ``ProcessError`` is
+raised only for invalid arguments or when no keeper can be started. With ``warn``, its signal goes to the
+whole tree ``before_s`` seconds before the deadline (once). With ``exclusive``, a copy still running under
+the same key (an earlier attempt whose grd died) is stopped before this one starts.
 
 The command's start is one message to a keeper made ahead (no fork, namespace or cgroup move on this path).
 Output is read by the waiting thread itself for the first ``INLINE_S`` (a short command needs no reader
@@ -46,6 +48,7 @@ DRAIN_S = 1.0  # how long output is still read after the tree is gone, if a stra
 _MAX_TICK_S = 0.25  # re-read the caller's clock at least this often (it need not be real time)
 INLINE_S = 0.05  # output is read by the waiting thread this long, then by a reader thread
 EXITING_S = 0.05  # after the main process exits, members already on their way out are not leftovers
+BACKSTOP_MARGIN_S = 1.0  # the keeper runs the ladder itself this long after a deadline grd has not acted on
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def run_command(
                 stdout=output.child_stdout,
                 stderr=output.child_stderr,
                 hold=[claim.fd] if claim is not None else [],
+                backstop_at=_backstop_at(deadline, clock),
             )
         except ProcessError:
             output.abort()
@@ -148,6 +152,14 @@ def run_command(
     if claim is not None and claim.stopped:
         outcome = outcome.with_note(claim.stopped)
     return outcome
+
+
+def _backstop_at(deadline: float, clock: Callable[[], float]) -> float | None:
+    """When the keeper runs the ladder itself if grd has not (CLOCK_MONOTONIC): only for a finite deadline on
+    the real monotonic clock (a caller's own clock means nothing to the keeper)."""
+    if clock is not time.monotonic or not math.isfinite(deadline):
+        return None
+    return deadline + BACKSTOP_MARGIN_S
 
 
 class _Supervised:
@@ -217,6 +229,9 @@ class _Supervised:
                 keeper.wait(lambda: keeper.exited, KILL_WAIT_S)
             keeper.close()
             self.output.finish(DRAIN_S)
+        stopped_by = "grd" if reason == "deadline" else None
+        if keeper.backstop and reason in (None, "deadline"):  # grd missed its deadline; its keeper did not
+            ladder, reason, stopped_by = self._backstopped(ladder), "deadline", "keeper"
         taken_over = keeper.stopping and reason is None
         return CommandOutcome(
             returncode=keeper.returncode,
@@ -235,7 +250,25 @@ class _Supervised:
             pid=keeper.main_pid,
             warn_sent_s=self.warn_sent_s,
             note=_TAKEN_OVER if taken_over else None,
+            stopped_by=stopped_by,
         )
+
+    def _backstopped(self, ladder: LadderResult) -> LadderResult:
+        """The ladder as the keeper ran it (its steps' times; grd's for a step it took after resuming), and
+        the survivors an independent scan finds; logged as a WARNING naming what grd missed."""
+        term = self.keeper.backstop.get("term")
+        kill = self.keeper.backstop.get("kill")
+        term_s = term - self.started if term is not None else ladder.term_sent_s
+        kill_s = kill - self.started if kill is not None else ladder.kill_sent_s
+        survivors = ladder.survivors if ladder.term_sent_s or ladder.kill_sent_s else len(self.keeper.live())
+        log.warning(
+            "%s: grd did not act on the deadline in time (it was stopped, hung or starved); its keeper ran "
+            "the ladder: %s, %s",
+            self.label,
+            "no SIGTERM" if term_s is None else f"SIGTERM at {term_s:.1f}s",
+            "no SIGKILL" if kill_s is None else f"SIGKILL at {kill_s:.1f}s",
+        )
+        return LadderResult(term_sent_s=term_s, kill_sent_s=kill_s, survivors=survivors)
 
     def _now(self) -> float:
         return self.clock() - self.started

@@ -14,6 +14,9 @@ booleans keep their exact text (``SEED: 01`` is ``"01"``, not ``"1"``).
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,10 @@ _RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2
 _MAX_NODES = 100_000
 MAX_DEPTH = 32
 """Deepest nesting of mappings and lists a spec may have (a real one needs 6: phases, commands, run)."""
-_BAD_VALUE = (yaml.YAMLError, ValueError, OverflowError, TypeError)  # what building a YAML scalar may raise
+# What building a YAML value may raise: PyYAML's constructors trust their tag, so an explicit tag with a
+# payload it cannot take fails inside them (``!!bool maybe``: KeyError; ``!!int ''``: IndexError;
+# ``!!timestamp 30s``: AttributeError).
+_BAD_VALUE = (yaml.YAMLError, ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
 _LOADER_FIELDS = {"source", "base_dir"}
 
 
@@ -98,12 +104,17 @@ class _Tree:
         try:
             return self.loader.construct_object(node, deep=True)
         except _BAD_VALUE as exc:
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            if isinstance(exc, KeyError | IndexError | AttributeError):  # the constructor's own failure
+                problem, fix = f"it is not a valid {tag}", f"remove the tag {tag} or quote the value"
+            else:
+                problem, fix = str(getattr(exc, "problem", None) or exc), "quote it"
             raise SpecError(
-                f"cannot read value {_short(node.value)}: {getattr(exc, 'problem', None) or exc}",
+                f"cannot read value {_short(node.value)}: {problem}",
                 file=self.source,
                 line=node.start_mark.line + 1,
                 key=dotted(loc) or None,
-                fix="quote it",
+                fix=fix,
             ) from None
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc, stack: frozenset[int]) -> dict[str, Any]:
@@ -354,11 +365,36 @@ def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | No
         raise _spec_error(exc, data, lines, source) from None
 
 
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+"""The largest spec file read (a real one is a few kB); a device such as /dev/zero is refused unread."""
+
+
+def _read_bounded(file: Path) -> bytes:
+    """The bytes of the regular file ``file``, at most ``MAX_SPEC_BYTES`` (opened without blocking, so a FIFO
+    with no writer is refused at once instead of waiting for one)."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(file))
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+            raise SpecError(f"the path is {kind}, not a spec file", file=file, fix="pass a YAML file")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read(MAX_SPEC_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"the file is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; a spec is a few kB",
+                        file=file, fix="pass the benchmark's YAML spec")
+    return data
+
+
 def load_spec(path: str | Path) -> BenchmarkSpec:
     """Read and validate the spec file at ``path``; relative ``cwd`` values resolve against its folder."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _read_bounded(file).decode("utf-8")
     except FileNotFoundError:
         raise SpecError(
             "the spec file does not exist",

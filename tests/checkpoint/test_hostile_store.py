@@ -159,3 +159,30 @@ def test_an_oversized_latest_object_on_s3_is_refused_and_then_replaced(
     assert "LATEST.json is more than 65536 bytes" in caplog.text
     run.save({"step": 2}, step=2)  # the conditional update replaces the oversized object
     assert len(run.fs.cat_file(f"{run.path}/LATEST.json")) < POINTER_LIMIT and run.load() == {"step": 2}
+
+
+def _deep(path: str) -> None:
+    with open(path, "wb") as handle:
+        handle.write(b"[" * 5000)  # 5 kB: deeper than json's recursion limit (RecursionError, not ValueError)
+
+
+@pytest.mark.parametrize("name", ["LATEST.json", "step_2/MANIFEST.json"])
+def test_deeply_nested_json_in_the_store_is_a_damaged_entry_with_fallback_and_one_cli_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A 5 kB '[[[[...' file as the pointer or a manifest raised RecursionError from latest(), load() and
+    listing, every later save of the run failed, and `grd checkpoints ls` / `verify` printed a traceback."""
+    url, run = _store(tmp_path)
+    _deep(os.path.join(run.path, name))
+    latest = run.latest()
+    expected = 2 if name == "LATEST.json" else 1
+    assert latest is not None and latest.index == expected and run.load() == {"step": expected}
+    run.save({"step": 3}, step=3)  # later saves still commit
+    assert run.load() == {"step": 3}
+    if name != "LATEST.json":
+        assert _grd(["checkpoints", "verify", url, "run", "--step", "2"]) != 0
+        out = capsys.readouterr()
+        assert "nests JSON deeper" in out.out + out.err and "Traceback" not in out.out + out.err, out
+        assert _grd(["checkpoints", "ls", "--verify", url, "run"]) in (0, 1)
+        listed = capsys.readouterr()
+        assert "step_3" in listed.out and "Traceback" not in listed.out + listed.err, listed

@@ -6,6 +6,7 @@ the report and exit code 1."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -48,14 +49,25 @@ def _refused(tmp_path: Path, *args: str, flag: str, words: str, **env: str) -> N
     [
         (["--store", "./a-file"], "--store", "is a regular file, not a directory"),
         (["--store", "zz://::garbage"], "--store", "cannot be opened (Protocol not known"),
+        (["--store", "s3://"], "--store", "names no bucket"),
+        (["--store", "s3:///ck"], "--store", "has an empty bucket name"),
+        (["--store", "gs://"], "--store", "names no bucket"),
+        (["--store", "file://"], "--store", "names no path"),
+        (["--store", "s3:/bkt/p"], "--store", "is missing a slash after 's3:'"),
+        (["--store", "memory://x"], "--store", "is a memory store: it lives only in this process"),
+        (["--store", "/dev/null"], "--store", "/dev/null is a device, not a directory"),
         (["--report", "a-file/report.json"], "--report", "cannot be created"),
         (["--report", "."], "--report", "is a directory; name a file in it"),
         (["--report", "/proc/version"], "--report", "cannot write in '/proc'"),
+        (["--report", "r" * 10_000 + ".json"], "--report", "has a name of 10005 bytes; the most"),
+        (["--report", "/".join(["d" * 200] * 25)], "--report", "is longer than the 4096 bytes"),
         (["--run-key", "a/b"], "--run-key", "is not a valid run key"),
         (["--run-key", "a", "--resume", "b"], "--resume", "differs from --run-key 'a'"),
     ],
-    ids=["store-is-a-file", "store-garbage-url", "report-under-a-file", "report-is-a-directory",
-         "report-in-proc", "bad-run-key", "keys-differ"],
+    ids=["store-is-a-file", "store-garbage-url", "store-s3-no-bucket", "store-s3-empty-bucket",
+         "store-gs-no-bucket", "store-file-no-path", "store-s3-one-slash", "store-memory", "store-dev-null",
+         "report-under-a-file", "report-is-a-directory", "report-in-proc", "report-name-too-long",
+         "report-path-too-long", "bad-run-key", "keys-differ"],
 )
 def test_a_mistaken_flag_is_one_line_and_exit_2_before_anything_runs(
     tmp_path: Path, args: list[str], flag: str, words: str
@@ -63,6 +75,7 @@ def test_a_mistaken_flag_is_one_line_and_exit_2_before_anything_runs(
     _spec(tmp_path)
     store = [] if "--store" in args else ["--store", str(tmp_path / "ckpt")]
     _refused(tmp_path, *store, *args, flag=flag, words=words)
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "gs:").exists(), "a URL became a local folder"
 
 
 def test_an_s3_store_with_no_server_is_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -140,3 +153,22 @@ def test_a_resume_of_a_key_with_no_progress_runs_everything_and_says_so(tmp_path
     assert "WARNING" in proc.stderr and note in proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["progress"]["note"].startswith(note) and (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "too-large"])
+def test_a_spec_that_is_a_device_a_fifo_or_huge_is_one_line_and_exit_2_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """/dev/zero was read without a cap (about 1 GB/s of memory), a FIFO with no writer hung ``grd run``."""
+    if kind == "fifo":
+        spec = tmp_path / "spec.fifo"
+        os.mkfifo(spec)
+    elif kind == "too-large":
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("# padding\n" * 500_000)  # 5 MB
+    proc = run_grd(tmp_path, "run", "/dev/zero" if kind == "device" else str(spec), "--store", "./ck")
+    words = {"device": "/dev/zero: the path is a device, not a spec file",
+             "fifo": "spec.fifo: the path is a FIFO, not a spec file",
+             "too-large": "spec.yaml: the file is larger than 4 MiB"}[kind]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr

@@ -1,33 +1,43 @@
 """What a deployment run's log says, read back through the API as the UI shows it (the run and its phases).
 
-Six runs of grd-benchmark start together on the worker: one completes, one fails, one times out (its
-command ignores SIGTERM, so the kill ladder goes to SIGKILL), one is cancelled, one has a spec typo and one
-names a store that does not exist. None of their logs holds a traceback, an object repr or an ERROR line
-beyond the command's own outcome; each ends with grd's one line (``benchmark NAME: STATUS, exit code N,
-report PATH``) or, for a mistake, says what is wrong in one line at the start.
+Seven runs of grd-benchmark start together on the worker: one completes, one fails, one times out (its
+command ignores SIGTERM, so the kill ladder goes to SIGKILL), one is cancelled after its first command
+completed, one has a spec typo, one names a store that does not exist and one a memory store (a Retry,
+in a new process, would find nothing). None of their logs holds a
+traceback, an object repr, ``Running()`` or an ERROR line beyond the command's own outcome; each ends with
+grd's one line (``benchmark NAME: STATUS, exit code N, report PATH``; the cancelled one then says what it kept
+and how to resume, and publishes its results table) or, for a mistake, says what is wrong in one line at the
+start. Another run's command prints a line every 2 s: each line is in the run's log within 1 s.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from grd_blocks.prefect_edge.artifacts import results_artifact_key
 from tests.e2e.helpers import cancel_like_the_ui, log_records, run_logs, trigger, write_spec
 from tests.fixtures.prefect_server import PrefectServer, wait_until
 
 pytestmark = pytest.mark.e2e
 DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-NEVER = ("Traceback", "object at 0x", "NoneType: None", "Unexpected result", "unexpected exception")
+NEVER = ("Traceback", "object at 0x", "NoneType: None", "Unexpected result", "unexpected exception",
+         "Running()", "Error(", "Interrupt(", "Signal(")  # the last three: exception reprs
 
 COMMANDS = {
     "completed": "run: echo hello",
     "failed": "run: echo out; exit 3",
     "timeout": "run: trap '' TERM; sleep 30\n                timeout: 2s",
-    "cancelled": "run: echo up > $D/started; sleep 120",
+    # a command that completes, then one that is running when the run is cancelled
+    "cancelled": "run: echo warm\n"
+                 "              - name: slow\n"
+                 "                run: echo up > $D/started; sleep 120",
 }
 
 
@@ -59,6 +69,7 @@ def runs(deployed: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> d
         **{kind: (COMMANDS[kind], None) for kind in COMMANDS},
         "typo": ("run: echo never\n                timeot: 2s", None),
         "unknown-store": (COMMANDS["completed"], "no-such-store"),
+        "memory-store": (COMMANDS["completed"], "memory://e2e"),
     }
     for kind, (body, store) in cases.items():
         directory = tmp_path_factory.mktemp(f"logs-{kind}")
@@ -128,19 +139,40 @@ def test_a_timed_out_run_logs_each_kill_ladder_step_and_ends_with_one_line(runs:
         f"WARNING benchmark e2e-logs: TIMEOUT, exit code 124, report {run.directory / 'report.json'}")
 
 
-def test_a_cancelled_run_ends_with_one_line_and_no_traceback(runs: dict[str, Run]) -> None:
+def test_a_cancelled_run_ends_cancelled_with_its_table_and_one_line_saying_how_to_resume(
+    runs: dict[str, Run], deployed: PrefectServer
+) -> None:
     run = runs["cancelled"]
-    assert run.state is not None and run.logs is not None and run.state["type"] == "CANCELLED"
+    assert run.state is not None and run.logs is not None
+    cause = "stopped by a cancel (the UI or the API)"
+    assert (run.state["type"], run.state["name"]) == ("CANCELLED", "Cancelled"), run.state
+    assert run.state["message"] == f"benchmark e2e-logs: {cause}, exit code 143", run.state
     errors = _check_clean(run.logs, allowed_errors=sum(line.startswith("ERROR ") for line in run.logs))
-    assert all(e.startswith("ERROR Finished in state Cancelled('work.job: CANCELLED") for e in errors), errors
+    command_end = "ERROR Finished in state Cancelled('work.slow: CANCELLED"
+    assert all(e.startswith(command_end) for e in errors), errors
     assert len(errors) <= 1
-    assert _last_grd_line(run.logs) == (
-        f"WARNING benchmark e2e-logs: CANCELLED, exit code 143, report {run.directory / 'report.json'}")
+    outcome, resume = [line for line in run.logs if " benchmark e2e-logs: " in line][-2:]
+    report = run.directory / "report.json"
+    assert outcome == f"WARNING benchmark e2e-logs: CANCELLED, exit code 143, report {report}"
+    assert resume == (f"WARNING benchmark e2e-logs: {cause}; 1 of 2 command(s) completed and are kept; "
+                      f"a Retry of this flow run, or a new run with resume_from={run.flow_run_id}, runs the "
+                      "other 1")
+    assert run.logs[-1] == f"INFO Finished in state Cancelled('benchmark e2e-logs: {cause}, exit code 143')"
+    with deployed.http() as client:  # the results table, as the run's Artifacts tab shows it
+        response = client.post("/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": [run.flow_run_id]},
+                          "key": {"any_": [results_artifact_key("e2e-logs")]}}})
+        response.raise_for_status()
+    (table,) = response.json()
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    shown = [(row["command"], row["status"].split()[-1]) for row in rows]  # "✅ COMPLETED"
+    assert shown == [("job", "COMPLETED"), ("slow", "CANCELLED")], rows
 
 
 @pytest.mark.parametrize("kind, expected", [
     ("typo", "unknown key 'timeot'; did you mean 'timeout'?"),
     ("unknown-store", "no CheckpointStore block named 'no-such-store'"),
+    ("memory-store", "is a memory store: it lives only in this process, so a Retry of this deployment run"),
 ])
 def test_a_users_mistake_is_one_line_at_the_start_and_names_the_failed_state(
     runs: dict[str, Run], kind: str, expected: str
@@ -153,3 +185,46 @@ def test_a_users_mistake_is_one_line_at_the_start_and_names_the_failed_state(
     assert run.logs[begun + 1] == error, run.logs  # the first thing the run says
     assert error.startswith(f"ERROR benchmark {run.directory / 'bench.yaml'}: invalid parameters: ")
     assert expected in error and expected in run.state["message"]
+
+
+TICKS = 5
+LIVE_SPEC = """\
+    name: e2e-live
+    timeout: 5m
+    phases:
+      - name: work
+        commands:
+          - name: ticks
+            run: 'for i in 1 2 3 4 5; do echo "tick $i $(date +%s.%N)"; sleep 2; done; touch $D/finished'
+    """
+
+
+def test_a_commands_lines_reach_its_task_runs_log_while_it_runs_each_within_a_second(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    """A command prints a line every 2 s, each carrying the time it was printed. The test reads the run's logs
+    from the API (what the task run's page shows) ten times a second while the command runs, and notes when
+    each line first appears: every line is there within 1 s of being printed, before the next one is
+    printed (the deployment's PREFECT_LOGGING_TO_API_BATCH_INTERVAL is 0.25 s: prefect.yaml)."""
+    spec = write_spec(tmp_path, LIVE_SPEC)
+    flow_run_id = trigger(deployed, "grd-benchmark/grd-benchmark", {
+        "spec_path": str(spec), "store": str(tmp_path / "store"),
+        "report_path": str(tmp_path / "report.json")})
+    printed: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + 240
+    while len(seen) < TICKS and time.monotonic() < deadline:
+        lines = run_logs(deployed, flow_run_id)
+        now = time.time()
+        for line in lines:
+            found = re.search(r"work\.ticks \| tick (\d) (\d+\.\d+)$", line)
+            if found and int(found[1]) not in seen:
+                seen[int(found[1])], printed[int(found[1])] = now, float(found[2])
+        time.sleep(0.1)
+    finished = tmp_path / "finished"
+    assert sorted(seen) == list(range(1, TICKS + 1)), (seen, run_logs(deployed, flow_run_id))
+    lag = {tick: round(seen[tick] - printed[tick], 2) for tick in seen}
+    assert not finished.exists() or finished.stat().st_mtime > seen[TICKS], f"seen only at the end: {lag}"
+    assert all(seen[tick] < printed[tick + 1] for tick in range(1, TICKS)), lag
+    assert max(lag.values()) <= 1.0, f"seconds from print to the run's log: {lag}"
+    assert deployed.wait_for_state(flow_run_id, DONE)["state"]["type"] == "COMPLETED"

@@ -37,7 +37,8 @@ def test_json_has_the_design_keys_and_timeout_block() -> None:
     assert {"name", "status", "returncode", "elapsed_s", "attempts", "stdout_tail", "stderr_tail",
             "timeout"} <= train.keys()
     assert train["timeout"] == {"level": "phase", "configured_s": 90, "effective_s": 2.0, "inherited": True,
-                                "term_sent_s": 2.0, "kill_sent_s": None, "survivors": 0, "warn_sent_s": None}
+                                "term_sent_s": 2.0, "kill_sent_s": None, "survivors": 0, "warn_sent_s": None,
+                                "stopped_by": None}
     assert hello["timeout"] is None and hello.keys() == train.keys()
     assert data["status"] == "TIMEOUT"
 

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from grd_blocks.prefect_edge.events import run_resource_id
@@ -62,3 +69,18 @@ def paused_run_id(name: str) -> str | None:
         if run.state is not None and run.state.is_paused():
             return str(run.id)
     return None
+
+
+def run_logs(flow_run_id: Any, until: str, timeout_s: float = 60) -> list[tuple[int, str]]:
+    """The (level, message) records of a flow run and its task runs as the API serves them (what the run's
+    page shows), once one of them contains ``until``: logs reach the API in batches."""
+
+    def fetch() -> list[tuple[int, str]]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        records = [(log.level, log.message) for log in logs]
+        return records if any(until in message for _, message in records) else []
+
+    records: list[tuple[int, str]] = wait_for(fetch, f"{until!r} in the logs of flow run {flow_run_id}",
+                                              timeout_s)
+    return records

@@ -78,6 +78,30 @@ def test_a_sigkilled_grd_leaves_nothing_running_and_its_tree_got_sigterm_first(
     assert wait_for(lambda: _guardian_of(owner_pid) == [], SLACK_S)
 
 
+def test_a_stopped_grd_still_has_its_commands_deadline_kept_by_the_keeper(
+    containment: str, pid_dir: Path
+) -> None:
+    """grd stopped by SIGSTOP (Ctrl-Z in a terminal) at its command's deadline used to let the command run on
+    until grd was resumed (SIGTERM at 16.1 s on a 4 s budget). Now the keeper runs the ladder itself a margin
+    past the deadline while grd is still stopped; once resumed, grd reports who acted: timed out,
+    ``stopped_by`` "keeper", SIGTERM first, no survivor."""
+    owner = _owner({"run": tree_argv(pid_dir, "save_on_term", "child", "setsid"), "grace": 1.0,
+                    "deadline_in": 5.0})
+    try:
+        assert wait_for((pid_dir / "ready").exists)
+        os.kill(owner.pid, signal.SIGSTOP)
+        assert wait_for(lambda: marked(str(pid_dir)) == [], 5.0 + 1.0 + 1.0 + SLACK_S), "the deadline passed"
+        state = Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "T", "grd was resumed: the tree's end proves nothing about the keeper"
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+    out, _ = owner.communicate(timeout=60)
+    outcome = json.loads(out)
+    assert outcome["timed_out"] and outcome["stopped_by"] == "keeper", outcome
+    assert outcome["term_sent_s"] is not None and outcome["survivors"] == 0, outcome
+    assert (pid_dir / "main.term").exists(), "the tree got no SIGTERM before it was stopped"
+
+
 def test_a_sigkilled_grd_whose_tree_ignores_sigterm_leaves_nothing_after_the_grace(
     containment: str, pid_dir: Path
 ) -> None:
@@ -292,10 +316,13 @@ def test_the_supervisors_report_their_own_errors_to_the_debug_log(
 def test_a_command_that_stops_its_keeper_is_still_killed_at_its_deadline(
     containment: str, pid_dir: Path
 ) -> None:
-    """In the subreaper modes a hostile command can SIGSTOP its keeper (its parent); grd then kills the tree
-    itself. (In namespace mode the keeper is the namespace's init, which no member can stop.)"""
+    """In the subreaper modes a hostile command can SIGSTOP its keeper (its parent). grd resumes (SIGCONT) its
+    keeper before each step of the ladder, so the keeper still runs it and reports the command's exit status
+    (a stopped keeper used to delay SIGTERM by 2 s and SIGKILL by 4 s, until grd killed the tree itself, with
+    no exit status). (In namespace mode the keeper is the namespace's init, which no member can stop.)"""
     clock = GateClock(pid_dir / "ready")
     argv = ["/bin/sh", "-c", 'kill -STOP $PPID; exec "$@"', "sh", *tree_argv(pid_dir, "child", "setsid")]
     outcome = run_command(argv, deadline=clock.deadline, clock=clock, grace_s=0.2)
     assert outcome.timed_out and outcome.survivors == 0
+    assert outcome.returncode is not None, "the keeper never answered: grd killed the tree without it"
     assert marked(str(pid_dir)) == []

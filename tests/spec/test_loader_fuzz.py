@@ -32,6 +32,12 @@ _HOSTILE_VALUES = [
     "0x1F", "0o17", "1_000", "365d", "366d", "8760h", "1.5h", "250ms", "100000000000000000000d",
     "[python, '\\0']", "echo \0", '"echo \\0"',
 ]
+_TAGS = ["null", "bool", "int", "float", "binary", "timestamp", "omap", "pairs", "set", "str", "seq", "map",
+         "merge", "value", "python/object:os.system", "custom"]
+_TAG_PAYLOADS = ["", "''", "'+'", "'-'", "maybe", "30s", "1", "-0", ".", "x", "1e400", "2020-02-30", "[a]",
+                 "{a: 1}", "[[a, 1]]", "!!int 1"]
+_TAGGED = [f"!!{tag} {payload}".rstrip() for tag in _TAGS for payload in _TAG_PAYLOADS]
+_HOSTILE_VALUES += _TAGGED  # an explicit tag names the constructor: every one is tried with every payload
 _KEYS = ["name", "timeout", "grace", "defaults", "phases", "commands", "run", "env", "cwd", "on_timeout",
          "max_parallel", "cleanup", "timeouts", "source", "base_dir", "<<", "SEED", "?", "timeuot"]
 
@@ -108,6 +114,17 @@ def test_any_mutation_of_the_example_loads_or_is_one_spec_error_naming_file_and_
 @given(st.text(max_size=200))
 def test_any_text_at_all_loads_or_is_one_spec_error_naming_file_and_line(text: str) -> None:
     _load_or_clear_error(text)
+
+
+@pytest.mark.parametrize("value", _TAGGED)
+@pytest.mark.parametrize("key", ["timeout", "max_parallel", "env"])
+def test_every_yaml_tag_with_any_payload_loads_or_is_one_spec_error(key: str, value: str) -> None:
+    """``timeout: !!timestamp 30s`` or ``!!bool maybe`` reach a YAML constructor that fails with a KeyError,
+    an IndexError or an AttributeError: each is a SpecError naming the line, never a traceback."""
+    where = {"timeout": f"timeout: {value}", "max_parallel": f"max_parallel: {value}",
+             "env": f"env: {{SEED: {value}}}"}[key]
+    _load_or_clear_error(f"name: tags\nphases:\n  - name: p\n    {where}\n    commands:\n"
+                         "      - {name: c, run: 'true'}\n")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ checkpoints, progress and resumes are visible as artifacts and events; a long ru
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -22,7 +23,14 @@ from grd_blocks.training import TrainConfig
 from grd_blocks.training.estimate import RunEstimate, estimate_remaining
 from grd_blocks.training.reference import train_mlp
 from grd_blocks.training.resume import newest
-from tests.prefect_edge._api import artifact_versions, paused_run_id, read_events, table_rows, wait_for
+from tests.prefect_edge._api import (
+    artifact_versions,
+    paused_run_id,
+    read_events,
+    run_logs,
+    table_rows,
+    wait_for,
+)
 
 BASE = {"epochs": 3, "samples": 128, "batch_size": 16}  # 8 steps per epoch
 
@@ -45,6 +53,28 @@ def test_flow_retry_after_deadline_resumes(prefect_api: None, tmp_path: Path) ->
     assert isinstance(result, dict)
     assert result["global_step"] == 24
     assert result["resumed_step"] is not None and result["resumed_step"] > 0
+
+
+REPRS = ("Traceback", "TrainingTimedOut(", "TrainingInterrupted(", "object at 0x", "NoneType: None")
+
+
+def test_a_budget_stop_logs_one_line_per_attempt_and_ends_timed_out_with_that_line_as_its_message(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    """Attempt 1 stops at its deadline and Prefect retries it; attempt 2 stops with no retry left: the run
+    ends TimedOut. What the run's page shows: one WARNING per stop, no ERROR record, no repr."""
+    config = TrainConfig(**BASE, step_delay_s=0.05, time_left_s=0.6, initial_save_s=0.05)
+    state = train.with_options(retries=1)(config=config, store=str(tmp_path / "store"), return_state=True)
+    assert state.is_failed() and state.name == "TimedOut", state
+    message = state.message or ""
+    assert message.startswith("training stopped (deadline) after global step "), message
+    with pytest.raises(TrainingTimedOut):  # what calling the flow raises: the stop itself
+        state.result()
+    records = run_logs(state.state_details.flow_run_id, "Finished in state TimedOut")
+    stops = [text for level, text in records if level == logging.WARNING and "training stopped" in text]
+    assert len(stops) == 2 and stops[-1] == message, stops
+    assert [text for level, text in records if level >= logging.ERROR] == []
+    assert [text for _, text in records if any(never in text for never in REPRS)] == []
 
 
 def test_resume_from_a_run_key_continues_that_run(prefect_api: None, tmp_path: Path) -> None:

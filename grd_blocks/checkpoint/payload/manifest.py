@@ -117,6 +117,10 @@ def _load_object(data: bytes, path: str, what: str) -> dict[str, Any]:
         raise CheckpointCorrupt(
             f"{what} {path} is not valid JSON ({exc}); it was damaged or not ours"
         ) from None
+    except RecursionError:  # '[[[[...': nesting deeper than the parser's stack, a few kB are enough
+        raise CheckpointCorrupt(
+            f"{what} {path} nests JSON deeper than any {what} does; it was damaged or not ours"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointCorrupt(f"{what} {path} is not a JSON object")
     checksum = obj.pop("checksum", None)

@@ -9,6 +9,7 @@ user's mistake, not the store's failure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -21,10 +22,38 @@ from grd_blocks.errors import ConfigError, GrdError, StoreUnavailable
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, KeyError, IndexError)
 
 
+_BUCKETED = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
+
+
+def check_store_url(url: str) -> None:
+    """A ``scheme://...`` URL must name a place: ``s3://``, ``s3:///p`` (no bucket), ``file://`` (no path)
+    and ``s3:/bucket/p`` (a slash short) are ``ConfigError``s, not a local folder named ``s3:``. A path with
+    no scheme, or a Windows drive (``C:\\x``), passes."""
+    found = _SCHEME.match(url)
+    if found is None or len(found[1]) == 1:  # a plain path, or a drive letter
+        return
+    scheme, rest = found[1].lower(), found[2]
+    shape = "bucket/prefix" if scheme in _BUCKETED else "/absolute/path"
+    fix = f"write it as {scheme}://{shape} (or a local path such as ./checkpoints)"
+    if not rest.startswith("//"):
+        if scheme in _BUCKETED or scheme in fsspec.available_protocols():
+            raise ConfigError(f"checkpoint store {url!r} is missing a slash after '{scheme}:'; {fix}")
+        return  # 'name:with-colon' is a relative local path
+    where = rest[2:]
+    if not where.strip("/"):
+        raise ConfigError(f"checkpoint store {url!r} names no {'bucket' if scheme in _BUCKETED else 'path'}; "
+                          f"{fix}")
+    if scheme in _BUCKETED and where.startswith("/"):
+        raise ConfigError(f"checkpoint store {url!r} has an empty bucket name (three slashes); {fix}")
+
+
 def open_fs(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """``url`` -> (filesystem, root path in that filesystem's own notation)."""
+    """``url`` -> (filesystem, root path in that filesystem's own notation); a URL that names no place is a
+    ``ConfigError`` (``check_store_url``)."""
+    check_store_url(url)
     try:
         with guard(url, "open the store"):
             fs, path = url_to_fs(url, **dict(storage_options or {}))

@@ -14,17 +14,24 @@ died) both *stop* the tree: SIGTERM to every member, up to the command's grace p
 left, then exit. The command starts with default dispositions and an empty signal mask, in a session of its
 own, stdin from /dev/null, stdout and stderr on the descriptors grd sent.
 
-Protocol (``wire`` messages). From grd: ``run`` (exe, argv, env, cwd, grace, umask; descriptors stdout,
-stderr and optionally a lock it holds until it exits), ``signal`` (a signal to every member), ``kill``,
-``release``. To grd: ``ready`` (host pid, mode, namespace, cgroup), ``spawn_error`` (errno), ``exit`` (the
-main process's returncode, Popen style, and how many members are left), ``signalled`` (a reply), ``empty``,
-``stopping`` (a SIGTERM asked it to stop the tree). Stdlib only: it runs in a process forked from the
-guardian.
+Protocol (``wire`` messages). From grd: ``run`` (exe, argv, env, cwd, grace, umask, ``backstop_at``;
+descriptors stdout, stderr and optionally a lock it holds until it exits), ``signal`` (a signal to every
+member), ``kill``, ``release``. To grd: ``ready`` (host pid, mode, namespace, cgroup), ``spawn_error``
+(errno), ``exit`` (the main process's returncode, Popen style, and how many members are left), ``signalled``
+(a reply), ``empty``, ``stopping`` (a SIGTERM asked it to stop the tree), ``backstop`` (a ladder step the
+keeper took itself: ``term`` or ``kill``, its CLOCK_MONOTONIC time, how many processes got it).
+
+Deadline backstop: ``backstop_at`` is a CLOCK_MONOTONIC time (one clock for the whole host) a margin past
+grd's deadline. If grd has not begun its ladder by then (a ``signal`` or ``kill``: grd was stopped by SIGSTOP
+or Ctrl-Z, hung, or starved), the keeper runs it: SIGTERM, the grace period, SIGKILL, each step reported.
+
+Stdlib only: it runs in a process forked from the guardian.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -75,6 +82,10 @@ class Keeper:
         self.held: list[int] = []  # descriptors kept open until exit (a lock)
         self.stop_asked = False
         self.host_pid = os.getpid()
+        # The deadline backstop: grd's own deadline plus a margin, on CLOCK_MONOTONIC (one clock for every
+        # process of the host). Disarmed once grd runs its ladder (a ``signal`` or ``kill``) or the tree ends.
+        self.backstop_at: float | None = None
+        self.backstop_kill_at: float | None = None
 
     # --- setup --------------------------------------------------------------------------------------
 
@@ -124,9 +135,10 @@ class Keeper:
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while True:
-            ready = poller.poll(250)
+            ready = poller.poll(self._poll_ms())
             self._drain_wake()
             self._reap()
+            self._backstop()
             if self.stop_asked:
                 self._send({"event": "stopping"})
                 self._stop_tree_and_exit()
@@ -148,6 +160,8 @@ class Keeper:
             return
         for fd in fds:
             os.close(fd)
+        if op in ("signal", "kill"):  # grd runs the ladder itself: it is alive and on time
+            self.backstop_at = self.backstop_kill_at = None
         if op == "signal":
             count = self._signal(int(message["sig"]))
             self._send({"event": "signalled", "sig": int(message["sig"]), "count": count})
@@ -170,6 +184,8 @@ class Keeper:
         stdout, stderr, *rest = fds
         self.held.extend(rest)
         self.grace_s = float(message.get("grace", 5.0))
+        if message.get("backstop_at") is not None and math.isfinite(float(message["backstop_at"])):
+            self.backstop_at = float(message["backstop_at"])
         cwd = message.get("cwd")
         try:
             if cwd:
@@ -226,6 +242,38 @@ class Keeper:
         if self.exit_sent and self.childless and not self.empty_sent:
             self.empty_sent = True
             self._send({"event": "empty"})
+
+    # --- the deadline backstop ----------------------------------------------------------------------
+
+    def _poll_ms(self) -> int:
+        due = self.backstop_kill_at if self.backstop_kill_at is not None else self.backstop_at
+        if due is None:
+            return 250
+        return max(0, min(250, math.ceil((due - time.monotonic()) * 1000)))
+
+    def _backstop(self) -> None:
+        """grd missed its deadline (stopped, hung, starved): run the ladder from here and say so (``backstop``
+        events with the monotonic time of each step); the outcome is reported as usual."""
+        if self.backstop_at is None and self.backstop_kill_at is None:
+            return
+        if self.childless or self.main is None:
+            self.backstop_at = self.backstop_kill_at = None
+            return
+        now = time.monotonic()
+        if self.backstop_at is not None and now >= self.backstop_at:
+            self.backstop_at = None
+            if self.grace_s > 0:
+                count = self._signal(signal.SIGTERM)
+                self._send({"event": "backstop", "step": "term", "at": now, "count": count})
+                self.backstop_kill_at = now + self.grace_s
+                return
+            self.backstop_kill_at = now
+        if self.backstop_kill_at is not None and now >= self.backstop_kill_at:
+            self.backstop_kill_at = None
+            self._reap()
+            if not self.childless:
+                count = self._kill()
+                self._send({"event": "backstop", "step": "kill", "at": time.monotonic(), "count": count})
 
     # --- members, signals ---------------------------------------------------------------------------
 
