@@ -8,7 +8,7 @@ apply to the commands' checkpoints, not to progress).
 
 from __future__ import annotations
 
-from prefect.runtime import flow_run
+from prefect.runtime import deployment
 
 from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.checkpoint.retention import RetentionPolicy
@@ -35,7 +35,7 @@ def run_store(name_or_url: str | None) -> CheckpointStore:
     block = resolve_store(name_or_url)
     fs = block.engine().fs
     protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
-    if "memory" in protocols and flow_run.deployment_id:
+    if "memory" in protocols and deployment.id:
         raise ConfigError(
             f"checkpoint store {block.url!r} is a memory store: it lives only in this process, so a Retry of "
             "this deployment run (a new process) would find nothing; use a directory or s3://bucket/prefix "

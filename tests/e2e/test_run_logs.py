@@ -144,20 +144,22 @@ def test_a_cancelled_run_ends_cancelled_with_its_table_and_one_line_saying_how_t
 ) -> None:
     run = runs["cancelled"]
     assert run.state is not None and run.logs is not None
+    shown = "\n".join(run.logs)
     cause = "stopped by a cancel (the UI or the API)"
     assert (run.state["type"], run.state["name"]) == ("CANCELLED", "Cancelled"), run.state
     assert run.state["message"] == f"benchmark e2e-logs: {cause}, exit code 143", run.state
     errors = _check_clean(run.logs, allowed_errors=sum(line.startswith("ERROR ") for line in run.logs))
     command_end = "ERROR Finished in state Cancelled('work.slow: CANCELLED"
-    assert all(e.startswith(command_end) for e in errors), errors
+    assert all(e.startswith(command_end) for e in errors), shown
     assert len(errors) <= 1
     outcome, resume = [line for line in run.logs if " benchmark e2e-logs: " in line][-2:]
+    assert outcome.startswith("WARNING benchmark e2e-logs: CANCELLED"), shown
     report = run.directory / "report.json"
     assert outcome == f"WARNING benchmark e2e-logs: CANCELLED, exit code 143, report {report}"
     assert resume == (f"WARNING benchmark e2e-logs: {cause}; 1 of 2 command(s) completed and are kept; "
                       f"a Retry of this flow run, or a new run with resume_from={run.flow_run_id}, runs the "
                       "other 1")
-    assert run.logs[-1] == f"INFO Finished in state Cancelled('benchmark e2e-logs: {cause}, exit code 143')"
+    assert run.logs[-1] == f"INFO Finished in state Cancelled('benchmark e2e-logs: {cause}, exit code 143')", shown
     with deployed.http() as client:  # the results table, as the run's Artifacts tab shows it
         response = client.post("/artifacts/filter", json={
             "artifacts": {"flow_run_id": {"any_": [run.flow_run_id]},
@@ -179,7 +181,7 @@ def test_a_users_mistake_is_one_line_at_the_start_and_names_the_failed_state(
 ) -> None:
     run = runs[kind]
     assert run.state is not None and run.logs is not None
-    assert (run.state["type"], run.state["name"]) == ("FAILED", "InvalidParameters")
+    assert (run.state["type"], run.state["name"]) == ("FAILED", "InvalidParameters"), "\n".join(run.logs)
     (error,) = _check_clean(run.logs, allowed_errors=1)
     begun = next(i for i, line in enumerate(run.logs) if "Beginning flow run" in line)
     assert run.logs[begun + 1] == error, run.logs  # the first thing the run says
