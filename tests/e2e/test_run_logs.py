@@ -159,7 +159,8 @@ def test_a_cancelled_run_ends_cancelled_with_its_table_and_one_line_saying_how_t
     assert resume == (f"WARNING benchmark e2e-logs: {cause}; 1 of 2 command(s) completed and are kept; "
                       f"a Retry of this flow run, or a new run with resume_from={run.flow_run_id}, runs the "
                       "other 1")
-    assert run.logs[-1] == f"INFO Finished in state Cancelled('benchmark e2e-logs: {cause}, exit code 143')", shown
+    ended = f"INFO Finished in state Cancelled('benchmark e2e-logs: {cause}, exit code 143')"
+    assert run.logs[-1] == ended, shown
     with deployed.http() as client:  # the results table, as the run's Artifacts tab shows it
         response = client.post("/artifacts/filter", json={
             "artifacts": {"flow_run_id": {"any_": [run.flow_run_id]},
