@@ -11,7 +11,8 @@ Invariants:
   exited with unexpected exception" and "Execution of flow run ... exited with unexpected exception" when
   the exception is a ``RunEnded`` or an expected stop that grd logged as it raised it
   (``TrainingInterrupted``: checkpoint saved, a retry continues; ``BenchmarkIncomplete``: a retry skips
-  what completed), and a
+  what completed), or Prefect's ``FailedRun`` / ``CancelledRun`` for a grd state whose data it did not keep
+  (the state's message, logged as "Finished in state ...", is the outcome), and a
   grd command task's "Task run failed with state: Failed(... result=<object>)" followed by "NoneType: None"
   (the task's "Finished in state Failed('phase.command: FAILED (returncode 3, 0.4s)')" says it). Every other
   record, every other exception, passes untouched.
@@ -26,6 +27,7 @@ import logging
 from typing import Any
 
 from prefect.client.schemas.objects import State
+from prefect.exceptions import CancelledRun, FailedRun
 from prefect.states import Failed
 
 from grd_blocks.errors import (
@@ -63,12 +65,15 @@ def report_of(data: Any) -> Any:
     return data.report if isinstance(data, RunEnded) else data
 
 
+_EXPECTED = (RunEnded, TrainingInterrupted, BenchmarkIncomplete, FailedRun, CancelledRun)
+
+
 class _RepeatedEnd(logging.Filter):
     """Drops Prefect's records that only repeat an outcome grd logged already (see the module invariant)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        expected = isinstance(exc, RunEnded | TrainingInterrupted | BenchmarkIncomplete)
+        expected = isinstance(exc, _EXPECTED)
         if expected and any(m in str(record.msg) for m in _ENGINE_MESSAGES):
             return False
         return not (

@@ -177,3 +177,47 @@ def test_ctrl_c_twice_after_the_report_is_written_exits_with_the_reports_code(tm
     report = json.loads((tmp_path / "reports" / "late" / "report.json").read_text())
     assert report["exit_code"] == 124 and proc.returncode == 124, output
     assert _nothing_left(mark) == [], output
+
+
+STOPPED_SPEC = """name: stopped
+phases:
+  - name: p
+    commands:
+      - name: slow
+        run: "echo started-slow; exec python3 -c 'import time; time.sleep(60)' MARK"
+        timeout: 3s
+        grace: 1s
+"""
+
+
+def test_grd_run_stopped_past_a_deadline_has_it_kept_by_the_keeper_and_reported(tmp_path: Path) -> None:
+    """Ctrl-Z (SIGSTOP) of `grd run` while its command runs: the command is still stopped at its deadline
+    (it used to run on until grd was resumed: SIGTERM at 16.1 s on a 4 s budget). The test keeps grd stopped
+    until an independent /proc scan finds the command gone, then resumes it: the report says TIMEOUT,
+    ``stopped_by`` "keeper", and the exit code is the report's (124)."""
+    from tests.process.helpers import marked, wait_for
+
+    mark = uuid.uuid4().hex
+    proc = _grd(tmp_path, STOPPED_SPEC.replace("MARK", mark), "stopped", mark)
+    seen: list[str] = []
+    try:
+        _read_until(proc, "p.slow | started-slow", seen)
+        proc.send_signal(signal.SIGSTOP)
+        assert marked(mark), "the command is not running"
+        assert wait_for(lambda: marked(mark) == [], 3.0 + 1.0 + 1.0 + 30.0), "it outlived its deadline"
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "T", "grd ran again before the command ended: the keeper's act is not shown"
+        proc.send_signal(signal.SIGCONT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    output = "".join(seen) + rest
+    report = json.loads((tmp_path / "reports" / "stopped" / "report.json").read_text())
+    (row,) = report["phases"][0]["commands"]
+    assert row["status"] == "TIMEOUT" and row["timeout"]["stopped_by"] == "keeper", output
+    assert report["exit_code"] == 124 and proc.returncode == 124, output
+    assert "its keeper ran the ladder" in output, output
+    assert _nothing_left(mark) == [], output

@@ -147,7 +147,11 @@ def test_a_cancelled_run_ends_cancelled_with_its_table_and_one_line_saying_how_t
     shown = "\n".join(run.logs)
     cause = "stopped by a cancel (the UI or the API)"
     assert (run.state["type"], run.state["name"]) == ("CANCELLED", "Cancelled"), run.state
-    assert run.state["message"] == f"benchmark e2e-logs: {cause}, exit code 143", run.state
+    # The worker marks the run Cancelled again (force) once its process has exited, with its own message:
+    # which of the two messages the state keeps is a race in Prefect's runner (1 run of 6 kept the worker's).
+    # The run's log always ends with grd's (asserted below).
+    ours = f"benchmark e2e-logs: {cause}, exit code 143"
+    assert run.state["message"] in (ours, "Flow run was cancelled successfully."), run.state
     errors = _check_clean(run.logs, allowed_errors=sum(line.startswith("ERROR ") for line in run.logs))
     command_end = "ERROR Finished in state Cancelled('work.slow: CANCELLED"
     assert all(e.startswith(command_end) for e in errors), shown
