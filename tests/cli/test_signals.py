@@ -185,7 +185,7 @@ phases:
     commands:
       - name: slow
         run: "echo started-slow; exec python3 -c 'import time; time.sleep(60)' MARK"
-        timeout: 3s
+        timeout: 5s
         grace: 1s
 """
 
@@ -204,7 +204,7 @@ def test_grd_run_stopped_past_a_deadline_has_it_kept_by_the_keeper_and_reported(
         _read_until(proc, "p.slow | started-slow", seen)
         proc.send_signal(signal.SIGSTOP)
         assert marked(mark), "the command is not running"
-        assert wait_for(lambda: marked(mark) == [], 3.0 + 1.0 + 1.0 + 30.0), "it outlived its deadline"
+        assert wait_for(lambda: marked(mark) == [], 5.0 + 1.0 + 1.0 + 30.0), "it outlived its deadline"
         state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         assert state == "T", "grd ran again before the command ended: the keeper's act is not shown"
         proc.send_signal(signal.SIGCONT)

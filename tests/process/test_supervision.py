@@ -86,11 +86,11 @@ def test_a_stopped_grd_still_has_its_commands_deadline_kept_by_the_keeper(
     past the deadline while grd is still stopped; once resumed, grd reports who acted: timed out,
     ``stopped_by`` "keeper", SIGTERM first, no survivor."""
     owner = _owner({"run": tree_argv(pid_dir, "save_on_term", "child", "setsid"), "grace": 1.0,
-                    "deadline_in": 5.0})
+                    "deadline_in": 8.0})
     try:
         assert wait_for((pid_dir / "ready").exists)
         os.kill(owner.pid, signal.SIGSTOP)
-        assert wait_for(lambda: marked(str(pid_dir)) == [], 5.0 + 1.0 + 1.0 + SLACK_S), "the deadline passed"
+        assert wait_for(lambda: marked(str(pid_dir)) == [], 8.0 + 1.0 + 1.0 + SLACK_S), "the deadline passed"
         state = Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         assert state == "T", "grd was resumed: the tree's end proves nothing about the keeper"
     finally:
