@@ -298,7 +298,8 @@ class RunReader:
                 try:
                     manifest = known if known is not None else self._read_manifest(candidate.name)
                     files = stack.enter_context(self._fetch_verified(candidate.name, manifest))
-                except CheckpointCorrupt as exc:
+                    return self._decode(candidate, manifest, files, into, map_location)
+                except CheckpointCorrupt as exc:  # its bytes, or what they decode to (a forged manifest)
                     older = self._scan_newest(below=candidate.order)
                     logger.warning(
                         "checkpoint %s is damaged (%s); falling back to %s",
@@ -307,8 +308,6 @@ class RunReader:
                         older.url if older else "no checkpoint",
                     )
                     candidate, known = older, None
-                    continue
-                return self._decode(candidate, manifest, files, into, map_location)
         return None
 
     def _decode(

@@ -1,4 +1,4 @@
-"""``grd store create`` and ``grd checkpoints ls|show|verify|rm``: the checkpoint store from a shell.
+"""``grd store create`` and ``grd checkpoints ls|show|verify|rm|gc``: the checkpoint store from a shell.
 
 Invariant: every subcommand returns an exit code (0 ok, 1 a checkpoint is damaged or the store failed, 2 bad
 input: exits.py decides) and prints errors as one ``grd: error: ...`` line on stderr naming what was wrong;
@@ -174,6 +174,30 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+@guarded("grd: error")
+def _gc(args: argparse.Namespace) -> int:
+    """The multipart uploads killed saves left under the store (S3): listed; aborted with --yes."""
+    from grd_blocks.budget.durations import parse_duration
+    from grd_blocks.checkpoint.storage.leftovers import abort_uploads, stale_uploads
+    from grd_blocks.prefect_edge.block import resolve_store
+
+    older_than_s = parse_duration(args.older_than, field="--older-than") or 0.0
+    engine = resolve_store(args.target).engine()
+    uploads = stale_uploads(engine.fs, engine.path, older_than_s=older_than_s)
+    for upload in uploads:
+        print(f"{upload.bucket}/{upload.key}  upload {upload.upload_id[:16]}  "
+              f"started {upload.started:%Y-%m-%d %H:%M}")
+    if not uploads:
+        print(f"no unfinished upload older than {args.older_than} under {engine.url}")
+        return 0
+    if not args.yes:
+        print(f"{len(uploads)} unfinished upload(s) older than {args.older_than}; run again with --yes to "
+              "abort them")
+        return 0
+    print(f"aborted {abort_uploads(engine.fs, uploads)} unfinished upload(s) under {engine.url}")
+    return 0
+
+
 def _add_selector(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--step", type=int, help="a step checkpoint (default: the latest)")
@@ -228,3 +252,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rm.add_argument("--all", action="store_true", help="delete every checkpoint of the run")
     rm.add_argument("--yes", action="store_true", help="really delete")
     rm.set_defaults(func=_rm)
+    gc = ck_sub.add_parser("gc", help="abort the multipart uploads killed saves left (S3)")
+    gc.add_argument("target", help=target_help)
+    gc.add_argument("--older-than", default="1h", help="only uploads started this long ago (default 1h)")
+    gc.add_argument("--yes", action="store_true", help="really abort them (default: list only)")
+    gc.set_defaults(func=_gc)

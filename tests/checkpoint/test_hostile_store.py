@@ -17,6 +17,7 @@ from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
 from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT
 from grd_blocks.cli.store import register
 from grd_blocks.errors import CheckpointCorrupt
+from tests.checkpoint.conftest import Backend
 from tests.fixtures.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.timeout(120)  # a FIFO that is waited on would hang: fail instead
@@ -186,3 +187,85 @@ def test_deeply_nested_json_in_the_store_is_a_damaged_entry_with_fallback_and_on
         assert _grd(["checkpoints", "ls", "--verify", url, "run"]) in (0, 1)
         listed = capsys.readouterr()
         assert "step_3" in listed.out and "Traceback" not in listed.out + listed.err, listed
+
+
+_LOAD_PEAK = """
+import json, resource, sys
+from grd_blocks.checkpoint import CheckpointEngine
+url, options = sys.argv[1], json.loads(sys.argv[2])
+run = CheckpointEngine(url, storage_options=options).run("run")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+state = run.load()
+print(json.dumps({"state": state, "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+@pytest.mark.s3
+def test_an_oversized_payload_object_on_s3_is_refused_unread_and_the_previous_checkpoint_loads(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    """A payload object replaced by one of 64 MiB (its manifest says a few bytes) was downloaded whole by
+    load() (+1.09 GB for a 300 MB object). Now at most the manifest's size plus one byte is read: the
+    checkpoint is damaged, the previous one loads, and the loading process (a child, measured by its own
+    peak RSS) grows by far less than the object."""
+    import json
+    import subprocess
+    import sys
+
+    url = f"{s3_bucket}/store"
+    run = CheckpointEngine(url, storage_options=s3_server.storage_options).run("run")
+    for step in range(2):
+        run.save({"step": step}, step=step)
+    run.fs.pipe_file(f"{run.path}/step_1/state.json", b"7" * (64 * 1024 * 1024))
+    done = subprocess.run([sys.executable, "-c", _LOAD_PEAK, url, json.dumps(s3_server.storage_options)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["state"] == {"step": 0}, done.stderr
+    assert "step_1/state.json is more bytes" in done.stderr, done.stderr  # the fallback's warning
+    assert result["grew_kib"] < 16 * 1024, result  # a 64 MiB object, never read
+
+
+def test_a_deeply_nested_json_payload_under_a_forged_manifest_is_damaged_and_the_previous_loads(
+    tmp_path: Path
+) -> None:
+    """state.json rewritten as '[[[[...' with its manifest re-signed to match (the manifest's checksum only
+    proves it is whole): json raised RecursionError out of load()."""
+    import hashlib
+    import json
+
+    from grd_blocks.checkpoint.payload import manifest as manifest_module
+
+    _, run = _store(tmp_path)
+    step = Path(run.path) / "step_2"
+    deep = b"[" * 5000
+    (step / "state.json").write_bytes(deep)
+    obj = json.loads((step / "MANIFEST.json").read_bytes())
+    obj.pop("checksum")
+    entry = obj["files"]["state.json"]
+    entry.update(size=len(deep), sha256=hashlib.sha256(deep).hexdigest())
+    (step / "MANIFEST.json").write_bytes(manifest_module._dump(obj))
+    assert run.load() == {"step": 1}
+
+
+def test_a_latest_pointer_naming_a_checkpoint_outside_its_run_is_damaged_and_the_newest_valid_is_used(
+    backend: Backend,
+) -> None:
+    """A re-signed LATEST.json whose dirname is '../../other/run/step_2': on S3 latest() and load() raised
+    StoreUnavailable instead of falling back; locally the read walked out of the run folder before refusing.
+    Now the pointer itself is damaged (its dirname is not its own unit_index): nothing outside is read."""
+    import json
+
+    from grd_blocks.checkpoint.payload import manifest as manifest_module
+
+    run = backend.run("run")
+    other = backend.run("other")
+    for step in range(2):
+        run.save({"step": step}, step=step)
+    other.save({"step": "not ours"}, step=2)
+    pointer = f"{run.path}/LATEST.json"
+    obj = json.loads(run.fs.cat_file(pointer))
+    obj.pop("checksum")
+    obj.update(dirname="../../other/run/step_2", index=2)
+    run.fs.pipe_file(pointer, manifest_module._dump(obj))
+    latest = run.latest()
+    assert latest is not None and latest.index == 1 and run.load() == {"step": 1}

@@ -198,10 +198,15 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
 def parse_latest(data: bytes, path: str) -> LatestPointer:
     """Parse and validate ``LATEST.json`` content read from ``path``."""
     obj = _load_object(data, path, "latest pointer")
-    return LatestPointer(
+    pointer = LatestPointer(
         unit=_unit(obj, path),
         index=_require(obj, "index", int, path),
         dirname=_require(obj, "dirname", str, path),
         created_at=_require(obj, "created_at", str, path),
         writer=_require(obj, "writer", str, path),
     )
+    if pointer.index < 0 or pointer.dirname != f"{pointer.unit}_{pointer.index}":
+        # e.g. '../../other/run/step_2': never followed out of the run's folder, whatever the store
+        raise CheckpointCorrupt(f"latest pointer {path} names {pointer.dirname[:80]!r}, not the checkpoint "
+                                f"{pointer.unit}_{pointer.index} of its own run; it was damaged or not ours")
+    return pointer

@@ -360,6 +360,8 @@ def deserialize(
             return json.loads(bytes(data.read() if isinstance(data, VerifiedFile) else data))
         except (KeyError, ValueError) as exc:
             raise CheckpointCorrupt(f"{where}: {JSON_FILE} is missing or not JSON ({exc})") from None
+        except RecursionError:  # '[[[[...' under a forged manifest: deeper than any state grd wrote
+            raise CheckpointCorrupt(f"{where}: {JSON_FILE} nests JSON deeper than it can be read") from None
     if payload_format != "torch":
         raise CheckpointCorrupt(f"{where}: payload_format {payload_format!r} is not 'torch' or 'json'")
     if TORCH_FILE not in files:

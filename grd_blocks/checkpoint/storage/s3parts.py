@@ -24,16 +24,18 @@ Invariants:
   no sha256 of its own: the payload that goes up in parts is a ``PieceStream``, whose manifest entry lists
   no chunk digests (``digest.digest_later``); its whole-file sha256, checked on every load before anything
   is used, is what proves the bytes end to end.
-* ``get_verified``: the object is read by ranged GETs, ``s3client.TRANSFER_THREADS`` in flight, straight into
-one
-  buffer of the manifest's size (``readinto``, no intermediate copies), and hashed while it arrives: an
-  entry without chunk digests as the whole-file sha256, each range as soon as every range before it is in
-  (``digest.InOrderHasher``); an entry with ``PART_BYTES`` chunk digests (older manifests, other writers)
-  chunk by chunk, each as soon as it is in; other chunk sizes once every byte is in. The buffer is
-  returned only after the object's size (every response's ``Content-Range`` total) and every digest
-  matched the manifest entry; otherwise ``CheckpointCorrupt`` names ``where``. Nothing that failed or did
-  not verify is ever returned, and no hashing still reads the buffer when ``get_verified`` returns or
-  raises.
+* ``get_verified`` never reads more than the manifest's size plus one byte, and allocates a buffer of the
+  manifest's size only once the object's own size (a HEAD) equals it: a forged manifest or an oversized object
+  costs no memory. A small object is one ranged GET; a large one is read by ranged GETs,
+  ``s3client.TRANSFER_THREADS`` in flight, straight into one buffer of the manifest's size (``readinto``, no
+  intermediate copies), and hashed while it arrives: an entry without chunk digests as the whole-file sha256,
+  each range as soon as every range before it is in (``digest.InOrderHasher``); an entry with ``PART_BYTES``
+  chunk digests (older manifests, other writers) chunk by chunk, each as soon as it is in; other chunk sizes
+  once every byte is in. The buffer is returned only after the object's size (every response's
+  ``Content-Range`` total) and every digest matched the manifest entry; otherwise ``CheckpointCorrupt`` names
+  ``where``.
+  Nothing that failed or did not verify is ever returned, and no hashing still reads the buffer when
+  ``get_verified`` returns or raises.
 """
 
 from __future__ import annotations
@@ -228,10 +230,22 @@ def get_verified(fs: fsspec.AbstractFileSystem, path: str, entry: FileEntry, whe
     Raises ``CheckpointCorrupt`` naming ``where`` when the object's size or a digest differs,
     ``FileNotFoundError`` when it is missing, and s3fs's errors for anything else.
     """
+    if entry.size == 0:  # a ranged read of an empty object is refused (416): its size says it all
+        size = int(fs.info(path)["size"])
+        if size:
+            raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says 0")
+        verify_bytes(b"", entry, where)
+        return b""
     if not parallel(fs, entry.size):
-        data = fs.cat_file(path)
+        data = fs.cat_file(path, start=0, end=entry.size + 1)  # never more than the manifest says, plus one
+        if len(data) != entry.size:
+            raise CheckpointCorrupt(f"{where} is {'more' if len(data) > entry.size else len(data)} bytes, "
+                                    f"its manifest says {entry.size}")
         verify_bytes(data, entry, where)
         return bytes(data)
+    size = int(fs.info(path)["size"])  # before a buffer of the manifest's size is allocated: it may be forged
+    if size != entry.size:
+        raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
     bucket, key, version = _s3(fs).split_path(path)
     buffer = bytearray(entry.size)
     ranges = _ranges(entry.size)
