@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -41,6 +42,7 @@ def test_full_disk_raises_store_unavailable_and_keeps_previous_latest(tiny_disk:
     with pytest.raises(StoreUnavailable, match=r"save step_2 failed.*No space left") as info:
         run.save({"w": torch.zeros(2_000_000)}, step=2)  # 8 MB on a 1 MiB disk
     assert str(tiny_disk) in str(info.value)
+    assert str(info.value).endswith("Free disk space (or raise the quota)")
     latest = run.latest()
     assert latest is not None and latest.index == 1
     assert sorted(os.listdir(tiny_disk / "store" / "run")) == ["LATEST.json", "step_1"]  # no staging left
@@ -71,3 +73,49 @@ def test_relative_url_is_resolved_against_cwd(
     engine.save_checkpoint("r", state={"a": 1}, step=0)
     assert (tmp_path / "checkpoints" / "r" / "step_0" / "MANIFEST.json").is_file()
     assert engine.run_url("r") == "./checkpoints/r"
+
+
+def test_writers_saving_the_same_step_at_once_all_commit_and_the_last_version_stays(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Racing re-saves of one step used to fail now and then (1 of 3,600) with a store error telling the user
+    to check free disk space: one writer moved the old version aside while another was doing the same. Four
+    threads save step 5 forty times each: every save commits, and the checkpoint left verifies."""
+    import threading
+
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        handle = CheckpointEngine(str(tmp_path / "store")).run("run")
+        for attempt in range(40):
+            try:
+                handle.save({"writer": number, "attempt": attempt}, step=5)
+            except BaseException as exc:  # counted, then asserted on: a thread cannot fail the test itself
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    state = run.load()
+    assert state is not None and state["attempt"] in range(40) and run.verify("step_5") == []
+    assert sorted(os.listdir(tmp_path / "store" / "run")) == ["LATEST.json", "step_5"]  # nothing left aside
+
+
+@pytest.mark.parametrize(("exc", "fix"), [
+    (OSError(errno.ENOSPC, "No space left on device"), "Free disk space (or raise the quota)"),
+    (OSError(errno.EROFS, "Read-only file system"), "Check that this user may write there"),
+    (PermissionError(errno.EACCES, "Permission denied"), "Check that this user may write there"),
+    (RuntimeError("An error occurred (InvalidAccessKeyId) when calling PutObject"), "Check the credentials"),
+    (ConnectionRefusedError(111, "Connection refused"), "Check that the server/endpoint is reachable"),
+])
+def test_a_store_failure_names_what_to_check_for_its_cause(exc: BaseException, fix: str) -> None:
+    from grd_blocks.checkpoint.storage.fsio import unavailable
+
+    message = str(unavailable("s3://b/ckpts", "save step_1", exc))
+    advice = message.split("previous latest are intact. ", 1)[1]
+    assert advice.startswith(fix), message
+    assert "free disk space" not in advice.lower() or fix.startswith("Free disk space"), message

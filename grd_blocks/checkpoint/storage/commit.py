@@ -21,7 +21,8 @@ moves the way every ``decide`` moves it. A pointer that is absent, damaged or ho
 than ``safe_io.POINTER_LIMIT``) reaches ``decide`` as None.
 
 A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
-(invisible) and the new one renamed in; on object stores the old manifest is deleted before the new payload is
+(invisible) and the new one renamed in (writers racing on the same N take turns: the last one's version stays,
+none fails); on object stores the old manifest is deleted before the new payload is
 written. A crash in between leaves N absent (never a mix of versions); readers then fall back to N-1.
 Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible. On local disk a
 checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
@@ -59,7 +60,7 @@ from grd_blocks.checkpoint.storage.layout import (
 from grd_blocks.checkpoint.storage.s3parts import drop_folder, is_s3, put_object, takes_streams
 from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT, describe, read_local, read_remote
 from grd_blocks.checkpoint.storage.staging import remove_tree, staging_name, sweep_stale
-from grd_blocks.errors import CheckpointCorrupt
+from grd_blocks.errors import CheckpointCorrupt, CheckpointError
 
 logger = logging.getLogger("grd.checkpoint")
 
@@ -116,6 +117,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_INSTALL_TRIES = 50
+
+
+def _install(staging: str, ckpt_dir: str, run_dir: str, name: str) -> list[str]:
+    """Rename ``staging`` to ``ckpt_dir``, first moving aside any version there (the directories moved
+    aside are returned, to delete). Writers saving the same N at once each win in turn, the last one's
+    version stays: a version another writer moved aside first, or one that appeared after the move, is only
+    another turn of the loop, never an error."""
+    moved: list[str] = []
+    for _ in range(_INSTALL_TRIES):
+        try:
+            os.rename(staging, ckpt_dir)  # replaces nothing but an empty directory
+            return moved
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        old = os.path.join(run_dir, staging_name(OLD_PREFIX, name))
+        try:
+            os.rename(ckpt_dir, old)
+            moved.append(old)
+        except FileNotFoundError:
+            pass  # another writer moved it aside first
+    raise CheckpointError(
+        f"{ckpt_dir}: {_INSTALL_TRIES} other writers replaced this checkpoint while it was being saved; "
+        "save it again (or give concurrent writers distinct steps)"
+    )
+
+
 class RenameCommit(CommitProtocol):
     """Local disk: stage in ``{run_dir}/.tmp-{unit}_{N}-...``, fsync, ``rename`` into place."""
 
@@ -129,16 +158,12 @@ class RenameCommit(CommitProtocol):
                 _write_synced(os.path.join(staging, file_name), data)
             _write_synced(os.path.join(staging, MANIFEST_NAME), manifest())
             _fsync_dir(staging)
-            old: str | None = None
-            if os.path.exists(ckpt_dir):
-                old = os.path.join(run_dir, staging_name(OLD_PREFIX, name))
-                os.rename(ckpt_dir, old)
-            os.rename(staging, ckpt_dir)
+            olds = _install(staging, ckpt_dir, run_dir, name)
             _fsync_dir(run_dir)
         except BaseException:
             remove_tree(staging)
             raise
-        if old is not None:
+        for old in olds:
             remove_tree(old)
 
     def sweep(self, run_dir: str) -> list[str]:

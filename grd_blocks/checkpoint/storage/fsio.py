@@ -9,6 +9,7 @@ user's mistake, not the store's failure.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -68,12 +69,31 @@ def open_fs(
     return fs, str(path).rstrip("/") or "/"
 
 
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
+                "NoCredentials")
+
+
+def _fix(exc: BaseException) -> str:
+    """What to check, from what failed (an errno, an S3 error code); the generic list only when unknown."""
+    number = getattr(exc, "errno", None)
+    text = f"{type(exc).__name__} {exc}"
+    if number in _FULL:
+        return "Free disk space (or raise the quota)"
+    if number in _DENIED:
+        return "Check that this user may write there (permissions, a read-only mount)"
+    if any(code in text for code in _CREDENTIALS):
+        return "Check the credentials (the key, the secret, the bucket's policy)"
+    if isinstance(exc, ConnectionError | TimeoutError) or "Connect" in type(exc).__name__:
+        return "Check that the server/endpoint is reachable"
+    return "Check free disk space, that the server/endpoint is reachable, and the credentials"
+
+
 def unavailable(url: str, operation: str, exc: BaseException) -> StoreUnavailable:
     error = StoreUnavailable(
         f"checkpoint store {url}: {operation} failed ({type(exc).__name__}: {exc}); "
-        "committed checkpoints and "
-        "the previous latest are intact. Check free disk space, that the server/endpoint is reachable, "
-        "and the credentials"
+        f"committed checkpoints and the previous latest are intact. {_fix(exc)}"
     )
     error.url = url  # type: ignore[attr-defined]
     error.operation = operation  # type: ignore[attr-defined]
