@@ -36,7 +36,14 @@ from grd_blocks.checkpoint.payload.manifest import (
     parse_latest,
     parse_manifest,
 )
-from grd_blocks.checkpoint.payload.serialization import TORCH_FILE, Blob, VerifiedFile, deserialize
+from grd_blocks.checkpoint.payload.serialization import (
+    JSON_FILE,
+    MAX_JSON_BYTES,
+    TORCH_FILE,
+    Blob,
+    VerifiedFile,
+    deserialize,
+)
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.storage.fsio import guard
 from grd_blocks.checkpoint.storage.layout import (
@@ -177,6 +184,11 @@ class RunReader:
         with contextlib.ExitStack() as stack:
             files: Fetched = {}
             for file_name, entry in manifest.files.items():
+                if file_name == JSON_FILE and entry.size > MAX_JSON_BYTES:  # read whole to decode: bounded
+                    raise CheckpointCorrupt(
+                        f"{join(self.url, name, file_name)}: its manifest says {entry.size} bytes, more than "
+                        f"any JSON payload grd writes ({MAX_JSON_BYTES}); it was damaged or not ours"
+                    )
                 if self._local:
                     files[file_name] = self._fetch_local(name, file_name, entry, stack)
                 else:

@@ -269,3 +269,39 @@ def test_a_latest_pointer_naming_a_checkpoint_outside_its_run_is_damaged_and_the
     run.fs.pipe_file(pointer, manifest_module._dump(obj))
     latest = run.latest()
     assert latest is not None and latest.index == 1 and run.load() == {"step": 1}
+
+
+def test_a_forged_manifest_claiming_a_huge_json_payload_is_refused_before_a_byte_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 10 GiB sparse state.json under a re-signed manifest that says so: load() read it whole (20.7 GB of
+    RSS for 67 s). A JSON payload over MAX_JSON_BYTES is never written, so such a claim is damage: refused
+    before reading, and the previous checkpoint loads."""
+    import json
+
+    from grd_blocks.checkpoint.payload import manifest as manifest_module
+
+    _, run = _store(tmp_path)
+    step = Path(run.path) / "step_2"
+    huge = 10 * 1024**3
+    with open(step / "state.json", "r+b") as handle:
+        handle.truncate(huge)  # sparse: no disk used
+    obj = json.loads((step / "MANIFEST.json").read_bytes())
+    obj.pop("checksum")
+    obj["files"]["state.json"].update(size=huge)
+    (step / "MANIFEST.json").write_bytes(manifest_module._dump(obj))
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        assert run.load() == {"step": 1}
+    assert f"its manifest says {huge} bytes, more than any JSON payload grd writes" in caplog.text
+
+
+def test_a_plain_state_too_large_for_a_json_payload_is_saved_with_torch_and_loads_back(
+    tmp_path: Path,
+) -> None:
+    from grd_blocks.checkpoint.payload.serialization import MAX_JSON_BYTES
+
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    state = {"notes": "x" * (MAX_JSON_BYTES + 1), "step": 3}
+    run.save(state, step=3)
+    assert sorted(os.listdir(Path(run.path) / "step_3")) == ["MANIFEST.json", "state.pt"]
+    assert run.load() == state

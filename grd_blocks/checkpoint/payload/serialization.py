@@ -35,6 +35,10 @@ from grd_blocks.errors import CheckpointCorrupt, UnsafeCheckpoint
 
 TORCH_FILE = "state.pt"
 JSON_FILE = "state.json"
+MAX_JSON_BYTES = 64 * 1024 * 1024
+"""The largest JSON payload written or read (decoding one costs several times its size in memory): a larger
+plain state is saved with torch.save, and a manifest claiming a larger JSON payload is a damaged checkpoint,
+refused before a byte of it is read."""
 
 PIECE_BYTES = 8 * 2**20
 """Size of the pieces a torch payload is serialized into (digest.CHUNK and s3parts.PART_BYTES are equal)."""
@@ -325,7 +329,7 @@ def serialize(payload: dict[str, Any], *, stream: bool = False) -> tuple[dict[st
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``; with ``stream`` a torch
     payload is a ``PieceStream`` still being produced (the caller must ``stop()`` it if it gives up)."""
     text = json_text(payload)
-    if text is not None:
+    if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
         return {JSON_FILE: text.encode()}, "json"
     if stream:
         return {TORCH_FILE: PieceStream(payload)}, "torch"
