@@ -68,22 +68,36 @@ def _submit_form(server: PrefectServer, deployment: dict[str, Any], fields: dict
         refused: list[str] = []  # what the API answered the UI with, when the UI shows "Something went wrong"
         p.on("response", lambda r: refused.append(f"{r.status} {r.request.method} {r.url}")
              if r.status >= 400 and "/api/" in r.url else None)
+        p.on("requestfailed", lambda r: refused.append(f"failed {r.method} {r.url}: {r.failure}"))
         p.get_by_text("Checkpoint store (Optional)").first.wait_for()
         assert "Property is type" not in p.content()
         for label, value in fields.items():
             _field(p, label).fill(value)
         screenshot(p, shot)
-        p.get_by_role("button", name="Submit").click()
 
         def created() -> list[dict[str, Any]]:
             return [r for r in deployment_runs(server, deployment["id"]) if r["id"] not in before]
 
+        # A person whose submit is answered "Oops. Something went wrong." submits again (at most twice
+        # more). Why: a loaded SQLite Prefect server drops the UI's request now and then (Prefect's store,
+        # not grd: 2 clean runs of 8 lost the first submit); what is proved is unchanged: the form's values
+        # create a run that completes, and only one run is created.
         try:
-            (run,) = wait_until(created, f"the run submitted from the {shot} form (API answers >= 400: "
-                                         f"{refused})", 120)
+            for attempt in range(3):
+                p.get_by_role("button", name="Submit").click()
+                try:
+                    found: list[dict[str, Any]] = wait_until(
+                        created, f"the run submitted from the {shot} form (API answers: {refused})",
+                        60 if attempt < 2 else 120)
+                    break
+                except AssertionError:
+                    if attempt == 2 or "Something went wrong" not in p.content():
+                        raise
+                    screenshot(p, f"{shot}-refused-{attempt}")
         finally:
             screenshot(p, f"{shot}-submitted")
-    return run
+    assert len(found) == 1, found  # one submit took: one run
+    return found[0]
 
 
 def test_the_benchmark_form_left_mostly_empty_creates_a_run_that_completes(
