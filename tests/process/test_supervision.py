@@ -102,6 +102,25 @@ def test_a_stopped_grd_still_has_its_commands_deadline_kept_by_the_keeper(
     assert (pid_dir / "main.term").exists(), "the tree got no SIGTERM before it was stopped"
 
 
+def test_a_deadline_warning_before_grd_stops_does_not_disarm_the_keepers_backstop(
+    containment: str, pid_dir: Path
+) -> None:
+    """grd sends its warning signal (USR1, 3 s before the deadline), then is stopped: the warning is not the
+    ladder, so the keeper still runs the ladder itself past the deadline."""
+    owner = _owner({"run": tree_argv(pid_dir, "save_on_term", "note_usr1", "child"), "grace": 1.0,
+                    "deadline_in": 8.0, "warn_before": 3.0})
+    try:
+        assert wait_for((pid_dir / "ready").exists)
+        assert wait_for((pid_dir / "main.usr1").exists, 8.0 + SLACK_S), "no warning came"
+        os.kill(owner.pid, signal.SIGSTOP)
+        assert wait_for(lambda: marked(str(pid_dir)) == [], 3.0 + 1.0 + 1.0 + SLACK_S), "the deadline passed"
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)
+    out, _ = owner.communicate(timeout=60)
+    outcome = json.loads(out)
+    assert outcome["stopped_by"] == "keeper" and outcome["warn_sent_s"] is not None, outcome
+
+
 def test_a_sigkilled_grd_whose_tree_ignores_sigterm_leaves_nothing_after_the_grace(
     containment: str, pid_dir: Path
 ) -> None:

@@ -22,8 +22,9 @@ member), ``kill``, ``release``. To grd: ``ready`` (host pid, mode, namespace, cg
 keeper took itself: ``term`` or ``kill``, its CLOCK_MONOTONIC time, how many processes got it).
 
 Deadline backstop: ``backstop_at`` is a CLOCK_MONOTONIC time (one clock for the whole host) a margin past
-grd's deadline. If grd has not begun its ladder by then (a ``signal`` or ``kill``: grd was stopped by SIGSTOP
-or Ctrl-Z, hung, or starved), the keeper runs it: SIGTERM, the grace period, SIGKILL, each step reported.
+grd's deadline. If grd has not begun its ladder by then (a SIGTERM ``signal`` or a ``kill``; a warning
+signal does not count: grd was stopped by SIGSTOP or Ctrl-Z, hung, or starved), the keeper runs it:
+SIGTERM, the grace period, SIGKILL, each step reported.
 
 Stdlib only: it runs in a process forked from the guardian.
 """
@@ -160,8 +161,8 @@ class Keeper:
             return
         for fd in fds:
             os.close(fd)
-        if op in ("signal", "kill"):  # grd runs the ladder itself: it is alive and on time
-            self.backstop_at = self.backstop_kill_at = None
+        if op == "kill" or (op == "signal" and int(message["sig"]) == signal.SIGTERM):
+            self.backstop_at = self.backstop_kill_at = None  # grd runs the ladder itself: alive and on time
         if op == "signal":
             count = self._signal(int(message["sig"]))
             self._send({"event": "signalled", "sig": int(message["sig"]), "count": count})
