@@ -7,12 +7,14 @@ ignored, and a program started that way keeps ignoring Ctrl-C, grd included (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,18 @@ phases:
       - {name: a, run: echo done-a}
       - {name: b, run: "echo started-b; sleep 120"}
 """
+
+
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever the test found, grd is not left running (resumed first, in case the test had stopped it)."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
 
 
 def _default_sigint() -> None:
@@ -45,7 +59,7 @@ def test_a_signal_mid_command_exits_128_plus_it_and_the_report_says_the_same(
         cwd=tmp_path, env=grd_env(api_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=_default_sigint,
     )
-    try:
+    with _reaped(proc):
         assert proc.stderr is not None
         seen: list[str] = []
         for line in proc.stderr:  # the command's output is logged here as it is printed
@@ -56,10 +70,6 @@ def test_a_signal_mid_command_exits_128_plus_it_and_the_report_says_the_same(
             pytest.fail("grd run ended before command b started:\n" + "".join(seen))
         proc.send_signal(sig)
         _, rest = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     stderr = "".join(seen) + rest
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "Running()" not in stderr, stderr
@@ -138,16 +148,12 @@ def test_a_second_signal_during_the_stop_exits_with_the_reports_code_and_leaves_
     mark = uuid.uuid4().hex
     proc = _grd(tmp_path, TWICE_SPEC, f"twice-{first.name}-{second.name}".lower(), mark)
     seen: list[str] = []
-    try:
+    with _reaped(proc):
         _read_until(proc, "p.b | started-b", seen)
         proc.send_signal(first)
         _read_until(proc, "p.tidy | tidying", seen)
         proc.send_signal(second)
         rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     output = "".join(seen) + rest
     report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
     # the report is written by the stop that reaches the flow: the first signal's, or the second's when that
@@ -164,15 +170,11 @@ def test_ctrl_c_twice_after_the_report_is_written_exits_with_the_reports_code(tm
     mark = uuid.uuid4().hex
     proc = _grd(tmp_path, LATE_SPEC, "late", mark)
     seen: list[str] = []
-    try:
+    with _reaped(proc):
         _read_until(proc, "report: ", seen)
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     output = "".join(seen) + rest
     report = json.loads((tmp_path / "reports" / "late" / "report.json").read_text())
     assert report["exit_code"] == 124 and proc.returncode == 124, output
@@ -200,7 +202,7 @@ def test_grd_run_stopped_past_a_deadline_has_it_kept_by_the_keeper_and_reported(
     mark = uuid.uuid4().hex
     proc = _grd(tmp_path, STOPPED_SPEC.replace("MARK", mark), "stopped", mark)
     seen: list[str] = []
-    try:
+    with _reaped(proc):
         _read_until(proc, "p.slow | started-slow", seen)
         proc.send_signal(signal.SIGSTOP)
         assert marked(mark), "the command is not running"
@@ -209,11 +211,6 @@ def test_grd_run_stopped_past_a_deadline_has_it_kept_by_the_keeper_and_reported(
         assert state == "T", "grd ran again before the command ended: the keeper's act is not shown"
         proc.send_signal(signal.SIGCONT)
         rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-            proc.wait()
     output = "".join(seen) + rest
     report = json.loads((tmp_path / "reports" / "stopped" / "report.json").read_text())
     (row,) = report["phases"][0]["commands"]
