@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import uuid
 from pathlib import Path
 
 from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.checkpoint.storage.safe_io import describe
 from grd_blocks.errors import GrdError, InvalidRunKey, PreflightError
 
 __all__ = ["check_report", "check_run_keys", "check_store", "preflight"]
@@ -98,17 +98,6 @@ def _check_name_lengths(flag: str, value: str, target: Path | None, fix: str) ->
                              f"is longer than the {_PATH_MAX} bytes a path may have", fix)
 
 
-def _kind(path: str) -> str:
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a directory"
-
-
 def _store_fix(value: str) -> str:
     return ("pass a writable directory (./checkpoints), s3://bucket/prefix on a reachable server, or a saved "
             f"block (`grd store create {value if '/' not in value else 'NAME'} URL`)")
@@ -133,7 +122,7 @@ def check_store(store: str | None) -> CheckpointEngine:
     try:
         if "file" in protocols:
             if os.path.exists(root) and not os.path.isdir(root):
-                raise PreflightError("--store", shown, f"{root} is {_kind(root)}, not a directory",
+                raise PreflightError("--store", shown, f"{root} is {describe(root)}, not a directory",
                                      _store_fix(shown))
             os.makedirs(root, exist_ok=True)
         fs.pipe_file(probe, b"grd preflight probe")

@@ -55,7 +55,7 @@ def _refused(tmp_path: Path, *args: str, flag: str, words: str, **env: str) -> N
         (["--store", "file://"], "--store", "names no path"),
         (["--store", "s3:/bkt/p"], "--store", "is missing a slash after 's3:'"),
         (["--store", "memory://x"], "--store", "is a memory store: it lives only in this process"),
-        (["--store", "/dev/null"], "--store", "/dev/null is a device, not a directory"),
+        (["--store", "/dev/null"], "--store", "/dev/null is a character device, not a directory"),
         (["--report", "a-file/report.json"], "--report", "cannot be created"),
         (["--report", "."], "--report", "is a directory; name a file in it"),
         (["--report", "/proc/version"], "--report", "cannot write in '/proc'"),

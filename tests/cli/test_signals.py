@@ -84,14 +84,8 @@ def test_a_signal_mid_command_exits_128_plus_it_and_the_report_says_the_same(
     assert rows == {"a": "COMPLETED", "b": "CANCELLED"}
 
 
-TWICE_SPEC = """name: twice
-phases:
-  - name: p
-    commands:
-      - {name: a, run: echo done-a}
-      - {name: b, run: "echo started-b; sleep 120"}
-    cleanup: {name: tidy, run: "echo tidying; sleep 20", timeout: 30s}
-"""
+TWICE_SPEC = SPEC.replace("name: sig", "name: twice") + (
+    '    cleanup: {name: tidy, run: "echo tidying; sleep 20", timeout: 30s}\n')  # SPEC's phase, and a cleanup
 LATE_SPEC = """name: late
 phases:
   - name: p
