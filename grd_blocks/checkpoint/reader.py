@@ -12,6 +12,10 @@ Invariants:
   S3 payloads by parallel ranged GETs, hashed while they arrive: s3parts.py).
 * ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
   with step/epoch a damaged one raises ``CheckpointCorrupt``.
+* A same-step re-save may replace a checkpoint while it is read (on object stores its old payload objects are
+  deleted once the new manifest is in: commit.py): damage found after the manifest was read sends the reader
+  back to the manifest, and when it has been replaced, the new version is read instead (at most
+  ``_REREADS`` times), so a re-save never makes ``latest()`` or ``load()`` step back to an older checkpoint.
 * Nothing in the store is trusted (safe_io.py): LATEST.json and manifests are read with a size cap; on local
   disk a checkpoint directory or file that is a symbolic link, a FIFO or a device is refused, never followed
   or waited on, and counts as a damaged checkpoint (the same warning, the same fallback).
@@ -20,10 +24,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, TypeVar
 
 import fsspec
 
@@ -65,6 +70,10 @@ from grd_blocks.checkpoint.storage.safe_io import (
 from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
 
 logger = logging.getLogger("grd.checkpoint")
+
+T = TypeVar("T")
+_REREADS: Final = 3
+"""Times one read follows a checkpoint's manifest to a newer version of the same step (reader invariants)."""
 
 Fetched = dict[str, Blob | VerifiedFile]
 
@@ -137,33 +146,54 @@ class RunReader:
             finally:
                 os.close(fd)
 
-    def _check_sizes(self, name: str, manifest: Manifest) -> None:
+    def _check_sizes(self, name: str, manifest: Manifest) -> Manifest:
+        """``manifest``, once every payload object it lists is there with its size."""
         for file_name, entry in manifest.files.items():
+            stored = entry.object_name(file_name)
             try:
-                size = self._size(name, file_name)
+                size = self._size(name, stored)
             except FileNotFoundError:
-                raise CheckpointCorrupt(f"{join(self.url, name, file_name)} is missing") from None
+                raise CheckpointCorrupt(f"{join(self.url, name, stored)} is missing") from None
             if size != entry.size:
                 raise CheckpointCorrupt(
-                    f"{join(self.url, name, file_name)} is {size} bytes, its manifest says {entry.size}"
+                    f"{join(self.url, name, stored)} is {size} bytes, its manifest says {entry.size}"
                 )
+        return manifest
+
+    def _settled(self, name: str, manifest: Manifest, attempt: Callable[[Manifest], T]) -> T:
+        """``attempt(manifest)``; when it finds damage and ``name``'s manifest has been replaced since it was
+        read (a same-step re-save committed meanwhile), tries the new one (``_REREADS`` times at most)."""
+        for _ in range(_REREADS):
+            try:
+                return attempt(manifest)
+            except CheckpointCorrupt:
+                try:
+                    now = self._read_manifest(name)
+                except CheckpointCorrupt:
+                    now = manifest
+                if now == manifest:
+                    raise
+                manifest = now
+        return attempt(manifest)
 
     # ------------------------------------------------------------------ payload bytes
     def _fetch_remote(self, name: str, file_name: str, entry: FileEntry) -> Blob:
-        where = join(self.url, name, file_name)
+        stored = entry.object_name(file_name)
+        where = join(self.url, name, stored)
         try:
-            with guard(self.url, f"read {name}/{file_name}", missing_ok=True):
-                return get_verified(self.fs, join(self.path, name, file_name), entry, where)
+            with guard(self.url, f"read {name}/{stored}", missing_ok=True):
+                return get_verified(self.fs, join(self.path, name, stored), entry, where)
         except FileNotFoundError:
             raise CheckpointCorrupt(f"{where} is missing") from None
 
     def _fetch_local(
         self, name: str, file_name: str, entry: FileEntry, stack: contextlib.ExitStack
     ) -> Blob | VerifiedFile:
-        where, path = join(self.url, name, file_name), join(self.path, name, file_name)
+        stored = entry.object_name(file_name)
+        where, path = join(self.url, name, stored), join(self.path, name, stored)
         try:
-            with guard(self.url, f"open {name}/{file_name}", missing_ok=True):
-                fd = open_local(self.path, (name, file_name), self.url)
+            with guard(self.url, f"open {name}/{stored}", missing_ok=True):
+                fd = open_local(self.path, (name, stored), self.url)
         except FileNotFoundError:
             raise CheckpointCorrupt(f"{where} is missing") from None
         stack.callback(os.close, fd)
@@ -218,11 +248,9 @@ class RunReader:
                 continue
             try:
                 manifest = self._read_manifest(name)
-                ref = self._ref(manifest)
-                if below is not None and ref.order >= below:
+                if below is not None and self._ref(manifest).order >= below:
                     continue
-                self._check_sizes(name, manifest)
-                return ref
+                return self._ref(self._settled(name, manifest, functools.partial(self._check_sizes, name)))
             except CheckpointCorrupt as exc:
                 if not quiet:
                     logger.warning("skipping checkpoint %s: %s", join(self.url, name), exc)
@@ -246,7 +274,8 @@ class RunReader:
             if (manifest.unit, manifest.index) != (pointer.unit, pointer.index):
                 raise CheckpointCorrupt(f"{latest_url} names {pointer.dirname} but its fields disagree")
             if check_sizes:
-                self._check_sizes(pointer.dirname, manifest)
+                sized = functools.partial(self._check_sizes, pointer.dirname)
+                manifest = self._settled(pointer.dirname, manifest, sized)
             return self._ref(manifest), manifest
         except FileNotFoundError:
             problem = f"{latest_url} is missing"
@@ -300,27 +329,31 @@ class RunReader:
         """
         if step is not None or epoch is not None:
             ref = self.find(step=step, epoch=epoch)
-            manifest = self._read_manifest(ref.name)
-            with self._fetch_verified(ref.name, manifest) as files:
-                return self._decode(ref, manifest, files, into, map_location)
+            return self._settled(ref.name, self._read_manifest(ref.name),
+                                 functools.partial(self._load_version, ref, into, map_location))
         found = self._latest(check_sizes=False)  # fetching verifies every size and sha256 anyway
         candidate, known = found if found is not None else (None, None)
         while candidate is not None:
-            with contextlib.ExitStack() as stack:
-                try:
-                    manifest = known if known is not None else self._read_manifest(candidate.name)
-                    files = stack.enter_context(self._fetch_verified(candidate.name, manifest))
-                    return self._decode(candidate, manifest, files, into, map_location)
-                except CheckpointCorrupt as exc:  # its bytes, or what they decode to (a forged manifest)
-                    older = self._scan_newest(below=candidate.order)
-                    logger.warning(
-                        "checkpoint %s is damaged (%s); falling back to %s",
-                        candidate.url,
-                        exc,
-                        older.url if older else "no checkpoint",
-                    )
-                    candidate, known = older, None
+            try:
+                manifest = known if known is not None else self._read_manifest(candidate.name)
+                return self._settled(candidate.name, manifest,
+                                     functools.partial(self._load_version, candidate, into, map_location))
+            except CheckpointCorrupt as exc:  # its bytes, or what they decode to (a forged manifest)
+                older = self._scan_newest(below=candidate.order)
+                logger.warning(
+                    "checkpoint %s is damaged (%s); falling back to %s",
+                    candidate.url,
+                    exc,
+                    older.url if older else "no checkpoint",
+                )
+                candidate, known = older, None
         return None
+
+    def _load_version(
+        self, ref: CheckpointRef, into: Mapping[str, Any] | None, map_location: Any, manifest: Manifest
+    ) -> dict[str, Any]:
+        with self._fetch_verified(ref.name, manifest) as files:
+            return self._decode(ref, manifest, files, into, map_location)
 
     def _decode(
         self,
@@ -340,9 +373,12 @@ class RunReader:
     def verify(self, ref: CheckpointRef | str) -> list[str]:
         """Problems found in a checkpoint (manifest, presence, sizes, sha256); empty means it is sound."""
         name = ref if isinstance(ref, str) else ref.name
-        try:
-            with self._fetch_verified(name, self._read_manifest(name)):
+        def fetch(manifest: Manifest) -> None:
+            with self._fetch_verified(name, manifest):
                 pass
+
+        try:
+            self._settled(name, self._read_manifest(name), fetch)
         except CheckpointCorrupt as exc:
             return [str(exc)]
         return []

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, overload
 
 import fsspec
@@ -36,7 +36,14 @@ from grd_blocks.checkpoint.async_writer import AsyncWriter
 from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.payload.digest import digest_later
 from grd_blocks.checkpoint.payload.handlers import encode_state
-from grd_blocks.checkpoint.payload.manifest import LatestPointer, Manifest, now_iso, parse_latest, writer_id
+from grd_blocks.checkpoint.payload.manifest import (
+    FileEntry,
+    LatestPointer,
+    Manifest,
+    now_iso,
+    parse_latest,
+    writer_id,
+)
 from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize
 from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 from grd_blocks.checkpoint.reader import RunReader
@@ -68,6 +75,12 @@ class _Unset:
 
 
 _UNSET = _Unset()
+
+
+def _stored(entry: FileEntry, file_name: str, objects: Mapping[str, str]) -> FileEntry:
+    """``entry`` naming the object that holds ``file_name`` when the commit wrote it elsewhere (commit.py)."""
+    stored_as = objects.get(file_name, file_name)
+    return entry if stored_as == file_name else replace(entry, stored_as=stored_as)
 
 
 def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -301,12 +314,12 @@ class RunCheckpoints(RunReader):
         digests = {file_name: digest_later(data) for file_name, data in files.items()}
         built: list[Manifest] = []
 
-        def manifest() -> bytes:  # called once the payload is written (and hashed meanwhile)
+        def manifest(objects: Mapping[str, str]) -> bytes:  # once the payload is written and hashed
             built.append(
                 Manifest(
                     unit=unit,
                     index=index,
-                    files={file_name: entry() for file_name, entry in digests.items()},
+                    files={name: _stored(entry(), name, objects) for name, entry in digests.items()},
                     payload_format=payload_format,
                     handlers=types,
                     created_at=now_iso(),

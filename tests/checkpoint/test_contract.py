@@ -205,12 +205,42 @@ def test_retry_of_same_step_replaces_it_completely(backend: Backend) -> None:
     run.save({"w": torch.zeros(8)}, step=2)
     run.save({"attempt": 2}, step=2)  # a retry saving the same N, now as JSON
     fs, path = _raw(run)
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/step_2", detail=False)) == [
-        "MANIFEST.json",
-        "state.json",
-    ]
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/step_2", detail=False))
+    assert names[0] == "MANIFEST.json" and len(names) == 2 and names[1].split("~")[0] == "state.json", names
     assert run.load() == {"attempt": 2}
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if "/." in p] == []
+
+
+def test_re_saving_a_step_again_and_again_keeps_one_version(backend: Backend) -> None:
+    run = backend.run()
+    run.save({"step": 1}, step=1)
+    for attempt in range(4):
+        run.save({"w": torch.full((4,), float(attempt)), "attempt": attempt}, step=2)
+    fs, path = _raw(run)
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/step_2", detail=False))
+    assert names[0] == "MANIFEST.json" and len(names) == 2 and names[1].split("~")[0] == "state.pt", names
+    loaded = run.load()
+    assert loaded is not None and loaded["attempt"] == 3 and torch.equal(loaded["w"], torch.full((4,), 3.0))
+    latest = run.latest()
+    assert latest is not None and latest.index == 2 and run.verify(latest) == []
+
+
+def test_a_re_save_that_dies_before_its_manifest_leaves_the_old_version(backend: Backend) -> None:
+    run = backend.run()
+    run.save({"attempt": 1}, step=2)
+
+    def dies(_objects: object) -> bytes:
+        raise OSError("the writer died here")
+
+    with pytest.raises(OSError, match="died here"):
+        run._commit.commit(f"{run.path}/step_2", {"state.json": b'{"attempt": 2}'}, dies)
+    assert run.load() == {"attempt": 1}
+    latest = run.latest()
+    assert latest is not None and latest.index == 2 and run.verify(latest) == []
+    run.save({"attempt": 3}, step=2)  # the next re-save still works, and leaves one version
+    assert run.load() == {"attempt": 3}
 
 
 def test_retention_keeps_last_k_and_best_by_monitor(backend: Backend) -> None:
@@ -317,3 +347,43 @@ def test_engine_accepts_an_injected_filesystem(backend: Backend) -> None:
     injected = CheckpointEngine(backend.url, fs=base.fs)
     injected.save_checkpoint("inj", state={"a": 1}, step=0)
     assert base.load_checkpoint("inj") == {"a": 1}
+
+
+class _ResaveOnFirstPayloadRead:
+    """Wraps a filesystem; the first time a payload object of ``step_2`` is read, ``resave()`` runs first:
+    a re-save that commits between the reader's manifest read and its payload fetch."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, resave: Callable[[], None]) -> None:
+        self._fs, self._resave, self.fired = fs, resave, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._fs, name)
+        if name not in ("cat_file", "info"):
+            return attr
+
+        def call(path: str, *args: Any, **kwargs: Any) -> Any:
+            if not self.fired and "/step_2/state" in str(path):
+                self.fired = True
+                self._resave()
+            return attr(path, *args, **kwargs)
+
+        return call
+
+
+def test_a_re_save_between_manifest_and_payload_reads_is_followed_not_fallen_back_from(
+    object_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = object_backend.run()
+    writer.save({"attempt": 0}, step=1)
+    writer.save({"attempt": 1}, step=2)
+    engine = object_backend.engine()
+    racing = _ResaveOnFirstPayloadRead(engine.fs, lambda: writer.save({"attempt": 2}, step=2))
+    reader = RunCheckpoints(f"{object_backend.url}/run", fs=cast(fsspec.AbstractFileSystem, racing),
+                            path=f"{engine.path}/run")
+    with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
+        assert reader.load() == {"attempt": 2}  # the old payload was gone: the new version, never step 1
+    assert racing.fired and "falling back" not in caplog.text and "damaged" not in caplog.text
+    racing.fired = False
+    writer.save({"attempt": 3}, step=2)
+    latest = reader.latest()  # sizes checked against a manifest replaced meanwhile: the new one is checked
+    assert racing.fired and latest is not None and latest.index == 2

@@ -18,7 +18,7 @@ import os, sys
 from fsspec.implementations.local import LocalFileSystem
 from grd_blocks.checkpoint.storage.commit import RenameCommit
 
-def crash() -> bytes:
+def crash(objects) -> bytes:
     os._exit(9)  # the process dies after the payload is written, before its manifest
 
 RenameCommit(LocalFileSystem()).commit(sys.argv[1], {"state.json": b'{"a": 1}'}, crash)

@@ -1,5 +1,6 @@
-"""Processes for the concurrent-writer tests: writers that commit interleaved steps to one run key, and a
-sampler that reads LATEST.json over and over while they do.
+"""Processes for the concurrent-writer tests: writers that commit interleaved steps (or re-save one step) to
+one run key, a sampler that reads LATEST.json and a reader that calls latest() and load() over and over while
+they do.
 
 Each function runs in a process of its own (``multiprocessing`` spawn context) and reports through a queue;
 all of them start together at a ``Barrier``, so the writers really race.
@@ -11,6 +12,8 @@ import multiprocessing.synchronize
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from grd_blocks.checkpoint import RunCheckpoints
 from grd_blocks.checkpoint.payload.manifest import parse_latest
@@ -98,3 +101,52 @@ def sample_latest(url: str, options: dict[str, Any], retention: bool,
         results.put(("sampler", 0, seen, None))
     except BaseException:
         results.put(("sampler", 0, seen, traceback.format_exc()))
+
+
+def resave_step(url: str, options: dict[str, Any], writer: int, step: int, count: int,
+                start: multiprocessing.synchronize.Barrier, results: Any) -> None:
+    """Save ``step`` again ``count`` times (a retry, or a zombie beside its retry, re-saving the same N)."""
+    try:
+        run = _open(url, options, None)
+        start.wait()
+        for round_ in range(count):
+            weights = torch.full((256,), float(round_))
+            run.save({"step": step, "writer": writer, "round": round_, "w": weights}, step=step)
+        results.put(("writer", writer, count, None))
+    except BaseException:
+        results.put(("writer", writer, None, traceback.format_exc()))
+
+
+@dataclass
+class Read:
+    """What the reader saw through the public API: every ``latest()`` and ``load()``, and anything wrong."""
+
+    reads: int = 0
+    loads: int = 0
+    lowest_latest: int | None = None
+    lowest_loaded: int | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def read_latest(url: str, options: dict[str, Any], start: multiprocessing.synchronize.Barrier,
+                stop: multiprocessing.synchronize.Event, results: Any) -> None:
+    """Call ``latest()`` and ``load()`` by turns until ``stop`` is set; record the lowest step each gave."""
+    seen = Read()
+    try:
+        run = _open(url, options, None)
+        start.wait()
+        while not stop.is_set():
+            try:
+                latest = run.latest()
+                seen.reads += 1
+                index = -1 if latest is None else latest.index
+                seen.lowest_latest = index if seen.lowest_latest is None else min(seen.lowest_latest, index)
+                state = run.load()
+                seen.loads += 1
+                step = -1 if state is None else int(state["step"])
+                seen.lowest_loaded = step if seen.lowest_loaded is None else min(seen.lowest_loaded, step)
+            except Exception as exc:  # every failure a user would meet is counted
+                seen.failures.append(f"{type(exc).__name__}: {exc}")
+        results.put(("reader", 0, seen, None))
+    except BaseException:
+        results.put(("reader", 0, seen, traceback.format_exc()))

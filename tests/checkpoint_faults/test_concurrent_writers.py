@@ -1,6 +1,7 @@
 """Several writer processes on one run key (a zombie attempt beside its retry, or worse): LATEST.json never
 moves backwards, always names a checkpoint that verifies, and ends at the newest committed step; retention
-never deletes the checkpoint LATEST names nor the newest one.
+never deletes the checkpoint LATEST names nor the newest one. Writers re-saving one step never make
+``latest()`` or ``load()`` of another process step back to an older checkpoint.
 
 Real processes (spawned), real local disk and a real SeaweedFS S3 server (which honours conditional writes:
 tests/checkpoint/test_pointer.py). Writer ``w`` of ``n`` commits steps ``w, w + n, w + 2n, ...``, so every
@@ -18,7 +19,14 @@ from typing import Any
 import pytest
 
 from grd_blocks.checkpoint import RunCheckpoints
-from tests.checkpoint_faults._concurrent import Sampled, sample_latest, write_steps
+from tests.checkpoint_faults._concurrent import (
+    Read,
+    Sampled,
+    read_latest,
+    resave_step,
+    sample_latest,
+    write_steps,
+)
 from tests.fixtures.seaweed import SeaweedServer
 
 ROUNDS = 200
@@ -101,3 +109,59 @@ def test_latest_is_monotonic_under_concurrent_writers_on_s3(
     s3_server: SeaweedServer, s3_bucket: str, writers: int, keep_last: int | None
 ) -> None:
     _check(f"{s3_bucket}/store/run", dict(s3_server.storage_options), writers, keep_last)
+
+
+RESAVES = 60
+"""Times each writer re-saves the same step."""
+
+
+def _check_resaves(url: str, options: dict[str, Any], writers: int) -> None:
+    """``writers`` processes re-save step 5 over and over while a reader calls ``latest()`` and ``load()``:
+    the reader never sees anything older than step 5, nor an error; the step ends as a writer's last save."""
+    run = RunCheckpoints.from_url(url, storage_options=options)
+    for step in range(6):
+        run.save({"step": step, "writer": -1, "round": -1}, step=step)
+    context = multiprocessing.get_context("spawn")
+    start, stop, results = context.Barrier(writers + 1), context.Event(), context.Queue()
+    procs = [context.Process(target=resave_step, args=(url, options, w, 5, RESAVES, start, results))
+             for w in range(writers)]
+    reader = context.Process(target=read_latest, args=(url, options, start, stop, results))
+    for proc in [*procs, reader]:
+        proc.start()
+    read: Read | None = None
+    try:
+        for _ in range(writers):
+            kind, _w, _count, error = results.get(timeout=_WAIT_S)
+            assert kind == "writer" and error is None, error
+        stop.set()
+        kind, _, read, error = results.get(timeout=_WAIT_S)
+        assert kind == "reader" and error is None, error
+    except queue.Empty:
+        pytest.fail("a writer or the reader did not report within the bound")
+    finally:
+        stop.set()
+        for proc in [*procs, reader]:
+            proc.join(timeout=_WAIT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert read is not None and read.reads > 0 and read.loads > 0
+    assert read.failures == [], read.failures[:5]
+    assert (read.lowest_latest, read.lowest_loaded) == (5, 5), "latest()/load() stepped back during re-saves"
+    final = run.load()
+    assert final is not None and final["step"] == 5 and final["round"] == RESAVES - 1
+    latest = run.latest()
+    assert latest is not None and latest.index == 5 and run.verify(latest) == []
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_latest_never_steps_back_while_a_step_is_re_saved_on_local_disk(tmp_path: Path, writers: int) -> None:
+    _check_resaves(str(tmp_path / "store" / "run"), {}, writers)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("writers", [1, 2])
+def test_latest_never_steps_back_while_a_step_is_re_saved_on_s3(
+    s3_server: SeaweedServer, s3_bucket: str, writers: int
+) -> None:
+    _check_resaves(f"{s3_bucket}/store/resave", dict(s3_server.storage_options), writers)

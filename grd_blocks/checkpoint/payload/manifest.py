@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,18 +33,28 @@ class FileEntry:
 
     A file larger than one chunk also lists the sha256 of each ``chunk_size`` piece (``chunks``), so a reader
     can verify the pieces on several cores at once; ``sha256`` stays the whole file's (``sha256sum`` agrees).
+    ``stored_as`` names the object that holds the bytes when it is not the file's own name: an object store's
+    re-save of the same step writes its payload beside the version it replaces (commit.py), so the old
+    manifest stays whole until the new one replaces it in one PUT.
     """
 
     size: int
     sha256: str
     chunk_size: int | None = None
     chunks: tuple[str, ...] = ()
+    stored_as: str | None = None
+
+    def object_name(self, file_name: str) -> str:
+        """The name of the object (under the checkpoint directory) that holds ``file_name``'s bytes."""
+        return self.stored_as or file_name
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"size": self.size, "sha256": self.sha256}
         if self.chunks:
             out["chunk_size"] = self.chunk_size
             out["chunks"] = list(self.chunks)
+        if self.stored_as is not None:
+            out["stored_as"] = self.stored_as
         return out
 
 
@@ -165,6 +176,18 @@ def _chunks(entry: dict[str, Any], size: int, where: str) -> tuple[int | None, t
     return chunk_size, tuple(chunks)
 
 
+_OBJECT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.~-]{0,199}")
+
+
+def _stored_as(entry: dict[str, Any], where: str) -> str | None:
+    stored_as = entry.get("stored_as")
+    if stored_as is None:
+        return None
+    if not isinstance(stored_as, str) or not _OBJECT_RE.fullmatch(stored_as) or stored_as == "MANIFEST.json":
+        raise CheckpointCorrupt(f"{where} has a malformed stored_as {stored_as!r}")
+    return stored_as
+
+
 def parse_manifest(data: bytes, path: str) -> Manifest:
     """Parse and validate ``MANIFEST.json`` content read from ``path``."""
     obj = _load_object(data, path, "manifest")
@@ -176,7 +199,8 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
         size, digest = entry.get("size"), entry.get("sha256")
         if not isinstance(size, int) or not isinstance(digest, str) or len(digest) != 64:
             raise CheckpointCorrupt(f"{path}: file entry {name!r} has no valid size/sha256")
-        files[name] = FileEntry(size, digest, *_chunks(entry, size, f"{path}: file entry {name!r}"))
+        where = f"{path}: file entry {name!r}"
+        files[name] = FileEntry(size, digest, *_chunks(entry, size, where), _stored_as(entry, where))
     if not files:
         raise CheckpointCorrupt(f"{path}: lists no payload files")
     step, epoch = obj.get("step"), obj.get("epoch")

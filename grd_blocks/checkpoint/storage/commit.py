@@ -22,13 +22,20 @@ than ``safe_io.POINTER_LIMIT``) reaches ``decide`` as None.
 
 A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
 (invisible) and the new one renamed in (writers racing on the same N take turns: the last one's version stays,
-none fails); on object stores the old manifest is deleted before the new payload is
-written. A crash in between leaves N absent (never a mix of versions); readers then fall back to N-1.
+none fails). On object stores a checkpoint written into an empty prefix uses the plain names (``state.pt``);
+any later version of it goes up beside what is there, under names of its own (``state.pt~{token}``, recorded
+in the manifest as ``stored_as``, so writers re-saving N at once never write the same object), then one PUT
+replaces the manifest, and only then are the objects the replaced manifest listed deleted: at every moment N
+is the old version or the new one, never absent, so ``latest()`` never steps back to N-1 (a reader that read
+the old manifest and finds its payload gone reads the manifest again: reader.py). A crash before the manifest
+PUT leaves the old version. Objects no manifest lists (a crashed writer's) are deleted by a later commit of
+that N once ``STALE_AFTER_S`` old, so a live concurrent writer's upload is never pulled from under it.
 Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible. On local disk a
 checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
 ``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
 
-The manifest content is asked for (``manifest()``) only after every payload file is written, so the caller
+The manifest content is asked for (``manifest(objects)``, ``objects`` naming the object each file went to)
+only after every payload file is written, so the caller
 can hash the payload while it is being written; where ``takes_streams``, a payload may even still be being
 serialized when ``commit`` starts (serialization.PieceStream), and is sent piece by piece as it is produced.
 On local disk, after a commit, staging entries that crashed writers left behind are swept (staging.py).
@@ -43,11 +50,15 @@ import logging
 import os
 import shutil
 import stat
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 
 import fsspec
 
+from grd_blocks.checkpoint.payload.manifest import parse_manifest
 from grd_blocks.checkpoint.payload.serialization import Payload, pieces_of
 from grd_blocks.checkpoint.storage.layout import (
     LOCK_NAME,
@@ -58,13 +69,22 @@ from grd_blocks.checkpoint.storage.layout import (
     join,
 )
 from grd_blocks.checkpoint.storage.s3parts import drop_folder, is_s3, put_object, takes_streams
-from grd_blocks.checkpoint.storage.safe_io import POINTER_LIMIT, describe, read_local, read_remote
-from grd_blocks.checkpoint.storage.staging import remove_tree, staging_name, sweep_stale
+from grd_blocks.checkpoint.storage.safe_io import (
+    MANIFEST_LIMIT,
+    POINTER_LIMIT,
+    describe,
+    read_local,
+    read_remote,
+)
+from grd_blocks.checkpoint.storage.staging import STALE_AFTER_S, remove_tree, staging_name, sweep_stale
 from grd_blocks.errors import CheckpointCorrupt, CheckpointError
 
 logger = logging.getLogger("grd.checkpoint")
 
 Decide = Callable[[bytes | None], bytes | None]
+ManifestFor = Callable[[Mapping[str, str]], bytes]
+"""Builds the manifest once the payload is written, given the object each file was written to (file name ->
+object name under the checkpoint directory; the same name except for an object store's same-step re-save)."""
 
 
 class CommitProtocol(ABC):
@@ -80,9 +100,9 @@ class CommitProtocol(ABC):
         return False
 
     @abstractmethod
-    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
-        """Write ``files``, then ``manifest()`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or not at
-        all."""
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
+        """Write ``files``, then ``manifest(objects)`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or
+        not at all (a same-step re-save: stays the old version until it is the new one)."""
 
     @abstractmethod
     def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
@@ -148,7 +168,7 @@ def _install(staging: str, ckpt_dir: str, run_dir: str, name: str) -> list[str]:
 class RenameCommit(CommitProtocol):
     """Local disk: stage in ``{run_dir}/.tmp-{unit}_{N}-...``, fsync, ``rename`` into place."""
 
-    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
         os.makedirs(run_dir, exist_ok=True)
         staging = os.path.join(run_dir, staging_name(TMP_PREFIX, name))
@@ -156,7 +176,7 @@ class RenameCommit(CommitProtocol):
         try:
             for file_name, data in files.items():
                 _write_synced(os.path.join(staging, file_name), data)
-            _write_synced(os.path.join(staging, MANIFEST_NAME), manifest())
+            _write_synced(os.path.join(staging, MANIFEST_NAME), manifest({name: name for name in files}))
             _fsync_dir(staging)
             olds = _install(staging, ckpt_dir, run_dir, name)
             _fsync_dir(run_dir)
@@ -276,29 +296,44 @@ class ManifestLastCommit(CommitProtocol):
     def takes_streams(self) -> bool:
         return takes_streams(self.fs)  # S3: parts go up as they are serialized
 
-    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: Callable[[], bytes]) -> None:
+    def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         manifest_path = join(ckpt_dir, MANIFEST_NAME)
         present = self._present(ckpt_dir)  # one LIST; usually empty
-        if MANIFEST_NAME in present:
-            self.fs.rm_file(manifest_path)  # a retry of the same N: hide the old version before touching it
+        replaced = self._listed_by(manifest_path) if MANIFEST_NAME in present else set()
+        token = uuid.uuid4().hex[:12]
+        objects = {name: f"{name}~{token}" if present else name for name in files}  # never an existing name
         for file_name, data in files.items():
-            put_object(self.fs, join(ckpt_dir, file_name), data)  # S3: parallel parts, whole or not at all
-        self.fs.pipe_file(manifest_path, manifest())
-        for name in present - {*files, MANIFEST_NAME}:  # an old version's or a crashed writer's leftovers
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(join(ckpt_dir, name), recursive=True)
+            put_object(self.fs, join(ckpt_dir, objects[file_name]), data)  # S3: parallel parts, whole or not
+        self.fs.pipe_file(manifest_path, manifest(objects))  # one PUT: the old version until now, the new one
+        ours = {*objects.values(), MANIFEST_NAME}
+        for name, age_s in present.items():  # the replaced version's; stale leftovers
+            if name not in ours and (name in replaced or (age_s is not None and age_s > STALE_AFTER_S)):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(join(ckpt_dir, name), recursive=True)
 
     def remove(self, ckpt_dir: str) -> None:
         super().remove(ckpt_dir)
         drop_folder(self.fs, ckpt_dir)  # SeaweedFS would list the emptied prefix for ever
 
-    def _present(self, ckpt_dir: str) -> set[str]:
-        """Names directly under ``ckpt_dir`` now (empty when there is nothing)."""
+    def _present(self, ckpt_dir: str) -> dict[str, float | None]:
+        """Names directly under ``ckpt_dir`` now, with their age in seconds where the store says (empty when
+        there is nothing)."""
         self.fs.invalidate_cache(ckpt_dir)
         try:
-            return {basename(str(path)) for path in self.fs.ls(ckpt_dir, detail=False)}
+            entries = self.fs.ls(ckpt_dir, detail=True)
         except FileNotFoundError:
+            return {}
+        return {basename(str(entry["name"])): _age_s(entry) for entry in entries}
+
+    def _listed_by(self, manifest_path: str) -> set[str]:
+        """The objects the manifest at ``manifest_path`` lists (none when it is gone or damaged: its payload
+        is then only a leftover, deleted once stale)."""
+        try:
+            listed = parse_manifest(read_remote(self.fs, manifest_path, MANIFEST_LIMIT, manifest_path),
+                                    manifest_path)
+        except (FileNotFoundError, CheckpointCorrupt):
             return set()
+        return {entry.object_name(name) for name, entry in listed.files.items()}
 
     def update_pointer(self, path: str, decide: Decide, *, url: str) -> bool:
         if is_s3(self.fs):
@@ -312,6 +347,16 @@ class ManifestLastCommit(CommitProtocol):
         if data is not None:
             self.fs.pipe_file(path, data)
         return False
+
+
+def _age_s(entry: Mapping[str, object]) -> float | None:
+    """How long ago an object was written, from its ``ls`` entry (S3: LastModified, memory: created)."""
+    modified = entry.get("LastModified", entry.get("created"))
+    if isinstance(modified, datetime):
+        return time.time() - modified.timestamp()
+    if isinstance(modified, int | float):
+        return time.time() - float(modified)
+    return None
 
 
 def protocol_for(fs: fsspec.AbstractFileSystem) -> CommitProtocol:
