@@ -45,12 +45,13 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import PrefectHTTPStatusError  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from grd_blocks.orchestration.run import BenchmarkRun, bind_run  # noqa: E402
+from grd_blocks.orchestration.plan import PlannedCommand  # noqa: E402
+from grd_blocks.orchestration.run import BenchmarkRun  # noqa: E402
 from grd_blocks.orchestration.scheduler import run_commands  # noqa: E402
-from grd_blocks.prefect_edge.benchmark_flow import _call_command, benchmark  # noqa: E402
+from grd_blocks.prefect_edge.benchmark_flow import PrefectRunner, benchmark  # noqa: E402
 from grd_blocks.prefect_edge.store import open_store  # noqa: E402
 from grd_blocks.report import BenchmarkReport, CommandReport  # noqa: E402
-from grd_blocks.spec import CommandSpec, load_spec  # noqa: E402
+from grd_blocks.spec import load_spec  # noqa: E402
 
 TARGET_MS = 3.0
 ARGV = ["true"]
@@ -98,47 +99,48 @@ def alternating_flow(spec_path: str, n: int, block: int, store: str, logs: str) 
     run = BenchmarkRun(spec=spec, run_key="bench-overhead", logs_dir=Path(logs), store=access,
                        progress_root=progress)
     out: dict[str, list[float]] = {k: [] for k in ("bare", "grd", "runner", "bare_block", "grd_block")}
-    commands = spec.phases[0].commands
-    with bind_run(run):
-        phase_run = run.begin_phase(spec.phases[0])
+    commands = run.plan.phases[0].commands
+    runner = PrefectRunner(run.run_key)
+    phase_run = run.begin_phase(run.plan.phases[0])
 
-        def start(command: CommandSpec) -> CommandReport:
-            t0 = time.perf_counter()
-            row = _call_command(run, "p", command, cleanup=False, backstop=None)
-            out["grd"].append(time.perf_counter() - t0)
-            return row
+    def start(command: PlannedCommand) -> CommandReport:
+        t0 = time.perf_counter()
+        row = runner.command(run.dispatch(phase_run, command), None)
+        run.record(command.phase, row)
+        out["grd"].append(time.perf_counter() - t0)
+        return row
 
-        def bare_block(count: int) -> None:
-            t0 = time.perf_counter()
-            for _ in range(count):
-                t1 = time.perf_counter()
-                bare_task(ARGV)
-                out["bare"].append(time.perf_counter() - t1)
-            out["bare_block"].append((time.perf_counter() - t0) / count)
+    def bare_block(count: int) -> None:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            t1 = time.perf_counter()
+            bare_task(ARGV)
+            out["bare"].append(time.perf_counter() - t1)
+        out["bare_block"].append((time.perf_counter() - t0) / count)
 
-        def runner_block(count: int) -> None:
-            for _ in range(count):
-                t1 = time.perf_counter()
-                bare_runner_task(ARGV, f"{logs}/runner.log")
-                out["runner"].append(time.perf_counter() - t1)
+    def runner_block(count: int) -> None:
+        for _ in range(count):
+            t1 = time.perf_counter()
+            bare_runner_task(ARGV, f"{logs}/runner.log")
+            out["runner"].append(time.perf_counter() - t1)
 
-        def grd_block(chunk: list[CommandSpec]) -> None:
-            t0 = time.perf_counter()
-            rows = run_commands(chunk, start=start, gate=phase_run.gate, cancel=run.cancel,
-                                reuse=lambda c: run.reusable("p", c.name),
-                                done=lambda c, row: run.observe(phase_run, c, row))
-            run.flush_progress()
-            out["grd_block"].append((time.perf_counter() - t0) / len(chunk))
-            bad = [r for r in rows if r.status.value != "COMPLETED"]
-            assert not bad, bad[:1]
+    def grd_block(chunk: tuple[PlannedCommand, ...]) -> None:
+        t0 = time.perf_counter()
+        rows = run_commands(chunk, start=start, gate=phase_run.gate, on_interrupt=lambda: run.stop("bench"),
+                            reuse=lambda c: run.reusable("p", c.name),
+                            done=lambda c, row: run.observe(phase_run, c, row))
+        run.flush_progress()
+        out["grd_block"].append((time.perf_counter() - t0) / len(chunk))
+        bad = [r for r in rows if r.status.value != "COMPLETED"]
+        assert not bad, bad[:1]
 
-        for index, first in enumerate(range(0, n, block)):
-            chunk = commands[first:first + block]
-            sides: list[Callable[[], None]] = [partial(bare_block, len(chunk)), partial(grd_block, chunk),
-                                               partial(runner_block, len(chunk))]
-            for side in sides[index % 3:] + sides[:index % 3]:
-                side()
-        run.close()
+    for index, first in enumerate(range(0, n, block)):
+        chunk = commands[first:first + block]
+        sides: list[Callable[[], None]] = [partial(bare_block, len(chunk)), partial(grd_block, chunk),
+                                           partial(runner_block, len(chunk))]
+        for side in sides[index % 3:] + sides[:index % 3]:
+            side()
+    run.close()
     return out
 
 

@@ -94,3 +94,32 @@ def test_checkpoint_payload_knows_no_storage_and_storage_knows_no_run_handle(pat
 def test_checkpoint_has_no_flat_modules_beside_its_layers_but_the_run_handle() -> None:
     flat = sorted(p.stem for p in (LIBRARY / "checkpoint").glob("*.py") if p.stem != "__init__")
     assert flat == ["async_writer", "engine", "observers", "reader", "refs", "retention", "run"]
+
+
+ORCHESTRATION = "grd_blocks.orchestration"
+EDGE_MAY_USE = {  # of orchestration/: the engine's public interface, and the services the edge wires up
+    f"{ORCHESTRATION}.benchmark",  # the engine: run_benchmark, its runner interface, its plan entries
+    f"{ORCHESTRATION}.status",  # statuses and exit codes
+    f"{ORCHESTRATION}.runkey",  # which run key a flow run resumes
+    f"{ORCHESTRATION}.environment",  # the store access handed to commands
+    f"{ORCHESTRATION}.progress",  # where a run's progress lives
+    f"{ORCHESTRATION}.line_batches",  # a command's output lines, batched to a logger
+}
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _within(_module(p), EDGE)],
+                         ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_the_edge_uses_the_engine_only_through_its_public_interface(path: Path) -> None:
+    offending = [(line, name) for line, name in _imports(path)
+                 if _within(name, ORCHESTRATION) and name != ORCHESTRATION and name not in EDGE_MAY_USE]
+    assert not offending, f"{path}: reaches into the engine's internals: {offending}"
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _within(_module(p), ORCHESTRATION)],
+                         ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_nothing_in_orchestration_finds_its_run_or_spec_through_a_context_variable(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    named = [node.lineno for node in ast.walk(tree)
+             if (isinstance(node, ast.Name) and node.id == "ContextVar")
+             or (isinstance(node, ast.Attribute) and node.attr == "ContextVar")]
+    assert not named, f"{path}: makes or reads a ContextVar at line(s) {named}; hand the plan entry instead"

@@ -13,6 +13,8 @@ Invariants:
   deadline: ``remaining()`` is time, ``expired()`` is "time is up or cancelled".
 - ``binding()`` is the budget whose own deadline is the effective one: self unless an ancestor's deadline is
   strictly earlier (ties bind the nearest level). ``inherited()`` is ``binding() is not self``.
+- A budget pickles as a root budget with the same effective deadline, clock, start and cancellation at that
+  moment (a plan entry handed to another process); later cancels stay in the process that made it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from __future__ import annotations
 import math
 import threading
 from numbers import Real
+from typing import Any
 
 from grd_blocks.budget.clock import Clock, default_clock
 from grd_blocks.errors import BudgetError
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "CancelFlag"]
 
 
 def _check_seconds(seconds: object, what: str) -> float:
@@ -116,10 +119,29 @@ class Budget:
                 f"deadline {deadline!r} for budget {name!r} is not an absolute time; pass clock() + seconds, "
                 "or math.inf for no deadline"
             )
+        return cls._starting_now(float(deadline), None, name=name, level=level, parent=parent, clock=clock,
+                                 shield=shield)
+
+    @classmethod
+    def _starting_now(
+        cls,
+        deadline: float | None,
+        seconds: float | None,
+        *,
+        name: str,
+        level: str,
+        parent: Budget | None,
+        clock: Clock | None,
+        shield: bool,
+    ) -> Budget:
+        """A budget starting now, ending at ``deadline`` or, when that is None, ``seconds`` from now."""
         clock = clock if clock is not None else (parent.clock if parent is not None else default_clock)
         started_at = clock()
-        deadline = float(deadline)
-        configured = None if math.isinf(deadline) else max(0.0, deadline - started_at)
+        if deadline is None:
+            assert seconds is not None
+            deadline = started_at + seconds
+        else:
+            seconds = None if math.isinf(deadline) else max(0.0, deadline - started_at)
         return cls(
             deadline,
             name=name,
@@ -128,7 +150,7 @@ class Budget:
             clock=clock,
             shield=shield,
             started_at=started_at,
-            configured_s=configured,
+            configured_s=None if seconds is None or math.isinf(seconds) else seconds,
         )
 
     @classmethod
@@ -144,20 +166,8 @@ class Budget:
     ) -> Budget:
         """A budget of ``seconds`` from now (None or inf: no limit); ``BudgetError`` if < 0 or NaN."""
         value = _check_seconds(seconds, f"timeout of budget {name!r}" if name else "timeout")
-        clock = clock if clock is not None else (parent.clock if parent is not None else default_clock)
-        started_at = clock()
-        deadline = started_at + value
-        configured = None if math.isinf(value) else value
-        return cls(
-            deadline,
-            name=name,
-            level=level,
-            parent=parent,
-            clock=clock,
-            shield=shield,
-            started_at=started_at,
-            configured_s=configured,
-        )
+        return cls._starting_now(None, value, name=name, level=level, parent=parent, clock=clock,
+                                 shield=shield)
 
     @classmethod
     def unlimited(cls, *, name: str = "", level: str = "", clock: Clock | None = None) -> Budget:
@@ -218,6 +228,10 @@ class Budget:
             node = node.parent
         return None
 
+    def cancel_flag(self) -> CancelFlag:
+        """This budget's cancellation as a flag to poll (``is_set()``): what the process runner watches."""
+        return CancelFlag(self)
+
     @property
     def cancelled(self) -> bool:
         """True when this budget or an ancestor it is not shielded from was cancelled."""
@@ -229,8 +243,36 @@ class Budget:
         origin = self.cancel_origin()
         return origin._cancel_reason if origin is not None else ""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        origin = self.cancel_origin()
+        cancelled = None if origin is None else origin._cancel_reason
+        return _detached, (self.effective_deadline, self.name, self.level, self.clock, self.started_at,
+                           self.configured_s, cancelled)
+
     def __repr__(self) -> str:
         own = "inf" if math.isinf(self.own_deadline) else f"{self.own_deadline:.3f}"
         eff = "inf" if math.isinf(self.effective_deadline) else f"{self.effective_deadline:.3f}"
         flags = "".join([", shield" if self.shield else "", ", cancelled" if self.cancelled else ""])
         return f"Budget({self.level or '-'} {self.name!r}, own={own}, effective={eff}{flags})"
+
+
+def _detached(deadline: float, name: str, level: str, clock: Clock, started_at: float,
+              configured_s: float | None, cancelled: str | None) -> Budget:
+    """A pickled budget, restored as a root budget (module docstring)."""
+    budget = Budget(deadline, name=name, level=level, parent=None, clock=clock, shield=False,
+                    started_at=started_at, configured_s=configured_s)
+    if cancelled is not None:
+        budget.cancel(cancelled)
+    return budget
+
+
+class CancelFlag:
+    """A budget's cancellation seen as a flag: ``is_set()`` once it or an unshielded ancestor is cancelled."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+
+    def is_set(self) -> bool:
+        return self._budget.cancelled

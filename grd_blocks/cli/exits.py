@@ -1,6 +1,6 @@
 """How every `grd` subcommand ends on an error: one line on stderr and one exit code, from one table.
 
-Invariant: the exit code of an error is decided here and nowhere else (docs/design.md, "Exit codes"):
+Invariant: the exit code of an error is decided here and nowhere else (docs/design.md, "grd run"):
 2 when the input is wrong and the user fixes it (a spec, a flag, a run key, a block field, a duration, a
 checkpoint that does not exist: every ``ValueError`` grd raises, and ``CheckpointNotFound``); 1 when the work
 or the store failed (an unreachable or failing store, a damaged checkpoint, a refused approval: any other

@@ -10,7 +10,6 @@ only for TIMEOUT and names the level of the budget whose deadline was binding.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,12 @@ class CommandPlan:
     parent_env: Mapping[str, str] | None = None  # the environment commands start from (None: os.environ now)
     warn: WarnSpec | None = None  # the signal sent to the tree before its deadline
     earlier_logs: list[str] = field(default_factory=list)  # the logs of its earlier attempts, oldest first
+    cleanup: bool = False  # a cleanup: its budget is shielded, so a cancel of the run does not stop it
+
+    @property
+    def label(self) -> str:
+        """``phase.command`` (``benchmark.command`` for the benchmark's own cleanup)."""
+        return f"{self.phase}.{self.name}"
 
     @property
     def exclusive_key(self) -> str:
@@ -109,9 +114,9 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
     )
 
 
-def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
-            cancel: threading.Event | None = None) -> CommandReport:
-    """Run ``plan`` to its end (exit, deadline or cancellation) and return its row; never raises GrdError."""
+def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandReport:
+    """Run ``plan`` to its end (exit, deadline or its budget's cancellation) and return its row; never raises
+    GrdError. A cleanup's budget is shielded: cancelling the run does not reach it."""
     granted = plan.budget.remaining()
     warn = plan.warn
     env = command_env(
@@ -136,7 +141,7 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None,
             cwd=plan.cwd,
             log_path=plan.log_path,
             on_line=on_line,
-            cancel=cancel,
+            cancel=plan.budget.cancel_flag(),
             clock=plan.budget.clock,
             warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
             exclusive=plan.exclusive_key,

@@ -1,19 +1,22 @@
 """Budgets of a benchmark run: benchmark -> phase -> command, and the shielded budgets of cleanup commands.
 
 Invariant: a command's effective deadline is min(its start + its timeout, its phase's effective deadline), and
-a phase's is min(its start + its timeout, the benchmark's); with timeouts disabled every budget is unlimited.
-Cleanup budgets are shielded children (they still run after their parent expired) and always bounded: the
-cleanup's own timeout, or ``DEFAULT_CLEANUP_TIMEOUT_S``. Prefect's own timeouts are only a backstop set
-``BACKSTOP_MARGIN_S`` beyond the budget plus grace, so grd's kill ladder always acts first.
+a phase's is min(its start + its timeout, the benchmark's); with timeouts disabled every budget is unlimited
+(plan.py drops the timeouts). Cleanup budgets are shielded children (they still run after their parent
+expired or was cancelled) and always bounded while timeouts are on: the cleanup's own timeout, or
+``DEFAULT_CLEANUP_TIMEOUT_S``. Prefect's own timeouts are only a backstop set ``BACKSTOP_MARGIN_S`` beyond
+the budget plus grace, so grd's kill ladder always acts first.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from grd_blocks.budget import Budget, Clock
-from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, resolve_command
+
+if TYPE_CHECKING:
+    from grd_blocks.orchestration.plan import BenchmarkPlan, PhasePlan, PlannedCommand
 
 DEFAULT_CLEANUP_TIMEOUT_S = 30.0
 BACKSTOP_MARGIN_S = 30.0
@@ -23,7 +26,6 @@ __all__ = [
     "DEFAULT_CLEANUP_TIMEOUT_S",
     "backstop_seconds",
     "benchmark_budget",
-    "cleanup_budget",
     "cleanup_timeout",
     "command_budget",
     "phase_backstop_seconds",
@@ -31,39 +33,32 @@ __all__ = [
 ]
 
 
-def benchmark_budget(
-    spec: BenchmarkSpec, *, timeouts: bool, clock: Clock, limit_s: float | None = None
-) -> Budget:
-    """The root budget of a run, starting now: the spec's timeout, capped by an approved ``limit_s``."""
-    seconds = spec.timeout if timeouts else None
-    if timeouts and limit_s is not None:
+def benchmark_budget(plan: BenchmarkPlan, *, clock: Clock, limit_s: float | None = None) -> Budget:
+    """The root budget of a run, starting now: the plan's timeout, capped by an approved ``limit_s``."""
+    seconds = plan.timeout_s
+    if plan.timeouts and limit_s is not None:
         seconds = limit_s if seconds is None else min(seconds, limit_s)
-    return Budget.after(seconds, name=spec.name, level="benchmark", clock=clock)
+    return Budget.after(seconds, name=plan.name, level="benchmark", clock=clock)
 
 
-def phase_budget(parent: Budget, phase: PhaseSpec, *, timeouts: bool) -> Budget:
+def phase_budget(parent: Budget, phase: PhasePlan) -> Budget:
     """A phase's budget, starting now, bounded by the benchmark's."""
-    return parent.child(phase.timeout if timeouts else None, name=phase.name, level="phase")
+    return parent.child(phase.timeout_s, name=phase.name, level="phase")
 
 
-def command_budget(parent: Budget, spec: BenchmarkSpec, phase: PhaseSpec, command: CommandSpec, *,
-                   timeouts: bool) -> Budget:
-    """A command's budget, starting now, bounded by its phase's."""
-    timeout = resolve_command(spec, phase, command).timeout_s if timeouts else None
-    return parent.child(timeout, name=command.name, level="command")
+def command_budget(parent: Budget, command: PlannedCommand) -> Budget:
+    """A command's budget, starting now, bounded by its parent's; a cleanup's is shielded from its parent
+    (which may have expired or been cancelled) and bounded on its own."""
+    level = "cleanup" if command.cleanup else "command"
+    return parent.child(command.timeout_s, name=command.name, level=level, shield=command.cleanup)
 
 
-def cleanup_timeout(command: CommandSpec, *, timeouts: bool) -> float | None:
-    """The bound of a cleanup command: its own timeout, else the default; None when timeouts are disabled."""
+def cleanup_timeout(seconds: float | None, *, timeouts: bool) -> float | None:
+    """The bound of a cleanup whose own timeout is ``seconds``: that, else the default; None when timeouts
+    are disabled."""
     if not timeouts:
         return None
-    return command.timeout if command.timeout is not None else DEFAULT_CLEANUP_TIMEOUT_S
-
-
-def cleanup_budget(parent: Budget, command: CommandSpec, *, timeouts: bool) -> Budget:
-    """A cleanup's budget: shielded from ``parent`` (which may have expired), bounded on its own."""
-    seconds = cleanup_timeout(command, timeouts=timeouts)
-    return parent.child(seconds, name=command.name, level="cleanup", shield=True)
+    return seconds if seconds is not None else DEFAULT_CLEANUP_TIMEOUT_S
 
 
 def backstop_seconds(bound_s: float | None, grace_s: float) -> float | None:
@@ -73,15 +68,13 @@ def backstop_seconds(bound_s: float | None, grace_s: float) -> float | None:
     return max(0.0, bound_s) + grace_s + BACKSTOP_MARGIN_S
 
 
-def phase_backstop_seconds(spec: BenchmarkSpec, phase: PhaseSpec, benchmark: Budget, *,
-                           timeouts: bool) -> float | None:
+def phase_backstop_seconds(phase: PhasePlan, benchmark: Budget) -> float | None:
     """Prefect's ``timeout_seconds`` for a phase subflow: its bound + longest grace + its cleanup's bound."""
-    if not timeouts:
-        return None
-    bound = min(phase.timeout if phase.timeout is not None else math.inf, benchmark.remaining())
-    graces: Iterable[float] = (resolve_command(spec, phase, c).grace_s for c in phase.commands)
-    grace = max(graces, default=0.0)
+    bound = min(phase.timeout_s if phase.timeout_s is not None else math.inf, benchmark.remaining())
+    grace = max((c.grace_s for c in phase.commands), default=0.0)
     if phase.cleanup is not None:
-        bound += cleanup_timeout(phase.cleanup, timeouts=True) or 0.0
-        grace += resolve_command(spec, phase, phase.cleanup).grace_s
+        if phase.cleanup.timeout_s is None:
+            return None  # timeouts are off
+        bound += phase.cleanup.timeout_s
+        grace += phase.cleanup.grace_s
     return backstop_seconds(bound, grace)

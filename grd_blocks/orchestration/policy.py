@@ -33,11 +33,10 @@ def _expired_reason(budget: Budget) -> str:
 
 
 class RunGate:
-    """Benchmark-wide stop state: cancellation and ``stop_benchmark``. Thread-safe."""
+    """Benchmark-wide stop state: the cancellation of the run's budget and ``stop_benchmark``. Thread-safe."""
 
-    def __init__(self, budget: Budget, cancel: threading.Event | None = None) -> None:
+    def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.cancel = cancel if cancel is not None else threading.Event()
         self._lock = threading.Lock()
         self._stopped: str | None = None
 
@@ -49,7 +48,7 @@ class RunGate:
 
     def skip(self) -> Skip | None:
         """Why nothing more may start in this benchmark, or None."""
-        if self.cancel.is_set():
+        if self.budget.cancelled:
             return Skip(Status.CANCELLED, "the run was cancelled before this started")
         with self._lock:
             if self._stopped is not None:

@@ -1,48 +1,46 @@
-"""One benchmark run: the state the flows compose (budgets, gates, progress, logs), bound to the context.
+"""One benchmark run: the state the engine composes (plan, budgets, gates, progress, logs) and its reports.
 
 Invariant: budgets are created when their node starts (phase budget at phase start, command budget at command
 start), so each node's effective deadline is min(start + timeout, parent's effective deadline); a command
 completed by an earlier attempt of the same run key is reused (``resumed: true``), never re-run; every other
-command's attempt number is one more than its last committed attempt. The run is reachable from Prefect tasks
-and subflows through ``current_run()`` (a context variable), so flow and task parameters stay plain names.
+command's attempt number is one more than its last committed attempt. Stopping the run is cancelling its
+budget (``stop()``): every unshielded budget under it, so every running command, sees it; cleanups run under
+shielded budgets and are not stopped. Nothing here is looked up by name from a context: the engine
+(benchmark.py) hands each step the plan entry it works on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grd_blocks.budget import Budget, Clock
-from grd_blocks.errors import UsageError
 from grd_blocks.orchestration import planning
 from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.execute import CommandPlan
+from grd_blocks.orchestration.plan import BenchmarkPlan, PhasePlan, PlannedCommand, plan_benchmark
 from grd_blocks.orchestration.policy import PhaseGate, RunGate, Skip
 from grd_blocks.orchestration.progress import ProgressLog, ProgressPrefix
 from grd_blocks.orchestration.scheduler import skipped_row
 from grd_blocks.orchestration.status import Status, exit_code, interrupt_exit_code, rollup
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, ProgressInfo
-from grd_blocks.spec import BenchmarkSpec, CommandSpec, PhaseSpec, resolve_command
+from grd_blocks.spec import BenchmarkSpec
 
-__all__ = ["BenchmarkRun", "PhaseRun", "bind_run", "current_run"]
+__all__ = ["BenchmarkRun", "PhaseRun"]
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-_CURRENT: contextvars.ContextVar[BenchmarkRun] = contextvars.ContextVar("grd_benchmark_run")
 
 
 @dataclass
 class PhaseRun:
-    """A started phase: its spec, budget and gate."""
+    """A started phase: its plan, budget and gate."""
 
-    spec: PhaseSpec
+    phase: PhasePlan
     budget: Budget
     gate: PhaseGate
 
@@ -61,22 +59,20 @@ class BenchmarkRun:
     resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
-    cancel: threading.Event = field(default_factory=threading.Event)
+    plan: BenchmarkPlan = field(init=False)
     budget: Budget = field(init=False)
     gate: RunGate = field(init=False)
     progress: ProgressLog = field(init=False)
-    active: dict[str, PhaseRun] = field(init=False, default_factory=dict)
     parent_env: dict[str, str] = field(init=False)
-    _commands: dict[tuple[str, str], CommandSpec] = field(init=False, default_factory=dict)
     _previous: dict[str, CommandReport | None] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _resume_note: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.timeouts = self.timeouts and self.spec.timeouts
-        self.budget = planning.benchmark_budget(self.spec, timeouts=self.timeouts, clock=self.clock,
-                                                limit_s=self.limit_s)
-        self.gate = RunGate(self.budget, self.cancel)
+        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts)
+        self.timeouts = self.plan.timeouts
+        self.budget = planning.benchmark_budget(self.plan, clock=self.clock, limit_s=self.limit_s)
+        self.gate = RunGate(self.budget)
         self.progress = ProgressLog(self.progress_root, logger=self.logger)
         self.parent_env = dict(os.environ)  # read once: every command starts from the run's environment
         if self.resume_from is not None and self.progress.earlier_snapshot() is False:
@@ -85,29 +81,16 @@ class BenchmarkRun:
                 "(no command of an earlier attempt finished, or the key is mistyped): every command runs"
             )
             self.logger.warning("%s", self._resume_note)
-        for phase in self.spec.phases:
-            for command in [*phase.commands, *([phase.cleanup] if phase.cleanup else [])]:
-                self._commands.setdefault((phase.name, command.name), command)
 
-    # --- lookup -----------------------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Stop the run: cancel its budget (running commands go down their kill ladders; nothing else
+        starts; cleanups, shielded, still run)."""
+        self.budget.cancel(reason)
 
-    def phase_spec(self, name: str) -> PhaseSpec:
-        """The phase called ``name``."""
-        for phase in self.spec.phases:
-            if phase.name == name:
-                return phase
-        raise UsageError(f"benchmark {self.spec.name!r} has no phase {name!r}; phases: "
-                         f"{', '.join(p.name for p in self.spec.phases)}")
-
-    def command_spec(self, phase: PhaseSpec, name: str) -> CommandSpec:
-        """The command (or cleanup) of ``phase`` called ``name``."""
-        command = self._commands.get((phase.name, name))
-        if command is not None and any(p is phase for p in self.spec.phases):
-            return command
-        for command in [*phase.commands, *([phase.cleanup] if phase.cleanup else [])]:
-            if command.name == name:
-                return command
-        raise UsageError(f"phase {phase.name!r} has no command {name!r}")
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop()`` was called."""
+        return self.budget.cancelled
 
     # --- progress ---------------------------------------------------------------------------------------
 
@@ -141,14 +124,13 @@ class BenchmarkRun:
         """Commit what is pending and stop the progress writer (end of the run)."""
         self.progress.close()
 
-    def observe(self, phase_run: PhaseRun, command: CommandSpec, row: CommandReport) -> None:
+    def observe(self, phase_run: PhaseRun, command: PlannedCommand, row: CommandReport) -> None:
         """Apply ``command``'s on_timeout policy to its phase (and run) after it ended with ``row``."""
-        policy = resolve_command(self.spec, phase_run.spec, command).on_timeout
-        phase_run.gate.observe(phase_run.spec.name, command.name, row.status, policy)
+        phase_run.gate.observe(command.phase, command.name, row.status, command.on_timeout)
 
     def completed_earlier(self) -> list[str]:
         """``phase.command`` of every command an earlier attempt of this run key completed (to be skipped)."""
-        return [f"{phase.name}.{command.name}" for phase in self.spec.phases for command in phase.commands
+        return [command.label for phase in self.plan.phases for command in phase.commands
                 if self.reusable(phase.name, command.name) is not None]
 
     def record(self, phase: str, row: CommandReport) -> None:
@@ -158,72 +140,47 @@ class BenchmarkRun:
 
     # --- planning ---------------------------------------------------------------------------------------
 
-    def begin_phase(self, phase: PhaseSpec) -> PhaseRun:
+    def begin_phase(self, phase: PhasePlan) -> PhaseRun:
         """Start ``phase`` now: its budget is a child of the benchmark's."""
-        budget = planning.phase_budget(self.budget, phase, timeouts=self.timeouts)
-        phase_run = PhaseRun(spec=phase, budget=budget, gate=self.gate.phase(budget))
-        with self._lock:
-            self.active[phase.name] = phase_run
-        return phase_run
+        budget = planning.phase_budget(self.budget, phase)
+        return PhaseRun(phase=phase, budget=budget, gate=self.gate.phase(budget))
 
-    def active_phase(self, name: str) -> PhaseRun:
-        """The started phase called ``name``."""
-        with self._lock:
-            phase_run = self.active.get(name)
-        if phase_run is None:
-            raise UsageError(f"phase {name!r} of benchmark {self.spec.name!r} has not started; "
-                             "commands run only inside their phase's flow")
-        return phase_run
-
-    def _plan(self, label: str, command: CommandSpec, budget: Budget, phase: PhaseSpec | None,
-              attempt: int, earlier_logs: list[str]) -> CommandPlan:
-        resolved = resolve_command(self.spec, phase, command)
-        cwd = None
-        if command.cwd is not None:
-            cwd = Path(command.cwd) if Path(command.cwd).is_absolute() else self.spec.base_dir / command.cwd
+    def dispatch(self, phase_run: PhaseRun | None, command: PlannedCommand) -> CommandPlan:
+        """The entry that starts ``command`` now: its budget a child of its phase's (``phase_run`` None: of
+        the benchmark's, for the benchmark's cleanup), shielded for a cleanup; its attempt number and the
+        logs of its earlier attempts."""
+        budget = planning.command_budget(phase_run.budget if phase_run is not None else self.budget, command)
+        attempt, earlier = 1, []
+        if not command.cleanup:
+            last = self._last(command.phase, command.name)
+            attempt = 1 if last is None else last.attempts + 1
+            earlier = [] if last is None else last.attempt_logs or ([last.log_path] if last.log_path else [])
         return CommandPlan(
-            phase=label,
+            phase=command.phase,
             name=command.name,
             run=command.run if isinstance(command.run, str) else list(command.run),
             budget=budget,
-            grace_s=resolved.grace_s,
+            grace_s=command.grace_s,
             configured_s=budget.configured_s,
             run_key=self.run_key,
             attempt=attempt,
-            log_path=_attempt_log(self.logs_dir, f"{label}.{command.name}", attempt),
-            cwd=cwd,
+            log_path=_attempt_log(self.logs_dir, command.label, attempt),
+            cwd=command.cwd,
             spec_env=dict(command.env),
             store=self.store,
             parent_env=self.parent_env,
-            warn=resolved.warn if self.timeouts else None,
-            earlier_logs=earlier_logs,
+            warn=command.warn,
+            earlier_logs=list(earlier),
+            cleanup=command.cleanup,
         )
 
-    def plan_command(self, phase_run: PhaseRun, command: CommandSpec) -> CommandPlan:
-        """Plan ``command`` to start now, its budget a child of its phase's."""
-        budget = planning.command_budget(phase_run.budget, self.spec, phase_run.spec, command,
-                                         timeouts=self.timeouts)
-        phase = phase_run.spec.name
-        last = self._last(phase, command.name)
-        earlier = [] if last is None else last.attempt_logs or ([last.log_path] if last.log_path else [])
-        return self._plan(phase, command, budget, phase_run.spec, self.attempt(phase, command.name),
-                          list(earlier))
+    def command_backstop(self, command: PlannedCommand) -> float | None:
+        """Prefect ``timeout_seconds`` for a cleanup task (commands get none: grd bounds them itself)."""
+        return planning.backstop_seconds(command.timeout_s, command.grace_s) if command.cleanup else None
 
-    def plan_cleanup(self, phase_run: PhaseRun | None, command: CommandSpec) -> CommandPlan:
-        """Plan a cleanup to start now under its own shielded budget (of a phase, or the benchmark's)."""
-        parent = phase_run.budget if phase_run is not None else self.budget
-        budget = planning.cleanup_budget(parent, command, timeouts=self.timeouts)
-        label = phase_run.spec.name if phase_run is not None else self.spec.name
-        return self._plan(label, command, budget, phase_run.spec if phase_run else None, 1, [])
-
-    def cleanup_backstop(self, phase: PhaseSpec | None, command: CommandSpec) -> float | None:
-        """Prefect ``timeout_seconds`` for a cleanup task (``phase`` None: the benchmark's cleanup)."""
-        bound = planning.cleanup_timeout(command, timeouts=self.timeouts)
-        return planning.backstop_seconds(bound, resolve_command(self.spec, phase, command).grace_s)
-
-    def phase_backstop(self, phase: PhaseSpec) -> float | None:
+    def phase_backstop(self, phase: PhasePlan) -> float | None:
         """Prefect ``timeout_seconds`` for a phase subflow."""
-        return planning.phase_backstop_seconds(self.spec, phase, self.budget, timeouts=self.timeouts)
+        return planning.phase_backstop_seconds(phase, self.budget)
 
     # --- reports ----------------------------------------------------------------------------------------
 
@@ -232,32 +189,31 @@ class BenchmarkRun:
         """The report of a phase that ran."""
         statuses = [r.status for r in rows] + ([cleanup.status] if cleanup is not None else [])
         return PhaseReport(
-            name=phase_run.spec.name,
+            name=phase_run.phase.name,
             status=rollup(statuses, budget_expired=phase_run.gate.budget_expired),
             elapsed_s=round(self.clock() - phase_run.budget.started_at, 3),
-            timeout_s=phase_run.spec.timeout if self.timeouts else None,
+            timeout_s=phase_run.phase.timeout_s,
             commands=rows,
             cleanup=cleanup,
         )
 
-    def skipped_phase(self, phase: PhaseSpec, skip: Skip) -> PhaseReport:
+    def skipped_phase(self, phase: PhasePlan, skip: Skip) -> PhaseReport:
         """The report of a phase that never started."""
         return PhaseReport(
             name=phase.name,
             status=skip.status,
-            timeout_s=phase.timeout if self.timeouts else None,
+            timeout_s=phase.timeout_s,
             commands=[self.reusable(phase.name, c.name) or skipped_row(c.name, skip) for c in phase.commands],
         )
 
-    def lost_phase(self, name: str, reason: str) -> PhaseReport:
+    def lost_phase(self, phase: PhasePlan, reason: str) -> PhaseReport:
         """The report of a phase whose flow ended without one (``reason`` says how): every command
-        CANCELLED when the run is being cancelled, else FAILED."""
-        status = Status.CANCELLED if self.cancel.is_set() else Status.FAILED
-        commands = self.phase_spec(name).commands
-        rows = [CommandReport(name=c.name, status=status, reason=reason) for c in commands]
-        return PhaseReport(name=name, status=status, commands=rows)
+        CANCELLED when the run is being stopped, else FAILED."""
+        status = Status.CANCELLED if self.stopped else Status.FAILED
+        rows = [CommandReport(name=c.name, status=status, reason=reason) for c in phase.commands]
+        return PhaseReport(name=phase.name, status=status, commands=rows)
 
-    def stopped_phases(self, phases: list[PhaseSpec], stopped_by: str) -> list[PhaseReport]:
+    def stopped_phases(self, phases: tuple[PhasePlan, ...], stopped_by: str) -> list[PhaseReport]:
         """Rows for the phases a stopped run did not finish (the interrupted one first; ``stopped_by``
         names what stopped it): what finished keeps its result, everything else is CANCELLED."""
         reason = f"the flow run was stopped ({stopped_by}) before this command finished"
@@ -311,24 +267,3 @@ def _attempt_log(logs_dir: Path, stem: str, attempt: int) -> Path:
         if not path.exists():
             return path
         attempt += 1
-
-
-@contextlib.contextmanager
-def bind_run(run: BenchmarkRun) -> Iterator[BenchmarkRun]:
-    """Make ``run`` the current run for this context (and copies of it: worker threads, subflows)."""
-    token = _CURRENT.set(run)
-    try:
-        yield run
-    finally:
-        _CURRENT.reset(token)
-
-
-def current_run() -> BenchmarkRun:
-    """The run bound by ``bind_run``; a ``UsageError`` outside one."""
-    try:
-        return _CURRENT.get()
-    except LookupError:
-        raise UsageError(
-            "no grd benchmark run is bound here: grd's phase and command flows run only inside the benchmark "
-            "flow (grd_blocks.prefect_edge.benchmark_flow) or a `with bind_run(run):` block"
-        ) from None

@@ -3,14 +3,13 @@
 Invariant: before each command starts, the gate is asked whether it may (on_timeout stops, budget expiry,
 cancellation); once it says no, every command not yet started gets a SKIPPED (or CANCELLED) row and nothing
 more starts. Rows come back in spec order. If the waiting thread is interrupted (Prefect's backstop, Ctrl-C,
-SIGTERM), the cancel event is set, so every running command goes down its kill ladder, and the threads are
-joined before the interruption propagates: no process outlives the phase.
+SIGTERM), ``on_interrupt`` is called (it cancels the run's budget), so every running command goes down its
+kill ladder, and the threads are joined before the interruption propagates: no process outlives the phase.
 """
 
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol, TypeVar
@@ -51,7 +50,7 @@ def run_commands(
     *,
     start: Callable[[T], CommandReport],
     gate: Gate,
-    cancel: threading.Event,
+    on_interrupt: Callable[[], None],
     max_parallel: int = 1,
     reuse: Callable[[T], CommandReport | None] | None = None,
     done: Callable[[T, CommandReport], None] | None = None,
@@ -99,6 +98,6 @@ def run_commands(
                     row = future.result() if error is None else _crashed_row(commands[index].name, error)
                     finish(index, row)
         except BaseException:
-            cancel.set()
+            on_interrupt()
             raise
     return [rows[i] for i in range(len(commands))]

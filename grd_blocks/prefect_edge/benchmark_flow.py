@@ -1,4 +1,8 @@
-"""The benchmark flow: benchmark -> a subflow per phase -> a task per command (thin: it composes grd_blocks).
+"""The benchmark flow: benchmark -> a subflow per phase -> a task per command: the engine's Prefect runner.
+
+The loop, gates, stops and reports are the engine's (orchestration/benchmark.py); this module gives it a
+runner (a phase's body runs as a subflow, each dispatched command plan as a task whose one argument is that
+plan) and turns the engine's report into Prefect states, events, an artifact and log lines.
 
 Invariant: every command runs through ``grd_blocks.process.run_command`` with its budget's effective deadline.
 Prefect's own ``timeout_seconds`` is only a backstop, set beyond the deadline plus grace and a margin, on the
@@ -17,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,15 +31,21 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.results import ResultRecord  # type: ignore[attr-defined]  # re-exported, not in __all__
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from grd_blocks.budget.approval import approved_limit
-from grd_blocks.errors import BenchmarkIncomplete, UsageError
-from grd_blocks.orchestration.execute import execute
+from grd_blocks.errors import BenchmarkIncomplete
+from grd_blocks.orchestration.benchmark import (
+    BenchmarkRun,
+    CommandPlan,
+    LostPhase,
+    PhasePlan,
+    execute,
+    run_benchmark,
+)
 from grd_blocks.orchestration.line_batches import line_logger
-from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun, bind_run, current_run
 from grd_blocks.orchestration.runkey import resolve_run_key
-from grd_blocks.orchestration.scheduler import run_commands
-from grd_blocks.orchestration.status import Status, interrupt_exit_code
+from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
@@ -43,10 +54,10 @@ from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, 
 from grd_blocks.prefect_edge.states import final_state, publish_table
 from grd_blocks.prefect_edge.stops import cancel_requested, retries_left, supervisor_owns_stop
 from grd_blocks.prefect_edge.store import open_store
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
-from grd_blocks.spec import BenchmarkSpec, CommandSpec, load_spec
+from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
+from grd_blocks.spec import BenchmarkSpec, load_spec
 
-__all__ = ["benchmark", "command_task", "phase_flow"]
+__all__ = ["PrefectRunner", "benchmark", "command_task"]
 
 
 class CommandResult:
@@ -62,32 +73,22 @@ class CommandResult:
         return f"CommandResult({self.row.name}: {self.row.status.value})"
 
 
-@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False, task_run_name="{phase}.{command}")
-def command_task(phase: str | None, command: str, cleanup: bool = False) -> State[Any]:
-    """Run one command of ``phase``, or a cleanup (``cleanup=True``: shielded budget, not cancelled);
-    ``phase=None`` is the benchmark's own cleanup (its task run is named by ``_runner``). Its final state's
-    message is the outcome (Prefect logs it
-    as "Finished in state ..."), so nothing else is logged per command but the command's own output lines."""
-    run = current_run()
-    if phase is None:
-        if run.spec.cleanup is None or not cleanup:
-            raise UsageError(f"benchmark {run.spec.name!r} has no cleanup named {command!r}")
-        plan = run.plan_cleanup(None, run.spec.cleanup)
-    else:
-        phase_run = run.active_phase(phase)
-        spec = run.command_spec(phase_run.spec, command)
-        plan = run.plan_cleanup(phase_run, spec) if cleanup else run.plan_command(phase_run, spec)
-    label = f"{plan.phase}.{command}"
+@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="{plan.phase}.{plan.name}")
+def command_task(plan: CommandPlan) -> State[Any]:
+    """Run one dispatched command plan (a cleanup's budget is shielded: a cancel of the run does not stop it).
+    Its final state's message is the outcome (Prefect logs it as "Finished in state ..."), so nothing else is
+    logged per command but the command's own output lines."""
+    label = plan.label
     logger = get_run_logger()
     sink = line_logger(logger, label, str(plan.log_path))
     try:
         with process_log_to(logger, label):  # the kill ladder's steps, in this task run's log
-            row = execute(plan, on_line=sink, cancel=None if cleanup else run.cancel)
+            row = execute(plan, on_line=sink)
     finally:
         sink.close()
-    if not cleanup and phase is not None:
-        run.record(phase, row)
-        _announce(run.run_key, plan.phase, command, row)
+    if not plan.cleanup:
+        _announce(plan.run_key, plan.phase, plan.name, row)
     message = f"{label}: {row.status.value} (returncode {row.returncode}, {row.elapsed_s:.1f}s)"
     if row.timeout is not None:  # the kill ladder's outcome, beside its steps logged above
         stop = row.timeout
@@ -138,61 +139,42 @@ def _row_from_state(state: State[Any], name: str) -> CommandReport:
 
 
 @functools.lru_cache(maxsize=32)
-def _runner(backstop: float | None, benchmark: str | None = None) -> Task[..., State[Any]]:
-    """The command task with Prefect's ``timeout_seconds`` backstop (built once per distinct value); with
-    ``benchmark``, for the benchmark's own cleanup, whose task run is named ``<benchmark>.<command>``."""
-    runner = command_task
-    if benchmark is not None:  # spec names are [A-Za-z0-9_.-]: nothing to escape in the template
-        runner = runner.with_options(task_run_name=f"{benchmark}.{{command}}")
-    return runner if backstop is None else runner.with_options(timeout_seconds=backstop)
+def _command_runner(backstop: float | None) -> Task[..., State[Any]]:
+    """The command task with Prefect's ``timeout_seconds`` backstop (built once per distinct value)."""
+    return command_task if backstop is None else command_task.with_options(timeout_seconds=backstop)
 
 
-def _call_command(run: BenchmarkRun, phase: str | None, command: CommandSpec, *, cleanup: bool,
-                  backstop: float | None) -> CommandReport:
-    runner = _runner(backstop, run.spec.name if phase is None else None)
-    state = runner(phase, command.name, cleanup, return_state=True)
-    return _row_from_state(state, command.name)
+class PrefectRunner:
+    """The engine's runner on Prefect: a phase's body runs as a ``grd-phase`` subflow run named after the
+    phase, each command plan as a ``grd-command`` task run named ``phase.command``."""
 
+    def __init__(self, run_key: str) -> None:
+        self.run_key = run_key
 
-def _cleanup(run: BenchmarkRun, phase_run: PhaseRun | None, command: CommandSpec) -> CommandReport:
-    phase = phase_run.spec.name if phase_run is not None else None
-    backstop = run.cleanup_backstop(phase_run.spec if phase_run else None, command)
-    return _call_command(run, phase, command, cleanup=True, backstop=backstop)
+    def phase(
+        self, phase: PhasePlan, backstop_s: float | None, body: Callable[[], PhaseReport]
+    ) -> PhaseReport:
+        run_key = self.run_key
 
+        @flow(name="grd-phase", validate_parameters=False, flow_run_name=phase.name,
+              timeout_seconds=backstop_s)
+        def phase_flow(phase: str) -> State[Any]:
+            """Run one phase: its commands (up to ``max_parallel`` at once), then its cleanup, shielded."""
+            report = body()
+            phase_completed(run_key, phase, status=report.status.value, elapsed_s=report.elapsed_s,
+                            commands={row.name: row.status.value for row in report.commands})
+            return final_state(report.status, report.model_dump(mode="json"),
+                               f"phase {phase}: {report.status.value}")
 
-@flow(name="grd-phase", validate_parameters=False)
-def phase_flow(phase: str) -> State[Any]:
-    """Run one phase: its commands (up to ``max_parallel`` at once), then its cleanup, shielded."""
-    run = current_run()
-    phase_run = run.begin_phase(run.phase_spec(phase))
-    spec = phase_run.spec
-    rows: list[CommandReport] = []
-    cleanup_row: CommandReport | None = None
-    try:
-        rows = run_commands(
-            spec.commands,
-            start=lambda c: _call_command(run, phase, c, cleanup=False, backstop=None),
-            gate=phase_run.gate,
-            cancel=run.cancel,
-            max_parallel=spec.max_parallel,
-            reuse=lambda c: run.reusable(phase, c.name),
-            done=lambda c, row: run.observe(phase_run, c, row),
-        )
-    finally:
-        run.flush_progress()
-        if spec.cleanup is not None:
-            cleanup_row = _cleanup(run, phase_run, spec.cleanup)
-    report = run.phase_report(phase_run, rows, cleanup_row)
-    phase_completed(run.run_key, phase, status=report.status.value, elapsed_s=report.elapsed_s,
-                    commands={row.name: row.status.value for row in report.commands})
-    return final_state(report.status, report.model_dump(mode="json"), f"phase {phase}: {report.status.value}")
+        state = phase_flow(phase.name, return_state=True)
+        data = _state_data(state)
+        if isinstance(data, dict):
+            return PhaseReport.model_validate(data)
+        raise LostPhase(f"the phase flow ended as {state.name}: {state.message}")
 
-
-def _phase_from_state(state: State[Any], run: BenchmarkRun, name: str) -> PhaseReport:
-    data = _state_data(state)
-    if isinstance(data, dict):
-        return PhaseReport.model_validate(data)
-    return run.lost_phase(name, f"the phase flow ended as {state.name}: {state.message}")
+    def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+        state = _command_runner(backstop_s)(quote(plan), return_state=True)
+        return _row_from_state(state, plan.name)
 
 
 def _approved_limit(
@@ -264,42 +246,12 @@ def benchmark(
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)
-    phases: list[PhaseReport] = []
-    expired = False
-    stop: BaseException | None = None
-    cleanup_row: CommandReport | None = None
-    with bind_run(run):
-        try:
-            for phase in spec.phases:
-                skip = run.gate.skip()
-                if skip is not None:
-                    expired = expired or skip.budget_expired
-                    phases.append(run.skipped_phase(phase, skip))
-                    continue
-                backstop = run.phase_backstop(phase)
-                subflow = phase_flow.with_options(flow_run_name=phase.name, timeout_seconds=backstop)
-                phases.append(_phase_from_state(subflow(phase.name, return_state=True), run, phase.name))
-        except BaseException as exc:
-            # SIGTERM from the worker (the UI's Cancel), Ctrl-C or Prefect's backstop ended the run mid-phase;
-            # the phase already stopped its commands. The report says so at once, before the cleanup runs
-            # (a second signal may end that).
-            run.cancel.set()
-            phases += run.stopped_phases(spec.phases[len(phases):], type(exc).__name__)
-            run.close()  # commits what finished; the report says whether it did (and the exit code: 130/143)
-            stopped = run.report(phases, None, flow_run_id, budget_expired=expired, stopped_by=exc)
-            write_report(stopped, report_path or logs_dir / "report.json")
-            if interrupt_exit_code(exc) is None or supervisor_owns_stop():
-                raise  # not a stop (a defect: Prefect logs its traceback), or its next state is not ours
-            stop = exc
-        finally:
-            run.close()
-            if spec.cleanup is not None:
-                cleanup_row = _cleanup(run, None, spec.cleanup)
-    report: BenchmarkReport = run.report(phases, cleanup_row, flow_run_id, budget_expired=expired,
-                                         stopped_by=stop)
-    path = write_report(report, report_path or logs_dir / "report.json")
+    finished = run_benchmark(run, PrefectRunner(key),
+                             report_path=Path(report_path or logs_dir / "report.json"),
+                             flow_run_id=flow_run_id, stop_is_ours=lambda: not supervisor_owns_stop())
+    report, stop = finished.report, finished.stop
     publish_table(report)
-    _log_outcome(logger, report, path)
+    _log_outcome(logger, report, finished.path)
     if stop is not None:
         return _stopped(report, stop, logger)
     if report.status in (Status.FAILED, Status.TIMEOUT) and retries_left() > 0:

@@ -3,7 +3,7 @@
 Invariant: the block is configuration only; every operation delegates to one ``CheckpointEngine`` (and so one
 filesystem), built by ``engine()`` on first use and again only when a field changed: the one place where
 secrets are unwrapped (into the fsspec storage options). ``access()`` is the one reading of the block for a
-command's environment (docs/design.md, "The command environment"). Secrets are
+command's environment (docs/design.md, "What a command receives"). Secrets are
 ``SecretStr`` (masked in the UI, in ``repr`` and in logs). The slug ``grd-checkpoint-store`` never changes.
 Method names never shadow ``Block.save``/``Block.load`` (which store the block itself).
 """

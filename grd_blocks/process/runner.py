@@ -25,11 +25,11 @@ import os
 import select
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from grd_blocks.errors import ProcessError
 from grd_blocks.process import exclusive as exclusive_lock
@@ -39,11 +39,17 @@ from grd_blocks.process.ladder import KILL_WAIT_S, LadderResult, stop_tree
 from grd_blocks.process.outcome import CommandOutcome
 from grd_blocks.process.output import OnLine, OutputCapture
 
-__all__ = ["CANCEL_TICK_S", "DRAIN_S", "INLINE_S", "DeadlineWarning", "run_command"]
+__all__ = ["CANCEL_TICK_S", "DRAIN_S", "INLINE_S", "CancelFlag", "DeadlineWarning", "run_command"]
 
 log = logging.getLogger("grd.process")
 
 CANCEL_TICK_S = 0.02  # how often a cancel event is checked while the command runs
+
+
+class CancelFlag(Protocol):
+    """What stops a command early: a ``threading.Event``, or a budget's ``cancel_flag()``."""
+
+    def is_set(self) -> bool: ...
 DRAIN_S = 1.0  # how long output is still read after the tree is gone, if a stray holder keeps it open
 _MAX_TICK_S = 0.25  # re-read the caller's clock at least this often (it need not be real time)
 INLINE_S = 0.05  # output is read by the waiting thread this long, then by a reader thread
@@ -68,7 +74,7 @@ def run_command(
     cwd: str | Path | None = None,
     log_path: str | Path | None = None,
     on_line: OnLine | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     tail_chars: int = 4000,
     clock: Callable[[], float] = time.monotonic,
     use_pty: bool = True,
@@ -184,7 +190,7 @@ class _Supervised:
         self.warn = warn
         self.warn_sent_s: float | None = None
 
-    def run(self, deadline: float, cancel: threading.Event | None, log_str: str | None) -> CommandOutcome:
+    def run(self, deadline: float, cancel: CancelFlag | None, log_str: str | None) -> CommandOutcome:
         keeper = self.keeper
         ladder = LadderResult(term_sent_s=None, kill_sent_s=None, survivors=0)
         reason: str | None = None
@@ -289,7 +295,7 @@ class _Supervised:
         _write_log(log_str, message)
         return _not_started(log_str, returncode=code, spawn_error=message)
 
-    def _wait(self, deadline: float, cancel: threading.Event | None) -> str | None:
+    def _wait(self, deadline: float, cancel: CancelFlag | None) -> str | None:
         """None once the main process has exited (or the command could not start, or the keeper is gone);
         else "deadline" or "cancel". Output is read in this thread for the first ``INLINE_S``, then by the
         reader thread."""

@@ -35,44 +35,47 @@ KEEP_LAST = 2
 _WAIT_S = 240.0  # bound on waiting for a process's report (a hung writer fails the test, not the session)
 
 
+def _run_together(writers: list[tuple[Any, ...]], watcher: tuple[Any, ...], stop: Any, results: Any
+                  ) -> tuple[list[Any], Any]:
+    """Start each writer ``(target, args)`` and the watcher together; once every writer reported, set ``stop``
+    and wait for the watcher's report. (each writer's value, what the watcher saw); every process is joined
+    (killed past the bound) before this returns."""
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=target, args=args) for target, args in [*writers, watcher]]
+    for proc in procs:
+        proc.start()
+    values: list[Any] = []
+    try:
+        for _ in writers:
+            kind, _who, value, error = results.get(timeout=_WAIT_S)
+            assert kind == "writer" and error is None, error
+            values.append(value)
+        stop.set()
+        kind, _, seen, error = results.get(timeout=_WAIT_S)
+        assert kind != "writer" and error is None, error
+    except queue.Empty:
+        pytest.fail("a writer or the watcher did not report within the bound")
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=_WAIT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return values, seen
+
+
 def _race(
     url: str, options: dict[str, Any], writers: int, keep_last: int | None
 ) -> tuple[Sampled, list[int]]:
     """Run ``writers`` writers and the sampler to the end; (what the sampler saw, each writer's last step)."""
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(writers + 1)
-    stop = context.Event()
-    results = context.Queue()
-    procs = [
-        context.Process(
-            target=write_steps, args=(url, options, keep_last, w, writers, ROUNDS, start, results)
-        )
-        for w in range(writers)
-    ]
-    sampler = context.Process(target=sample_latest,
-                              args=(url, options, keep_last is not None, start, stop, results))
-    for proc in [*procs, sampler]:
-        proc.start()
-    lasts: list[int] = []
-    sampled: Sampled | None = None
-    try:
-        for _ in range(writers):
-            kind, _first, value, error = results.get(timeout=_WAIT_S)
-            assert kind == "writer" and error is None, error
-            lasts.append(value)
-        stop.set()
-        kind, _, sampled, error = results.get(timeout=_WAIT_S)
-        assert kind == "sampler" and error is None, error
-    except queue.Empty:
-        pytest.fail("a writer or the sampler did not report within the bound")
-    finally:
-        stop.set()
-        for proc in [*procs, sampler]:
-            proc.join(timeout=_WAIT_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    assert sampled is not None
+    start, stop, results = context.Barrier(writers + 1), context.Event(), context.Queue()
+    steps = [(write_steps, (url, options, keep_last, w, writers, ROUNDS, start, results))
+             for w in range(writers)]
+    sampler = (sample_latest, (url, options, keep_last is not None, start, stop, results))
+    lasts, sampled = _run_together(steps, sampler, stop, results)
+    assert isinstance(sampled, Sampled)
     return sampled, lasts
 
 
@@ -123,29 +126,10 @@ def _check_resaves(url: str, options: dict[str, Any], writers: int) -> None:
         run.save({"step": step, "writer": -1, "round": -1}, step=step)
     context = multiprocessing.get_context("spawn")
     start, stop, results = context.Barrier(writers + 1), context.Event(), context.Queue()
-    procs = [context.Process(target=resave_step, args=(url, options, w, 5, RESAVES, start, results))
-             for w in range(writers)]
-    reader = context.Process(target=read_latest, args=(url, options, start, stop, results))
-    for proc in [*procs, reader]:
-        proc.start()
-    read: Read | None = None
-    try:
-        for _ in range(writers):
-            kind, _w, _count, error = results.get(timeout=_WAIT_S)
-            assert kind == "writer" and error is None, error
-        stop.set()
-        kind, _, read, error = results.get(timeout=_WAIT_S)
-        assert kind == "reader" and error is None, error
-    except queue.Empty:
-        pytest.fail("a writer or the reader did not report within the bound")
-    finally:
-        stop.set()
-        for proc in [*procs, reader]:
-            proc.join(timeout=_WAIT_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    assert read is not None and read.reads > 0 and read.loads > 0
+    resavers = [(resave_step, (url, options, w, 5, RESAVES, start, results)) for w in range(writers)]
+    _, read = _run_together(resavers, (read_latest, (url, options, start, stop, results)), stop, results)
+    assert isinstance(read, Read)
+    assert read.reads > 0 and read.loads > 0
     assert read.failures == [], read.failures[:5]
     assert (read.lowest_latest, read.lowest_loaded) == (5, 5), "latest()/load() stepped back during re-saves"
     final = run.load()

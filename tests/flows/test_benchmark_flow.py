@@ -218,6 +218,10 @@ def test_each_command_task_run_is_named_phase_dot_command_and_the_final_cleanup_
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
     names = sorted(run.name for run in task_runs if "command_task" in run.task_key)
     assert names == ["named.final", "p.first", "p.second", "p.tidy"]
+    assert [run.name for run in subflows] == ["p"]
+    assert all(run.parameters == {"phase": "p"} for run in subflows)
+    # each task's one argument is its plan entry, handed whole (quoted: Prefect does not walk into it)
+    assert all(set(run.task_inputs) == {"plan"} for run in task_runs if "command_task" in run.task_key)
 
 
 @pytest.mark.parametrize("spec_text, store, expected", [

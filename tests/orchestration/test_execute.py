@@ -41,8 +41,8 @@ def _run(tmp_path: Path, *, timeouts: bool = True) -> BenchmarkRun:
 
 
 def _exec(run: BenchmarkRun, phase: str, command: str) -> CommandReport:
-    phase_run = run.begin_phase(run.phase_spec(phase))
-    return execute(run.plan_command(phase_run, run.command_spec(phase_run.spec, command)))
+    phase_run = run.begin_phase(run.plan.phase(phase))
+    return execute(run.dispatch(phase_run, phase_run.phase.command(command)))
 
 
 def test_a_90s_command_with_1_5s_left_in_its_phase_stops_on_the_inherited_deadline(tmp_path: Path) -> None:
@@ -84,8 +84,8 @@ def test_a_missing_executable_is_failed_with_a_reason_naming_it(tmp_path: Path) 
 
 def test_timeouts_disabled_gives_an_unlimited_budget(tmp_path: Path) -> None:
     run = _run(tmp_path, timeouts=False)
-    phase_run = run.begin_phase(run.phase_spec("short"))
-    plan = run.plan_command(phase_run, run.command_spec(phase_run.spec, "sleeper"))
+    phase_run = run.begin_phase(run.plan.phase("short"))
+    plan = run.dispatch(phase_run, phase_run.phase.command("sleeper"))
     assert plan.budget.remaining() == float("inf")
-    assert run.phase_backstop(phase_run.spec) is None
+    assert run.phase_backstop(phase_run.phase) is None
     assert os.environ.get("GRD_TIME_LEFT_S") is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 from grd_blocks.budget import Budget
 from grd_blocks.orchestration.policy import RunGate
 from grd_blocks.orchestration.status import Status
@@ -65,10 +63,9 @@ def test_an_expired_phase_budget_skips_and_marks_the_phase_expired() -> None:
 
 
 def test_cancellation_marks_unstarted_commands_cancelled() -> None:
-    cancel = threading.Event()
     clock = FakeClock()
     bench = Budget.after(100, name="b", level="benchmark", clock=clock)
-    run = RunGate(bench, cancel)
-    cancel.set()
+    run = RunGate(bench)
+    bench.cancel("the run was stopped")
     skip = run.phase(bench.child(None, name="p", level="phase")).skip()
     assert skip is not None and skip.status is Status.CANCELLED

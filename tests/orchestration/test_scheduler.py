@@ -37,7 +37,7 @@ def test_max_parallel_runs_commands_at_the_same_time() -> None:
         barrier.wait()  # passes only if all three run at once
         return _ok(cmd)
 
-    rows = run_commands([Cmd("a"), Cmd("b"), Cmd("c")], start=start, gate=Gate(), cancel=threading.Event(),
+    rows = run_commands([Cmd("a"), Cmd("b"), Cmd("c")], start=start, gate=Gate(), on_interrupt=lambda: None,
                         max_parallel=3)
     assert [r.name for r in rows] == ["a", "b", "c"]
     assert {r.status for r in rows} == {Status.COMPLETED}
@@ -56,7 +56,7 @@ def test_sequential_phase_never_overlaps_commands() -> None:
             running.remove(cmd.name)
         return _ok(cmd)
 
-    run_commands([Cmd(str(i)) for i in range(20)], start=start, gate=Gate(), cancel=threading.Event())
+    run_commands([Cmd(str(i)) for i in range(20)], start=start, gate=Gate(), on_interrupt=lambda: None)
     assert overlaps == [False] * 20
 
 
@@ -72,7 +72,7 @@ def test_commands_after_a_stop_are_skipped_and_never_started() -> None:
         return _ok(cmd)
 
     commands = [Cmd("a"), Cmd("b"), Cmd("c"), Cmd("d")]
-    rows = run_commands(commands, start=start, gate=gate, cancel=threading.Event())
+    rows = run_commands(commands, start=start, gate=gate, on_interrupt=lambda: None)
     assert started == ["a", "b"]
     assert [r.status for r in rows] == [Status.COMPLETED, Status.TIMEOUT, Status.SKIPPED, Status.SKIPPED]
     assert rows[3].reason == "on_timeout=stop_phase after 'p.b' timed out"
@@ -88,7 +88,8 @@ def test_reused_rows_are_not_started_again() -> None:
     def reuse(cmd: Cmd) -> CommandReport | None:
         return _ok(cmd).model_copy(update={"resumed": True}) if cmd.name == "a" else None
 
-    rows = run_commands([Cmd("a"), Cmd("b")], start=start, gate=Gate(), cancel=threading.Event(), reuse=reuse)
+    rows = run_commands([Cmd("a"), Cmd("b")], start=start, gate=Gate(), on_interrupt=lambda: None,
+                        reuse=reuse)
     assert started == ["b"] and rows[0].resumed and not rows[1].resumed
 
 
@@ -96,7 +97,7 @@ def test_a_crashing_start_becomes_a_failed_row_not_a_lost_command() -> None:
     def start(cmd: Cmd) -> CommandReport:
         raise RuntimeError("boom")
 
-    [row] = run_commands([Cmd("a")], start=start, gate=Gate(), cancel=threading.Event())
+    [row] = run_commands([Cmd("a")], start=start, gate=Gate(), on_interrupt=lambda: None)
     assert row.status is Status.FAILED and "boom" in (row.reason or "")
 
 
@@ -115,6 +116,6 @@ def test_an_interruption_sets_cancel_and_joins_running_commands_first() -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_commands([Cmd("slow"), Cmd("fast")], start=start, gate=Gate(), cancel=cancel, max_parallel=2,
-                     done=done)
+        run_commands([Cmd("slow"), Cmd("fast")], start=start, gate=Gate(), on_interrupt=cancel.set,
+                     max_parallel=2, done=done)
     assert cancel.is_set() and sorted(finished) == ["fast", "slow"]

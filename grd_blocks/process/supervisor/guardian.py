@@ -28,22 +28,11 @@ import traceback
 from pathlib import Path
 
 from grd_blocks.process import cgroup, linux, procfs, wire
-from grd_blocks.process.supervisor.keeper import keeper_main
+from grd_blocks.process.supervisor.keeper import STRAY_SIGNALS, keeper_main
 
 __all__ = ["main"]
 
-_IGNORED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGPIPE,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
+_IGNORED = (*STRAY_SIGNALS, signal.SIGTERM)  # a keeper stops its tree on SIGTERM; the guardian only on EOF
 
 
 class Guardian:

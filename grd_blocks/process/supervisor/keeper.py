@@ -44,10 +44,10 @@ from typing import Any
 
 from grd_blocks.process import cgroup, linux, procfs, wire
 
-__all__ = ["KILL_WAIT_S", "Keeper"]
+__all__ = ["KILL_WAIT_S", "STRAY_SIGNALS", "Keeper"]
 
 KILL_WAIT_S = 5.0  # how long SIGKILLed members get to disappear before the keeper gives up waiting
-_IGNORED = (
+STRAY_SIGNALS = (  # what a terminal, a shell or the process group may send: every supervisor ignores them
     signal.SIGINT,
     signal.SIGHUP,
     signal.SIGQUIT,
@@ -96,7 +96,7 @@ class Keeper:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, _noop)
         signal.signal(signal.SIGTERM, self._on_term)
-        for signum in _IGNORED:
+        for signum in STRAY_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         linux.set_parent_death_signal(signal.SIGTERM)
         # Host pids, read from the host's /proc before a namespace's own /proc hides them (getppid() is 0

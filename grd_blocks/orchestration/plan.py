@@ -1,0 +1,129 @@
+"""The plan of a benchmark: every phase and command of a spec, resolved once, as plain picklable values.
+
+Invariant: ``plan_benchmark`` is the one place where precedence (``resolve_command``) and ``timeouts: false``
+are applied; everything after it reads the resolved values and never the spec. A command's entry carries all
+it needs to start (what to run, where, its extra environment, its own timeout, grace, warning and
+``on_timeout``); its budget is not in the plan: a budget starts when its node starts (``planning.py``).
+With timeouts disabled every timeout and warning is None (cleanups included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from grd_blocks.orchestration.planning import cleanup_timeout
+from grd_blocks.spec import BenchmarkSpec, CommandSpec, OnTimeout, PhaseSpec, WarnSpec, resolve_command
+
+__all__ = ["BenchmarkPlan", "PhasePlan", "PlannedCommand", "plan_benchmark"]
+
+
+@dataclass(frozen=True)
+class PlannedCommand:
+    """One command (or cleanup) with its settings resolved; ``phase`` is its phase's name, or the benchmark's
+    for the benchmark's own cleanup."""
+
+    phase: str
+    name: str
+    run: str | tuple[str, ...]
+    timeout_s: float | None
+    grace_s: float
+    on_timeout: OnTimeout
+    warn: WarnSpec | None = None
+    cwd: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    cleanup: bool = False
+
+    @property
+    def label(self) -> str:
+        """``phase.command``: its name in logs, task runs and progress."""
+        return f"{self.phase}.{self.name}"
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase: its own timeout, its concurrency, its commands in order and its cleanup."""
+
+    name: str
+    timeout_s: float | None
+    max_parallel: int
+    commands: tuple[PlannedCommand, ...]
+    cleanup: PlannedCommand | None = None
+
+    def command(self, name: str) -> PlannedCommand:
+        """The command (or cleanup) of this phase called ``name``; ``KeyError`` if there is none."""
+        found = [c for c in self.commands if c.name == name]
+        if self.cleanup is not None and self.cleanup.name == name:
+            found.append(self.cleanup)
+        if found:
+            return found[0]
+        raise KeyError(f"phase {self.name!r} has no command {name!r}")
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """The whole benchmark: ``timeouts`` False when the spec (or the caller) turned every deadline off."""
+
+    name: str
+    source: str
+    timeout_s: float | None
+    timeouts: bool
+    phases: tuple[PhasePlan, ...]
+    cleanup: PlannedCommand | None = None
+
+    def phase(self, name: str) -> PhasePlan:
+        """The phase called ``name``; ``KeyError`` if there is none."""
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise KeyError(f"benchmark {self.name!r} has no phase {name!r}")
+
+
+def _command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec, *, timeouts: bool,
+             cleanup: bool) -> PlannedCommand:
+    resolved = resolve_command(spec, phase, command)
+    if cleanup:
+        timeout = cleanup_timeout(command.timeout, timeouts=timeouts)
+    else:
+        timeout = resolved.timeout_s if timeouts else None
+    cwd = None
+    if command.cwd is not None:
+        cwd = Path(command.cwd) if Path(command.cwd).is_absolute() else spec.base_dir / command.cwd
+    return PlannedCommand(
+        phase=phase.name if phase is not None else spec.name,
+        name=command.name,
+        run=command.run if isinstance(command.run, str) else tuple(command.run),
+        timeout_s=timeout,
+        grace_s=resolved.grace_s,
+        on_timeout=resolved.on_timeout,
+        warn=resolved.warn if timeouts else None,
+        cwd=cwd,
+        env=tuple(command.env.items()),
+        cleanup=cleanup,
+    )
+
+
+def plan_benchmark(spec: BenchmarkSpec, *, timeouts: bool = True) -> BenchmarkPlan:
+    """Resolve every command of ``spec`` once (``timeouts`` False, or the spec's, drops every deadline)."""
+    timeouts = timeouts and spec.timeouts
+    phases = tuple(
+        PhasePlan(
+            name=phase.name,
+            timeout_s=phase.timeout if timeouts else None,
+            max_parallel=phase.max_parallel,
+            commands=tuple(_command(spec, phase, command, timeouts=timeouts, cleanup=False)
+                           for command in phase.commands),
+            cleanup=None if phase.cleanup is None
+            else _command(spec, phase, phase.cleanup, timeouts=timeouts, cleanup=True),
+        )
+        for phase in spec.phases
+    )
+    return BenchmarkPlan(
+        name=spec.name,
+        source=str(spec.source),
+        timeout_s=spec.timeout if timeouts else None,
+        timeouts=timeouts,
+        phases=phases,
+        cleanup=None if spec.cleanup is None
+        else _command(spec, None, spec.cleanup, timeouts=timeouts, cleanup=True),
+    )
