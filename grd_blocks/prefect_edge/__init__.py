@@ -5,6 +5,7 @@ Nothing in the core (budgets, process runner, checkpoint commit protocol) import
 
 from __future__ import annotations
 
+from grd_blocks.budget.ledger import ApprovalLedger, ApprovalRecord
 from grd_blocks.prefect_edge.artifacts import approval_artifact_key, artifact_key, publish_approval_audit
 from grd_blocks.prefect_edge.events import (
     EVENT_NAMES,
@@ -16,7 +17,7 @@ from grd_blocks.prefect_edge.events import (
     run_resource_id,
     run_resumed,
 )
-from grd_blocks.prefect_edge.ledger import ApprovalLedger, ApprovalRecord, open_ledger
+from grd_blocks.prefect_edge.ledger import open_ledger
 
 __all__ = [
     "EVENT_NAMES",

@@ -6,7 +6,8 @@ budget, an earlier attempt with the same run key was approved (the ledger in the
 with approve=true. A rejection raises ``ApprovalRejected`` and holds for the run key, like an approval; an
 unanswered request raises ``ApprovalExpired`` and a retry asks again. Every request and decision is
 committed to the ledger (``{store}/{run_key}/approval``) BEFORE the run goes on, and republished as the
-audit artifact ``grd-approval-<run key>``.
+audit artifact ``grd-approval-<run key>``. The rules that decide without a person are the core's
+(``budget.approval.estimate_fits`` and ``settle``); this module adds the person: the paused run's form.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 
 from pydantic import Field
 
-from grd_blocks.budget.approval import AskApproval
+from grd_blocks.budget.approval import AskApproval, estimate_fits, settle
+from grd_blocks.budget.ledger import ApprovalLedger, ApprovalRecord, RecordKind, utc_now
 from grd_blocks.errors import ApprovalExpired, ApprovalRejected, UsageError
 from grd_blocks.prefect_edge.artifacts import publish_approval_audit
 from grd_blocks.prefect_edge.events import emit_grd_event
-from grd_blocks.prefect_edge.ledger import ApprovalLedger, ApprovalRecord, RecordKind, open_ledger, utc_now
+from grd_blocks.prefect_edge.ledger import open_ledger
 
 __all__ = ["Approval", "ApprovalInput", "approval_asker", "approve_flow_run", "require_approval"]
 
@@ -138,24 +140,15 @@ def require_approval(
     ``timeout_s``: how long the paused run waits for an answer before ``ApprovalExpired``.
     """
     _check(run_key, estimate_s, default_budget_s)
-    if default_budget_s is None or estimate_s <= default_budget_s:
+    if default_budget_s is None or estimate_fits(estimate_s, default_budget_s):
         return Approval(True, default_budget_s, "policy", "the estimate fits the default budget", utc_now(),
                         estimate_s=estimate_s)
     ledger = open_ledger(store, run_key)
     flow_run_id = _flow_run_id()
-    earlier = ledger.decision()
-    if earlier is not None:
-        _record(ledger, ApprovalRecord("reused", utc_now(), earlier.who, estimate_s, earlier.limit_s,
-                                       f"decision of {earlier.at} holds for this run key", flow_run_id),
-                default_budget_s)
-        if earlier.kind == "rejected":
-            raise ApprovalRejected(run_key, who=earlier.who, reason=earlier.reason)
-        return _from_record(earlier, asked=False, reused=True)
-    if auto_approve:
-        decision = ApprovalRecord("approved", utc_now(), "auto_approve", estimate_s, estimate_s,
-                                  "auto_approve=True (CI)", flow_run_id)
-        _record(ledger, decision, default_budget_s)
-        return _from_record(decision, asked=False, reused=False)
+    settled = settle(ledger, estimate_s, auto_approve=auto_approve, flow_run_id=flow_run_id,
+                     note=lambda record: _record(ledger, record, default_budget_s))
+    if settled is not None:
+        return _from_record(settled.record, asked=False, reused=settled.reused)
     if flow_run_id is None:
         raise UsageError(
             f"run {run_key!r} is estimated at {estimate_s:.0f}s, over its default budget of "

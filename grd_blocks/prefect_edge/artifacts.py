@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Sequence
 
-from grd_blocks.prefect_edge.ledger import ApprovalRecord
+from grd_blocks.budget.ledger import ApprovalRecord
 
 __all__ = [
     "approval_artifact_key",

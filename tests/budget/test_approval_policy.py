@@ -1,14 +1,17 @@
 """The long-run approval policy (budget/approval.py), the one benchmarks and training share: no approval
 budget asks nothing and bounds nothing; no estimate caps at the approval budget without asking, and says so;
-otherwise the limit is what ``ask`` decided."""
+otherwise the limit is what ``ask`` decided. ``settle`` decides without a person: a recorded decision holds
+for the run key (a rejection is raised again), ``auto_approve`` approves and records it."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from grd_blocks.budget.approval import Limit, approved_limit
+from grd_blocks.budget.approval import Limit, approved_limit, estimate_fits, settle
+from grd_blocks.budget.ledger import ApprovalLedger, ApprovalRecord, utc_now
 from grd_blocks.errors import ApprovalRejected, DurationError
 
 
@@ -61,3 +64,36 @@ def test_a_malformed_approval_budget_is_refused_naming_the_parameter_before_anyt
 
     with pytest.raises(DurationError, match=r"^approval_budget: duration 'soon' is invalid"):
         approved_limit("r", 9000.0, "soon", ask=ask, no_estimate="-", log=logging.getLogger("t"))
+
+
+def _ledger(tmp_path: Path) -> ApprovalLedger:
+    from grd_blocks.checkpoint import CheckpointEngine
+
+    return ApprovalLedger(CheckpointEngine(str(tmp_path / "store")).run("rk").child("approval"), "rk")
+
+
+def test_an_estimate_within_the_default_budget_or_without_one_needs_no_decision() -> None:
+    assert estimate_fits(600, 600) and estimate_fits(10_000, None) and not estimate_fits(601, 600)
+
+
+def test_settle_asks_nobody_when_the_run_key_was_decided_and_records_the_reuse(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    assert settle(ledger, 1200, auto_approve=False, flow_run_id="fr-1", note=ledger.append) is None
+    ledger.append(ApprovalRecord("approved", utc_now(), "ana", 1200, 900.0, "fine", "fr-1"))
+    settled = settle(ledger, 1300, auto_approve=False, flow_run_id="fr-2", note=ledger.append)
+    assert settled is not None and settled.reused and settled.record.limit_s == 900.0
+    assert [r.kind for r in ledger.records()] == ["approved", "reused"]
+    assert ledger.records()[-1].flow_run_id == "fr-2" and ledger.records()[-1].estimate_s == 1300
+
+
+def test_settle_raises_a_recorded_rejection_again_and_auto_approve_records_its_approval(
+    tmp_path: Path,
+) -> None:
+    rejected = _ledger(tmp_path / "a")
+    rejected.append(ApprovalRecord("rejected", utc_now(), "bo", 1200, None, "too long", "fr-1"))
+    with pytest.raises(ApprovalRejected, match="too long"):
+        settle(rejected, 1200, auto_approve=True, flow_run_id="fr-2", note=rejected.append)
+    fresh = _ledger(tmp_path / "b")
+    settled = settle(fresh, 1200, auto_approve=True, flow_run_id=None, note=fresh.append)
+    assert settled is not None and not settled.reused and settled.record.who == "auto_approve"
+    assert [(r.kind, r.limit_s) for r in fresh.records()] == [("approved", 1200)]

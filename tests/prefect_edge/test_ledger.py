@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from grd_blocks.budget.ledger import ApprovalRecord, utc_now
 from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.errors import ConfigError
 from grd_blocks.prefect_edge.artifacts import approval_artifact_key, artifact_key, render_audit
-from grd_blocks.prefect_edge.ledger import ApprovalRecord, open_ledger, utc_now
+from grd_blocks.prefect_edge.ledger import open_ledger
 
 
 def _record(kind: str, who: str = "ana", limit_s: float | None = 600.0) -> ApprovalRecord:
