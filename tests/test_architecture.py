@@ -123,3 +123,12 @@ def test_nothing_in_orchestration_finds_its_run_or_spec_through_a_context_variab
              if (isinstance(node, ast.Name) and node.id == "ContextVar")
              or (isinstance(node, ast.Attribute) and node.attr == "ContextVar")]
     assert not named, f"{path}: makes or reads a ContextVar at line(s) {named}; hand the plan entry instead"
+
+
+def test_the_checkpoint_store_names_no_integration_even_in_a_string() -> None:
+    """Trackers reach the store through the ``grd.trackers`` entry points, not an import by name."""
+    store = [path for path in SOURCES if _within(_module(path), CHECKPOINT)]
+    named = [f"{path.relative_to(LIBRARY)}:{number}" for path in store
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if "grd_blocks.integrations" in line]
+    assert not named, named

@@ -6,18 +6,20 @@ Invariants:
   run" is often thread-local), and called after the checkpoint is committed and ``LATEST.json`` moved, in the
   thread that committed it; nothing is reported for a save that did not commit.
 * An observer's failure is logged and never raised: the checkpoint is committed whatever a tracker says.
-* A tracker's module is imported here only when the user's code has already imported the tracker itself
-  (MLflow: ``mlflow`` in ``sys.modules``), so the store never pulls one in; ``GRD_TRACKING=0`` turns the
-  automatic ones off.
+* Trackers are found through the ``grd.trackers`` entry points (pyproject.toml: the tracker's module name ->
+  a function returning the observer of its active run), so the store names no integration. One is loaded
+  only when the user's code has already imported the tracker itself (MLflow: ``mlflow`` in ``sys.modules``),
+  so the store never pulls one in; ``GRD_TRACKING=0`` turns the automatic ones off.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 
 from grd_blocks.checkpoint.payload.manifest import Manifest
 from grd_blocks.checkpoint.refs import CheckpointRef
@@ -26,8 +28,13 @@ logger = logging.getLogger("grd.checkpoint")
 
 Observer = Callable[[CheckpointRef, Manifest], None]
 
-# tracker module -> "module:function" returning the observer of its active run (None without one)
-AUTOMATIC: dict[str, str] = {"mlflow": "grd_blocks.integrations.mlflow:observer_for_active_run"}
+TRACKERS_GROUP = "grd.trackers"
+
+
+@functools.cache
+def trackers() -> dict[str, EntryPoint]:
+    """Tracker module name -> the entry point of the function returning its active run's observer."""
+    return {point.name: point for point in entry_points(group=TRACKERS_GROUP)}
 
 
 def bind_automatic(environ: dict[str, str] | None = None) -> list[Observer]:
@@ -36,12 +43,11 @@ def bind_automatic(environ: dict[str, str] | None = None) -> list[Observer]:
     if env.get("GRD_TRACKING", "1") == "0":
         return []
     bound: list[Observer] = []
-    for tracker, target in AUTOMATIC.items():
+    for tracker, point in trackers().items():
         if tracker not in sys.modules:
             continue
-        module_name, _, function = target.partition(":")
         try:
-            observer = getattr(importlib.import_module(module_name), function)()
+            observer = point.load()()
         except Exception:  # a tracker we cannot talk to must not fail the save
             logger.warning("cannot report checkpoints to %s", tracker, exc_info=True)
             continue
