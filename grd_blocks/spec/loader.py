@@ -8,13 +8,15 @@ float): tests/spec/test_loader_fuzz.py feeds it thousands of mutations. The YAML
 event (iteratively: syntax errors and the depth limit are found there, before anything recursive runs), then
 composed into a node tree, so every mapping key and list item keeps the line it started on, and a pydantic
 error location maps back to the nearest line the user wrote. Environment values written as YAML numbers or
-booleans keep their exact text (``SEED: 01`` is ``"01"``, not ``"1"``).
+booleans keep their exact text (``SEED: 01`` is ``"01"``, not ``"1"``). ``load_spec`` reads the file each
+time but parses the same text at the same place once per process (the spec is frozen, so it is shared).
 """
 
 from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import os
 import stat
 from pathlib import Path
@@ -417,4 +419,11 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
             file=file,
             fix="check it exists and is readable",
         ) from None
-    return parse_spec(text, source=str(file), base_dir=file.resolve().parent)
+    return _parsed(text, str(file), file.resolve().parent)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(text: str, source: str, base_dir: Path) -> BenchmarkSpec:
+    """A file's text is parsed once per process (the CLI's preflight and the flow it starts read the same
+    file): the same text at the same place gives the same (frozen) spec; changed text is parsed anew."""
+    return parse_spec(text, source=source, base_dir=base_dir)
