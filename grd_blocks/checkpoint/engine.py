@@ -19,7 +19,53 @@ from grd_blocks.checkpoint.storage.fsio import check_store_url, guard, open_fs
 from grd_blocks.checkpoint.storage.layout import basename, join, validate_run_key
 
 
-class CheckpointEngine:
+class RunOperations:
+    """The store operations of docs/design.md, each naming its run key, written once on top of ``run()``
+    (the engine here; the Prefect Block, which has the same operations, through its engine)."""
+
+    def run(self, run_key: str) -> RunCheckpoints:
+        """One run's checkpoints."""
+        raise NotImplementedError
+
+    def save_checkpoint(
+        self,
+        run_key: str,
+        *,
+        state: Mapping[str, Any],
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CheckpointRef:
+        """Commit ``state`` as ``{run_key}/step_{step}`` (or ``epoch_{epoch}``)."""
+        return self.run(run_key).save(state, step=step, epoch=epoch, metrics=metrics, metadata=metadata)
+
+    def latest_checkpoint(self, run_key: str) -> CheckpointRef | None:
+        """The newest committed checkpoint of ``run_key``, or None."""
+        return self.run(run_key).latest()
+
+    def load_checkpoint(
+        self,
+        run_key: str,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        into: Mapping[str, Any] | None = None,
+        map_location: Any = "cpu",
+    ) -> dict[str, Any] | None:
+        """The latest valid checkpoint's state (or exactly step/epoch); restores ``into`` in place."""
+        return self.run(run_key).load(step=step, epoch=epoch, into=into, map_location=map_location)
+
+    def list_checkpoints(self, run_key: str) -> list[CheckpointRef]:
+        """Every committed checkpoint of ``run_key``, oldest first."""
+        return self.run(run_key).checkpoints()
+
+    def resume_hints(self, run_key: str, *, target: int | None = None) -> ResumeHints:
+        """Where ``run_key`` should resume, and how far it is from ``target``."""
+        return self.run(run_key).hints(target=target)
+
+
+class CheckpointEngine(RunOperations):
     """A store URL (``./checkpoints``, ``s3://bucket/prefix``, ``memory://x``) plus retention options."""
 
     def __init__(
@@ -56,38 +102,6 @@ class CheckpointEngine:
             storage_options=self.storage_options,
             retention=self.retention,
         )
-
-    def save_checkpoint(
-        self,
-        run_key: str,
-        *,
-        state: Mapping[str, Any],
-        step: int | None = None,
-        epoch: int | None = None,
-        metrics: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> CheckpointRef:
-        return self.run(run_key).save(state, step=step, epoch=epoch, metrics=metrics, metadata=metadata)
-
-    def latest_checkpoint(self, run_key: str) -> CheckpointRef | None:
-        return self.run(run_key).latest()
-
-    def load_checkpoint(
-        self,
-        run_key: str,
-        *,
-        step: int | None = None,
-        epoch: int | None = None,
-        into: Mapping[str, Any] | None = None,
-        map_location: Any = "cpu",
-    ) -> dict[str, Any] | None:
-        return self.run(run_key).load(step=step, epoch=epoch, into=into, map_location=map_location)
-
-    def list_checkpoints(self, run_key: str) -> list[CheckpointRef]:
-        return self.run(run_key).checkpoints()
-
-    def resume_hints(self, run_key: str, *, target: int | None = None) -> ResumeHints:
-        return self.run(run_key).hints(target=target)
 
     def list_runs(self) -> list[str]:
         """Run keys that have a directory in the store (valid run-key names only), sorted."""

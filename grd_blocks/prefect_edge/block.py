@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from fsspec.core import split_protocol
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
-from grd_blocks.checkpoint import CheckpointEngine, CheckpointRef, ResumeHints, RunCheckpoints
+from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
+from grd_blocks.checkpoint.engine import RunOperations
 from grd_blocks.errors import ConfigError
 from grd_blocks.orchestration.environment import SECRET_WORDS, StoreAccess, absolute_url
 
@@ -29,7 +29,7 @@ _S3_PROTOCOLS = ("s3", "s3a")
 _BLOCK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
-class CheckpointStore(Block):
+class CheckpointStore(Block, RunOperations):
     """Crash-consistent checkpoints for long jobs, on local disk or any fsspec store (S3 and compatible).
 
     A checkpoint exists only once its MANIFEST.json (sizes and sha256 of every payload file) is committed;
@@ -165,51 +165,10 @@ class CheckpointStore(Block):
         retention included): the same variables a benchmark command gets (``access().environment``)."""
         return self.access().environment(run_key, *parts)
 
-    # ------------------------------------------------------------------ docs/design.md operations
+    # ------------------------------------------------------------------ the store operations (RunOperations)
     def run(self, run_key: str) -> RunCheckpoints:
         """One run's checkpoints (keep the object to use ``save_async``/``flush``)."""
         return self.engine().run(run_key)
-
-    def save_checkpoint(
-        self,
-        run_key: str,
-        *,
-        state: Mapping[str, Any],
-        step: int | None = None,
-        epoch: int | None = None,
-        metrics: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> CheckpointRef:
-        """Commit ``state`` as ``{run_key}/step_{step}`` (or ``epoch_{epoch}``)."""
-        return self.engine().save_checkpoint(
-            run_key, state=state, step=step, epoch=epoch, metrics=metrics, metadata=metadata
-        )
-
-    def latest_checkpoint(self, run_key: str) -> CheckpointRef | None:
-        """The newest committed checkpoint of ``run_key``, or None."""
-        return self.engine().latest_checkpoint(run_key)
-
-    def load_checkpoint(
-        self,
-        run_key: str,
-        *,
-        step: int | None = None,
-        epoch: int | None = None,
-        into: Mapping[str, Any] | None = None,
-        map_location: Any = "cpu",
-    ) -> dict[str, Any] | None:
-        """The latest valid checkpoint's state (or exactly step/epoch); restores ``into`` in place."""
-        return self.engine().load_checkpoint(
-            run_key, step=step, epoch=epoch, into=into, map_location=map_location
-        )
-
-    def list_checkpoints(self, run_key: str) -> list[CheckpointRef]:
-        """Every committed checkpoint of ``run_key``, oldest first."""
-        return self.engine().list_checkpoints(run_key)
-
-    def resume_hints(self, run_key: str, *, target: int | None = None) -> ResumeHints:
-        """Where ``run_key`` should resume, and how far it is from ``target``."""
-        return self.engine().resume_hints(run_key, target=target)
 
     def list_runs(self) -> list[str]:
         """Run keys present in the store."""
