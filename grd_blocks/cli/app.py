@@ -1,7 +1,7 @@
 """The `grd` parser and dispatch: `grd run`, `grd store`, `grd checkpoints`, `grd approve`.
 
 Invariant: every subcommand is a handler ``func(args) -> exit code`` registered by its module; an error a
-handler raises ends as one line and the exit code ``exits.exit_code_for`` gives it (the package docstring
+handler raises ends as one line and the exit code ``status.exit_code_for`` gives it (the package docstring
 lists the codes); a usage error argparse finds is one line and exit 2.
 """
 

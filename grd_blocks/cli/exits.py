@@ -1,11 +1,8 @@
-"""How every `grd` subcommand ends on an error: one line on stderr and one exit code, from one table.
+"""How every `grd` subcommand ends on an error: one line on stderr and one exit code.
 
-Invariant: the exit code of an error is decided here and nowhere else (docs/design.md, "grd run"):
-2 when the input is wrong and the user fixes it (a spec, a flag, a run key, a block field, a duration, a
-checkpoint that does not exist: every ``ValueError`` grd raises, and ``CheckpointNotFound``); 1 when the work
-or the store failed (an unreachable or failing store, a damaged checkpoint, a refused approval: any other
-``GrdError``); 130 for Ctrl-C. Anything else is a bug in grd and keeps its traceback. A message is printed as
-one line: control characters (a newline in a path a user typed) are written as their escapes.
+Invariant: the code is ``status.exit_code_for``'s (every exit code grd uses is decided in
+``orchestration/status.py``); an error it gives no code is a bug in grd and keeps its traceback. A message is
+printed as one line: control characters (a newline in a path a user typed) are written as their escapes.
 """
 
 from __future__ import annotations
@@ -15,26 +12,11 @@ import functools
 import sys
 from collections.abc import Callable
 
-from grd_blocks.errors import CheckpointNotFound, GrdError, StoreUnavailable
-from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_USAGE
+from grd_blocks.orchestration.status import EXIT_USAGE, exit_code_for
 
-__all__ = ["Handler", "end_with", "exit_code_for", "fail", "guarded", "one_line"]
+__all__ = ["Handler", "end_with", "fail", "guarded", "one_line"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def exit_code_for(exc: BaseException) -> int | None:
-    """The exit code ``exc`` ends a subcommand with; None for an error that is not the user's or the store's
-    (a bug: let it raise)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_SIGINT
-    if isinstance(exc, StoreUnavailable):  # an OSError, never a ValueError: checked first all the same
-        return EXIT_FAILED
-    if isinstance(exc, ValueError | CheckpointNotFound):
-        return EXIT_USAGE
-    if isinstance(exc, GrdError):
-        return EXIT_FAILED
-    return None
 
 
 def one_line(message: str) -> str:

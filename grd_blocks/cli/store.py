@@ -1,8 +1,9 @@
 """``grd store create`` and ``grd checkpoints ls|show|verify|rm|gc``: the checkpoint store from a shell.
 
 Invariant: every subcommand returns an exit code (0 ok, 1 a checkpoint is damaged or the store failed, 2 bad
-input: exits.py decides) and prints errors as one ``grd: error: ...`` line on stderr naming what was wrong;
-secrets are never taken on the command line (``--aws-credentials-from-env`` reads them from the environment).
+input: orchestration/status.py decides) and prints errors as one ``grd: error: ...`` line on stderr naming
+what was wrong; secrets are never taken on the command line (``--aws-credentials-from-env`` reads them from
+the environment).
 """
 
 from __future__ import annotations

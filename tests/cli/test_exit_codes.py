@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from grd_blocks.cli.exits import exit_code_for, guarded
+from grd_blocks.cli.exits import guarded
 from grd_blocks.errors import (
     ApprovalRejected,
     CheckpointCorrupt,
@@ -20,6 +20,7 @@ from grd_blocks.errors import (
     StoreUnavailable,
     UsageError,
 )
+from grd_blocks.orchestration.status import exit_code_for
 
 
 @pytest.mark.parametrize(("error", "code"), [
