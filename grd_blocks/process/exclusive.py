@@ -1,11 +1,14 @@
 """At most one copy of a command runs per key on this machine: a newer start stops the older copy first.
 
 Invariant: a key's lock (``flock`` on ``<runtime dir>/<key>.lock``) is held by the keeper of the copy that
-runs, for as long as that keeper lives: the keeper holds the descriptor and the kernel drops the lock when it
-exits, however it exits. A start that finds the lock held asks the holder's keeper to stop its tree (SIGTERM
-to the keeper: its own ladder, within the holder's grace), waits for the lock up to that grace plus
-``KILL_WAIT_S``, then kills the holder's tree from outside and waits once more; it never starts while the lock
-is held, and says what it stopped. The runtime directory is ``$GRD_RUNTIME_DIR``, else
+runs, until that copy's whole tree is gone: the keeper holds the descriptor and closes it only then (to serve
+another command) or by exiting, however it exits. A start that finds the lock held asks the holder's keeper to
+stop its tree: it writes the stop mark into the lock file, then sends the keeper ``TAKEOVER_SIGNAL``; the
+keeper runs its own ladder within the holder's grace if a lock it holds carries the mark (so a keeper that has
+moved on to another command ignores the request), and a keeper that saw the mark is never reused. The start
+waits for the lock up to that grace plus ``KILL_WAIT_S``, then kills the holder's tree from outside and waits
+once more; it never starts while the lock is held, clears the mark once it holds the lock, and says what it
+stopped. The runtime directory is ``$GRD_RUNTIME_DIR``, else
 ``$XDG_RUNTIME_DIR/grd``, else ``<tmp>/grd-<uid>``: one machine, not a cluster.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from grd_blocks.errors import ProcessError
 from grd_blocks.process import procfs
+from grd_blocks.process.supervisor.keeper import STOP_MARK, STOP_MARK_OFFSET, TAKEOVER_SIGNAL
 
 __all__ = ["KILL_WAIT_S", "Claim", "claim", "runtime_dir"]
 
@@ -85,7 +89,7 @@ def claim(key: str) -> Claim:
             f"cannot open the lock {path} ({exc}): set GRD_RUNTIME_DIR to a writable folder"
         ) from exc
     if _try_lock(fd):
-        return Claim(fd, path)
+        return _held(fd, path)
     started = time.monotonic()
     holder = _holder(fd)
     keeper = _live_keeper(holder)
@@ -93,8 +97,10 @@ def claim(key: str) -> Claim:
     grace = float(grace) if isinstance(grace, int | float) else 5.0
     label = holder.get("label") or key
     if keeper is not None:
+        with contextlib.suppress(OSError):
+            os.pwrite(fd, STOP_MARK, STOP_MARK_OFFSET)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(keeper, signal.SIGTERM)  # the keeper stops its tree: SIGTERM, its grace, SIGKILL
+            os.kill(keeper, TAKEOVER_SIGNAL)  # the keeper stops its tree: SIGTERM, its grace, SIGKILL
     if not _wait_lock(fd, grace + KILL_WAIT_S):
         if keeper is not None:
             _kill_from_outside(keeper)
@@ -107,6 +113,13 @@ def claim(key: str) -> Claim:
     took = time.monotonic() - started
     what = f"keeper pid {keeper}" if keeper is not None else "a copy whose keeper was already exiting"
     stopped = f"stopped an earlier copy still running ({what}); it was gone after {took:.2f}s"
+    return _held(fd, path, stopped)
+
+
+def _held(fd: int, path: Path, stopped: str | None = None) -> Claim:
+    """The lock is ours: clear the previous holder's record and any stop mark left for it."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
     return Claim(fd, path, stopped=stopped)
 
 

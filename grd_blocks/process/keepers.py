@@ -3,9 +3,13 @@
 Invariant: one guardian per grd process, started on first use (and again if it died); this process holds the
 only ends of its sockets to the guardian and to every keeper (close-on-exec, closed in forked children), so
 their EOF tells the supervisors that grd died. A keeper is handed out only after it said ``ready`` (its cgroup
-joined, its namespace made), so a command never starts half-contained; a few are made ahead per mode, so a
-command's start costs one message, not a fork, a namespace and a cgroup move. ``live()`` is an independent
-count: it reads /proc and the cgroup, not what the keeper says.
+joined, its namespace made), so a command never starts half-contained; one is made ahead per mode, so a
+command's start costs one message, not a fork, a namespace and a cgroup move. A keeper goes back to the pool
+for another command (``give_back``) only after its command exited, its tree was reported empty without grd
+having to signal it, and the keeper itself agreed (``reset``: its containment is as it was made, see
+``supervisor.keeper``); anything else releases it, and the guardian removes its cgroup. At most
+``MAX_IDLE`` wait per mode. ``live()`` is an independent count: it reads /proc and the cgroup, not what the
+keeper says.
 
 Modes, strongest first (``GRD_CONTAINMENT`` = ``auto`` (default), ``namespace``, ``cgroup``, ``subreaper``;
 ``GRD_FORCE_FALLBACK=1`` means ``subreaper``): ``namespace`` (the keeper is pid 1 of a PID namespace, plus
@@ -41,6 +45,7 @@ __all__ = [
     "MODES",
     "Keeper",
     "acquire",
+    "give_back",
     "guard_process",
     "requested_mode",
     "shutdown",
@@ -52,7 +57,8 @@ MODES = ("namespace", "cgroup", "subreaper")
 CONTAINMENT_ENV = "GRD_CONTAINMENT"
 FORCE_FALLBACK_ENV = "GRD_FORCE_FALLBACK"
 SUPERVISOR_LOG_ENV = "GRD_SUPERVISOR_LOG"  # a file for the guardian's and keepers' stderr (debugging)
-READY = 2  # keepers made ahead per mode
+READY = 2  # keepers in the pool per mode after a command was handed one (made ahead if the pool is short)
+MAX_IDLE = 8  # keepers kept for reuse per mode; more are released
 START_TIMEOUT_S = 60.0  # how long a guardian or keeper may take to say it is ready (a loaded host)
 REPLY_TIMEOUT_S = 2.0  # how long a keeper may take to answer a signal request before grd acts itself
 
@@ -89,6 +95,9 @@ class Keeper:
         self.lost = False
         self.stopping = False
         self.backstop: dict[str, float] = {}  # the ladder steps the keeper took itself: "term"/"kill" -> time
+        self.signalled = False  # grd asked for a signal or a kill: the tree did not end on its own
+        self.served = 0  # commands it finished (it is reused after each, if it may)
+        self._recycling = False  # reset sent, ``ready`` not yet back
         self._start_time: int | None = None
         self._replies: list[int] = []
         self._main_host_pid: int | None = None
@@ -114,7 +123,11 @@ class Keeper:
 
     def _handle(self, message: dict[str, Any]) -> None:
         event = message.get("event")
+        if self._recycling and event != "ready":
+            return  # about the previous command (its ``empty`` may follow its ``exit``): the reset's answer,
+            # ``ready``, comes after every message about it
         if event == "ready":
+            self._recycling = False
             self.problem = message.get("problem")
             self.pid = message.get("pid")
             self.namespace = message.get("namespace")
@@ -212,6 +225,7 @@ class Keeper:
         if self.lost:
             return None
         self._resume()
+        self.signalled = True
         before = len(self._replies)
         try:
             wire.send(self.sock, message)
@@ -287,6 +301,7 @@ class Keeper:
     def force_kill(self) -> int:
         """Kill the tree without the keeper's help (it died or stopped answering): the cgroup's atomic kill,
         then each process the scan finds, stopped first; then the keeper itself."""
+        self.signalled = True
         members = self.live()
         if self.cgroup is not None:
             cgroup.kill(self.cgroup)
@@ -311,6 +326,35 @@ class Keeper:
     def _is_keeper(self, stat: procfs.ProcStat | None) -> bool:
         same = self._start_time is None or (stat is not None and stat.start == self._start_time)
         return stat is not None and stat.alive and same
+
+    @property
+    def reusable(self) -> bool:
+        """Its command ended on its own (exited with its tree reported empty, or never started) and nothing
+        was signalled or lost: it may serve another command if it agrees (``recycle``)."""
+        ended = (self.exited and self.empty) or (self.spawn_error is not None and not self.exited)
+        return ended and self.ready and not (self.lost or self.stopping or self.signalled or self.backstop)
+
+    def recycle(self) -> bool:
+        """Ask the keeper to serve another command (it answers ``ready`` again, or exits if its containment
+        changed); False, with nothing sent, unless ``reusable``."""
+        if not self.reusable:
+            return False
+        try:
+            wire.send(self.sock, {"op": "reset"})
+        except OSError:
+            self.lost = True
+            return False
+        self.served += 1
+        self._recycling = True
+        self.ready = False
+        self.returncode = None
+        self.exited = self.empty = False
+        self.left = 0
+        self.spawn_error = None
+        self.backstop = {}
+        self._replies.clear()
+        self._main_host_pid = None
+        return True
 
     def close(self) -> None:
         """Release the keeper: it exits (killing anything left) and the guardian removes its cgroup."""
@@ -451,13 +495,14 @@ class _Supervision:
 
     def acquire(self, requested: str) -> Keeper:
         last = "no attempt"
-        for _attempt in range(3):
+        failures = 0
+        while failures < 3:
             with self.lock:
                 guardian = self._link()
                 mode = guardian.mode_for(requested)
                 pool = self.ready[mode]
                 try:
-                    keeper = pool.pop(0) if pool else guardian.request(mode)
+                    keeper = _take(pool) or guardian.request(mode)
                     while len(pool) < READY - 1:
                         pool.append(guardian.request(mode))
                 except OSError as exc:
@@ -465,9 +510,22 @@ class _Supervision:
                     continue
             if keeper.await_ready(START_TIMEOUT_S):
                 return keeper
-            last = keeper.problem or ("it did not answer" if not keeper.lost else "it exited at once")
             keeper.discard()
+            if keeper.served and keeper.lost and keeper.problem is None:
+                continue  # a reused keeper that found its containment changed exits instead: not a failure
+            failures += 1
+            last = keeper.problem or ("it did not answer" if not keeper.lost else "it exited at once")
         raise ProcessError(f"grd could not start a keeper process for the command: {last}")
+
+    def give_back(self, keeper: Keeper) -> None:
+        with self.lock:
+            guardian = self.guardian
+            pool = self.ready.get(keeper.kind)
+            alive = guardian is not None and not guardian.broken and keeper.sock.fileno() >= 0
+            if alive and pool is not None and len(pool) < MAX_IDLE and keeper.recycle():
+                pool.insert(0, keeper)
+                return
+        keeper.close()
 
     def guard(self, pid: int, grace_s: float) -> None:
         stat = procfs.read_stat(pid)
@@ -497,6 +555,17 @@ class _Supervision:
         self.reset()
 
 
+def _take(pool: list[Keeper]) -> Keeper | None:
+    """The first keeper of ``pool`` (the one given back last: its reset answer is a round trip away), after
+    dropping those found gone."""
+    for keeper in list(pool):
+        keeper.pump()
+        if keeper.lost or keeper.problem is not None:
+            pool.remove(keeper)
+            keeper.discard()
+    return pool.pop(0) if pool else None
+
+
 _SUPERVISION = _Supervision()
 atexit.register(_SUPERVISION.close)
 os.register_at_fork(after_in_child=_SUPERVISION.forget)
@@ -512,6 +581,12 @@ def prepare_guardian() -> None:
     is one message, with no window in which the process is not yet guarded."""
     with _SUPERVISION.lock:
         _SUPERVISION._link()
+
+
+def give_back(keeper: Keeper) -> None:
+    """Done with ``keeper``: it waits in the pool for another command if it may (see the module docstring),
+    else it is released."""
+    _SUPERVISION.give_back(keeper)
 
 
 def guard_process(pid: int, grace_s: float = 5.0) -> None:

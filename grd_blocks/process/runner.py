@@ -233,14 +233,15 @@ class _Supervised:
                 keeper.wait_empty(KILL_WAIT_S)
             if not keeper.exited:
                 keeper.wait(lambda: keeper.exited, KILL_WAIT_S)
-            keeper.close()
+            stopped_by = "grd" if reason == "deadline" else None
+            if stopped and keeper.backstop and reason in (None, "deadline"):  # grd missed its deadline; its
+                ladder, reason, stopped_by = self._backstopped(ladder), "deadline", "keeper"  # keeper did not
+            returncode, pid = keeper.returncode, keeper.main_pid
+            taken_over = keeper.stopping and reason is None
+            keepers.give_back(keeper)  # it may serve another command from here on: read it no more
             self.output.finish(DRAIN_S)
-        stopped_by = "grd" if reason == "deadline" else None
-        if keeper.backstop and reason in (None, "deadline"):  # grd missed its deadline; its keeper did not
-            ladder, reason, stopped_by = self._backstopped(ladder), "deadline", "keeper"
-        taken_over = keeper.stopping and reason is None
         return CommandOutcome(
-            returncode=keeper.returncode,
+            returncode=returncode,
             timed_out=reason == "deadline",
             cancelled=reason == "cancel" or taken_over,
             elapsed_s=self._now(),
@@ -253,7 +254,7 @@ class _Supervised:
             containment=keeper.kind,
             spawn_error=None,
             leftover=leftover,
-            pid=keeper.main_pid,
+            pid=pid,
             warn_sent_s=self.warn_sent_s,
             note=_TAKEN_OVER if taken_over else None,
             stopped_by=stopped_by,
@@ -290,7 +291,7 @@ class _Supervised:
         errno, text, cwd_failed = self.keeper.spawn_error
         code, message = _describe_spawn_error(errno, text, self.label, cwd_failed)
         log.warning("%s: %s", self.label, message)
-        self.keeper.close()
+        keepers.give_back(self.keeper)
         self.output.finish(0.0)
         _write_log(log_str, message)
         return _not_started(log_str, returncode=code, spawn_error=message)

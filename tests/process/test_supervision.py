@@ -299,23 +299,6 @@ def test_the_command_gets_exactly_the_environment_it_was_given(containment: str)
     assert got == {**env, "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.mark.parametrize("mode", ["namespace", "cgroup"])
-def test_each_command_runs_in_a_cgroup_of_its_own_removed_after_it(
-    mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _use(mode, monkeypatch)
-    from grd_blocks.process.cgroup import cgroup2_mount
-
-    mount = cgroup2_mount()
-    assert mount is not None
-    paths = []
-    for _ in range(2):
-        outcome = run_command("grep '^0::' /proc/self/cgroup")
-        paths.append(mount / outcome.stdout_tail.split("::", 1)[1].lstrip("/"))
-    assert paths[0] != paths[1] and all(path.name.startswith("grd-") for path in paths)
-    assert wait_for(lambda: not any(path.exists() for path in paths), SLACK_S)
-
-
 def test_the_supervisors_report_their_own_errors_to_the_debug_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

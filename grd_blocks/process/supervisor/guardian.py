@@ -28,11 +28,11 @@ import traceback
 from pathlib import Path
 
 from grd_blocks.process import cgroup, linux, procfs, wire
-from grd_blocks.process.supervisor.keeper import STRAY_SIGNALS, keeper_main
+from grd_blocks.process.supervisor.keeper import STRAY_SIGNALS, TAKEOVER_SIGNAL, keeper_main
 
 __all__ = ["main"]
 
-_IGNORED = (*STRAY_SIGNALS, signal.SIGTERM)  # a keeper stops its tree on SIGTERM; the guardian only on EOF
+_IGNORED = (*STRAY_SIGNALS, signal.SIGTERM, TAKEOVER_SIGNAL)  # the guardian stops only on EOF
 
 
 class Guardian:

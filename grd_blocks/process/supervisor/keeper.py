@@ -8,23 +8,34 @@ orphans are reparented to it, and a process can change its parent only by its pa
 empty exactly when the keeper has no child left (``waitpid`` says ECHILD), which is when it reports ``empty``;
 the exit status it reports is the kernel's for the command's main process.
 
-Signals: the keeper ignores every signal it can, except SIGCHLD (reaping) and SIGTERM. SIGTERM (sent by the
-kernel when the guardian dies, or by a newer attempt taking over) and EOF on its socket (grd died, however it
-died) both *stop* the tree: SIGTERM to every member, up to the command's grace period, SIGKILL to what is
-left, then exit. The command starts with default dispositions and an empty signal mask, in a session of its
+Reuse: a keeper serves one command at a time, and serves another only when grd asks (``reset``) and the
+previous tree is gone (``waitpid`` says ECHILD), no stop was asked for, and its containment is as it was made:
+in ``namespace`` mode the same mount table (a command's mounts must not reach the next command), with a cgroup
+the same cgroup, no other member in it and no cgroup below it. Otherwise it exits as on ``release``. Only then
+does it close what it held for the previous command (its lock), so a lock is never released while a member of
+its tree is alive.
+
+Signals: the keeper ignores every signal it can, except SIGCHLD (reaping), SIGTERM and ``TAKEOVER_SIGNAL``.
+SIGTERM (sent by the kernel when the guardian dies) and EOF on its socket (grd died, however it died) both
+*stop* the tree: SIGTERM to every member, up to the command's grace period, SIGKILL to what is left, then
+exit. ``TAKEOVER_SIGNAL`` (from a newer start of the same exclusive command, see ``exclusive``) stops the tree
+the same way only if a lock the keeper holds now carries the stop mark at ``STOP_MARK_OFFSET``: the request
+names the lock, not the keeper, so a keeper that has moved on to another command ignores a request that
+arrives late. The command starts with default dispositions and an empty signal mask, in a session of its
 own, stdin from /dev/null, stdout and stderr on the descriptors grd sent.
 
 Protocol (``wire`` messages). From grd: ``run`` (exe, argv, env, cwd, grace, umask, ``backstop_at``;
-descriptors stdout, stderr and optionally a lock it holds until it exits), ``signal`` (a signal to every
-member), ``kill``, ``release``. To grd: ``ready`` (host pid, mode, namespace, cgroup), ``spawn_error``
-(errno), ``exit`` (the main process's returncode, Popen style, and how many members are left), ``signalled``
-(a reply), ``empty``, ``stopping`` (a SIGTERM asked it to stop the tree), ``backstop`` (a ladder step the
-keeper took itself: ``term`` or ``kill``, its CLOCK_MONOTONIC time, how many processes got it).
+descriptors stdout, stderr and optionally a lock it holds until the tree is gone), ``signal`` (a signal to
+every member), ``kill``, ``release``, ``reset`` (serve another command). To grd: ``ready`` (host pid, mode,
+namespace, cgroup; again after each ``reset``), ``spawn_error`` (errno), ``exit`` (the main process's
+returncode, Popen style, and how many members are left), ``signalled`` (a reply), ``empty``, ``stopping`` (a
+SIGTERM asked it to stop the tree), ``backstop`` (a ladder step the keeper took itself: ``term`` or ``kill``,
+its CLOCK_MONOTONIC time, how many processes got it).
 
 Deadline backstop: ``backstop_at`` is a CLOCK_MONOTONIC time (one clock for the whole host) a margin past
 grd's deadline. If grd has not begun its ladder by then (a SIGTERM ``signal`` or a ``kill``; a warning
 signal does not count: grd was stopped by SIGSTOP or Ctrl-Z, hung, or starved), the keeper runs it:
-SIGTERM, the grace period, SIGKILL, each step reported.
+SIGTERM, the grace period, SIGKILL, each step reported. A keeper that did is never reused.
 
 Stdlib only: it runs in a process forked from the guardian.
 """
@@ -44,15 +55,17 @@ from typing import Any
 
 from grd_blocks.process import cgroup, linux, procfs, wire
 
-__all__ = ["KILL_WAIT_S", "STRAY_SIGNALS", "Keeper"]
+__all__ = ["KILL_WAIT_S", "STOP_MARK", "STOP_MARK_OFFSET", "STRAY_SIGNALS", "TAKEOVER_SIGNAL", "Keeper"]
 
 KILL_WAIT_S = 5.0  # how long SIGKILLed members get to disappear before the keeper gives up waiting
+TAKEOVER_SIGNAL = signal.SIGUSR1  # "check whether a lock you hold asks you to stop"
+STOP_MARK_OFFSET = 1 << 16  # where in a lock file a newer start writes STOP_MARK (past the holder's record)
+STOP_MARK = b"S"
 STRAY_SIGNALS = (  # what a terminal, a shell or the process group may send: every supervisor ignores them
     signal.SIGINT,
     signal.SIGHUP,
     signal.SIGQUIT,
     signal.SIGPIPE,
-    signal.SIGUSR1,
     signal.SIGUSR2,
     signal.SIGTSTP,
     signal.SIGTTIN,
@@ -82,11 +95,16 @@ class Keeper:
         self.grace_s = 5.0
         self.held: list[int] = []  # descriptors kept open until exit (a lock)
         self.stop_asked = False
+        self.takeover_check = False
         self.host_pid = os.getpid()
         # The deadline backstop: grd's own deadline plus a margin, on CLOCK_MONOTONIC (one clock for every
         # process of the host). Disarmed once grd runs its ladder (a ``signal`` or ``kill``) or the tree ends.
         self.backstop_at: float | None = None
         self.backstop_kill_at: float | None = None
+        self.backstopped = False  # it ran a ladder step itself: never reused
+        self.made_as: tuple[str, ...] = ()  # what ``_containment_state`` read once set up
+        self._home = -1  # the directory it started in, and its umask: restored between commands
+        self._umask = 0o022
 
     # --- setup --------------------------------------------------------------------------------------
 
@@ -96,6 +114,7 @@ class Keeper:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, _noop)
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(TAKEOVER_SIGNAL, self._on_takeover)
         for signum in STRAY_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         linux.set_parent_death_signal(signal.SIGTERM)
@@ -105,6 +124,9 @@ class Keeper:
         if own is None or own.ppid != self.guardian:
             os._exit(0)  # the guardian died before the parent-death signal was armed
         self.host_pid = own.pid
+        self._home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._umask = os.umask(0o022)
+        os.umask(self._umask)
         problem = None
         try:
             if self.cgroup_dir is not None:
@@ -116,6 +138,12 @@ class Keeper:
                 linux.set_child_subreaper(True)
         except OSError as exc:
             problem = f"keeper setup failed in {self.mode} mode: {exc}"
+        self.made_as = self._containment_state()
+        self._send_ready(problem)
+        if problem is not None:
+            os._exit(1)
+
+    def _send_ready(self, problem: str | None = None) -> None:
         self._send(
             {
                 "event": "ready",
@@ -126,8 +154,31 @@ class Keeper:
                 "problem": problem,
             }
         )
-        if problem is not None:
-            os._exit(1)
+
+    def _containment_state(self) -> tuple[str, ...]:
+        """What a command could change about this keeper that the next command would inherit: its mount
+        table (``namespace`` mode: the namespace is the keeper's, shared with its commands), its cgroup
+        membership, and what a root process can set on another one (rlimits, OOM score, niceness, CPU
+        affinity)."""
+        mounts = _read("/proc/self/mountinfo") if self.mode == "namespace" else ""
+        groups = _read("/proc/self/cgroup") if self.cgroup_dir is not None else ""
+        limits = _read("/proc/self/limits") + _read("/proc/self/oom_score_adj")
+        scheduling = f"{os.getpriority(os.PRIO_PROCESS, 0)} {sorted(os.sched_getaffinity(0))}"
+        return mounts, groups, limits, scheduling
+
+    def _pristine(self) -> bool:
+        """True if the containment is as it was made: same mounts and cgroup, the keeper alone in its cgroup
+        and no cgroup made below it."""
+        if self._containment_state() != self.made_as:
+            return False
+        if self.cgroup_dir is None:
+            return True
+        try:
+            nested = any(entry.is_dir(follow_symlinks=False) for entry in os.scandir(self.cgroup_dir))
+            members = [line for line in _read(str(self.cgroup_dir / "cgroup.procs")).split() if line]
+        except OSError:
+            return False
+        return not nested and len(members) == 1
 
     # --- loop ---------------------------------------------------------------------------------------
 
@@ -140,6 +191,9 @@ class Keeper:
             self._drain_wake()
             self._reap()
             self._backstop()
+            if self.takeover_check:
+                self.takeover_check = False
+                self.stop_asked = self.stop_asked or self._stop_marked()
             if self.stop_asked:
                 self._send({"event": "stopping"})
                 self._stop_tree_and_exit()
@@ -170,10 +224,43 @@ class Keeper:
             count = self._kill()
             self._send({"event": "signalled", "sig": int(signal.SIGKILL), "count": count})
         elif op == "release":
-            if not self.childless:
-                self._kill()
-                self._wait_childless(KILL_WAIT_S)
-            self._exit()
+            self._release()
+        elif op == "reset":
+            self._reap()
+            if not (self.childless and not self.stop_asked and not self._stop_marked() and self._pristine()
+                    and not self.backstopped):
+                self._release()
+            self._next_command()
+
+    def _release(self) -> None:
+        if not self.childless:
+            self._kill()
+            self._wait_childless(KILL_WAIT_S)
+        self._exit()
+
+    def _next_command(self) -> None:
+        """The previous tree is gone: close what was held for it (its lock), forget it, say ``ready``."""
+        for fd in self.held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held.clear()
+        os.fchdir(self._home)
+        os.umask(self._umask)
+        self.main = None
+        self.returncode = None
+        self.exit_sent = self.empty_sent = False
+        self.childless = True
+        self.grace_s = 5.0
+        self.backstop_at = self.backstop_kill_at = None
+        self._send_ready()
+
+    def _stop_marked(self) -> bool:
+        """Does a lock held now carry a newer start's stop mark (see ``exclusive``)?"""
+        for fd in self.held:
+            with contextlib.suppress(OSError):
+                if os.pread(fd, len(STOP_MARK), STOP_MARK_OFFSET) == STOP_MARK:
+                    return True
+        return False
 
     # --- the command --------------------------------------------------------------------------------
 
@@ -263,6 +350,7 @@ class Keeper:
         now = time.monotonic()
         if self.backstop_at is not None and now >= self.backstop_at:
             self.backstop_at = None
+            self.backstopped = True
             if self.grace_s > 0:
                 count = self._signal(signal.SIGTERM)
                 self._send({"event": "backstop", "step": "term", "at": now, "count": count})
@@ -271,6 +359,7 @@ class Keeper:
             self.backstop_kill_at = now
         if self.backstop_kill_at is not None and now >= self.backstop_kill_at:
             self.backstop_kill_at = None
+            self.backstopped = True
             self._reap()
             if not self.childless:
                 count = self._kill()
@@ -359,6 +448,9 @@ class Keeper:
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.stop_asked = True
 
+    def _on_takeover(self, _signum: int, _frame: object) -> None:
+        self.takeover_check = True
+
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
@@ -367,6 +459,11 @@ class Keeper:
     def _send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             wire.send(self.sock, message)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
 def _noop(_signum: int, _frame: object) -> None:
