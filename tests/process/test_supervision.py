@@ -288,7 +288,9 @@ def test_a_namespaced_command_sees_only_its_own_processes(monkeypatch: pytest.Mo
     _use("namespace", monkeypatch)
     outcome = run_command("echo $$ $PPID; ls /proc | grep -c '^[0-9]'")
     pid, ppid, visible = outcome.stdout_tail.split()
-    assert (int(pid), int(ppid)) == (2, 1) and int(visible) <= 4  # keeper, sh, ls, grep
+    # its parent is the namespace's init (the keeper); its pid is small, but not always 2: a reused keeper's
+    # namespace numbered the commands it ran before
+    assert int(ppid) == 1 and 2 <= int(pid) < 100 and int(visible) <= 4  # keeper, sh, ls, grep
 
 
 def test_the_command_gets_exactly_the_environment_it_was_given(containment: str) -> None:

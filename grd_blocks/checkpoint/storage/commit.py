@@ -20,16 +20,17 @@ leave it), write. Where it returns True no other update of that pointer came in 
 moves the way every ``decide`` moves it. A pointer that is absent, damaged or hostile (a link, a FIFO, longer
 than ``safe_io.POINTER_LIMIT``) reaches ``decide`` as None.
 
-A retry that saves the same N again replaces the previous version: on disk the old directory is renamed aside
-(invisible) and the new one renamed in (writers racing on the same N take turns: the last one's version stays,
-none fails). On object stores a checkpoint written into an empty prefix uses the plain names (``state.pt``);
-any later version of it goes up beside what is there, under names of its own (``state.pt~{token}``, recorded
-in the manifest as ``stored_as``, so writers re-saving N at once never write the same object), then one PUT
-replaces the manifest, and only then are the objects the replaced manifest listed deleted: at every moment N
-is the old version or the new one, never absent, so ``latest()`` never steps back to N-1 (a reader that read
-the old manifest and finds its payload gone reads the manifest again: reader.py). A crash before the manifest
-PUT leaves the old version. Objects no manifest lists (a crashed writer's) are deleted by a later commit of
-that N once ``STALE_AFTER_S`` old, so a live concurrent writer's upload is never pulled from under it.
+A retry that saves the same N again replaces the previous version: on disk the new directory and the old one
+are exchanged in one ``renameat2(RENAME_EXCHANGE)`` (where the filesystem cannot, the old one is renamed aside
+first) (writers racing on the same N take turns: the last one's version stays, none fails). On object stores a
+checkpoint written into an empty prefix uses the plain names (``state.pt``); any later version of it goes up
+beside what is there, under names of its own (``state.pt~{token}``, recorded in the manifest as ``stored_as``,
+so writers re-saving N at once never write the same object), then one PUT replaces the manifest, and only then
+are the objects the replaced manifest listed deleted: at every moment N is the old version or the new one,
+never absent, so ``latest()`` never steps back to N-1 (a reader that read the old manifest and finds its
+payload gone reads the manifest again: reader.py). A crash before the manifest PUT leaves the old version.
+Objects no manifest lists (a crashed writer's) are deleted by a later commit of that N once ``STALE_AFTER_S``
+old, so a live concurrent writer's upload is never pulled from under it.
 Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint is invisible. On local disk a
 checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
 ``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
@@ -44,6 +45,7 @@ On local disk, after a commit, staging entries that crashed writers left behind 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -140,11 +142,34 @@ def _fsync_dir(path: str) -> None:
 _INSTALL_TRIES = 50
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+
+
+def _exchange(staging: str, ckpt_dir: str) -> bool:
+    """Swap ``staging`` and ``ckpt_dir`` in one step (``renameat2(RENAME_EXCHANGE)``): True when done; False
+    where the kernel, libc or filesystem cannot (the caller then moves the old version aside first);
+    ``FileNotFoundError`` when ``ckpt_dir`` is gone (another writer moved it aside)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(staging), _AT_FDCWD, os.fsencode(ckpt_dir), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    if code == errno.ENOENT:
+        raise FileNotFoundError(code, os.strerror(code), ckpt_dir)
+    raise OSError(code, os.strerror(code), ckpt_dir)
+
+
 def _install(staging: str, ckpt_dir: str, run_dir: str, name: str) -> list[str]:
-    """Rename ``staging`` to ``ckpt_dir``, first moving aside any version there (the directories moved
-    aside are returned, to delete). Writers saving the same N at once each win in turn, the last one's
-    version stays: a version another writer moved aside first, or one that appeared after the move, is only
-    another turn of the loop, never an error."""
+    """Rename ``staging`` to ``ckpt_dir``; where a version is there, exchange the two in one step, so N is
+    never absent for a reader (the directories that end up holding old versions are returned, to delete).
+    Where the filesystem cannot exchange, the old version is moved aside first (N is absent for a moment).
+    Writers saving the same N at once each win in turn, the last one's version stays: a version another
+    writer moved aside first, or one that appeared after the move, is only another turn of the loop."""
     moved: list[str] = []
     for _ in range(_INSTALL_TRIES):
         try:
@@ -153,6 +178,11 @@ def _install(staging: str, ckpt_dir: str, run_dir: str, name: str) -> list[str]:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+        try:
+            if _exchange(staging, ckpt_dir):
+                return [*moved, staging]  # staging now holds the version it replaced
+        except FileNotFoundError:
+            continue  # moved aside by another writer: N is free again
         old = os.path.join(run_dir, staging_name(OLD_PREFIX, name))
         try:
             os.rename(ckpt_dir, old)
