@@ -5,8 +5,13 @@ Async: the loop is blocked while the state is copied to host memory. The first `
 allocates its snapshot buffers (``first_*``); later ones copy into the buffers the previous save released
 (``async_blocked_s``, the median over the rest), which is the steady state of a training loop.
 
-Save/load pairs run in turns (grd, baseline, grd, ...) and report medians. grd's load verifies every byte's
-sha256 and then memory-maps the verified file, so ``*_touch`` columns also time reading every tensor once.
+Save/load pairs run in turns (grd, baseline, grd, ...) and report medians. The baselines are what a careful
+user writes: ``torch.save(state, f)`` straight into the open file, flush, fsync, rename, fsync the directory;
+``torch.load(path, mmap=True, weights_only=True)``. grd's load verifies every byte's sha256 and then
+memory-maps the verified file, so ``*_touch`` columns time reading every tensor once on both sides. The disk's
+raw sequential write (``dd oflag=direct``, same directory, same run) is measured beside them, and the peak RSS
+of a save and of a load on each side is read in a child process of its own (``VmHWM`` growth over the RSS
+once the state is held, the peak reset through ``/proc/self/clear_refs``).
 
 Run: .venv/bin/python bench/bench_checkpoint.py [--quick]   -> bench/results/checkpoint.json
 """
@@ -14,12 +19,13 @@ Run: .venv/bin/python bench/bench_checkpoint.py [--quick]   -> bench/results/che
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import pathlib
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -49,10 +55,8 @@ def _baseline_save(directory: pathlib.Path, state: dict[str, Any], name: str = "
     """torch.save + fsync + rename + fsync(dir): what a careful script does by hand. Each call writes a new
     ``name`` (as grd writes a new step directory), so neither side pays for deleting the previous file."""
     tmp = directory / f".tmp-{name}"
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
     with open(tmp, "wb") as handle:
-        handle.write(buffer.getbuffer())
+        torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, directory / name)
@@ -100,16 +104,23 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
     loads = _interleaved(
         {
             "grd": run.load,
-            "baseline": lambda: torch.load(base_path, weights_only=True),
+            "baseline": lambda: torch.load(base_path, mmap=True, weights_only=True),
             "grd_touch": lambda: _touch(run.load()),
-            "baseline_touch": lambda: _touch(torch.load(base_path, weights_only=True)),
+            "baseline_touch": lambda: _touch(torch.load(base_path, mmap=True, weights_only=True)),
         },
         repeats,
     )
     shutil.rmtree(root / f"store-{size_mib}")
     shutil.rmtree(base_dir)
+    disk_s = _dd_direct(root, size_mib)
     return {
         "size_mib": size_mib,
+        "disk_direct_write_s": disk_s,
+        "disk_direct_write_mib_s": size_mib / disk_s,
+        "grd_save_mib_s": size_mib / saves["grd"],
+        "baseline_save_mib_s": size_mib / saves["baseline"],
+        "grd_save_vs_disk": (size_mib / saves["grd"]) / (size_mib / disk_s),
+        **_peak_rss(root, size_mib),
         "grd_save_s": saves["grd"],
         "baseline_save_s": saves["baseline"],
         "save_ratio": saves["grd"] / saves["baseline"],
@@ -123,6 +134,68 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
         "best_load_ratio": loads["grd_best"] / loads["baseline_best"],
         "best_load_touch_ratio": loads["grd_touch_best"] / loads["baseline_touch_best"],
     }
+
+
+def _dd_direct(root: pathlib.Path, size_mib: int) -> float:
+    """Seconds for ``dd`` to write ``size_mib`` MiB with O_DIRECT (and fsync) into ``root``: the disk's raw
+    sequential write, the ceiling a save can approach (median of 3)."""
+    target = root / "dd.bin"
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=8M", f"count={size_mib // 8}",
+                        "oflag=direct", "conv=fsync", "status=none"], check=True)
+        times.append(time.perf_counter() - start)
+        target.unlink()
+    return statistics.median(times)
+
+
+_RSS_CHILD = """
+import json, os, sys, torch
+from grd_blocks.checkpoint import CheckpointEngine
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB -> MiB
+    raise SystemExit(f"no {field} in /proc/self/status")
+
+side, op, root, mib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+path = os.path.join(root, "rss-base.pt")
+run = CheckpointEngine(os.path.join(root, "rss-store")).run("rss")
+state = {"w": torch.randn(mib * 1024 * 1024 // 4)} if op == "save" else None
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the peak (VmHWM) to the RSS now: ru_maxrss would carry the parent's over exec
+before = status("VmRSS")
+if op == "save" and side == "grd":
+    run.save(state, step=0)
+elif op == "save":
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+elif side == "grd":
+    loaded = run.load()
+    loaded["w"].sum()
+else:
+    loaded = torch.load(path, mmap=True, weights_only=True)
+    loaded["w"].sum()
+print(json.dumps(status("VmHWM") - before))
+"""
+
+
+def _peak_rss(root: pathlib.Path, size_mib: int) -> dict[str, float]:
+    """Peak RSS growth (MiB) of one save and one load, grd and the baseline, each in a fresh child process
+    (the saves first: the loads read what they wrote)."""
+    out: dict[str, float] = {}
+    for op in ("save", "load"):
+        for side in ("grd", "baseline"):
+            done = subprocess.run([sys.executable, "-c", _RSS_CHILD, side, op, str(root), str(size_mib)],
+                                  check=True, capture_output=True, text=True)
+            out[f"{side}_{op}_peak_rss_mib"] = round(float(done.stdout.strip().splitlines()[-1]), 1)
+    shutil.rmtree(root / "rss-store")
+    (root / "rss-base.pt").unlink()
+    return out
 
 
 def bench_async(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str, Any]:
