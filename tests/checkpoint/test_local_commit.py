@@ -119,3 +119,35 @@ def test_a_store_failure_names_what_to_check_for_its_cause(exc: BaseException, f
     advice = message.split("previous latest are intact. ", 1)[1]
     assert advice.startswith(fix), message
     assert "free disk space" not in advice.lower() or fix.startswith("Free disk space"), message
+
+
+def test_a_local_re_save_never_leaves_the_step_absent_for_a_reader(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rename the commit makes is followed by a look from outside: step_2's manifest is there after each
+    one (the new version and the old are exchanged in one step, never moved aside and then in)."""
+    from grd_blocks.checkpoint.storage import commit
+
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    run.save({"v": 1}, step=2)
+    manifest = tmp_path / "store" / "run" / "step_2" / "MANIFEST.json"
+    present: list[bool] = []
+    real_rename, real_exchange = os.rename, commit._exchange
+
+    def rename(src: str, dst: str) -> None:
+        try:
+            real_rename(src, dst)
+        finally:
+            present.append(manifest.exists())
+
+    def exchange(staging: str, ckpt_dir: str) -> bool:
+        try:
+            return real_exchange(staging, ckpt_dir)
+        finally:
+            present.append(manifest.exists())
+
+    monkeypatch.setattr(commit.os, "rename", rename)
+    monkeypatch.setattr(commit, "_exchange", exchange)
+    run.save({"v": 2}, step=2)
+    assert present and all(present), present
+    assert run.load() == {"v": 2}
