@@ -52,11 +52,11 @@ class PhasePlan:
 
     def command(self, name: str) -> PlannedCommand:
         """The command (or cleanup) of this phase called ``name``; ``KeyError`` if there is none."""
-        found = [c for c in self.commands if c.name == name]
+        for command in self.commands:
+            if command.name == name:
+                return command
         if self.cleanup is not None and self.cleanup.name == name:
-            found.append(self.cleanup)
-        if found:
-            return found[0]
+            return self.cleanup
         raise KeyError(f"phase {self.name!r} has no command {name!r}")
 
 

@@ -73,8 +73,6 @@ def phase_backstop_seconds(phase: PhasePlan, benchmark: Budget) -> float | None:
     bound = min(phase.timeout_s if phase.timeout_s is not None else math.inf, benchmark.remaining())
     grace = max((c.grace_s for c in phase.commands), default=0.0)
     if phase.cleanup is not None:
-        if phase.cleanup.timeout_s is None:
-            return None  # timeouts are off
-        bound += phase.cleanup.timeout_s
+        bound += phase.cleanup.timeout_s or 0.0  # None only with timeouts off, when the bound is inf already
         grace += phase.cleanup.grace_s
     return backstop_seconds(bound, grace)

@@ -111,11 +111,6 @@ class BenchmarkRun:
             return None
         return row.model_copy(update={"resumed": True})
 
-    def attempt(self, phase: str, command: str) -> int:
-        """The attempt number the next start of ``phase.command`` is."""
-        row = self._last(phase, command)
-        return 1 if row is None else row.attempts + 1
-
     def flush_progress(self) -> None:
         """Wait until every finished command's row is committed to the store."""
         self.progress.flush()
