@@ -2,7 +2,8 @@
 
 Invariant: the spec and every flag are checked (preflight.py) before any Prefect API starts or any command
 runs; the exit code is the report's ``exit_code`` (0 completed, 1 failed or progress lost, 124 timed out and
-nothing failed), 130 / 143 when Ctrl-C / SIGTERM stopped the run, with one line saying how to resume.
+nothing failed), 130 / 143 when Ctrl-C / SIGTERM stopped the run, with one line saying how to resume; 1 with
+one line naming the server and the limit when the Prefect API stayed unreachable past its retry window.
 `grd run` uses the Prefect API at ``PREFECT_API_URL`` when set, else an ephemeral one started (and guarded)
 for the run.
 """
@@ -45,6 +46,27 @@ def _stopped(code: int, spec_path: Path) -> int:
     print(f"grd run: stopped by {what}; exit code {code}; report {report} records what finished; resume with "
           f"`grd run {spec_path} --resume {key}`", file=sys.stderr)
     return code
+
+
+def _api_gone(exc: Exception, spec_path: Path) -> bool:
+    """If ``exc`` says the Prefect API stopped answering: the one line saying so (the server, the limit,
+    what the written report keeps, how to resume) and True; else False (not an outage: not ours to word)."""
+    from grd_blocks.prefect_edge.api_outage import outage_line, unreachable
+    from grd_blocks.report import last_written
+
+    if not unreachable(exc):
+        return False
+    _exit_at_once_on_signals(EXIT_FAILED)
+    report = last_written()
+    if report is None:
+        print(f"grd run: {outage_line(exc)}; nothing was run; exit code {EXIT_FAILED}", file=sys.stderr)
+        return True
+    key = "RUN_KEY"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        key = str(json.loads(report.read_text(encoding="utf-8"))["run_key"])
+    print(f"grd run: {outage_line(exc)}; exit code {EXIT_FAILED}; report {report} records what finished; "
+          f"resume with `grd run {spec_path} --resume {key}`", file=sys.stderr)
+    return True
 
 
 def _exit_at_once_on_signals(code: int) -> None:
@@ -118,10 +140,14 @@ def _run(args: argparse.Namespace) -> int:
             )
         except BaseException as exc:
             code = interrupt_exit_code(exc)
-            if code is None:
-                raise
-            return _stopped(code, spec_path)
+            if code is not None:
+                return _stopped(code, spec_path)
+            if isinstance(exc, Exception) and _api_gone(exc, spec_path):
+                return EXIT_FAILED
+            raise
         data = report_of(state.result(raise_on_failure=False))  # a run that did not complete: its report
+    if isinstance(data, Exception) and _api_gone(data, spec_path):
+        return EXIT_FAILED
     if isinstance(data, BaseException):
         raise data
     if not isinstance(data, dict):

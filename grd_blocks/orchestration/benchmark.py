@@ -11,6 +11,14 @@ report is written at once with what finished (a second signal may end what follo
 cleanup runs and the report is written again with it. An interruption that is not a stop (a defect), or a stop
 whose next state belongs to the process supervising the run (``stop_is_ours`` False), propagates after the
 cleanup.
+
+A lost unit (``LostPhase``: the phase's subflow ended without its report, e.g. its end could not be recorded
+because the API was down) keeps every command that finished: its rows come from the run's progress, and
+only commands without one are FAILED with the reason. A runner that can start nothing more (``RunnerGone``:
+the orchestrator stayed unreachable past its retry window) ends the run there: the interrupted phase as a lost
+one, the phases after it FAILED with the reason (commands an earlier attempt completed stay resumed), progress
+committed, the benchmark's cleanup run directly in this process (its unit of work cannot be created), and the
+report written; ``Finished.gone`` carries the reason for the edge's one line.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ __all__ = [  # the engine's public interface: all the edge may use of the loop's
     "LostPhase",
     "PhasePlan",
     "Runner",
+    "RunnerGone",
     "execute",
     "run_benchmark",
 ]
@@ -41,6 +50,14 @@ __all__ = [  # the engine's public interface: all the edge may use of the loop's
 
 class LostPhase(Exception):
     """Raised by ``Runner.phase`` when the phase's unit of work ended without the body's report."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RunnerGone(Exception):
+    """Raised by a ``Runner`` that can start no more units of work (its orchestrator does not answer)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -64,12 +81,13 @@ class Runner(Protocol):
 
 @dataclass(frozen=True)
 class Finished:
-    """How a run ended: its report, where it was written, and the signal that stopped it (None: it ran to
-    its end)."""
+    """How a run ended: its report, where it was written, the signal that stopped it (None: it ran to its
+    end) and why the runner could go no further (``RunnerGone``'s reason; None: it could)."""
 
     report: BenchmarkReport
     path: Path
     stop: BaseException | None
+    gone: str | None = None
 
 
 def _command(
@@ -119,8 +137,9 @@ def run_benchmark(
     expired = False
     stop: BaseException | None = None
     cleanup: CommandReport | None = None
+    gone: str | None = None
     try:
-        for phase in run.plan.phases:
+        for number, phase in enumerate(run.plan.phases):
             skip = run.gate.skip()
             if skip is not None:
                 expired = expired or skip.budget_expired
@@ -130,6 +149,11 @@ def run_benchmark(
                 phases.append(runner.phase(phase, run.phase_backstop(phase), _phase_body(run, runner, phase)))
             except LostPhase as lost:
                 phases.append(run.lost_phase(phase, lost.reason))
+            except RunnerGone as exc:
+                gone = exc.reason
+                phases.append(run.lost_phase(phase, gone))
+                phases += run.unrun_phases(run.plan.phases[number + 1:], gone)
+                break
     except BaseException as exc:
         run.stop(f"the run was stopped ({type(exc).__name__})")
         phases += run.stopped_phases(run.plan.phases[len(phases):], type(exc).__name__)
@@ -142,6 +166,7 @@ def run_benchmark(
     finally:
         run.close()
         if run.plan.cleanup is not None:
-            cleanup = _command(run, runner, None, run.plan.cleanup)
+            cleanup = (_command(run, runner, None, run.plan.cleanup) if gone is None
+                       else execute(run.dispatch(None, run.plan.cleanup)))
     report = run.report(phases, cleanup, flow_run_id, budget_expired=expired, stopped_by=stop)
-    return Finished(report, write_report(report, report_path), stop)
+    return Finished(report, write_report(report, report_path), stop, gone)

@@ -202,11 +202,29 @@ class BenchmarkRun:
         )
 
     def lost_phase(self, phase: PhasePlan, reason: str) -> PhaseReport:
-        """The report of a phase whose flow ended without one (``reason`` says how): every command
-        CANCELLED when the run is being stopped, else FAILED."""
-        status = Status.CANCELLED if self.stopped else Status.FAILED
-        rows = [CommandReport(name=c.name, status=status, reason=reason) for c in phase.commands]
-        return PhaseReport(name=phase.name, status=status, commands=rows)
+        """The report of a phase whose flow ended without one (``reason`` says how): every command that
+        finished keeps its row (from progress: recorded by this attempt, or completed by an earlier one);
+        the others are CANCELLED when the run is being stopped, else FAILED, with ``reason``."""
+        lost = Status.CANCELLED if self.stopped else Status.FAILED
+        rows = [self._kept(phase.name, c.name) or CommandReport(name=c.name, status=lost, reason=reason)
+                for c in phase.commands]
+        return PhaseReport(name=phase.name, status=rollup([row.status for row in rows]), commands=rows)
+
+    def unrun_phases(self, phases: tuple[PhasePlan, ...], reason: str) -> list[PhaseReport]:
+        """Reports of phases that could not start (``reason``: why): FAILED, except commands an earlier
+        attempt completed (resumed)."""
+        why = f"not started: {reason}"
+        reports = []
+        for phase in phases:
+            rows = [self.reusable(phase.name, c.name)
+                    or CommandReport(name=c.name, status=Status.FAILED, reason=why) for c in phase.commands]
+            status = rollup([row.status for row in rows])
+            reports.append(PhaseReport(name=phase.name, status=status, commands=rows))
+        return reports
+
+    def _kept(self, phase: str, command: str) -> CommandReport | None:
+        """The row this attempt recorded for ``phase.command``, else an earlier attempt's completed one."""
+        return self.progress.finished(phase, command) or self.reusable(phase, command)
 
     def stopped_phases(self, phases: tuple[PhasePlan, ...], stopped_by: str) -> list[PhaseReport]:
         """Rows for the phases a stopped run did not finish (the interrupted one first; ``stopped_by``

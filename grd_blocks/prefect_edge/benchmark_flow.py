@@ -14,6 +14,9 @@ run's progress so a retry (same flow run id) or a new run with ``resume_from`` s
 A run stopped by a signal (the SIGTERM of a cancel or of a stopping worker, Ctrl-C) writes its report at
 once, runs the benchmark's cleanup, publishes the table with what finished, logs one line saying what is kept
 and how to resume, and ends Cancelled (unless the process supervising it owns its next state: it re-raises).
+An API that stops answering (api_outage.py) is ridden out for Prefect's client retry window; past it, a phase
+whose subflow cannot be created ends the run (``RunnerGone``): one ERROR line names the server, the limit,
+what was kept and how to continue, and the report (written first) has every finished command's row.
 """
 
 from __future__ import annotations
@@ -40,18 +43,20 @@ from grd_blocks.orchestration.benchmark import (
     CommandPlan,
     LostPhase,
     PhasePlan,
+    RunnerGone,
     execute,
     run_benchmark,
 )
 from grd_blocks.orchestration.line_batches import line_logger
 from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.api_outage import outage_line, unreachable
 from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.prefect_edge.process_log import process_log_to
 from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected, report_of
-from grd_blocks.prefect_edge.states import final_state, publish_table
+from grd_blocks.prefect_edge.states import final_state, publish_results
 from grd_blocks.prefect_edge.stops import cancel_requested, retries_left, supervisor_owns_stop
 from grd_blocks.prefect_edge.store import open_store
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
@@ -166,10 +171,20 @@ class PrefectRunner:
             return final_state(report.status, report.model_dump(mode="json"),
                                f"phase {phase}: {report.status.value}")
 
-        state = phase_flow(phase.name, return_state=True)
+        try:
+            state = phase_flow(phase.name, return_state=True)
+        except Exception as exc:
+            if unreachable(exc):  # its flow run could not even be created or started
+                raise RunnerGone(outage_line(exc)) from exc
+            raise
         data = _state_data(state)
         if isinstance(data, dict):
             return PhaseReport.model_validate(data)
+        if isinstance(data, BaseException) and unreachable(data):
+            reason = f"the phase's flow run could not record its end: {outage_line(data)}"
+            get_run_logger().warning("phase %s: %s; every command that finished keeps its result (from the "
+                                     "run's progress)", phase.name, reason)
+            raise LostPhase(reason)
         raise LostPhase(f"the phase flow ended as {state.name}: {state.message}")
 
     def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
@@ -250,7 +265,9 @@ def benchmark(
                              report_path=Path(report_path or logs_dir / "report.json"),
                              flow_run_id=flow_run_id, stop_is_ours=lambda: not supervisor_owns_stop())
     report, stop = finished.report, finished.stop
-    publish_table(report)
+    if finished.gone is not None:
+        return _api_gone(report, finished.gone, logger)
+    publish_results(report, logger)
     _log_outcome(logger, report, finished.path)
     if stop is not None:
         return _stopped(report, stop, logger)
@@ -265,6 +282,27 @@ def benchmark(
                        f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")
 
 
+def _kept(report: BenchmarkReport) -> tuple[int, int, bool]:
+    """(commands completed or skipped, commands in all, whether the progress reached the store)."""
+    rows = [row for phase in report.phases for row in phase.commands]
+    done = sum(row.status in (Status.COMPLETED, Status.SKIPPED) for row in rows)
+    return done, len(rows), report.progress is not None and report.progress.committed
+
+
+def _api_gone(report: BenchmarkReport, reason: str, logger: Any) -> State[Any]:
+    """A run whose API stayed unreachable: one line saying so, what was kept and how to continue; it ends
+    Failed (a state that may itself not reach the API: `grd run` then says the same line)."""
+    done, total, committed = _kept(report)
+    how = (f"`grd run SPEC --resume {report.run_key}` (or a Retry, or resume_from={report.run_key}) runs the "
+           f"other {total - done}" if committed else "its progress was not committed: a resume runs every "
+           "command again")
+    logger.error("benchmark %s: stopped: %s; %d of %d command(s) completed and are kept; %s",
+                 report.benchmark, reason, done, total, how)
+    return final_state(Status.FAILED, report.model_dump(mode="json"),
+                       f"benchmark {report.benchmark}: the Prefect API stayed unreachable, exit code "
+                       f"{report.exit_code}")
+
+
 def _stopped(report: BenchmarkReport, stop: BaseException, logger: Any) -> State[Any]:
     """A run stopped by a signal ends Cancelled, its message naming what stopped it, with one line saying
     what was kept and how to resume."""
@@ -274,13 +312,11 @@ def _stopped(report: BenchmarkReport, stop: BaseException, logger: Any) -> State
         cause = "a cancel (the UI or the API)"
     else:
         cause = f"signal {signal.Signals(report.exit_code - 128).name}"
-    rows = [row for phase in report.phases for row in phase.commands]
-    done = sum(row.status in (Status.COMPLETED, Status.SKIPPED) for row in rows)
-    committed = report.progress is not None and report.progress.committed
+    done, total, committed = _kept(report)
     how = (f"a Retry of this flow run, or a new run with resume_from={report.run_key}, runs the other "
-           f"{len(rows) - done}" if committed else "its progress was not committed: a resume "
+           f"{total - done}" if committed else "its progress was not committed: a resume "
            "runs every command again")
     logger.warning("benchmark %s: stopped by %s; %d of %d command(s) completed and are kept; %s",
-                   report.benchmark, cause, done, len(rows), how)
+                   report.benchmark, cause, done, total, how)
     message = f"benchmark {report.benchmark}: stopped by {cause}, exit code {report.exit_code}"
     return final_state(Status.CANCELLED, report.model_dump(mode="json"), message)

@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, NoReturn
 
+from grd_blocks.prefect_edge.api_outage import GRD_CLIENT_MAX_RETRIES
+
 __all__ = ["benchmark_flow", "prefect_settings", "set_default_environment", "sigterm_raises"]
 
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLIENT_MAX_RETRIES": str(GRD_CLIENT_MAX_RETRIES),  # ride out a restart (api_outage.py)
 }
 
 
@@ -33,6 +36,7 @@ def prefect_settings() -> contextlib.AbstractContextManager[object]:
     """Defaults for the ephemeral API (a user's environment wins), in the environment for child processes and
     as temporary settings, in case Prefect read its settings before (an earlier import of prefect)."""
     from prefect.settings import (
+        PREFECT_CLIENT_MAX_RETRIES,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
@@ -44,6 +48,9 @@ def prefect_settings() -> contextlib.AbstractContextManager[object]:
     updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: analytics}
     if startup.strip().isdigit():
         updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = int(startup)
+    retries = os.environ["PREFECT_CLIENT_MAX_RETRIES"]
+    if retries.strip().isdigit():
+        updates[PREFECT_CLIENT_MAX_RETRIES] = int(retries)
     return temporary_settings(updates=updates)
 
 

@@ -11,7 +11,8 @@ Invariants:
   exited with unexpected exception" and "Execution of flow run ... exited with unexpected exception" when
   the exception is a ``RunEnded`` or an expected stop that grd logged as it raised it
   (``TrainingInterrupted``: checkpoint saved, a retry continues; ``BenchmarkIncomplete``: a retry skips
-  what completed), or Prefect's ``FailedRun`` / ``CancelledRun`` for a grd state whose data it did not keep
+  what completed), an API that stayed unreachable (grd's own line names the server and the limit:
+  api_outage.py), or Prefect's ``FailedRun`` / ``CancelledRun`` for a grd state whose data it did not keep
   (the state's message, logged as "Finished in state ...", is the outcome), and a
   grd command task's "Task run failed with state: Failed(... result=<object>)" followed by "NoneType: None"
   (the task's "Finished in state Failed('phase.command: FAILED (returncode 3, 0.4s)')" says it). Every other
@@ -42,6 +43,7 @@ from grd_blocks.errors import (
     TrainingInterrupted,
     UsageError,
 )
+from grd_blocks.prefect_edge.api_outage import unreachable
 
 __all__ = ["MISTAKES", "REFUSALS", "RunEnded", "quiet_run_ends", "rejected", "report_of"]
 
@@ -73,7 +75,7 @@ class _RepeatedEnd(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        expected = isinstance(exc, _EXPECTED)
+        expected = isinstance(exc, _EXPECTED) or unreachable(exc)
         if expected and any(m in str(record.msg) for m in _ENGINE_MESSAGES):
             return False
         return not (

@@ -16,11 +16,12 @@ from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Completed, Failed
 
 from grd_blocks.orchestration.status import Status
+from grd_blocks.prefect_edge.api_outage import outage_line, unreachable, with_retries
 from grd_blocks.prefect_edge.artifacts import results_artifact_key
 from grd_blocks.prefect_edge.run_end import RunEnded
 from grd_blocks.report import BenchmarkReport, table_rows
 
-__all__ = ["final_state", "publish_table"]
+__all__ = ["final_state", "publish_results"]
 
 
 def final_state(status: Status, data: Any, message: str) -> State[Any]:
@@ -37,13 +38,20 @@ def final_state(status: Status, data: Any, message: str) -> State[Any]:
     return Failed(data=ended, message=message)
 
 
-def publish_table(report: BenchmarkReport) -> None:
-    """Create the results table artifact of ``report`` (TIMEOUT rows show as ``⏱ TIMEOUT``)."""
-    create_table_artifact(
-        table=table_rows(report),
-        key=results_artifact_key(report.benchmark),
-        description=(
-            f"grd benchmark **{report.benchmark}**: {report.status.value} in {report.elapsed_s:.1f}s, "
-            f"run key `{report.run_key}`, exit code {report.exit_code}"
-        ),
-    )
+def publish_results(report: BenchmarkReport, logger: Any) -> None:
+    """Create the results table artifact of ``report`` (TIMEOUT rows show as ``⏱ TIMEOUT``), asked again
+    while the API does not answer (api_outage.py); if it never does, one WARNING line: the report file has
+    every row, and the run's outcome does not depend on its table."""
+    try:
+        with_retries(lambda: create_table_artifact(
+            table=table_rows(report),
+            key=results_artifact_key(report.benchmark),
+            description=(
+                f"grd benchmark **{report.benchmark}**: {report.status.value} in {report.elapsed_s:.1f}s, "
+                f"run key `{report.run_key}`, exit code {report.exit_code}"
+            ),
+        ))
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        logger.warning("benchmark %s: results table not published: %s", report.benchmark, outage_line(exc))

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.orchestration import plan as plan_module
 from grd_blocks.orchestration.benchmark import (
     BenchmarkRun,
     CommandPlan,
     LostPhase,
     PhasePlan,
+    RunnerGone,
     execute,
     run_benchmark,
 )
@@ -56,12 +58,14 @@ cleanup: {name: final, run: "true"}
 
 
 class InPlace:
-    """Runs every unit where it is called. ``lose``: that phase's unit ends without a report. ``interrupt``:
+    """Runs every unit where it is called. ``lose``: that phase's unit ends without a report (``lose_end``:
+    after its body ran; ``gone``: the runner can start nothing from that phase on). ``interrupt``:
     that phase's body runs in a thread and, once a command of it is running, the caller's thread is
     interrupted (as a SIGTERM or Ctrl-C interrupts the flow's main thread)."""
 
-    def __init__(self, interrupt: str | None = None, lose: str | None = None) -> None:
-        self.interrupt, self.lose = interrupt, lose
+    def __init__(self, interrupt: str | None = None, lose: str | None = None, lose_end: str | None = None,
+                 gone: str | None = None) -> None:
+        self.interrupt, self.lose, self.lose_end, self.gone = interrupt, lose, lose_end, gone
         self.dispatched: list[CommandPlan] = []
         self.rows: dict[str, CommandReport] = {}
         self.running = threading.Event()
@@ -72,6 +76,11 @@ class InPlace:
     ) -> PhaseReport:
         if phase.name == self.lose:
             raise LostPhase("the unit ended without a report")
+        if phase.name == self.gone:
+            raise RunnerGone("the orchestrator does not answer")
+        if phase.name == self.lose_end:
+            body()  # every command ran; only the unit's end could not be recorded
+            raise LostPhase("the unit's end could not be recorded")
         if phase.name != self.interrupt:
             return body()
         self.body = threading.Thread(target=body)
@@ -158,6 +167,55 @@ def test_a_phase_whose_unit_ended_without_a_report_fails_its_commands_and_the_ru
     assert first.status is Status.FAILED and {r.reason for r in first.commands} == {
         "the unit ended without a report"}
     assert second.status is Status.COMPLETED and finished.report.status is Status.FAILED
+
+
+def _with_progress(tmp_path: Path, run_key: str = "engine-1") -> BenchmarkRun:
+    store = CheckpointEngine(str(tmp_path / "store"))
+    return BenchmarkRun(spec=parse_spec(SPEC), run_key=run_key, logs_dir=tmp_path / "logs",
+                        progress_root=store.run(run_key).child("progress"))
+
+
+def test_a_phase_that_ran_but_lost_its_unit_s_end_keeps_every_finished_command_s_row(tmp_path: Path) -> None:
+    runner = InPlace(lose_end="first")
+    finished = run_benchmark(_with_progress(tmp_path), runner, report_path=tmp_path / "r.json")
+    first, second = finished.report.phases
+    assert [(r.name, r.status) for r in first.commands] == [("a", Status.COMPLETED), ("b", Status.COMPLETED)]
+    assert [r.returncode for r in first.commands] == [runner.rows["first.a"].returncode,
+                                                      runner.rows["first.b"].returncode]
+    assert first.status is Status.COMPLETED and second.status is Status.COMPLETED
+    assert finished.report.status is Status.COMPLETED and finished.report.exit_code == 0
+
+
+def test_a_runner_that_can_start_nothing_more_ends_the_run_with_progress_committed_and_the_cleanup_run(
+    tmp_path: Path,
+) -> None:
+    runner = InPlace(gone="second")
+    finished = run_benchmark(_with_progress(tmp_path), runner, report_path=tmp_path / "r.json")
+    report = finished.report
+    first, second = report.phases
+    assert finished.gone == "the orchestrator does not answer" and finished.stop is None
+    assert first.status is Status.COMPLETED
+    assert second.status is Status.FAILED and {r.reason for r in second.commands} == {
+        "the orchestrator does not answer"}
+    assert "engine.final" not in runner.rows  # not through the runner: it can start nothing ...
+    assert report.cleanup is not None and report.cleanup.status is Status.COMPLETED  # ... run in place
+    assert report.status is Status.FAILED and report.exit_code == 1 and report.progress is not None
+    assert report.progress.committed
+    # a resume skips what the first attempt completed and runs the rest
+    again = InPlace()
+    resumed = run_benchmark(_with_progress(tmp_path), again, report_path=tmp_path / "r2.json").report
+    assert sorted(label for label in again.rows if not label.endswith(("tidy", "final"))) == [
+        "second.c", "second.d"]
+    assert all(r.resumed for r in resumed.phases[0].commands) and resumed.status is Status.COMPLETED
+
+
+def test_phases_after_the_runner_went_away_are_failed_except_what_an_earlier_attempt_completed(
+    tmp_path: Path,
+) -> None:
+    run_benchmark(_with_progress(tmp_path), InPlace(), report_path=tmp_path / "r.json")  # completes all
+    report = run_benchmark(_with_progress(tmp_path), InPlace(gone="first"),
+                           report_path=tmp_path / "r2.json").report
+    assert all(r.status is Status.COMPLETED and r.resumed for p in report.phases for r in p.commands)
 
 
 def _execute_pickled(data: bytes, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
