@@ -310,7 +310,9 @@ class RunCheckpoints(RunReader):
     def _write(self, pending: _PendingSave) -> CheckpointRef:
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
         step, epoch, metrics, metadata = pending.step, pending.epoch, pending.metrics, pending.metadata
-        files, payload_format = serialize(payload, stream=self._commit.takes_streams)
+        files, payload_format = serialize(
+            payload, stream=self._commit.takes_streams, window=self._commit.stream_window
+        )
         digests = {file_name: digest_later(data) for file_name, data in files.items()}
         built: list[Manifest] = []
 
@@ -342,9 +344,6 @@ class RunCheckpoints(RunReader):
                 if failed is not None:  # serializing failed: that, not how the commit met it, is the error
                     raise failed from None
             raise
-        for data in files.values():
-            if isinstance(data, PieceStream):
-                data.recycle()  # sent and hashed: its buffers serve the next save
         ref = self._ref(built[-1])
         self._advance_latest(ref)
         notify(pending.observers, ref, built[-1])

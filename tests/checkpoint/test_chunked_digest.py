@@ -1,5 +1,5 @@
-"""Large payloads carry sha256s that cover every byte (per chunk too, except S3 objects uploaded in parts,
-whose reads hash them whole as they arrive); local loads map the verified inode."""
+"""Large payloads carry digests that cover every byte, per chunk (on every backend, streamed or not); local
+loads map the verified inode."""
 
 from __future__ import annotations
 
@@ -31,9 +31,6 @@ def test_large_payload_manifest_lists_digests_that_match_the_file(backend: Backe
     data = run.fs.cat_file(f"{run.path}/step_1/state.pt")
     entry = manifest["files"]["state.pt"]
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    if backend.name == "s3":  # uploaded in parts; reads hash it whole, in order, as it arrives (s3parts.py)
-        assert "chunks" not in entry and "chunk_size" not in entry
-        return
     size = entry["chunk_size"]
     assert entry["chunks"] == [
         hashlib.sha256(data[start : start + size]).hexdigest() for start in range(0, len(data), size)

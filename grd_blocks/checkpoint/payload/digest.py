@@ -57,12 +57,10 @@ if hasattr(os, "register_at_fork"):
 def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
     """Start hashing ``data``; the returned function waits and gives its ``FileEntry``.
 
-    A ``PieceStream`` is hashed whole, piece by piece in order as each is produced, with no chunk digests
-    (streams go to S3 in parts, whose reads hash the object whole: s3parts.py)."""
+    A ``PieceStream`` is hashed on a thread of its own, piece by piece in order as each is produced (each
+    piece one chunk), and each piece is released once hashed (``_StreamDigest``)."""
     if isinstance(data, PieceStream):
-        stream = data
-        whole = _hasher_pool().submit(_sha256_all, stream)
-        return lambda: FileEntry(size=len(stream), sha256=whole.result())
+        return _StreamDigest(data).entry
     if isinstance(data, Pieces) and data.piece_size != CHUNK:
         data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
     size = len(data)
@@ -83,6 +81,50 @@ def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
         chunk_size=CHUNK,
         chunks=tuple(piece.result() for piece in pieces),
     )
+
+
+class _StreamDigest:
+    """Hashes a ``PieceStream`` as it is produced, on a thread of its own: each piece once for its chunk
+    digest and once into the whole-file sha256, then ``release``s it (the digest is one of its readers)."""
+
+    def __init__(self, stream: PieceStream) -> None:
+        self._stream = stream
+        self._whole = hashlib.sha256()
+        self._chunks: list[str] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="grd-digest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        number = 0
+        while True:
+            try:
+                piece = self._stream.piece(number)
+            except BaseException as exc:  # the producer's failure, or a stop: raised by ``entry``
+                self._error = exc
+                return
+            if piece is None:
+                return
+            try:
+                self._whole.update(piece)
+                self._chunks.append(sha256_hex(piece))
+            except BaseException as exc:  # hashing's own failure: no release will come, nobody waits
+                self._error = exc
+                self._stream.fail(exc)
+                return
+            self._stream.release(number)
+            number += 1
+
+    def entry(self) -> FileEntry:
+        """The stream's ``FileEntry``, once every piece is hashed (raises what stopped the hashing)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        size = self._stream.size()
+        if size <= CHUNK:
+            return FileEntry(size=size, sha256=self._whole.hexdigest())
+        whole = self._whole.hexdigest()
+        return FileEntry(size=size, sha256=whole, chunk_size=CHUNK, chunks=tuple(self._chunks))
 
 
 def _sha256_all(pieces: Iterable[bytes | bytearray]) -> str:

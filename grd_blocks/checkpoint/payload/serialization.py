@@ -11,13 +11,14 @@ torch payload arrives as a ``VerifiedFile``: the descriptor the sha256 was compu
 committed file in place (a retry renames a new directory in), so the mapping keeps showing the bytes that
 were verified, even after the checkpoint is replaced or deleted.
 
-Saving copies torch.save's output once: into ``Pieces`` of ``PIECE_BYTES`` (no whole-payload buffer), which
-the hasher and the multipart upload use as they are. ``serialize(..., stream=True)`` gives a ``PieceStream``
-instead: torch.save runs on a thread of its own and each piece can be hashed and sent as soon as it is
-complete, while the rest is still being serialized. A stream's readers get its pieces in order, and the
-producer's own error (never a partial payload) once they reach the point where it failed. A stream's full
-pieces are buffers reused from one save to the next (``_PiecePool``): ``recycle()`` hands them back once
-every reader is done with them (after a successful commit); after a failed one they are simply dropped.
+Saving copies torch.save's output once, into ``Pieces`` of ``PIECE_BYTES``, which the hasher and the
+store use as they are. ``serialize(..., stream=True)`` gives a ``PieceStream`` instead: torch.save runs on a
+thread of its own and each piece is hashed and written (or sent) as soon as it is complete, while the rest is
+still being serialized. A stream's readers get its pieces in order, and the producer's own error (never a
+partial payload) once they reach the point where it failed. A stream holds at most ``window`` pieces at a time
+(``STREAM_WINDOW`` for a local save: 32 MiB): each buffer goes back to a process-wide pool as soon as the
+digest and the store have released it, and torch.save waits for one beyond that, so a save's memory does not
+grow with the state.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ class Pieces:
 
 
 class _PiecePool:
-    """Full-size piece buffers reused from one streamed save to the next, process-wide.
+    """Full-size piece buffers reused from one streamed save to the next, process-wide (at most
+    ``POOL_PIECES`` kept between saves).
 
     Why: a fresh 8 MiB buffer per piece costs the kernel a zero-fill and a page fault per 4 KiB page on first
-    write (for a large payload about as much CPU as serializing it); a reused one costs only the copy. The
-    pool keeps the full pieces of the last stream recycled (about one payload's size of host memory between
-    saves) and hands each out to one stream at a time.
+    write (for a large payload about as much CPU as serializing it); a reused one costs only the copy. A
+    stream takes at most its ``window`` of buffers at a time and hands each back as soon as every reader is
+    done with it, so a save of any size cycles through the same few buffers.
     """
 
     def __init__(self) -> None:
@@ -81,12 +83,20 @@ class _PiecePool:
                 return self._free.pop()
         return bytearray(PIECE_BYTES)
 
-    def keep(self, pieces: list[bytearray]) -> None:
+    def give(self, piece: bytearray) -> None:
         with self._lock:
-            self._free = pieces
+            if len(self._free) < POOL_PIECES:
+                self._free.append(piece)
 
+
+POOL_PIECES = 16
+"""Most free piece buffers the process keeps between streamed saves (128 MiB at most, usually a window's)."""
 
 _POOL = _PiecePool()
+
+STREAM_WINDOW = 4
+"""Pieces a local save's stream holds at once (taken and not yet written and hashed): 32 MiB, whatever the
+size of the state; torch.save waits for a buffer beyond that."""
 
 
 class PieceStream:
@@ -96,17 +106,34 @@ class PieceStream:
     ``piece(n)`` waits for piece ``n`` (None once the payload turned out to have fewer); ``complete()`` waits
     for all of it. Either raises the producer's error if serializing failed before that piece. ``stop()``
     makes the producer give up at its next piece and waits for it to end (what a failed commit calls).
+
+    Bounded memory: with ``readers`` set, each of that many readers calls ``release(n)`` once it is done with
+    piece ``n``; once all have, the piece's buffer goes back to the pool and the piece can no longer be read.
+    The producer then holds at most ``window`` pieces at a time (it waits for a release before taking another
+    buffer), so a save's extra memory is ``window * PIECE_BYTES`` plus the last, shorter piece, not a copy of
+    the payload. Without ``readers`` (``None``) pieces are kept until the stream is dropped and ``window`` is
+    not enforced.
     """
 
     piece_size = PIECE_BYTES
 
-    def __init__(self, payload: Any) -> None:
+    def __init__(
+        self, payload: Any, *, readers: int | None = None, window: int | None = STREAM_WINDOW
+    ) -> None:
+        if (readers is not None and readers < 1) or (window is not None and window < 2):
+            raise ValueError(f"a stream needs readers >= 1 and a window >= 2, not {readers}, {window}")
         self._changed = threading.Condition()
-        self._pieces: list[bytes | bytearray] = []
+        self._pieces: list[bytes | bytearray | None] = []
+        self._releases: list[int] = []  # per piece: how many readers are done with it
+        self._readers = readers
+        self._window = window
+        self._held = 0  # buffers taken and not yet released by every reader
+        self._size = 0
         self._done = False
         self._stopped = False  # the reader gave up ...
         self._refused = False  # ... and the producer was told so (torch.save may re-wrap the error)
         self._error: BaseException | None = None
+        self._reader_error: BaseException | None = None  # a reader failed (``fail``): every reader stops
         self._thread = threading.Thread(
             target=self._produce, args=(payload,), name="grd-serialize", daemon=True
         )
@@ -114,7 +141,7 @@ class PieceStream:
 
     def _produce(self, payload: Any) -> None:
         error: BaseException | None = None
-        writer = _PieceWriter(self._add, _POOL.take)
+        writer = _PieceWriter(self._add, self._take)
         try:
             import torch
 
@@ -122,27 +149,65 @@ class PieceStream:
             writer.close()
         except BaseException as exc:  # handed to the readers, raised where they wait
             error = writer.failure or exc
+        writer.drop()
         with self._changed:
             self._done, self._error = True, error
             self._changed.notify_all()
 
+    def _refuse_if_stopped(self) -> None:
+        if self._stopped:
+            self._refused = True
+            raise _Stopped("the commit this payload was serialized for has failed")
+
+    def _take(self) -> bytearray:
+        """A buffer for the next full piece, once fewer than ``window`` are held (bounded streams)."""
+        with self._changed:
+            window = self._window
+            if self._readers is not None and window is not None:
+                self._changed.wait_for(lambda: self._held < window or self._stopped)
+            self._refuse_if_stopped()
+            self._held += 1
+        return _POOL.take()
+
     def _add(self, piece: bytes | bytearray) -> None:
         with self._changed:
-            if self._stopped:
-                self._refused = True
-                raise _Stopped("the commit this payload was serialized for has failed")
+            self._refuse_if_stopped()
             self._pieces.append(piece)
+            self._releases.append(0)
+            self._size += len(piece)
             self._changed.notify_all()
 
     def piece(self, number: int) -> bytes | bytearray | None:
         """Piece ``number`` once it is complete; None if the payload has no such piece."""
         with self._changed:
-            self._changed.wait_for(lambda: number < len(self._pieces) or self._done)
+            self._changed.wait_for(
+                lambda: number < len(self._pieces) or self._done or self._reader_error is not None
+            )
+            if self._reader_error is not None:
+                raise self._reader_error
             if number < len(self._pieces):
-                return self._pieces[number]
+                piece = self._pieces[number]
+                if piece is None:
+                    raise RuntimeError(f"piece {number} was read after its readers released it")
+                return piece
             if self._error is not None:
                 raise self._error
             return None
+
+    def release(self, number: int) -> None:
+        """One reader is done with piece ``number``; after the last, its buffer serves the next piece."""
+        with self._changed:
+            if self._readers is None:
+                return
+            self._releases[number] += 1
+            piece = self._pieces[number]
+            if self._releases[number] < self._readers or piece is None:
+                return
+            self._pieces[number] = None
+            if isinstance(piece, bytearray):
+                self._held -= 1
+                _POOL.give(piece)
+            self._changed.notify_all()
 
     def __iter__(self) -> Iterator[bytes | bytearray]:
         number = 0
@@ -150,36 +215,49 @@ class PieceStream:
             yield piece
             number += 1
 
-    def complete(self) -> bytes | Pieces:
-        """The whole payload, once serialized (what ``serialize`` without a stream would have given)."""
+    def size(self) -> int:
+        """The payload's length in bytes, once serialized (raises the producer's error if it failed)."""
         with self._changed:
             self._changed.wait_for(lambda: self._done)
             if self._error is not None:
                 raise self._error
+            return self._size
+
+    def complete(self) -> bytes | Pieces:
+        """The whole payload, once serialized (what ``serialize`` without a stream would have given); only
+        for a stream whose pieces were not released."""
+        self.size()
+        with self._changed:
             pieces = tuple(self._pieces)
-        return bytes(pieces[0]) if len(pieces) == 1 else Pieces(pieces, PIECE_BYTES)
+        kept = tuple(piece for piece in pieces if piece is not None)
+        if len(kept) != len(pieces):
+            raise RuntimeError("this stream's pieces were released: it can only be read piece by piece")
+        return bytes(kept[0]) if len(kept) == 1 else Pieces(kept, PIECE_BYTES)
 
     def __len__(self) -> int:
-        return len(self.complete())
+        return self.size()
 
     def __bytes__(self) -> bytes:
         return bytes(self.complete())
 
+    def fail(self, error: BaseException) -> None:
+        """A reader cannot go on (its own ``error``): the producer gives up and every reader gets ``error``
+        (no reader waits for a release that will not come)."""
+        with self._changed:
+            self._stopped = True
+            self._reader_error = self._reader_error or error
+            self._changed.notify_all()
+
     def stop(self) -> BaseException | None:
-        """Stop the producer and wait for it; its own error, if serializing failed (not by this stop)."""
+        """Stop the producer and wait for it; its own error if serializing failed (not by this stop), or what
+        a reader's ``fail`` reported."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
         self._thread.join()
+        if self._reader_error is not None:
+            return self._reader_error
         return None if self._refused else self._error
-
-    def recycle(self) -> None:
-        """Hand the full pieces back for the next stream; only once nothing reads them any more (the commit
-        that sent and hashed them has returned). The stream must not be read afterwards."""
-        with self._changed:
-            pieces = [piece for piece in self._pieces if isinstance(piece, bytearray)]
-            self._pieces = []
-        _POOL.keep(pieces)
 
 
 class _Stopped(Exception):
@@ -201,10 +279,10 @@ def pieces_of(data: Payload | Blob) -> tuple[bytes | bytearray | memoryview, ...
 
 
 class _PieceWriter:
-    """The file ``torch.save`` writes into: every byte is copied once, into ``PIECE_BYTES`` pieces handed to
-    ``emit`` in order (small writes gather in a tail first; a large write, such as a tensor's storage, is cut
-    straight into pieces). Full pieces are copied into buffers from ``new_piece`` when given, else into new
-    ``bytes``. ``close`` emits the last, shorter piece."""
+    """The file ``torch.save`` writes into: every byte is copied once, into ``PIECE_BYTES`` buffers from
+    ``new_piece`` (small writes gather in the current buffer; a large write, such as a tensor's storage, fills
+    it and then whole pieces straight from the tensor's memory). Each full piece is handed to ``emit`` in
+    order; ``close`` emits the last, shorter piece (as ``bytes``, its buffer back to the pool)."""
 
     def __init__(
         self,
@@ -212,19 +290,11 @@ class _PieceWriter:
         new_piece: Callable[[], bytearray] | None = None,
     ) -> None:
         self._emit = emit
-        self._new_piece = new_piece
-        self._tail = bytearray()
+        self._new_piece = new_piece or (lambda: bytearray(PIECE_BYTES))
+        self._current: bytearray | None = None
+        self._filled = 0
         self.failure: BaseException | None = None  # what failed in ``write``: torch.save's cleanup may
         # raise an error of its own over it
-
-    def _full_piece(self, *parts: Any) -> bytes | bytearray:
-        if self._new_piece is None:
-            return b"".join(parts)
-        piece, at = self._new_piece(), 0
-        for part in parts:
-            piece[at : at + len(part)] = part
-            at += len(part)
-        return piece
 
     def write(self, data: Any) -> int:
         try:
@@ -236,23 +306,32 @@ class _PieceWriter:
     def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
-        if self._tail and len(self._tail) + size >= PIECE_BYTES:
-            take = PIECE_BYTES - len(self._tail)
-            self._emit(self._full_piece(self._tail, view[:take]))
-            self._tail, view = bytearray(), view[take:]
-        while len(view) >= PIECE_BYTES:
-            self._emit(self._full_piece(view[:PIECE_BYTES]))
-            view = view[PIECE_BYTES:]
-        self._tail += view
+        while view:
+            if self._current is None:
+                self._current, self._filled = self._new_piece(), 0
+            take = min(len(view), PIECE_BYTES - self._filled)
+            self._current[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == PIECE_BYTES:
+                piece, self._current = self._current, None
+                self._emit(piece)
         return size
 
     def flush(self) -> None:
         """Nothing is buffered outside the pieces."""
 
     def close(self) -> None:
-        if self._tail:
-            self._emit(bytes(self._tail))
-            self._tail = bytearray()
+        if self._current is not None and self._filled:
+            last = bytes(memoryview(self._current)[: self._filled])
+            self.drop()
+            self._emit(last)
+
+    def drop(self) -> None:
+        """Give the current, unfinished piece's buffer back (after ``close``, or when torch.save failed)."""
+        if self._current is not None:
+            _POOL.give(self._current)
+            self._current = None
 
 
 @dataclass(frozen=True)
@@ -325,14 +404,18 @@ def json_text(value: Any) -> str | None:
         return None
 
 
-def serialize(payload: dict[str, Any], *, stream: bool = False) -> tuple[dict[str, Payload], str]:
+def serialize(
+    payload: dict[str, Any], *, stream: bool = False, window: int | None = STREAM_WINDOW
+) -> tuple[dict[str, Payload], str]:
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``; with ``stream`` a torch
-    payload is a ``PieceStream`` still being produced (the caller must ``stop()`` it if it gives up)."""
+    payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces, read by two readers
+    (the digest and the store: each must ``release`` every piece; the caller must ``stop()`` it if it gives
+    up)."""
     text = json_text(payload)
     if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
         return {JSON_FILE: text.encode()}, "json"
     if stream:
-        return {TORCH_FILE: PieceStream(payload)}, "torch"
+        return {TORCH_FILE: PieceStream(payload, readers=2, window=window)}, "torch"
     import torch  # a state that is not JSON holds tensors (torch is loaded) or tuples/int keys
 
     pieces: list[bytes | bytearray] = []

@@ -36,9 +36,10 @@ checkpoint "directory" that is a symbolic link (or anything but a directory) is 
 ``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
 
 The manifest content is asked for (``manifest(objects)``, ``objects`` naming the object each file went to)
-only after every payload file is written, so the caller
-can hash the payload while it is being written; where ``takes_streams``, a payload may even still be being
-serialized when ``commit`` starts (serialization.PieceStream), and is sent piece by piece as it is produced.
+only after every payload file is written, so the caller can hash the payload while it is being written; where
+``takes_streams`` (local disk, S3), a payload may even still be being serialized when ``commit`` starts
+(serialization.PieceStream), and is written or sent piece by piece as it is produced, each piece released once
+it is. On local disk the stream holds at most ``stream_window`` pieces (memory does not grow with the state).
 On local disk, after a commit, staging entries that crashed writers left behind are swept (staging.py).
 """
 
@@ -61,7 +62,7 @@ from datetime import datetime
 import fsspec
 
 from grd_blocks.checkpoint.payload.manifest import parse_manifest
-from grd_blocks.checkpoint.payload.serialization import Payload, pieces_of
+from grd_blocks.checkpoint.payload.serialization import STREAM_WINDOW, Payload, PieceStream, pieces_of
 from grd_blocks.checkpoint.storage.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -101,6 +102,11 @@ class CommitProtocol(ABC):
         rest is serialized) rather than whole."""
         return False
 
+    @property
+    def stream_window(self) -> int | None:
+        """Pieces a stream given to ``commit`` may hold at once (serialization.PieceStream); None: any."""
+        return STREAM_WINDOW
+
     @abstractmethod
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         """Write ``files``, then ``manifest(objects)`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or
@@ -124,9 +130,16 @@ class CommitProtocol(ABC):
 
 
 def _write_synced(path: str, data: Payload) -> None:
+    """Write ``data`` to ``path`` and fsync it; a stream's pieces as each is produced, each released once
+    written (the store is one of its readers: serialization.PieceStream)."""
     with open(path, "wb") as handle:
-        for piece in pieces_of(data):
-            handle.write(piece)
+        if isinstance(data, PieceStream):
+            for number, piece in enumerate(data):
+                handle.write(piece)
+                data.release(number)
+        else:
+            for whole in pieces_of(data):
+                handle.write(whole)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -197,6 +210,10 @@ def _install(staging: str, ckpt_dir: str, run_dir: str, name: str) -> list[str]:
 
 class RenameCommit(CommitProtocol):
     """Local disk: stage in ``{run_dir}/.tmp-{unit}_{N}-...``, fsync, ``rename`` into place."""
+
+    @property
+    def takes_streams(self) -> bool:
+        return True  # each piece is written as soon as it is serialized: memory stays a few pieces
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
@@ -325,6 +342,10 @@ class ManifestLastCommit(CommitProtocol):
     @property
     def takes_streams(self) -> bool:
         return takes_streams(self.fs)  # S3: parts go up as they are serialized
+
+    @property
+    def stream_window(self) -> int | None:
+        return None  # a failed part leaves the pieces after it unsent and unreleased: no bound to wait on
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         manifest_path = join(ckpt_dir, MANIFEST_NAME)

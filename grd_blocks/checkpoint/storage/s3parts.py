@@ -58,7 +58,13 @@ from grd_blocks.checkpoint.payload.digest import (
     verify_bytes,
 )
 from grd_blocks.checkpoint.payload.manifest import FileEntry
-from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
+from grd_blocks.checkpoint.payload.serialization import (
+    PIECE_BYTES,
+    Blob,
+    Payload,
+    Pieces,
+    PieceStream,
+)
 from grd_blocks.errors import CheckpointCorrupt
 
 if TYPE_CHECKING:
@@ -181,8 +187,9 @@ def drop_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
 
 def _part_source(data: Payload) -> tuple[Iterable[int], Callable[[int], bytes | bytearray]]:
     """``(part numbers, part number -> its bytes)``: ``Pieces`` of ``PART_BYTES`` are sent as they are, a
-    stream's pieces as each is produced (its numbers end with its last piece); anything else is cut into
-    ``PART_BYTES`` parts, each copied once when it is about to be sent."""
+    stream's pieces as each is produced (its numbers end with its last piece; ``_put_parts`` releases each
+    once sent); anything else is cut into ``PART_BYTES`` parts, each copied once when it is about to be
+    sent."""
     if isinstance(data, PieceStream):
         stream = data
         numbers = itertools.takewhile(lambda number: stream.piece(number) is not None, itertools.count())
@@ -205,6 +212,8 @@ def _put_parts(client: S3Client, bucket: str, key: str, data: Payload) -> None:
             "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number + 1, Body=body
         )
         etags[number] = sent["ETag"]
+        if isinstance(data, PieceStream):
+            data.release(number)  # sent: its buffer may serve a later piece
 
     try:
         _in_parallel(numbers, send)
