@@ -242,7 +242,7 @@ class CountingFS:
 def _populate(fs: fsspec.AbstractFileSystem, path: str, count: int) -> None:
     """``count`` tiny committed checkpoints written directly (cheap: no fsync), plus LATEST.json."""
     payload = b'{"s": 0}'
-    entry = FileEntry(size=len(payload), sha256=sha256_hex(payload))
+    entry = FileEntry(size=len(payload), whole=sha256_hex(payload))  # a format-1 entry: cheap to write
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     batch: dict[str, bytes] = {}
     for index in range(count):

@@ -5,8 +5,8 @@ Invariants:
 * ``latest()`` costs O(1) requests when LATEST.json is sound (read it, read the manifest it names, ``info``
   each payload file); when anything is wrong it logs what, and scans for the newest checkpoint whose manifest
   and sizes verify. ``load()`` reuses that manifest and skips the ``info`` calls: fetching checks every size
-  and sha256, and a damaged checkpoint falls back exactly as it would have there.
-* Nothing is deserialized before its size and sha256 match the manifest. On local disk each payload file is
+  and digest, and a damaged checkpoint falls back exactly as it would have there.
+* Nothing is deserialized before its size and digests match the manifest. On local disk each payload file is
   opened once and that descriptor is both hashed and handed to the loader (serialization.VerifiedFile), so a
   rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory (large
   S3 payloads by parallel ranged GETs, hashed while they arrive: s3parts.py).
@@ -210,7 +210,7 @@ class RunReader:
 
     @contextlib.contextmanager
     def _fetch_verified(self, name: str, manifest: Manifest) -> Iterator[Fetched]:
-        """Every payload file of ``name``, size and sha256 checked (``CheckpointCorrupt`` if not)."""
+        """Every payload file of ``name``, size and digests checked (``CheckpointCorrupt`` if not)."""
         with contextlib.ExitStack() as stack:
             files: Fetched = {}
             for file_name, entry in manifest.files.items():
@@ -323,7 +323,7 @@ class RunReader:
     ) -> dict[str, Any] | None:
         """The state of the latest valid checkpoint (or exactly ``step``/``epoch``); None if there is none.
 
-        Every sha256 is checked. Without step/epoch a damaged checkpoint is skipped with a warning and the
+        Every digest is checked. Without step/epoch a damaged checkpoint is skipped with a warning and the
         previous valid one is used; with step/epoch a damaged one raises ``CheckpointCorrupt``. Objects in
         ``into`` (modules, optimizers, schedulers, scalers, tensors, dicts) are restored in place.
         """
@@ -331,7 +331,7 @@ class RunReader:
             ref = self.find(step=step, epoch=epoch)
             return self._settled(ref.name, self._read_manifest(ref.name),
                                  functools.partial(self._load_version, ref, into, map_location))
-        found = self._latest(check_sizes=False)  # fetching verifies every size and sha256 anyway
+        found = self._latest(check_sizes=False)  # fetching verifies every size and digest anyway
         candidate, known = found if found is not None else (None, None)
         while candidate is not None:
             try:
@@ -371,7 +371,7 @@ class RunReader:
         return decode_state(payload, manifest.handlers)
 
     def verify(self, ref: CheckpointRef | str) -> list[str]:
-        """Problems found in a checkpoint (manifest, presence, sizes, sha256); empty means it is sound."""
+        """Problems found in a checkpoint (manifest, presence, sizes, digests); empty means it is sound."""
         name = ref if isinstance(ref, str) else ref.name
         def fetch(manifest: Manifest) -> None:
             with self._fetch_verified(name, manifest):

@@ -4,10 +4,10 @@ This module is the write side (save, retention, delete); finding, verifying and 
 
 Invariants:
 
-* A checkpoint exists only once its ``MANIFEST.json`` exists and agrees with its payload (commit.py). The
-  payload is serialized once, in memory; its sha256 is computed while the same buffer is being written (on
-  S3, large payloads are hashed and sent piece by piece while the rest is still being serialized; if that
-  serializing fails, its own error is raised, and nothing was committed).
+* A checkpoint exists only once its ``MANIFEST.json`` exists and agrees with its payload (commit.py). A large
+  payload is serialized as a stream of 8 MiB pieces: each piece is hashed once (its chunk digest, under the
+  algorithm the manifest records: hashes.py) while it is written to disk or sent to S3, and the rest is still
+  being serialized; if that serializing fails, its own error is raised, and nothing was committed.
 * LATEST.json never moves backwards: a save with a lower N is committed but leaves LATEST alone (a
   ``StaleWriter`` warning is logged, nothing is raised).
 * Retention runs only after a commit and never deletes the newest, the latest or the best (retention.py).
@@ -36,6 +36,7 @@ from grd_blocks.checkpoint.async_writer import AsyncWriter
 from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.payload.digest import digest_later
 from grd_blocks.checkpoint.payload.handlers import encode_state
+from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import (
     FileEntry,
     LatestPointer,
@@ -113,6 +114,7 @@ class _PendingSave:
     metrics: dict[str, float]
     metadata: dict[str, Any]
     observers: tuple[Observer, ...] = ()  # bound in the caller's thread (observers.py)
+    digest: str = "sha256"  # the payload's digest algorithm (hashes.py), chosen in the caller's thread
 
 
 class RunCheckpoints(RunReader):
@@ -303,9 +305,10 @@ class RunCheckpoints(RunReader):
     ) -> _PendingSave:
         """Validate the arguments and encode ``state`` (through ``copy`` when it is written later)."""
         unit, index = self._resolve_index(step, epoch)
+        digest = save_algorithm()  # a bad GRD_CHECKPOINT_DIGEST fails the call, not a background write
         payload, types = encode_state(state, copy=copy)
         return _PendingSave(payload, types, unit, index, step, epoch, _metrics(metrics), _metadata(metadata),
-                            tuple(bind_automatic()))
+                            tuple(bind_automatic()), digest)
 
     def _write(self, pending: _PendingSave) -> CheckpointRef:
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
@@ -313,7 +316,13 @@ class RunCheckpoints(RunReader):
         files, payload_format = serialize(
             payload, stream=self._commit.takes_streams, window=self._commit.stream_window
         )
-        digests = {file_name: digest_later(data) for file_name, data in files.items()}
+        try:
+            digests = {file_name: digest_later(data, pending.digest) for file_name, data in files.items()}
+        except BaseException:
+            for data in files.values():
+                if isinstance(data, PieceStream):
+                    data.stop()
+            raise
         built: list[Manifest] = []
 
         def manifest(objects: Mapping[str, str]) -> bytes:  # once the payload is written and hashed
@@ -445,7 +454,7 @@ class RunCheckpoints(RunReader):
         into: Mapping[str, Any] | None = None,
         map_location: Any = "cpu",
     ) -> dict[str, Any] | None:
-        """Wait for an in-flight ``save_async``, then ``RunReader.load`` (every sha256 checked, fallback)."""
+        """Wait for an in-flight ``save_async``, then ``RunReader.load`` (every digest checked, fallback)."""
         self._writer.wait()
         return super().load(step=step, epoch=epoch, into=into, map_location=map_location)
 

@@ -3,7 +3,6 @@ loads map the verified inode."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine
+from grd_blocks.checkpoint.payload import hashes
 from grd_blocks.checkpoint.payload.digest import CHUNK
 from grd_blocks.checkpoint.payload.manifest import FileEntry, Manifest, now_iso, parse_manifest
 from grd_blocks.errors import CheckpointCorrupt
@@ -30,12 +30,10 @@ def test_large_payload_manifest_lists_digests_that_match_the_file(backend: Backe
     manifest = json.loads(run.fs.cat_file(f"{run.path}/step_1/MANIFEST.json"))
     data = run.fs.cat_file(f"{run.path}/step_1/state.pt")
     entry = manifest["files"]["state.pt"]
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    size = entry["chunk_size"]
-    assert entry["chunks"] == [
-        hashlib.sha256(data[start : start + size]).hexdigest() for start in range(0, len(data), size)
-    ]
+    size, digest = entry["chunk_size"], hashes.function(entry["digest"])
+    assert entry["chunks"] == [digest(data[start : start + size]) for start in range(0, len(data), size)]
     assert len(entry["chunks"]) == 3
+    assert entry["hash"] == hashes.combine(entry["digest"], entry["chunks"])
 
 
 @pytest.mark.parametrize("where", [0.1, 0.99])
@@ -48,10 +46,10 @@ def test_bit_flip_in_any_chunk_is_detected_and_load_falls_back(backend: Backend,
     data[int(len(data) * where)] ^= 0x10
     run.fs.pipe_file(path, bytes(data))
     problems = run.verify("step_1")
-    assert len(problems) == 1 and "sha256" in problems[0] and "step_1/state.pt" in problems[0]
+    assert len(problems) == 1 and " digest " in problems[0] and "step_1/state.pt" in problems[0]
     loaded = run.load()
     assert loaded is not None and torch.equal(loaded["w"], _big_state(0)["w"])
-    with pytest.raises(CheckpointCorrupt, match="sha256"):
+    with pytest.raises(CheckpointCorrupt, match=" digest "):
         run.load(step=1)
 
 
@@ -67,12 +65,12 @@ def test_malformed_chunk_list_makes_the_manifest_corrupt() -> None:
             writer="t",
         ).to_bytes()
 
-    good = FileEntry(size=10, sha256="a" * 64, chunk_size=4, chunks=("b" * 64,) * 3)
+    good = FileEntry(size=10, whole="a" * 64, chunk_size=4, chunks=("b" * 64,) * 3)
     assert parse_manifest(manifest(good), "M").files["state.pt"] == good
     for bad in (
-        FileEntry(size=10, sha256="a" * 64, chunk_size=4, chunks=("b" * 64,) * 2),  # too few pieces
-        FileEntry(size=10, sha256="a" * 64, chunk_size=0, chunks=("b" * 64,) * 3),
-        FileEntry(size=10, sha256="a" * 64, chunk_size=4, chunks=("b" * 63,) * 3),
+        FileEntry(size=10, whole="a" * 64, chunk_size=4, chunks=("b" * 64,) * 2),  # too few pieces
+        FileEntry(size=10, whole="a" * 64, chunk_size=0, chunks=("b" * 64,) * 3),
+        FileEntry(size=10, whole="a" * 64, chunk_size=4, chunks=("b" * 63,) * 3),
     ):
         with pytest.raises(CheckpointCorrupt, match="chunk"):
             parse_manifest(manifest(bad), "M")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
-from grd_blocks.errors import CheckpointNotFound, InvalidRunKey, StoreUnavailable
+from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, InvalidRunKey, StoreUnavailable
 from tests.checkpoint.conftest import Backend, RecordingFS, recording_run
 
 
@@ -167,7 +167,7 @@ def test_load_of_damaged_explicit_step_raises(backend: Backend) -> None:
     fs, path = _raw(run)
     fs.pipe_file(f"{path}/step_1/state.pt", _flip_bit(fs.cat_file(f"{path}/step_1/state.pt"), 40))
     assert run.verify("step_1") and not run.verify("step_2")
-    with pytest.raises(Exception, match="sha256"):
+    with pytest.raises(CheckpointCorrupt, match=r"(blake3|sha256) digest"):
         run.load(step=1)
 
 

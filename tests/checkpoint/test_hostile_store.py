@@ -230,10 +230,10 @@ def test_a_deeply_nested_json_payload_under_a_forged_manifest_is_damaged_and_the
 ) -> None:
     """state.json rewritten as '[[[[...' with its manifest re-signed to match (the manifest's checksum only
     proves it is whole): json raised RecursionError out of load()."""
-    import hashlib
     import json
 
     from grd_blocks.checkpoint.payload import manifest as manifest_module
+    from grd_blocks.checkpoint.payload.digest import digest_later
 
     _, run = _store(tmp_path)
     step = Path(run.path) / "step_2"
@@ -241,8 +241,7 @@ def test_a_deeply_nested_json_payload_under_a_forged_manifest_is_damaged_and_the
     (step / "state.json").write_bytes(deep)
     obj = json.loads((step / "MANIFEST.json").read_bytes())
     obj.pop("checksum")
-    entry = obj["files"]["state.json"]
-    entry.update(size=len(deep), sha256=hashlib.sha256(deep).hexdigest())
+    obj["files"]["state.json"] = digest_later(deep, "sha256")().to_json()  # digests that match
     (step / "MANIFEST.json").write_bytes(manifest_module._dump(obj))
     assert run.load() == {"step": 1}
 
@@ -288,7 +287,7 @@ def test_a_forged_manifest_claiming_a_huge_json_payload_is_refused_before_a_byte
         handle.truncate(huge)  # sparse: no disk used
     obj = json.loads((step / "MANIFEST.json").read_bytes())
     obj.pop("checksum")
-    obj["files"]["state.json"].update(size=huge)
+    obj["files"]["state.json"].update(size=huge, chunk_size=huge)  # one chunk: the entry is well-formed
     (step / "MANIFEST.json").write_bytes(manifest_module._dump(obj))
     with caplog.at_level(logging.WARNING, logger="grd.checkpoint"):
         assert run.load() == {"step": 1}

@@ -19,6 +19,7 @@ import torch
 from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.checkpoint.payload import serialization
 from grd_blocks.checkpoint.payload.digest import CHUNK, InOrderHasher, digest_later
+from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import FileEntry
 from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Pieces, serialize
 from grd_blocks.checkpoint.storage.commit import ManifestLastCommit
@@ -48,10 +49,10 @@ def test_serialize_writes_exactly_torch_saves_bytes_in_chunk_sized_pieces(size: 
         assert PIECE_BYTES == CHUNK == PART_BYTES
         assert all(len(piece) == PIECE_BYTES for piece in data.pieces[:-1]) and len(data.pieces[-1]) > 0
     whole = expected.getvalue()
-    entry = digest_later(data)()
-    assert entry.sha256 == hashlib.sha256(whole).hexdigest()
+    entry = digest_later(data, "sha256")()
     chunks = [hashlib.sha256(whole[at : at + CHUNK]).hexdigest() for at in range(0, len(whole), CHUNK)]
-    assert list(entry.chunks) == (chunks if len(whole) > CHUNK else [])
+    assert entry.digest == "sha256" and list(entry.chunks) == chunks
+    assert entry.whole == hashlib.sha256(b"".join(bytes.fromhex(chunk) for chunk in chunks)).hexdigest()
 
 
 @pytest.mark.s3
@@ -65,7 +66,7 @@ def test_large_object_goes_up_in_parts_and_comes_back_verified(
     path = f"{s3_bucket.removeprefix('s3://')}/obj/state.pt"
     put_object(fs, path, data)
     assert fs.info(path)["ETag"].strip('"').endswith("-3")  # a three-part multipart upload
-    entry = digest_later(data)()
+    entry = digest_later(data, save_algorithm())()
     assert bytes(get_verified(fs, path, entry, "s3://obj")) == bytes(data)
 
 
@@ -76,7 +77,7 @@ def test_an_object_of_another_size_than_its_manifest_is_corrupt(
 ) -> None:
     fs = s3_server.filesystem()
     data = bytes(serialize(_state(3))[0]["state.pt"])
-    entry = digest_later(data)()
+    entry = digest_later(data, save_algorithm())()
     path = f"{s3_bucket.removeprefix('s3://')}/obj/state.pt"
     fs.pipe_file(path, data[:change] if change < 0 else data + b"\0" * change)
     with pytest.raises(CheckpointCorrupt, match=rf"s3://obj is \d+ bytes, its manifest says {len(data)}"):
@@ -350,15 +351,15 @@ def test_an_entry_without_chunk_digests_is_verified_whole_on_the_parallel_path(
     path = f"{s3_bucket.removeprefix('s3://')}/obj/state.pt"
     data = bytes(serialize(_state(16))[0]["state.pt"])
     put_object(fs, path, data)
-    whole_only = FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())  # an older manifest
+    whole_only = FileEntry(size=len(data), whole=hashlib.sha256(data).hexdigest())  # a format-1 manifest
     assert bytes(get_verified(fs, path, whole_only, "s3://obj")) == data
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     put_object(fs, path, bytes(flipped))
-    with pytest.raises(CheckpointCorrupt, match="s3://obj has sha256"):
+    with pytest.raises(CheckpointCorrupt, match="s3://obj has sha256 digest"):
         get_verified(fs, path, whole_only, "s3://obj")
     with pytest.raises(CheckpointCorrupt, match=rf"s3://obj: bytes {PART_BYTES}\.\.{2 * PART_BYTES} have"):
-        get_verified(fs, path, digest_later(data)(), "s3://obj")
+        get_verified(fs, path, digest_later(data, save_algorithm())(), "s3://obj")
 
 
 @pytest.mark.s3
@@ -416,7 +417,7 @@ def test_a_checkpoint_whose_manifest_lists_chunk_digests_still_loads_and_verifie
     data = bytearray(run.fs.cat_file(path))
     data[-5] ^= 0x01
     run.fs.pipe_file(path, bytes(data))
-    with pytest.raises(CheckpointCorrupt, match=rf"bytes {2 * PART_BYTES}\.\.{len(data)} have sha256"):
+    with pytest.raises(CheckpointCorrupt, match=rf"bytes {2 * PART_BYTES}\.\.{len(data)} have \w+ digest"):
         run.load(step=0)
 
 

@@ -1,19 +1,22 @@
-"""sha256 digests of payload files, computed and checked on several cores with as little copying as we can.
+"""Digests of payload files, computed and checked on several cores with as little copying as we can.
 
 Invariants:
 
-* ``digest_later(data)`` yields the ``FileEntry`` whose ``sha256`` is ``hashlib.sha256(data)`` and, for
-  data larger than ``CHUNK``, whose ``chunks`` are the sha256 of each ``CHUNK``-sized piece (for ``Pieces``
-  of ``CHUNK`` bytes: of each piece, as it is). It runs in helper
-  threads (hashlib releases the GIL), overlapping whatever the caller does meanwhile (writing the bytes).
+* ``digest_later(data, algorithm)`` yields the format-2 ``FileEntry`` of ``data`` (manifest.py): the
+  ``algorithm`` digest (hashes.py) of each ``CHUNK``-sized piece, and the whole-file value derived from those
+  (``hashes.combine``), so every byte is hashed exactly once. It runs in helper threads (hashlib and blake3
+  release the GIL), overlapping whatever the caller does meanwhile (writing the bytes). A ``PieceStream`` is
+  hashed piece by piece as it is produced, each piece released once hashed.
 * ``verify_fd(fd, entry, where)`` reads the file through the given descriptor only (so it describes the inode
   the caller holds open, whatever happens to the path meanwhile) and raises ``CheckpointCorrupt`` naming
-  ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them,
-  else the whole-file sha256, reading the next piece while the previous one is hashed.
-* ``hash_later(piece)`` + ``check_pieces(futures, entry, where)`` let a download hash each chunk as soon as it
-  has arrived and check them all once the last one has; ``InOrderHasher`` hashes a download that arrives
-  in ranges, out of order, as the whole-file sha256: each range as soon as every range before it is in
-  (s3parts.py).
+  ``where`` unless its size and every digest match: the chunk digests in parallel when the entry has them
+  (then, for a format-2 entry, that its whole-file value agrees with them), else (a format-1 entry of one
+  chunk or less) the whole-file sha256, reading the next piece while the previous one is hashed.
+* ``hash_later(piece, algorithm)`` + ``check_pieces(futures, entry, where)`` let a download hash each chunk as
+  soon as it has arrived and check them all once the last one has; ``InOrderHasher`` hashes a download that
+  arrives in ranges, out of order, as the whole-file sha256 of a format-1 entry without chunks: each range as
+  soon as every range before it is in (s3parts.py).
+* An algorithm whose package is missing raises ``hashes.DigestUnavailable`` before any byte is read.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from grd_blocks.checkpoint.payload import hashes
 from grd_blocks.checkpoint.payload.manifest import FileEntry, sha256_hex
 from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Blob, Payload, Pieces, PieceStream
 from grd_blocks.errors import CheckpointCorrupt
@@ -40,7 +44,7 @@ def _hasher_pool() -> ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             workers = max(2, min(8, os.cpu_count() or 2))
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grd-sha256")
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grd-digest")
         return _pool
 
 
@@ -54,42 +58,34 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def digest_later(data: Payload | Blob) -> Callable[[], FileEntry]:
-    """Start hashing ``data``; the returned function waits and gives its ``FileEntry``.
-
-    A ``PieceStream`` is hashed on a thread of its own, piece by piece in order as each is produced (each
-    piece one chunk), and each piece is released once hashed (``_StreamDigest``)."""
+def digest_later(data: Payload | Blob, algorithm: str) -> Callable[[], FileEntry]:
+    """Start hashing ``data`` with ``algorithm``; the returned function waits and gives its ``FileEntry``."""
+    function = hashes.function(algorithm)
     if isinstance(data, PieceStream):
-        return _StreamDigest(data).entry
+        return _StreamDigest(data, algorithm, function).entry
     if isinstance(data, Pieces) and data.piece_size != CHUNK:
         data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
     size = len(data)
-    if size <= CHUNK:
-        entry = FileEntry(size=size, sha256=sha256_hex(bytes(data) if isinstance(data, Pieces) else data))
-        return lambda: entry
     pool = _hasher_pool()
     if isinstance(data, Pieces):
-        whole = pool.submit(_sha256_all, data.pieces)
-        pieces = [pool.submit(sha256_hex, piece) for piece in data.pieces]
+        pieces = [pool.submit(function, piece) for piece in data.pieces]
     else:
         view = memoryview(data)
-        whole = pool.submit(sha256_hex, view)
-        pieces = [pool.submit(sha256_hex, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
-    return lambda: FileEntry(
-        size=size,
-        sha256=whole.result(),
-        chunk_size=CHUNK,
-        chunks=tuple(piece.result() for piece in pieces),
-    )
+        pieces = [pool.submit(function, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
+
+    def entry() -> FileEntry:
+        chunks = tuple(piece.result() for piece in pieces)
+        return FileEntry(size, hashes.combine(algorithm, chunks), CHUNK, chunks, digest=algorithm)
+
+    return entry
 
 
 class _StreamDigest:
-    """Hashes a ``PieceStream`` as it is produced, on a thread of its own: each piece once for its chunk
-    digest and once into the whole-file sha256, then ``release``s it (the digest is one of its readers)."""
+    """Hashes a ``PieceStream`` as it is produced, on a thread of its own: each piece once, for its chunk
+    digest, then ``release``s it (the digest is one of the stream's readers)."""
 
-    def __init__(self, stream: PieceStream) -> None:
-        self._stream = stream
-        self._whole = hashlib.sha256()
+    def __init__(self, stream: PieceStream, algorithm: str, function: Callable[[Blob], str]) -> None:
+        self._stream, self._algorithm, self._function = stream, algorithm, function
         self._chunks: list[str] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="grd-digest", daemon=True)
@@ -106,8 +102,7 @@ class _StreamDigest:
             if piece is None:
                 return
             try:
-                self._whole.update(piece)
-                self._chunks.append(sha256_hex(piece))
+                self._chunks.append(self._function(piece))
             except BaseException as exc:  # hashing's own failure: no release will come, nobody waits
                 self._error = exc
                 self._stream.fail(exc)
@@ -120,18 +115,8 @@ class _StreamDigest:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        size = self._stream.size()
-        if size <= CHUNK:
-            return FileEntry(size=size, sha256=self._whole.hexdigest())
-        whole = self._whole.hexdigest()
-        return FileEntry(size=size, sha256=whole, chunk_size=CHUNK, chunks=tuple(self._chunks))
-
-
-def _sha256_all(pieces: Iterable[bytes | bytearray]) -> str:
-    digest = hashlib.sha256()
-    for piece in pieces:
-        digest.update(piece)
-    return digest.hexdigest()
+        chunks, algorithm, size = tuple(self._chunks), self._algorithm, self._stream.size()
+        return FileEntry(size, hashes.combine(algorithm, chunks), CHUNK, chunks, digest=algorithm)
 
 
 def _read_into(fd: int, buffer: bytearray | memoryview, offset: int) -> int:
@@ -152,14 +137,15 @@ def _read_fully(fd: int, buffer: bytearray, offset: int, length: int) -> int:
     return done
 
 
-def _chunk_digest(fd: int, offset: int, length: int) -> str | None:
-    """sha256 of ``length`` bytes at ``offset`` (None if the file is shorter), in a per-thread buffer."""
+def _chunk_digest(function: Callable[[Blob], str], fd: int, offset: int, length: int) -> str | None:
+    """``function``'s digest of ``length`` bytes at ``offset`` (None if the file is shorter), read into a
+    per-thread buffer."""
     buffer: bytearray | None = getattr(_buffers, "buffer", None)
     if buffer is None or len(buffer) < length:
         buffer = _buffers.buffer = bytearray(max(length, CHUNK))
     if _read_fully(fd, buffer, offset, length) != length:
         return None
-    return sha256_hex(memoryview(buffer)[:length])
+    return function(memoryview(buffer)[:length])
 
 
 def sha256_fd(fd: int, size: int) -> tuple[str, int]:
@@ -190,39 +176,47 @@ def sha256_fd(fd: int, size: int) -> tuple[str, int]:
     return digest.hexdigest(), offset
 
 
-def hash_later(piece: memoryview) -> Future[str | None]:
-    """Start hashing ``piece`` (one chunk of a payload) on the hasher pool; the future gives its sha256."""
-    return _hasher_pool().submit(sha256_hex, piece)
+def hash_later(piece: memoryview, algorithm: str) -> Future[str | None]:
+    """Start hashing ``piece`` (one chunk of a payload) on the hasher pool; the future gives its digest."""
+    return _hasher_pool().submit(hashes.function(algorithm), piece)
 
 
 def check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str) -> None:
     """Wait for every chunk digest in ``futures`` (in chunk order), then raise ``CheckpointCorrupt`` naming
-    ``where`` and the byte range of the first that differs from ``entry.chunks``."""
+    ``where`` and the byte range of the first that differs from ``entry.chunks`` (or, for a format-2 entry,
+    when its whole-file value does not agree with its chunks)."""
     wait(futures)  # all of them, even after a failure: the caller may close the file once this returns
     step = entry.chunk_size or entry.size
     for number, (future, expected) in enumerate(zip(futures, entry.chunks, strict=True)):
         actual = future.result()
         if actual != expected:
             raise CheckpointCorrupt(
-                f"{where}: bytes {number * step}..{min(entry.size, (number + 1) * step)} have sha256 "
-                f"{actual}, its manifest says {expected}"
+                f"{where}: bytes {number * step}..{min(entry.size, (number + 1) * step)} have "
+                f"{entry.algorithm} digest {actual}, its manifest says {expected}"
             )
+    if entry.digest is not None and hashes.combine(entry.digest, entry.chunks) != entry.whole:
+        raise CheckpointCorrupt(
+            f"{where}: its manifest's hash {entry.whole} is not the {entry.digest} of its chunk digests; "
+            "the manifest was damaged or not written by grd"
+        )
 
 
 def check_sha256(digest: str | None, entry: FileEntry, where: str) -> None:
-    """Raise ``CheckpointCorrupt`` naming ``where`` unless ``digest`` is ``entry``'s whole-file sha256."""
-    if digest != entry.sha256:
-        raise CheckpointCorrupt(f"{where} has sha256 {digest}, its manifest says {entry.sha256}")
+    """Raise ``CheckpointCorrupt`` naming ``where`` unless ``digest`` is the whole-file sha256 of ``entry``
+    (a format-1 entry)."""
+    if digest != entry.whole:
+        raise CheckpointCorrupt(f"{where} has sha256 digest {digest}, its manifest says {entry.whole}")
 
 
 def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: str) -> None:
     """Raise ``CheckpointCorrupt`` unless ``data`` has ``entry``'s size and digests."""
+    function = hashes.function(entry.algorithm)
     if len(data) != entry.size:
         raise CheckpointCorrupt(f"{where} is {len(data)} bytes, its manifest says {entry.size}")
-    if entry.chunks and entry.chunk_size:
+    if entry.chunk_size and (entry.chunks or entry.digest is not None):
         view, step, pool = memoryview(data), entry.chunk_size, _hasher_pool()
         pieces: list[Future[str | None]] = [
-            pool.submit(sha256_hex, view[start : start + step]) for start in range(0, len(data), step)
+            pool.submit(function, view[start : start + step]) for start in range(0, len(data), step)
         ]
         check_pieces(pieces, entry, where)
         return
@@ -231,13 +225,15 @@ def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: 
 
 def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
     """Raise ``CheckpointCorrupt`` unless the file open as ``fd`` has ``entry``'s size and digests."""
+    function = hashes.function(entry.algorithm)
     size = os.fstat(fd).st_size
     if size != entry.size:
         raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
-    if entry.chunks and entry.chunk_size:
+    if entry.chunk_size and (entry.chunks or entry.digest is not None):
         step, pool = entry.chunk_size, _hasher_pool()
         pieces = [
-            pool.submit(_chunk_digest, fd, start, min(step, size - start)) for start in range(0, size, step)
+            pool.submit(_chunk_digest, function, fd, start, min(step, size - start))
+            for start in range(0, size, step)
         ]
         check_pieces(pieces, entry, where)
         return
@@ -248,9 +244,9 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
 
 
 class InOrderHasher:
-    """The sha256 of a buffer that fills in ranges, in any order: each range is hashed on the hasher pool as
-    soon as it and every range before it have arrived (at most one hashing task at a time, so the digest
-    sees the bytes in order), overlapping the rest of the download."""
+    """The sha256 of a buffer that fills in ranges, in any order (a format-1 entry without chunks): each
+    range is hashed on the hasher pool as soon as it and every range before it have arrived (at most one
+    hashing task at a time, so the digest sees the bytes in order), overlapping the rest of the download."""
 
     def __init__(self, view: memoryview, ranges: list[tuple[int, int]]) -> None:
         self._view, self._ranges = view, ranges

@@ -1,10 +1,25 @@
 """The manifest: the one file whose presence (and agreement with the payload) makes a checkpoint exist.
 
-Invariant: a manifest is written after every payload file it lists; it records each file's size and sha256,
+Invariant: a manifest is written after every payload file it lists; it records each file's size and digests,
 so a reader can tell a committed checkpoint from a torn, truncated or tampered one. Manifests and LATEST.json
 carry a ``checksum`` (sha256 of their own canonical JSON), so one flipped bit anywhere in them is detected
 too. ``parse_manifest`` and ``parse_latest`` never trust their input: anything malformed raises
 ``CheckpointCorrupt`` naming the path.
+
+Two formats of file entries are read; one is written:
+
+* format 2 (written since #31): ``{"size", "digest", "hash", "chunk_size", "chunks"}``. ``digest`` names the
+  algorithm (hashes.py: ``"sha256"`` or ``"blake3"``), ``chunks`` lists that digest of each ``chunk_size``
+  piece of the file (the last may be shorter; none for an empty file) and ``hash`` is the whole file's
+  value, derived from the chunks: the same digest over the chunk digests' raw bytes, in order
+  (``hashes.combine``). Every byte is hashed once, as its piece is written; a reader checks every chunk
+  (in parallel) and that ``hash`` agrees with them.
+* format 1 (grd before #31): ``{"size", "sha256"}`` plus, for files larger than one chunk, ``chunk_size`` and
+  ``chunks`` (sha256 of each piece); ``sha256`` is the whole file's (``sha256sum`` agrees). An entry without
+  ``digest`` is read this way, in a manifest of either format, and verified exactly as before.
+
+A manifest of format 2 is refused by a grd that reads only format 1 (its ``format_version`` names the cause);
+LATEST.json did not change and stays at format 1.
 """
 
 from __future__ import annotations
@@ -18,39 +33,57 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from grd_blocks.checkpoint.payload.hashes import ALGORITHMS
 from grd_blocks.errors import CheckpointCorrupt
 
 Unit = Literal["epoch", "step"]
 """What a checkpoint's index counts."""
 UNITS: Final[tuple[Unit, ...]] = ("epoch", "step")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format of the manifests this grd writes."""
+READ_VERSIONS: Final[tuple[int, ...]] = (1, 2)
+"""Manifest formats this grd reads."""
+POINTER_VERSION = 1
+"""The format of LATEST.json (the same since format 1)."""
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One payload file: its size in bytes and the hex sha256 of its content.
+    """One payload file: its size in bytes and its digests (module docstring: the two formats).
 
-    A file larger than one chunk also lists the sha256 of each ``chunk_size`` piece (``chunks``), so a reader
-    can verify the pieces on several cores at once; ``sha256`` stays the whole file's (``sha256sum`` agrees).
+    ``digest`` None is a format-1 entry: ``whole`` is the file's sha256, ``chunks`` (files larger than one
+    chunk) the sha256 of each ``chunk_size`` piece. Otherwise ``digest`` names the algorithm of ``chunks``
+    (always listed) and ``whole`` is ``hashes.combine(digest, chunks)``.
     ``stored_as`` names the object that holds the bytes when it is not the file's own name: an object store's
     re-save of the same step writes its payload beside the version it replaces (commit.py), so the old
     manifest stays whole until the new one replaces it in one PUT.
     """
 
     size: int
-    sha256: str
+    whole: str
     chunk_size: int | None = None
     chunks: tuple[str, ...] = ()
     stored_as: str | None = None
+    digest: str | None = None
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm of every digest in this entry (``sha256`` for format-1 entries)."""
+        return self.digest or "sha256"
 
     def object_name(self, file_name: str) -> str:
         """The name of the object (under the checkpoint directory) that holds ``file_name``'s bytes."""
         return self.stored_as or file_name
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"size": self.size, "sha256": self.sha256}
-        if self.chunks:
+        out: dict[str, Any] = {"size": self.size}
+        if self.digest is None:
+            out["sha256"] = self.whole
+        else:
+            out["digest"], out["hash"] = self.digest, self.whole
+        if self.chunks or self.digest is not None:
             out["chunk_size"] = self.chunk_size
             out["chunks"] = list(self.chunks)
         if self.stored_as is not None:
@@ -94,7 +127,7 @@ class LatestPointer:
     dirname: str
     created_at: str
     writer: str
-    format_version: int = FORMAT_VERSION
+    format_version: int = POINTER_VERSION
 
     def to_bytes(self) -> bytes:
         return _dump(asdict(self))
@@ -121,7 +154,7 @@ def writer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.environ.get('GRD_ATTEMPT', '1')}"
 
 
-def _load_object(data: bytes, path: str, what: str) -> dict[str, Any]:
+def _load_object(data: bytes, path: str, what: str, versions: tuple[int, ...]) -> dict[str, Any]:
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -138,9 +171,11 @@ def _load_object(data: bytes, path: str, what: str) -> dict[str, Any]:
     if checksum != sha256_hex(_canonical(obj)):
         raise CheckpointCorrupt(f"{what} {path} fails its checksum; it was damaged or edited by hand")
     version = obj.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in versions or isinstance(version, bool):
+        readable = " and ".join(str(known) for known in versions)
         raise CheckpointCorrupt(
-            f"{what} {path} has format_version {version!r}; this grd reads version {FORMAT_VERSION}"
+            f"{what} {path} has format_version {version!r}; this grd reads version {readable} "
+            "(a newer grd wrote it: upgrade grd to read it)"
         )
     return obj
 
@@ -161,7 +196,7 @@ def _unit(obj: dict[str, Any], path: str) -> Unit:
 
 
 def _chunks(entry: dict[str, Any], size: int, where: str) -> tuple[int | None, tuple[str, ...]]:
-    if "chunks" not in entry and "chunk_size" not in entry:
+    if "chunks" not in entry and "chunk_size" not in entry and "digest" not in entry:
         return None, ()
     chunk_size, chunks = entry.get("chunk_size"), entry.get("chunks")
     if (
@@ -170,10 +205,23 @@ def _chunks(entry: dict[str, Any], size: int, where: str) -> tuple[int | None, t
         or chunk_size <= 0
         or not isinstance(chunks, list)
         or len(chunks) != -(-size // chunk_size)
-        or not all(isinstance(digest, str) and len(digest) == 64 for digest in chunks)
+        or not all(isinstance(digest, str) and _HEX64.fullmatch(digest) for digest in chunks)
     ):
         raise CheckpointCorrupt(f"{where} has malformed chunk_size/chunks")
     return chunk_size, tuple(chunks)
+
+
+def _algorithm(entry: dict[str, Any], where: str) -> str | None:
+    """The entry's ``digest`` (None: a format-1 entry); ``CheckpointCorrupt`` for a name grd does not know."""
+    if "digest" not in entry:
+        return None
+    algorithm = entry["digest"]
+    if algorithm not in ALGORITHMS:
+        raise CheckpointCorrupt(
+            f"{where} names digest {str(algorithm)[:40]!r}, not one of {', '.join(ALGORITHMS)}; it was "
+            "damaged or written by a newer grd"
+        )
+    return str(algorithm)
 
 
 _OBJECT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.~-]{0,199}")
@@ -190,17 +238,19 @@ def _stored_as(entry: dict[str, Any], where: str) -> str | None:
 
 def parse_manifest(data: bytes, path: str) -> Manifest:
     """Parse and validate ``MANIFEST.json`` content read from ``path``."""
-    obj = _load_object(data, path, "manifest")
+    obj = _load_object(data, path, "manifest", READ_VERSIONS)
     raw_files = _require(obj, "files", dict, path)
     files: dict[str, FileEntry] = {}
     for name, entry in raw_files.items():
         if not isinstance(entry, dict) or "/" in name or name in ("", ".", ".."):
             raise CheckpointCorrupt(f"{path}: file entry {name!r} is malformed")
-        size, digest = entry.get("size"), entry.get("sha256")
-        if not isinstance(size, int) or not isinstance(digest, str) or len(digest) != 64:
-            raise CheckpointCorrupt(f"{path}: file entry {name!r} has no valid size/sha256")
         where = f"{path}: file entry {name!r}"
-        files[name] = FileEntry(size, digest, *_chunks(entry, size, where), _stored_as(entry, where))
+        size, algorithm = entry.get("size"), _algorithm(entry, where)
+        whole = entry.get("sha256" if algorithm is None else "hash")
+        if not isinstance(size, int) or size < 0 or not isinstance(whole, str) or not _HEX64.fullmatch(whole):
+            raise CheckpointCorrupt(f"{where} has no valid size/{'sha256' if algorithm is None else 'hash'}")
+        chunk_size, chunks = _chunks(entry, size, where)
+        files[name] = FileEntry(size, whole, chunk_size, chunks, _stored_as(entry, where), algorithm)
     if not files:
         raise CheckpointCorrupt(f"{path}: lists no payload files")
     step, epoch = obj.get("step"), obj.get("epoch")
@@ -221,7 +271,7 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
 
 def parse_latest(data: bytes, path: str) -> LatestPointer:
     """Parse and validate ``LATEST.json`` content read from ``path``."""
-    obj = _load_object(data, path, "latest pointer")
+    obj = _load_object(data, path, "latest pointer", (POINTER_VERSION,))
     pointer = LatestPointer(
         unit=_unit(obj, path),
         index=_require(obj, "index", int, path),

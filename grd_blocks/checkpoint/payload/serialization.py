@@ -5,8 +5,8 @@ Invariant: loading never unpickles arbitrary objects. ``state.pt`` is read only 
 and nothing from it is used. A state that round-trips through JSON exactly (no tensors, no tuples, string
 keys only) is stored as JSON, readable with any tool, and saving or loading it never imports torch.
 
-Bytes reach ``deserialize`` only after their size and sha256 matched the manifest (reader.py). On local disk a
-torch payload arrives as a ``VerifiedFile``: the descriptor the sha256 was computed through, which
+Bytes reach ``deserialize`` only after their size and digests matched the manifest (reader.py). On local disk
+a torch payload arrives as a ``VerifiedFile``: the descriptor the digests were computed through, which
 ``torch.load(mmap=True)`` maps (tensors are paged in from the verified file, not copied). grd never rewrites a
 committed file in place (a retry renames a new directory in), so the mapping keeps showing the bytes that
 were verified, even after the checkpoint is replaced or deleted.
@@ -336,7 +336,7 @@ class _PieceWriter:
 
 @dataclass(frozen=True)
 class VerifiedFile:
-    """A local payload file whose size and sha256 were verified through the open descriptor ``fd``."""
+    """A local payload file whose size and digests were verified through the open descriptor ``fd``."""
 
     fd: int
     path: str  # the committed path, for messages

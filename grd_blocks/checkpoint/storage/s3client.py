@@ -23,12 +23,12 @@ Invariants:
 * Parts go up as boto3 sends them over HTTPS, on plain HTTP too: each with botocore's CRC32 of its bytes
   (``x-amz-checksum-crc32``, which the server checks: a part damaged on the way is refused and sent again)
   and ``UNSIGNED-PAYLOAD`` instead of a sha256 of the body in the signature (what boto3 adds on plain HTTP
-  only). Integrity end to end is the manifest's sha256 of every payload file, checked on every load before
+  only). Integrity end to end is the manifest's digests of every payload file, checked on every load before
   anything is used. ``config_kwargs`` can ask otherwise: ``s3={"payload_signing_enabled": True}`` signs
   each part's sha256; ``request_checksum_calculation="when_required"`` drops the CRC32 (damage on the way is
   then found only at load, where that checkpoint is skipped). Ranged GETs skip botocore's response
   checksums, which cannot cover a range of a multipart object anyway
-  (``response_checksum_validation="when_required"`` unless set); the manifest's sha256 is checked instead.
+  (``response_checksum_validation="when_required"`` unless set); the manifest's digests are checked instead.
 * A client made from a caller-injected session (``S3FileSystem(session=...)``) cannot be rebuilt here:
   ``supported`` is False for it and the caller keeps to s3fs.
 * A forked child drops the parent's clients and threads (their sockets belong to the parent).

@@ -5,7 +5,7 @@ s3fs moves a large object one way or another (``pipe_file`` in batches of parts 
 one event-loop thread. This module moves the parts from ``s3client.TRANSFER_THREADS`` threads through a
 botocore client built from the filesystem's own settings (s3client.py: same credentials, endpoint, retries and
 error translation), with fewer copies, no batch barriers, and two hash passes where there were four: the
-whole-file sha256 of the manifest and each part's CRC32.
+manifest's chunk digests (one per part) and each part's CRC32.
 
 Invariants:
 
@@ -21,16 +21,15 @@ Invariants:
   failed part, and its own error is raised); other content is copied one part at a time, just before that part
   is sent.
 * Each part carries a CRC32 the server checks (s3client.py: a damaged part is refused and sent again) and
-  no sha256 of its own: the payload that goes up in parts is a ``PieceStream``, whose manifest entry lists
-  no chunk digests (``digest.digest_later``); its whole-file sha256, checked on every load before anything
-  is used, is what proves the bytes end to end.
+  no sha256 of its own: each part is one manifest chunk, whose digest (``digest.digest_later``, hashed once
+  as the piece is produced), checked on every load before anything is used, proves the bytes end to end.
 * ``get_verified`` never reads more than the manifest's size plus one byte, and allocates a buffer of the
   manifest's size only once the object's own size (a HEAD) equals it: a forged manifest or an oversized object
   costs no memory. A small object is one ranged GET; a large one is read by ranged GETs,
   ``s3client.TRANSFER_THREADS`` in flight, straight into one buffer of the manifest's size (``readinto``, no
-  intermediate copies), and hashed while it arrives: an entry without chunk digests as the whole-file sha256,
-  each range as soon as every range before it is in (``digest.InOrderHasher``); an entry with ``PART_BYTES``
-  chunk digests (older manifests, other writers) chunk by chunk, each as soon as it is in; other chunk sizes
+  intermediate copies), and hashed while it arrives: an entry with ``PART_BYTES`` chunk digests (what grd
+  writes) chunk by chunk, each as soon as it is in; a format-1 entry without chunk digests as the whole-file
+  sha256, each range as soon as every range before it is in (``digest.InOrderHasher``); other chunk sizes
   once every byte is in. The buffer is returned only after the object's size (every response's
   ``Content-Range`` total) and every digest matched the manifest entry; otherwise ``CheckpointCorrupt`` names
   ``where``.
@@ -57,6 +56,7 @@ from grd_blocks.checkpoint.payload.digest import (
     hash_later,
     verify_bytes,
 )
+from grd_blocks.checkpoint.payload.hashes import function as hash_function
 from grd_blocks.checkpoint.payload.manifest import FileEntry
 from grd_blocks.checkpoint.payload.serialization import (
     PIECE_BYTES,
@@ -260,8 +260,8 @@ def get_verified(fs: fsspec.AbstractFileSystem, path: str, entry: FileEntry, whe
     ranges = _ranges(entry.size)
     hashing: _Hashing
     if entry.chunk_size == PART_BYTES and len(entry.chunks) == len(ranges):
-        hashing = _ByChunk(memoryview(buffer), ranges)
-    elif not entry.chunks:
+        hashing = _ByChunk(memoryview(buffer), ranges, entry.algorithm)
+    elif not entry.chunks and entry.digest is None:
         hashing = _InOrder(memoryview(buffer), ranges)
     else:  # chunks of another size (not written by this grd): checked once every byte is in
         hashing = _Afterwards()
@@ -287,13 +287,14 @@ class _Hashing(Protocol):
 class _ByChunk:
     """Each range is one manifest chunk: hashed on its own as soon as it is in."""
 
-    def __init__(self, view: memoryview, ranges: list[tuple[int, int]]) -> None:
-        self._view, self._ranges = view, ranges
+    def __init__(self, view: memoryview, ranges: list[tuple[int, int]], algorithm: str) -> None:
+        self._view, self._ranges, self._algorithm = view, ranges, algorithm
+        hash_function(algorithm)  # a missing package fails here, before any GET
         self._pieces: dict[int, Future[str | None]] = {}
 
     def arrived(self, number: int) -> None:
         start, stop = self._ranges[number]
-        self._pieces[number] = hash_later(self._view[start:stop])
+        self._pieces[number] = hash_later(self._view[start:stop], self._algorithm)
 
     def wait(self) -> None:
         for piece in self._pieces.values():
@@ -305,8 +306,8 @@ class _ByChunk:
 
 
 class _InOrder(InOrderHasher):
-    """No chunk digests (how grd writes S3 objects): the whole-file sha256, hashed in order as ranges
-    arrive."""
+    """A format-1 entry without chunk digests (how grd wrote S3 objects before #31): the whole-file sha256,
+    hashed in order as ranges arrive."""
 
     def check(self, buffer: bytearray, entry: FileEntry, where: str) -> None:
         check_sha256(self.hexdigest(), entry, where)
