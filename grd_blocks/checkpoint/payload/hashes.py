@@ -9,7 +9,11 @@ Invariants:
   algorithm, of the chunk digests' raw bytes concatenated in file order. It is derived from the chunk
   digests, so every byte is hashed once; equal files of equal chunk size give equal values.
 * ``save_algorithm()`` is what a save uses: ``GRD_CHECKPOINT_DIGEST`` when set (``sha256`` or ``blake3``),
-  else ``DEFAULT`` (``"sha256"``); where the default's package is not installed, sha256.
+  else ``DEFAULT`` where its package is installed (it is a dependency of grd), else sha256. ``DEFAULT`` is
+  ``"blake3"``, by measurement on the 2-core benchmark machine (2026-12-05, 512 MiB state, 5 interleaved
+  runs): an 8 MiB chunk hashes at about 5.5 GB/s with BLAKE3 against 1.4 GB/s with sha256 (SHA-NI); a save
+  runs at the same speed with either (491 / 496 MiB/s: torch.save's own CRC32 and the disk bound it, the
+  hashing overlaps them), and a verified load + touch of every tensor takes 121 ms against 221 ms.
 * An algorithm whose package is missing raises ``DigestUnavailable`` (one line: the package and the
   command that installs it), never ``CheckpointCorrupt``: a checkpoint is not damaged because this
   interpreter lacks a package, so a reader must not skip it for an older one.
@@ -29,7 +33,7 @@ Buffer = bytes | bytearray | memoryview
 ALGORITHMS: Final[tuple[str, ...]] = ("sha256", "blake3")
 """Algorithm names a manifest may record."""
 
-DEFAULT: Final = "sha256"
+DEFAULT: Final = "blake3"
 ENV: Final = "GRD_CHECKPOINT_DIGEST"
 _MULTI_THREAD_BYTES: Final = 1 << 20
 """Inputs from this size up are hashed by BLAKE3 on several threads (its own pool)."""
