@@ -9,7 +9,8 @@ sides run one after the other, their order alternating per configuration, each i
 * **grd**: the ``grd-benchmark`` flow on a spec of ``n`` commands in one phase with ``max_parallel: P``
   (budgets, kill-ladder runner, output streaming, progress committed to a local store, report).
 
-Each child reports its flow's wall time, its peak RSS (``VmHWM``, this process only: the flow process) and
+Each child reports its flow's wall time (from calling the flow to its return; both sides' modules are imported
+and the spec file written before), its peak RSS (``VmHWM``, this process only: the flow process) and
 the HTTP requests its Prefect clients sent (counted by wrapping their ``send``), so "no API round trip per
 command beyond Prefect's own task run" is a count, not a claim. Each side gets a fresh server with an empty
 database (SQLite in its own home; a new database in one PostgreSQL cluster): a server records task runs from
@@ -100,6 +101,10 @@ def child(side: str, n: int, argv: list[str], parallel: int, work: Path) -> dict
         wait(futures)
         return sum(future.result() != 0 for future in futures)
 
+    from grd_blocks.prefect_edge.benchmark_flow import benchmark  # both sides' modules imported untimed
+    from grd_blocks.report import BenchmarkReport
+
+    spec = _spec(work / "spec.yaml", n, argv, parallel)  # the user's file, written before either side starts
     status = "COMPLETED"
     before = counts["requests"]
     started = time.perf_counter()
@@ -107,10 +112,6 @@ def child(side: str, n: int, argv: list[str], parallel: int, work: Path) -> dict
         failed = bare_flow()
         status = "COMPLETED" if failed == 0 else f"{failed} FAILED"
     else:
-        from grd_blocks.prefect_edge.benchmark_flow import benchmark
-        from grd_blocks.report import BenchmarkReport
-
-        spec = _spec(work / "spec.yaml", n, argv, parallel)
         state = benchmark(spec_path=str(spec), run_key="scale", store=str(work / "ckpt"),
                           report_path=str(work / "report.json"), return_state=True)
         status = BenchmarkReport.model_validate(state.result(raise_on_failure=False)).status.value
