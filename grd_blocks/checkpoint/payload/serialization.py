@@ -249,14 +249,12 @@ class PieceStream:
             self._changed.notify_all()
 
     def stop(self) -> BaseException | None:
-        """Stop the producer and wait for it; its own error if serializing failed (not by this stop), or what
-        a reader's ``fail`` reported."""
+        """Stop the producer and wait for it; its own error if serializing failed (not by this stop or by a
+        reader's ``fail``: that reader raised its own error already)."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
         self._thread.join()
-        if self._reader_error is not None:
-            return self._reader_error
         return None if self._refused else self._error
 
 

@@ -39,7 +39,7 @@ The manifest content is asked for (``manifest(objects)``, ``objects`` naming the
 only after every payload file is written, so the caller can hash the payload while it is being written; where
 ``takes_streams`` (local disk, S3), a payload may even still be being serialized when ``commit`` starts
 (serialization.PieceStream), and is written or sent piece by piece as it is produced, each piece released once
-it is. On local disk the stream holds at most ``stream_window`` pieces (memory does not grow with the state).
+it is. The stream holds at most ``stream_window`` pieces (memory does not grow with the state).
 On local disk, after a commit, staging entries that crashed writers left behind are swept (staging.py).
 """
 
@@ -71,7 +71,7 @@ from grd_blocks.checkpoint.storage.layout import (
     basename,
     join,
 )
-from grd_blocks.checkpoint.storage.s3parts import drop_folder, is_s3, put_object, takes_streams
+from grd_blocks.checkpoint.storage.s3parts import drop_folder, is_s3, put_object, stream_window, takes_streams
 from grd_blocks.checkpoint.storage.safe_io import (
     MANIFEST_LIMIT,
     POINTER_LIMIT,
@@ -373,7 +373,7 @@ class ManifestLastCommit(CommitProtocol):
 
     @property
     def stream_window(self) -> int | None:
-        return None  # a failed part leaves the pieces after it unsent and unreleased: no bound to wait on
+        return stream_window(self.fs)  # every transfer thread busy, as many pieces ready (128 MiB)
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         manifest_path = join(ckpt_dir, MANIFEST_NAME)

@@ -60,6 +60,7 @@ from grd_blocks.checkpoint.payload.hashes import function as hash_function
 from grd_blocks.checkpoint.payload.manifest import FileEntry
 from grd_blocks.checkpoint.payload.serialization import (
     PIECE_BYTES,
+    STREAM_WINDOW,
     Blob,
     Payload,
     Pieces,
@@ -161,6 +162,16 @@ def takes_streams(fs: fsspec.AbstractFileSystem) -> bool:
     return parallel(fs, 2 * PART_BYTES)
 
 
+def stream_window(fs: fsspec.AbstractFileSystem) -> int:
+    """Pieces a stream sent to ``fs`` in parts may hold at once: one per transfer thread and as many ready
+    next (a failed part ``fail``s the stream, so no producer waits for pieces that will never be sent)."""
+    if not is_s3(fs):
+        return STREAM_WINDOW  # no stream goes there (``takes_streams``); botocore stays unimported
+    from grd_blocks.checkpoint.storage.s3client import TRANSFER_THREADS
+
+    return 2 * TRANSFER_THREADS
+
+
 def put_object(fs: fsspec.AbstractFileSystem, path: str, data: Payload) -> None:
     """Write ``data`` as the object ``path``: in parallel parts when ``parallel``, else one ``pipe_file``.
     A ``PieceStream`` of two pieces or more goes up in parts, each sent as soon as it is produced."""
@@ -207,10 +218,15 @@ def _put_parts(client: S3Client, bucket: str, key: str, data: Payload) -> None:
     etags: dict[int, str] = {}
 
     def send(number: int) -> None:
-        body = part(number)
-        sent = client.call(
-            "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number + 1, Body=body
-        )
+        try:
+            body = part(number)
+            sent = client.call(
+                "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number + 1, Body=body
+            )
+        except BaseException as exc:
+            if isinstance(data, PieceStream):
+                data.fail(exc)  # parts not sent are never released: nothing may wait for them
+            raise
         etags[number] = sent["ETag"]
         if isinstance(data, PieceStream):
             data.release(number)  # sent: its buffer may serve a later piece
