@@ -5,10 +5,13 @@ Async: the loop is blocked while the state is copied to host memory. The first `
 allocates its snapshot buffers (``first_*``); later ones copy into the buffers the previous save released
 (``async_blocked_s``, the median over the rest), which is the steady state of a training loop.
 
-Save/load pairs run in turns (grd, baseline, grd, ...) and report medians. The baselines are what a careful
-user writes: ``torch.save(state, f)`` straight into the open file, flush, fsync, rename, fsync the directory;
-``torch.load(path, mmap=True, weights_only=True)``. grd's load verifies every byte's sha256 and then
-memory-maps the verified file, so ``*_touch`` columns time reading every tensor once on both sides. The disk's
+Save/load pairs run in turns (grd, baseline, grd, ...) and report medians; each side deletes its save from
+two turns before (untimed), as a run that keeps its last two checkpoints does, so both write into freed blocks
+like ``dd`` (on the benchmark's virtual disk a write into never-used blocks is several times slower, for
+both). The baselines are what a careful user writes: ``torch.save(state, f)`` straight into the open file,
+flush, fsync, rename, fsync the directory; ``torch.load(path, mmap=True, weights_only=True)``. grd's load
+verifies every byte's digest and then memory-maps the verified file, so ``*_touch`` columns time reading every
+tensor once on both sides. The disk's
 raw sequential write (``dd oflag=direct``, same directory, same run) is measured beside them, and the peak RSS
 of a save and of a load on each side is read in a child process of its own (``VmHWM`` growth over the RSS
 once the state is held, the peak reset through ``/proc/self/clear_refs``).
@@ -36,6 +39,7 @@ import fsspec
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine, RunCheckpoints
+from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import FileEntry, LatestPointer, Manifest, now_iso, sha256_hex
 
 MiB = 1024 * 1024
@@ -65,15 +69,22 @@ def _baseline_save(directory: pathlib.Path, state: dict[str, Any], name: str = "
     os.close(fd)
 
 
-def _interleaved(funcs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def _interleaved(
+    funcs: dict[str, Callable[[], object]],
+    repeats: int,
+    after: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, float]:
     """Median seconds of each function, run in turns (a, b, a, b, ...) so machine load drifts hit both;
-    ``{name}_best`` is the fastest run (the least disturbed by other processes on a busy machine)."""
+    ``{name}_best`` is the fastest run (the least disturbed by other processes on a busy machine). ``after``
+    holds untimed clean-ups run after each timed call of the function of the same name."""
     times: dict[str, list[float]] = {name: [] for name in funcs}
     for _ in range(repeats):
         for name, func in funcs.items():
             start = time.perf_counter()
             func()
             times[name].append(time.perf_counter() - start)
+            if after and name in after:
+                after[name]()
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {**medians, **{f"{name}_best": min(values) for name, values in times.items()}}
 
@@ -92,12 +103,30 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
     base_dir = root / f"baseline-{size_mib}"
     base_dir.mkdir()
     step = iter(range(10**6))
+    written: dict[str, list[int]] = {"grd": [], "baseline": []}
+
+    def saved(side: str) -> int:
+        written[side].append(next(step))
+        return written[side][-1]
+
+    def keep_two(side: str) -> None:
+        """Untimed: delete this side's save from two turns ago, as a run keeping its last two checkpoints
+        does (on this virtual disk a write into never-used blocks runs at a fraction of one into freed ones,
+        and dd, which rewrites one file, measures the latter)."""
+        if len(written[side]) > 2:
+            old = written[side][-3]
+            if side == "grd":
+                run.delete(f"step_{old}")
+            else:
+                (base_dir / f"state-{old}.pt").unlink()
+
     saves = _interleaved(
         {
-            "grd": lambda: run.save(state, step=next(step)),
-            "baseline": lambda: _baseline_save(base_dir, state, f"state-{next(step)}.pt"),
+            "grd": lambda: run.save(state, step=saved("grd")),
+            "baseline": lambda: _baseline_save(base_dir, state, f"state-{saved('baseline')}.pt"),
         },
         repeats,
+        after={"grd": lambda: keep_two("grd"), "baseline": lambda: keep_two("baseline")},
     )
     base_path = base_dir / "state.pt"
     _baseline_save(base_dir, state)
@@ -120,6 +149,7 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
         "grd_save_mib_s": size_mib / saves["grd"],
         "baseline_save_mib_s": size_mib / saves["baseline"],
         "grd_save_vs_disk": (size_mib / saves["grd"]) / (size_mib / disk_s),
+        "grd_save_vs_baseline": saves["baseline"] / saves["grd"],
         **_peak_rss(root, size_mib),
         "grd_save_s": saves["grd"],
         "baseline_save_s": saves["baseline"],
@@ -313,7 +343,13 @@ def main() -> None:
     import logging
 
     logging.getLogger("grd.checkpoint").setLevel(logging.ERROR)  # the scan baseline warns by design
-    results: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__}
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "loadavg_start": list(os.getloadavg()),
+        "digest": save_algorithm(),  # the payload digest grd's saves used (GRD_CHECKPOINT_DIGEST overrides)
+    }
     with tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")) as tmp:
         root = pathlib.Path(tmp)
         results["save_load"] = [bench_save_load(root, size, repeats) for size in sizes]
@@ -323,6 +359,7 @@ def main() -> None:
             latest.append(bench_latest("local", str(root / f"latest-{count}"), count))
             latest.append(bench_latest("memory", f"memory://grd-bench-{count}", count))
         results["latest"] = latest
+    results["loadavg_end"] = list(os.getloadavg())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
