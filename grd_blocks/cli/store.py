@@ -134,7 +134,7 @@ def _show(args: argparse.Namespace) -> int:
         ("metrics", _metrics(ref)),
         ("handlers", ", ".join(f"{k}: {v}" for k, v in sorted(ref.handlers.items()))),
         ("metadata", json.dumps(ref.metadata) if ref.metadata else "-"),
-        ("verified", "ok (sizes and sha256)" if not problems else "DAMAGED: " + "; ".join(problems)),
+        ("verified", "ok (sizes and digests)" if not problems else "DAMAGED: " + "; ".join(problems)),
     ]
     print(_table(["FIELD", "VALUE"], fields))
     return 0 if not problems else 1
@@ -239,7 +239,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ls.set_defaults(func=_ls)
     for name, func, text in (
         ("show", _show, "show one checkpoint's manifest"),
-        ("verify", _verify, "verify sizes and sha256 (all, or one)"),
+        ("verify", _verify, "verify sizes and digests (all, or one)"),
     ):
         parser = ck_sub.add_parser(name, help=text)
         parser.add_argument("target", help=target_help)

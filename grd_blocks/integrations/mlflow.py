@@ -6,7 +6,7 @@ once committed:
 
 * its metrics, logged at its step (``step`` of a ``step_N`` checkpoint, the epoch of an ``epoch_N`` one);
 * ``grd/checkpoints/{name}/MANIFEST.json``, an artifact holding the very bytes of the committed manifest
-  (every file's size and sha256, the metrics, the writer), and ``grd/checkpoints/{name}/checkpoint.json``
+  (every file's size and digest, the metrics, the writer), and ``grd/checkpoints/{name}/checkpoint.json``
   (URL, unit, index, step, epoch, metrics, created_at);
 * the tags ``grd.checkpoint_url`` (the newest commit's URL) and ``grd.run_url`` (the run prefix).
 

@@ -282,22 +282,23 @@ def benchmark(
                        f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")
 
 
-def _kept(report: BenchmarkReport) -> tuple[int, int, bool]:
-    """(commands completed or skipped, commands in all, whether the progress reached the store)."""
+def _kept(report: BenchmarkReport, retry: str) -> str:
+    """"N of M command(s) completed and are kept; ``retry`` ... runs the other K" (or that nothing was
+    committed, so a resume runs every command again)."""
     rows = [row for phase in report.phases for row in phase.commands]
     done = sum(row.status in (Status.COMPLETED, Status.SKIPPED) for row in rows)
-    return done, len(rows), report.progress is not None and report.progress.committed
+    committed = report.progress is not None and report.progress.committed
+    how = (f"{retry} runs the other {len(rows) - done}" if committed
+           else "its progress was not committed: a resume runs every command again")
+    return f"{done} of {len(rows)} command(s) completed and are kept; {how}"
 
 
 def _api_gone(report: BenchmarkReport, reason: str, logger: Any) -> State[Any]:
     """A run whose API stayed unreachable: one line saying so, what was kept and how to continue; it ends
     Failed (a state that may itself not reach the API: `grd run` then says the same line)."""
-    done, total, committed = _kept(report)
-    how = (f"`grd run SPEC --resume {report.run_key}` (or a Retry, or resume_from={report.run_key}) runs the "
-           f"other {total - done}" if committed else "its progress was not committed: a resume runs every "
-           "command again")
-    logger.error("benchmark %s: stopped: %s; %d of %d command(s) completed and are kept; %s",
-                 report.benchmark, reason, done, total, how)
+    key = report.run_key
+    logger.error("benchmark %s: stopped: %s; %s", report.benchmark, reason,
+                 _kept(report, f"`grd run SPEC --resume {key}` (or a Retry, or resume_from={key})"))
     return final_state(Status.FAILED, report.model_dump(mode="json"),
                        f"benchmark {report.benchmark}: the Prefect API stayed unreachable, exit code "
                        f"{report.exit_code}")
@@ -312,11 +313,7 @@ def _stopped(report: BenchmarkReport, stop: BaseException, logger: Any) -> State
         cause = "a cancel (the UI or the API)"
     else:
         cause = f"signal {signal.Signals(report.exit_code - 128).name}"
-    done, total, committed = _kept(report)
-    how = (f"a Retry of this flow run, or a new run with resume_from={report.run_key}, runs the other "
-           f"{total - done}" if committed else "its progress was not committed: a resume "
-           "runs every command again")
-    logger.warning("benchmark %s: stopped by %s; %d of %d command(s) completed and are kept; %s",
-                   report.benchmark, cause, done, total, how)
+    retry = f"a Retry of this flow run, or a new run with resume_from={report.run_key},"
+    logger.warning("benchmark %s: stopped by %s; %s", report.benchmark, cause, _kept(report, retry))
     message = f"benchmark {report.benchmark}: stopped by {cause}, exit code {report.exit_code}"
     return final_state(Status.CANCELLED, report.model_dump(mode="json"), message)

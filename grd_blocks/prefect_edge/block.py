@@ -32,7 +32,7 @@ _BLOCK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 class CheckpointStore(Block, RunOperations):
     """Crash-consistent checkpoints for long jobs, on local disk or any fsspec store (S3 and compatible).
 
-    A checkpoint exists only once its MANIFEST.json (sizes and sha256 of every payload file) is committed;
+    A checkpoint exists only once its MANIFEST.json (sizes and digests of every payload file) is committed;
     LATEST.json finds the newest in O(1) requests and never moves backwards; retention keeps the last K
     and the best K by a monitored metric.
 

@@ -26,6 +26,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 from grd_blocks.checkpoint.payload import hashes
 from grd_blocks.checkpoint.payload.manifest import FileEntry, sha256_hex
@@ -33,6 +34,7 @@ from grd_blocks.checkpoint.payload.serialization import PIECE_BYTES, Blob, Paylo
 from grd_blocks.errors import CheckpointCorrupt
 
 CHUNK = PIECE_BYTES
+T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -46,6 +48,20 @@ def _hasher_pool() -> ThreadPoolExecutor:
             workers = max(2, min(8, os.cpu_count() or 2))
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grd-digest")
         return _pool
+
+
+def _later(function: Callable[..., T], *args: Any) -> Future[T]:
+    """``function(*args)`` on the hasher pool; in this thread once the pool refuses work (interpreter exit,
+    where a progress run's last snapshot is still saved from an ``atexit`` handler)."""
+    try:
+        return _hasher_pool().submit(function, *args)
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+        done: Future[T] = Future()
+        try:
+            done.set_result(function(*args))
+        except BaseException as exc:  # handed to whoever waits, as the pool would
+            done.set_exception(exc)
+        return done
 
 
 def _forget_pool_after_fork() -> None:
@@ -66,12 +82,11 @@ def digest_later(data: Payload | Blob, algorithm: str) -> Callable[[], FileEntry
     if isinstance(data, Pieces) and data.piece_size != CHUNK:
         data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
     size = len(data)
-    pool = _hasher_pool()
     if isinstance(data, Pieces):
-        pieces = [pool.submit(function, piece) for piece in data.pieces]
+        pieces = [_later(function, piece) for piece in data.pieces]
     else:
         view = memoryview(data)
-        pieces = [pool.submit(function, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
+        pieces = [_later(function, view[start : start + CHUNK]) for start in range(0, size, CHUNK)]
 
     def entry() -> FileEntry:
         chunks = tuple(piece.result() for piece in pieces)
@@ -167,7 +182,7 @@ def sha256_fd(fd: int, size: int) -> tuple[str, int]:
             if count == 0:
                 break
             count = min(count, size - offset)
-            pending = _hasher_pool().submit(digest.update, memoryview(buffer)[:count])
+            pending = _later(digest.update, memoryview(buffer)[:count])
             offset += count
             turn += 1
     finally:
@@ -178,7 +193,7 @@ def sha256_fd(fd: int, size: int) -> tuple[str, int]:
 
 def hash_later(piece: memoryview, algorithm: str) -> Future[str | None]:
     """Start hashing ``piece`` (one chunk of a payload) on the hasher pool; the future gives its digest."""
-    return _hasher_pool().submit(hashes.function(algorithm), piece)
+    return _later(hashes.function(algorithm), piece)
 
 
 def check_pieces(futures: list[Future[str | None]], entry: FileEntry, where: str) -> None:
@@ -214,9 +229,9 @@ def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: 
     if len(data) != entry.size:
         raise CheckpointCorrupt(f"{where} is {len(data)} bytes, its manifest says {entry.size}")
     if entry.chunk_size and (entry.chunks or entry.digest is not None):
-        view, step, pool = memoryview(data), entry.chunk_size, _hasher_pool()
+        view, step = memoryview(data), entry.chunk_size
         pieces: list[Future[str | None]] = [
-            pool.submit(function, view[start : start + step]) for start in range(0, len(data), step)
+            _later(function, view[start : start + step]) for start in range(0, len(data), step)
         ]
         check_pieces(pieces, entry, where)
         return
@@ -230,9 +245,9 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
     if size != entry.size:
         raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
     if entry.chunk_size and (entry.chunks or entry.digest is not None):
-        step, pool = entry.chunk_size, _hasher_pool()
+        step = entry.chunk_size
         pieces = [
-            pool.submit(_chunk_digest, function, fd, start, min(step, size - start))
+            _later(_chunk_digest, function, fd, start, min(step, size - start))
             for start in range(0, size, step)
         ]
         check_pieces(pieces, entry, where)
@@ -264,7 +279,7 @@ class InOrderHasher:
             if self._draining or self._next not in self._arrived:
                 return
             self._draining = True
-            self._tasks.append(_hasher_pool().submit(self._drain))
+            self._tasks.append(_later(self._drain))
 
     def _drain(self) -> None:
         while True:
