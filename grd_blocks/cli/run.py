@@ -24,6 +24,20 @@ from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTE
 __all__ = ["register"]
 
 
+def _written(report: Path) -> tuple[str, int | None]:
+    """(run key, exit code) the written ``report`` records; ("RUN_KEY", None) where it cannot be read."""
+    try:
+        written = json.loads(report.read_text(encoding="utf-8"))
+        return str(written["run_key"]), int(written["exit_code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "RUN_KEY", None
+
+
+def _kept_line(report: Path, key: str, code: int, spec_path: Path) -> str:
+    return (f"exit code {code}; report {report} records what finished; resume with "
+            f"`grd run {spec_path} --resume {key}`")
+
+
 def _stopped(code: int, spec_path: Path) -> int:
     """The one line `grd run` prints when a signal stopped it; returns the exit code: the written report's
     (whichever signal came later, the report says the code grd exits with), else ``code`` (130 or 143)."""
@@ -32,19 +46,15 @@ def _stopped(code: int, spec_path: Path) -> int:
     report = last_written()
     key = "RUN_KEY"
     if report is not None:
-        try:
-            written = json.loads(report.read_text(encoding="utf-8"))
-            key, code = str(written["run_key"]), int(written["exit_code"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        key, written = _written(report)
+        code = code if written is None else written
     _exit_at_once_on_signals(code)
     what = "Ctrl-C (SIGINT)" if code == EXIT_SIGINT else (
         f"signal {signal.Signals(code - 128).name}" if code > 128 else "a signal after the run ended")
     if report is None:
         print(f"grd run: stopped by {what} before the benchmark started; exit code {code}", file=sys.stderr)
         return code
-    print(f"grd run: stopped by {what}; exit code {code}; report {report} records what finished; resume with "
-          f"`grd run {spec_path} --resume {key}`", file=sys.stderr)
+    print(f"grd run: stopped by {what}; {_kept_line(report, key, code, spec_path)}", file=sys.stderr)
     return code
 
 
@@ -61,11 +71,8 @@ def _api_gone(exc: Exception, spec_path: Path) -> bool:
     if report is None:
         print(f"grd run: {outage_line(exc)}; nothing was run; exit code {EXIT_FAILED}", file=sys.stderr)
         return True
-    key = "RUN_KEY"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        key = str(json.loads(report.read_text(encoding="utf-8"))["run_key"])
-    print(f"grd run: {outage_line(exc)}; exit code {EXIT_FAILED}; report {report} records what finished; "
-          f"resume with `grd run {spec_path} --resume {key}`", file=sys.stderr)
+    key, _ = _written(report)
+    print(f"grd run: {outage_line(exc)}; {_kept_line(report, key, EXIT_FAILED, spec_path)}", file=sys.stderr)
     return True
 
 
