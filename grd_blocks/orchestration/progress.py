@@ -19,6 +19,9 @@ flows' ``finally``) and at interpreter exit. Window: a command that ended less t
 snapshot write before the process was killed hard (SIGKILL, power loss) may be missing from the store; it then
 simply runs again on resume. A command reported COMPLETED whose row reached the store is always skipped on
 resume.
+
+Cost: each row is encoded to JSON once, when it is recorded (``JsonText``); a snapshot joins those texts, so
+its CPU is a string join and a digest of the snapshot, not an encode, decode and compare of every row.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 import weakref
 from typing import Any, Protocol
 
+from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport
 
@@ -60,7 +64,7 @@ class ProgressLog:
         self.interval_s = interval_s
         self.errors: list[str] = []
         self._cond = threading.Condition()
-        self._rows: dict[str, dict[str, Any]] = {}  # recorded by this process, newest attempt wins
+        self._rows: dict[str, JsonText] = {}  # recorded by this process (encoded once), newest attempt wins
         self._version = 0  # bumped by every record
         self._saved_version = 0  # version of the last snapshot that reached the store
         self._attempted_version = 0  # version of the last snapshot tried
@@ -73,6 +77,7 @@ class ProgressLog:
         self._writer: threading.Thread | None = None
         self._load_lock = threading.Lock()
         self._loaded: dict[str, dict[str, Any]] | None = None  # the snapshot read at start
+        self._loaded_texts: dict[str, JsonText] | None = None  # its rows encoded (once, by the writer)
         self._load_tried = False
         self._read_failed = False  # the snapshot of earlier attempts could not be read
         self._closed = False
@@ -123,7 +128,7 @@ class ProgressLog:
         """The row kept for ``phase.command`` (recorded by this attempt or loaded from an earlier one)."""
         with self._cond:
             entry = self._rows.get(f"{phase}.{command}")
-        return None if entry is None else CommandReport.model_validate(entry["row"])
+        return None if entry is None else CommandReport.model_validate(entry.value()["row"])
 
     # --- writing ----------------------------------------------------------------------------------------
 
@@ -131,7 +136,7 @@ class ProgressLog:
         """Keep ``row`` (the final result of one attempt of ``phase.row.name``) for the next snapshot."""
         if self.root is None or row.status is Status.SKIPPED:
             return
-        entry = {"phase": phase, "row": row.model_dump(mode="json")}
+        entry = JsonText({"phase": phase, "row": row.model_dump(mode="json")})
         with self._cond:
             self._rows[f"{phase}.{row.name}"] = entry
             self._version += 1
@@ -171,13 +176,18 @@ class ProgressLog:
                 self._last_write = time.monotonic()
                 self._cond.notify_all()
 
-    def _write(self, rows: dict[str, dict[str, Any]]) -> bool:
+    def _write(self, rows: dict[str, JsonText]) -> bool:
         assert self.root is not None
         loaded = self._load()
         if loaded is None:
             return False  # never replace a snapshot we could not read
         try:
-            self.root.save({"format": FORMAT, "rows": {**loaded, **rows}}, step=self._step + 1)
+            if self._loaded_texts is None:
+                self._loaded_texts = {key: JsonText(entry) for key, entry in loaded.items()}
+            # each row was encoded once when it was recorded: a snapshot joins texts, it does not re-encode
+            # (and decode, to check) every row of the run at every write
+            snapshot = {"format": FORMAT, "rows": JsonText.joined({**self._loaded_texts, **rows})}
+            self.root.save(snapshot, step=self._step + 1)
         except Exception as exc:
             self._fail("commit", exc)
             return False

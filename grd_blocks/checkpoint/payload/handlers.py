@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from grd_blocks.checkpoint.payload.rng import RNG_MARKER
-from grd_blocks.checkpoint.payload.serialization import json_text
+from grd_blocks.checkpoint.payload.serialization import JsonText, json_text
 from grd_blocks.errors import CheckpointError, UsageError
 
 _PLAIN_LEAVES = (str, int, float, bool, type(None))
@@ -293,6 +293,9 @@ def encode_state(
             raise UsageError(
                 f"state key {key!r} is a {type(key).__name__}; top-level state keys must be strings"
             )
+        if isinstance(value, JsonText):  # plain data, checked when it was encoded; immutable, so never copied
+            payload[key], types[key] = value, "plain"
+            continue
         handler = handler_for_value(value)
         data = handler.to_payload(value)
         check_plain(data, repr(key))

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from grd_blocks.errors import CheckpointCorrupt, UnsafeCheckpoint
+from grd_blocks.errors import CheckpointCorrupt, UnsafeCheckpoint, UsageError
 
 TORCH_FILE = "state.pt"
 JSON_FILE = "state.json"
@@ -402,6 +402,66 @@ def json_text(value: Any) -> str | None:
         return None
 
 
+class JsonText:
+    """A plain value already encoded as JSON text, spliced into a JSON payload as it is.
+
+    Made only by ``JsonText(value)`` (checked like any plain state: the text reads back equal to ``value``)
+    or ``JsonText.joined`` (an object whose members are such texts, joined: valid by construction), so a
+    payload holding them is exactly what encoding the values whole would give. It lets a caller that saves
+    one large value again and again with a few new members (a run's progress rows) encode each member once,
+    instead of encoding, decoding and comparing the whole value at every save."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __init__(self, value: Any) -> None:
+        text = json_text(value)
+        if text is None:
+            raise UsageError(f"{type(value).__name__} value is not JSON data (string keys, lists, finite "
+                             "numbers): pass plain data")
+        self.text = text
+
+    @classmethod
+    def joined(cls, members: Mapping[str, JsonText]) -> JsonText:
+        """The JSON object of ``members`` (keys sorted, like ``json_text``)."""
+        joined = cls.__new__(cls)
+        pairs = (f"{json.dumps(key)}: {members[key].text}" for key in sorted(members))
+        joined.text = "{" + ", ".join(pairs) + "}"
+        return joined
+
+    def value(self) -> Any:
+        """The value the text encodes."""
+        return json.loads(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonText) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def _payload_text(payload: Mapping[str, Any]) -> str | None:
+    """The JSON text of ``payload`` (its ``JsonText`` members spliced in as they are), or None if it is not
+    JSON data."""
+    if not any(isinstance(value, JsonText) for value in payload.values()):
+        return json_text(payload)
+    members: dict[str, JsonText] = {}
+    for key, value in payload.items():
+        if isinstance(value, JsonText):
+            members[key] = value
+        else:
+            try:
+                members[key] = JsonText(value)
+            except UsageError:
+                return None
+    return JsonText.joined(members).text
+
+
+def _decoded(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with each ``JsonText`` member replaced by its value (a payload that goes the torch way)."""
+    return {key: value.value() if isinstance(value, JsonText) else value for key, value in payload.items()}
+
+
 def serialize(
     payload: dict[str, Any], *, stream: bool = False, window: int | None = STREAM_WINDOW
 ) -> tuple[dict[str, Payload], str]:
@@ -409,9 +469,10 @@ def serialize(
     payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces, read by two readers
     (the digest and the store: each must ``release`` every piece; the caller must ``stop()`` it if it gives
     up)."""
-    text = json_text(payload)
+    text = _payload_text(payload)
     if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
         return {JSON_FILE: text.encode()}, "json"
+    payload = _decoded(payload)
     if stream:
         return {TORCH_FILE: PieceStream(payload, readers=2, window=window)}, "torch"
     import torch  # a state that is not JSON holds tensors (torch is loaded) or tuples/int keys
