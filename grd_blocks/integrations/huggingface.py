@@ -10,16 +10,23 @@ Invariants:
 * The Trainer still writes ``{output_dir}/checkpoint-N`` itself (model, optimizer, scheduler, RNG states,
   ``trainer_state.json``). Once it is complete (``on_save``, after the Trainer's last write into it) its files
   are committed, byte for byte, as one store checkpoint ``step_N`` with the store's protocol (payload fsynced
-  and checksummed, manifest last, ``LATEST.json`` after it; on S3 manifest-last) and the latest logged scalar
-  metrics. The local folder is the Trainer's scratch copy; the store is what a resume reads. A save the
-  Trainer makes at the step that ends an epoch is committed as it is saved again at the epoch's end, after
-  the epoch's evaluation (the Trainer's own folder then holds RNG states from before it, and a resume from
-  it skips that evaluation, so it would not continue exactly).
+  and checksummed, manifest last, ``LATEST.json`` after it; on S3 manifest-last) and the scalar metrics the
+  Trainer logged at step N (a value logged at an earlier step is never attached to a later checkpoint, so
+  ``keep_best`` ranks each evaluation once, at the checkpoint it was measured for). The local folder is the
+  Trainer's scratch copy; the store is what a resume reads. A save the Trainer makes at the step that ends
+  an epoch is committed as it is saved again at the epoch's end, after the epoch's evaluation (the Trainer's
+  own folder then holds RNG states from before it, and a resume from it skips that evaluation, so it would
+  not continue exactly).
 * ``resume_from(trainer)`` writes the newest checkpoint whose every sha256 verifies (a damaged one is skipped
   with a warning, falling back to the one before) into a fresh folder under ``{output_dir}/.grd-resume/``
   and returns its path; ``None`` (a fresh start) when nothing is committed. A half-written local
   ``checkpoint-N`` (a crash inside the Trainer's save) is never picked, which ``resume_from_checkpoint=True``
   (the highest ``checkpoint-N`` by name) would do.
+* With ``load_best_model_at_end``, the Trainer's best checkpoint (``best_global_step`` in the resumed
+  ``trainer_state.json``) is written from the store next to the resumed one, and the resumed state's
+  ``best_model_checkpoint`` points at it: the run ends with the same best model whether or not the local
+  ``output_dir`` survived (another machine, a fresh pod). A best step the store no longer holds is a
+  warning naming it (the Trainer then ends with the last model).
 * Retention is the store's and runs only after a newer commit, never deleting the latest or the best.
   Without a retention of its own the store takes the Trainer's: ``save_total_limit`` -> ``keep_last``;
   ``metric_for_best_model`` -> ``keep_best=1`` by ``eval_<metric>`` (``greater_is_better`` -> max). The
@@ -38,6 +45,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -50,7 +58,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from grd_blocks.checkpoint import RunCheckpoints
 from grd_blocks.checkpoint.retention import RetentionPolicy
-from grd_blocks.errors import CheckpointCorrupt
+from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound
 from grd_blocks.integrations._stopping import StopPolicy
 from grd_blocks.integrations._values import scalar_metrics
 from grd_blocks.training import dist
@@ -63,6 +71,7 @@ logger = logging.getLogger("grd.integrations.huggingface")
 
 _KEY = "hf_checkpoint"  # the state key: {"folder": "checkpoint-N", "global_step": N, "files": {path: bytes}}
 RESUME_DIR = ".grd-resume"
+TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
@@ -116,6 +125,7 @@ class GrdTrainerCallback(TrainerCallback):
         self.policy = StopPolicy(pacer=pacer, shutdown=shutdown)
         self.last_url: str | None = None
         self.metrics: dict[str, float] = {}  # the latest value of every scalar the Trainer logged
+        self.logged_at: dict[str, int] = {}  # the global step each of those values was logged at
         self._stopping = ""  # the reason of a stop asked for
         self._armed = False  # the next save is the stop's (not one the Trainer makes before the epoch's end)
         self._epoch_ended = False  # on_epoch_end ran: the epoch's evaluation is over
@@ -151,7 +161,41 @@ class GrdTrainerCallback(TrainerCallback):
         parent.mkdir(parents=True)
         folder = write_folder(state, parent)
         logger.info("resuming from %s (step %d), written to %s", self.checkpoints.url, chosen, folder)
+        if trainer.args.load_best_model_at_end:
+            self._restore_best(folder, chosen)
         return str(folder)
+
+    def _restore_best(self, folder: Path, chosen: int) -> None:
+        """Write the Trainer's best checkpoint from the store beside ``folder`` (the resumed one) and point
+        the resumed ``trainer_state.json`` at it: ``load_best_model_at_end`` never needs the local
+        ``output_dir``."""
+        state_file = folder / TRAINER_STATE
+        if not state_file.is_file():
+            return
+        saved = json.loads(state_file.read_text())
+        best_step, recorded = saved.get("best_global_step"), saved.get("best_model_checkpoint")
+        if not isinstance(best_step, int) or best_step <= 0:
+            return  # no evaluation has found a best yet
+        if best_step == chosen:
+            best = folder
+        else:
+            try:
+                best_state = self.checkpoints.load(step=best_step)
+            except (CheckpointNotFound, CheckpointCorrupt) as error:
+                if recorded is not None:
+                    logger.warning(
+                        "the Trainer's best checkpoint step_%d (best_metric %s) cannot be read from %s: %s; "
+                        "load_best_model_at_end will end with the last model. Keep the best in the store "
+                        "(no store retention, or one with keep_best) or start a fresh run prefix",
+                        best_step, saved.get("best_metric"), self.checkpoints.url, error,
+                    )
+                return
+            assert best_state is not None  # load(step=...) raises when it is missing
+            best = write_folder(best_state, folder.parent)
+        saved["best_model_checkpoint"] = str(best)
+        state_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        logger.info("the Trainer's best checkpoint (step %d) written from %s to %s", best_step,
+                    self.checkpoints.url, best)
 
     # ------------------------------------------------------------------ training
     def on_train_begin(
@@ -200,7 +244,9 @@ class GrdTrainerCallback(TrainerCallback):
         logs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.metrics.update(scalar_metrics(logs or {}))
+        values = scalar_metrics(logs or {})
+        self.metrics.update(values)
+        self.logged_at.update(dict.fromkeys(values, state.global_step))
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -218,7 +264,7 @@ class GrdTrainerCallback(TrainerCallback):
             ref = self.checkpoints.save(
                 folder_state(folder, state.global_step),
                 step=state.global_step,
-                metrics=self.metrics,
+                metrics=self.metrics_at(state.global_step),
                 metadata={"hf_folder": folder.name, "epoch": state.epoch, "global_step": state.global_step},
             )
             url = ref.url
@@ -230,6 +276,10 @@ class GrdTrainerCallback(TrainerCallback):
         if self._armed:
             reason, self._stopping, self._armed = self._stopping, "", False
             raise self.policy.stopped(reason, global_step=state.global_step, checkpoint_url=url)
+
+    def metrics_at(self, global_step: int) -> dict[str, float]:
+        """The scalars the Trainer logged at ``global_step`` (what a checkpoint of that step carries)."""
+        return {key: value for key, value in self.metrics.items() if self.logged_at.get(key) == global_step}
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

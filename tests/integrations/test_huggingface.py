@@ -1,10 +1,12 @@
 """The Hugging Face Trainer through grd's store: resumes bit for bit after SIGTERM (at an epoch boundary and
 mid epoch), a damaged newest checkpoint, grd's deadline warning signal, a grd budget and SIGKILL; a
 half-written local folder is never resumed from; retention is the store's and never deletes before the
-newer commit."""
+newer commit; ``load_best_model_at_end`` ends with the uninterrupted run's best model though every retry lost
+its output_dir."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_utils import get_last_checkpoint
 
 from grd_blocks.checkpoint import RunCheckpoints
+from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.integrations.huggingface import GrdTrainerCallback
+from grd_blocks.training.shutdown import GracefulShutdown
 from tests.integrations import _hf_script
 from tests.training import _script
 
@@ -176,3 +180,59 @@ def test_nothing_committed_starts_fresh(tmp_path: Path) -> None:
     probe, grd = _train(tmp_path, 1, save_strategy="no")
     assert probe.first_step == 1 and grd.last_url is None
     assert RunCheckpoints.from_url(str(tmp_path / "ck")).latest() is None
+
+
+class _StopAt(TrainerCallback):
+    """Asks grd to stop (as SIGTERM would) when ``step`` ends; it runs before grd's callback."""
+
+    def __init__(self, shutdown: GracefulShutdown, step: int) -> None:
+        self.shutdown, self.step = shutdown, step
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            self.shutdown.request()
+
+
+_BEST = {"eval_strategy": "steps", "eval_steps": 4, "save_strategy": "steps", "save_steps": 4,
+         "save_total_limit": 2, "load_best_model_at_end": True, "metric_for_best_model": "eval_loss"}
+
+
+def _fit_best(output_dir: Path, ck: Path, stop_at: int | None = None) -> Trainer:
+    """One attempt of a 1-epoch run that ends with the best model by eval_loss; a fresh Trainer each time."""
+    shutdown = GracefulShutdown()
+    grd = GrdTrainerCallback(RunCheckpoints.from_url(str(ck)), shutdown=shutdown)
+    stop = [] if stop_at is None else [_StopAt(shutdown, stop_at)]
+    trainer = Trainer(model=_hf_script.tiny_model(), args=_hf_script.arguments(str(output_dir), 1, **_BEST),
+                      train_dataset=_hf_script.dataset(), eval_dataset=_hf_script.dataset(8, seed=2),
+                      callbacks=[*stop, grd])
+    try:
+        trainer.train(resume_from_checkpoint=grd.resume_from(trainer))
+    finally:
+        grd.policy.uninstall()
+    return trainer
+
+
+def test_load_best_model_at_end_ends_with_the_same_best_model_when_every_retry_lost_its_output_dir(
+    tmp_path: Path,
+) -> None:
+    full = _fit_best(tmp_path / "full", tmp_path / "full-ck")
+    best_step = full.state.best_global_step
+    assert best_step is not None and 0 < best_step < STEPS_PER_EPOCH  # the best model is not the last one
+    ck = tmp_path / "ck"
+    # stopped just after the best evaluation, then again after store retention (save_total_limit=2) ran:
+    # every retry runs in a fresh output_dir, as on another machine, the previous one deleted
+    for attempt, stop_at in enumerate((best_step + 1, best_step + 6)):
+        with pytest.raises(TrainingInterrupted):
+            _fit_best(tmp_path / f"out{attempt}", ck, stop_at=stop_at)
+        shutil.rmtree(tmp_path / f"out{attempt}")
+    resumed = _fit_best(tmp_path / "out-last", ck)
+    assert resumed.state.best_global_step == best_step
+    assert resumed.state.best_metric == full.state.best_metric
+    assert f"step_{best_step}" in [ref.name for ref in RunCheckpoints.from_url(str(ck)).checkpoints()]
+    expected, got = full.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == got.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(got[key], tensor), key
+    last = RunCheckpoints.from_url(str(ck)).latest()  # the last model differs: the best one was loaded
+    assert last is not None and last.step == STEPS_PER_EPOCH
