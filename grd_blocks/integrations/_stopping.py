@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from grd_blocks.errors import TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
-from grd_blocks.training.leaving import install_excepthook
+from grd_blocks.training.leaving import install_excepthook, note_stop
 from grd_blocks.training.pacing import Pacer
 from grd_blocks.training.shutdown import GracefulShutdown
 
@@ -77,4 +77,4 @@ class StopPolicy:
             self.shutdown.absorb()
         error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
         detail = self.pacer.describe() if reason == "deadline" else ""
-        return error(reason, global_step=global_step, checkpoint_url=checkpoint_url, detail=detail)
+        return note_stop(error(reason, global_step=global_step, checkpoint_url=checkpoint_url, detail=detail))

@@ -7,7 +7,10 @@ bench/results/training_stop.json). Non-daemon threads are not waited for: call i
 (the checkpoint) is done. ``install_excepthook()`` makes an uncaught ``TrainingInterrupted`` one line on
 stderr and such an exit with its code (124 deadline, 143 SIGTERM, 130 SIGINT), so a script need not catch it;
 its checkpoint is committed, so from then on SIGTERM and SIGINT are ignored (a framework's teardown may have
-put the default handlers back) and cannot turn that exit into -15.
+put the default handlers back) and cannot turn that exit into -15. ``note_stop(error)`` records the stop a
+training loop is about to raise (the loops and integrations call it once the stop's checkpoint is committed;
+the hook calls it too), so code that runs at exit (a tracker closing its run) can say why the process ends:
+``last_stop()``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,21 @@ from types import TracebackType
 
 from grd_blocks.errors import TrainingInterrupted
 
-__all__ = ["exit_now", "install_excepthook"]
+__all__ = ["exit_now", "install_excepthook", "last_stop", "note_stop"]
+
+_stop: TrainingInterrupted | None = None
+
+
+def note_stop(error: TrainingInterrupted) -> TrainingInterrupted:
+    """Record ``error`` as this process's training stop (the newest one wins); returns it."""
+    global _stop
+    _stop = error
+    return error
+
+
+def last_stop() -> TrainingInterrupted | None:
+    """The stop ``note_stop`` recorded in this process, None while training ran to its end (or never ran)."""
+    return _stop
 
 
 def exit_now(code: int) -> None:
@@ -36,6 +53,7 @@ def exit_now(code: int) -> None:
 
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     if isinstance(value, TrainingInterrupted):
+        note_stop(value)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 signal.signal(sig, signal.SIG_IGN)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints, capture_rng_state, restore_rng_state
 from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
-from grd_blocks.training.leaving import install_excepthook
+from grd_blocks.training.leaving import install_excepthook, note_stop
 from grd_blocks.training.pacing import Pacer
 from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, Resumed, load_position, newest
 from grd_blocks.training.shutdown import GracefulShutdown
@@ -306,12 +306,12 @@ class ResumableTraining:
                 self.shutdown.absorb()  # saved: a late SIGTERM must not turn this exit into -15
             error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
             detail = self.pacer.describe() if reason == "deadline" else ""
-            raise error(
+            raise note_stop(error(
                 reason,
                 global_step=self.position.global_step,
                 checkpoint_url=self.last_checkpoint_url,
                 detail=detail,
-            )
+            ))
 
     def finish(self, metrics: Mapping[str, float] | None = None) -> str | None:
         """Save the final position unless the last checkpoint already holds it; returns its URL."""

@@ -3,12 +3,16 @@
 Environment: CK (the run prefix), EPOCHS, OUT (rank 0 writes the final weights), STEPS_LOG (rank 0 appends
 the global step each batch makes), STEP_DELAY (busy-wait per step), SIGTERM_AT (the module sends itself
 SIGTERM after that global step: a real signal at a chosen batch), TOP_K, EVERY (ModelCheckpoint every N
-training steps). Run alone, or under torchrun with 2 ranks (DDP, gloo, CPU).
+training steps), MLFLOW_URI (log to MLflow the way Lightning users do: an ``MLFlowLogger`` writing every
+step, its run made the active one around ``fit`` as docs/mlflow.md says). Run alone, or under torchrun with 2
+ranks (DDP, gloo, CPU).
 """
 
+import contextlib
 import os
 import signal
 import time
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -53,16 +57,27 @@ def main() -> None:
     model = Regressor()
     grd = GrdLightning(RunCheckpoints.from_url(os.environ["CK"]))  # grd
     every = int(os.environ.get("EVERY", "0")) or None
+    logger: Any = False
+    active: Any = contextlib.nullcontext()
+    if os.environ.get("MLFLOW_URI"):
+        import mlflow
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(experiment_name="grd-test", tracking_uri=os.environ["MLFLOW_URI"])
+        mlflow.set_tracking_uri(os.environ["MLFLOW_URI"])
+        active = mlflow.start_run(run_id=logger.run_id)
     trainer = pl.Trainer(
         max_epochs=int(os.environ.get("EPOCHS", "4")), accelerator="cpu", devices=world,
-        strategy="ddp" if world > 1 else "auto", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=os.environ["CK"] + "-pl",
+        strategy="ddp" if world > 1 else "auto", logger=logger, log_every_n_steps=1,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=os.environ["CK"] + "-pl",
         plugins=[grd.io],  # grd
         callbacks=[grd, ModelCheckpoint(monitor="loss", save_top_k=int(os.environ.get("TOP_K", "2")),
                                         every_n_train_steps=every, save_last=True)],
     )
     loader = grd.loader(synthetic_regression(256, 8, seed=0), batch_size=16 // world, seed=0)  # grd
-    trainer.fit(model, train_dataloaders=loader, ckpt_path="grd:latest")
+    with active:
+        trainer.fit(model, train_dataloaders=loader, ckpt_path="grd:latest")
     if trainer.is_global_zero and os.environ.get("OUT"):
         torch.save({"model": model.state_dict(), "global_step": trainer.global_step}, os.environ["OUT"])
 
