@@ -10,6 +10,12 @@ waits for the lock up to that grace plus ``KILL_WAIT_S``, then kills the holder'
 once more; it never starts while the lock is held, clears the mark once it holds the lock, and says what it
 stopped. The runtime directory is ``$GRD_RUNTIME_DIR``, else
 ``$XDG_RUNTIME_DIR/grd``, else ``<tmp>/grd-<uid>``: one machine, not a cluster.
+
+The holder's record is the first ``RECORD_BYTES`` of the lock file, always rewritten whole (JSON padded with
+spaces; blank: no holder known), and the stop mark is one byte further on: a start overwrites both in place
+and never truncates the file. (A truncate of a lock file that held a record frees its block: on a
+journalling filesystem it waits for the journal commit of every concurrent fsync, about a millisecond per
+command while a run's progress is being committed.)
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ from grd_blocks.errors import ProcessError
 from grd_blocks.process import procfs
 from grd_blocks.process.supervisor.keeper import STOP_MARK, STOP_MARK_OFFSET, TAKEOVER_SIGNAL
 
-__all__ = ["KILL_WAIT_S", "Claim", "claim", "runtime_dir"]
+__all__ = ["KILL_WAIT_S", "RECORD_BYTES", "Claim", "claim", "runtime_dir"]
 
 KILL_WAIT_S = 5.0
+RECORD_BYTES = 4096  # the holder's record: what a later start reads (STOP_MARK_OFFSET lies past it)
+_BLANK = b" " * RECORD_BYTES
+_LABEL_CHARS = 1024  # a longer label is cut in the record (it only names the holder in messages)
 _KEY = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _POLL_S = 0.02
 
@@ -62,12 +71,11 @@ class Claim:
             "keeper": keeper_pid,
             "start": None if stat is None else stat.start,
             "grace": grace_s,
-            "label": label,
+            "label": label[:_LABEL_CHARS],
             "since": time.time(),
         }
         with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, json.dumps(info).encode(), 0)
+            os.pwrite(self.fd, json.dumps(info).encode().ljust(RECORD_BYTES), 0)
 
     def close(self) -> None:
         """Close this process's descriptor (the keeper keeps its own; the lock lives as long as it does)."""
@@ -117,9 +125,11 @@ def claim(key: str) -> Claim:
 
 
 def _held(fd: int, path: Path, stopped: str | None = None) -> Claim:
-    """The lock is ours: clear the previous holder's record and any stop mark left for it."""
+    """The lock is ours: blank the previous holder's record and clear any stop mark left for it."""
     with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
+        os.pwrite(fd, _BLANK, 0)
+        if os.pread(fd, len(STOP_MARK), STOP_MARK_OFFSET) == STOP_MARK:
+            os.pwrite(fd, b" " * len(STOP_MARK), STOP_MARK_OFFSET)
     return Claim(fd, path, stopped=stopped)
 
 
@@ -143,7 +153,7 @@ def _wait_lock(fd: int, timeout: float) -> bool:
 
 def _holder(fd: int) -> dict[str, object]:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        info = json.loads(os.pread(fd, RECORD_BYTES, 0).strip() or b"{}")
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
