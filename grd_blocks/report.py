@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from grd_blocks.orchestration.status import Status, exit_code
+from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status, exit_code
 
 __all__ = [
     "BenchmarkReport",
@@ -22,6 +23,7 @@ __all__ = [
     "PhaseReport",
     "ProgressInfo",
     "TimeoutInfo",
+    "ended_with",
     "last_written",
     "render_summary",
     "table_rows",
@@ -58,6 +60,12 @@ class TimeoutInfo(_Model):
         default=None,
         description="Who ran the kill ladder: grd, or its keeper when grd missed the deadline (stopped by "
         "SIGSTOP or Ctrl-Z, hung or starved); null when the command stopped itself (exit 124).",
+    )
+    launcher_returncode: int | None = Field(
+        default=None,
+        description="The code the command really exited with when a process of it marked a budget stop "
+        "(GRD_TIMEOUT_FILE) and a launcher such as torchrun turned that into another code (the row says "
+        "124); null otherwise.",
     )
 
 
@@ -151,12 +159,26 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def ended_with(returncode: int) -> str:
+    """``exited 1``, or ``was ended by SIGUSR1`` for a negative (signal) code."""
+    if returncode >= 0:
+        return f"exited {returncode}"
+    try:
+        return f"was ended by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was ended by signal {-returncode}"
+
+
 def _note(row: CommandReport) -> str:
     if row.resumed:
         return "resumed: completed in an earlier attempt"
     if row.timeout is not None:
         t = row.timeout
         whose = f"{t.level} deadline" + (" (inherited)" if t.inherited else "")
+        if row.returncode == EXIT_TIMEOUT and t.term_sent_s is None and t.stopped_by is None:
+            code = t.launcher_returncode
+            said = "" if code is None else f", its launcher {ended_with(code)}"
+            return f"{whose}, granted {_seconds(t.effective_s)}; stopped itself{said}"
         ladder = f"TERM at {_seconds(t.term_sent_s)}"
         if t.kill_sent_s is not None:
             ladder += f", KILL at {_seconds(t.kill_sent_s)}"

@@ -8,7 +8,8 @@ Invariants (those of ``ResumableTraining``, for loops grd does not drive):
   all stop at the same step: ``"deadline"`` when grd's warning arrived or the pacer says one more step and a
   save no longer fit before the budget, ``"preempted"`` / ``"cancelled"`` for SIGTERM / SIGINT.
 * ``stopped(...)`` is called once the stop checkpoint is committed: under grd it ignores later stop signals
-  (so grd's own SIGTERM cannot turn exit 124 into -15) and returns the error to raise.
+  (so grd's own SIGTERM cannot turn exit 124 into -15), marks a deadline stop in ``GRD_TIMEOUT_FILE`` (so
+  a launcher's rewrite of 124 cannot turn it into FAILED) and returns the error to raise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import time
 from collections.abc import Callable
 
+from grd_blocks.budget.stop_file import mark_budget_stop
 from grd_blocks.errors import TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
 from grd_blocks.training.leaving import install_excepthook, note_stop
@@ -75,6 +77,8 @@ class StopPolicy:
         """The stop is committed: absorb later stop signals (under grd); the error to raise."""
         if os.environ.get("GRD_RUN_KEY"):
             self.shutdown.absorb()
+        if reason == "deadline":
+            mark_budget_stop()  # on every rank: a launcher may turn this exit's 124 into 1
         error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
         detail = self.pacer.describe() if reason == "deadline" else ""
         return note_stop(error(reason, global_step=global_step, checkpoint_url=checkpoint_url, detail=detail))

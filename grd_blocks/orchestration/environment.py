@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grd_blocks.budget.stop_file import TIMEOUT_FILE_ENV
 from grd_blocks.checkpoint.storage.layout import validate_run_key
 
 __all__ = ["SECRET_WORDS", "StoreAccess", "absolute_url", "command_env"]
@@ -92,9 +93,12 @@ def command_env(
     base: Mapping[str, str] | None = None,
     warn_s: float | None = None,
     warn_signal: int | None = None,
+    timeout_file: Path | None = None,
 ) -> dict[str, str]:
     """The full environment of one command (``GRD_TIME_LEFT_S`` and ``GRD_DEADLINE_UNIX`` are ``inf`` when
-    it has no deadline; ``GRD_WARN_S`` and ``GRD_WARN_SIGNAL`` only when a warning is configured)."""
+    it has no deadline; ``GRD_WARN_S`` and ``GRD_WARN_SIGNAL`` only when a warning is configured;
+    ``GRD_TIMEOUT_FILE`` only when ``timeout_file`` is given: the file its processes create when they stop
+    for their budget, see ``budget/stop_file.py``)."""
     env = dict(os.environ if base is None else base)
     env.update(spec_env)
     if "PYTHONUNBUFFERED" not in spec_env:
@@ -108,11 +112,13 @@ def command_env(
         GRD_PHASE=phase,
         GRD_COMMAND=command,
     )
-    for name in ("GRD_WARN_S", "GRD_WARN_SIGNAL"):
-        env.pop(name, None)  # an outer grd's warning is not this command's
+    for name in ("GRD_WARN_S", "GRD_WARN_SIGNAL", TIMEOUT_FILE_ENV):
+        env.pop(name, None)  # an outer grd's warning and timeout file are not this command's
     if warn_s is not None and warn_signal is not None:
         env["GRD_WARN_S"] = _seconds(warn_s)
         env["GRD_WARN_SIGNAL"] = signal.Signals(warn_signal).name
+    if timeout_file is not None:
+        env[TIMEOUT_FILE_ENV] = str(timeout_file)
     if store is not None:
         env.update(store.environment(run_key, "commands", f"{phase}.{command}"))
     return env

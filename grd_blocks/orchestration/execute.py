@@ -2,24 +2,30 @@
 
 Invariant: the command is started with the budget's effective deadline (absolute, monotonic) and its resolved
 grace; the status follows the outcome alone: could not start or non-zero exit -> FAILED, killed on its
-deadline, exited 124 (it stopped itself for its budget) or ended by the deadline's warning signal -> TIMEOUT
-(never FAILED), stopped by cancellation -> CANCELLED, exit 0 -> COMPLETED. A row's ``timeout`` block is filled
-only for TIMEOUT and names the level of the budget whose deadline was binding.
+deadline, exited 124 (it stopped itself for its budget), ended by the deadline's warning signal, or a process
+of it created its ``GRD_TIMEOUT_FILE`` (it stopped for its budget under a launcher such as torchrun, which
+turns the rank's 124 into 1) -> TIMEOUT (never FAILED), stopped by cancellation -> CANCELLED, exit 0 ->
+COMPLETED. A command that created that file and ended with another code than 124, grd's deadline playing no
+part, reports exit code 124 and keeps the code it really ended with in ``timeout.launcher_returncode`` and
+the row's note. Each attempt's timeout file lives in a
+directory made for that attempt and removed once its row is written, so no attempt sees another's. A row's
+``timeout`` block is filled only for TIMEOUT and names the level of the budget whose deadline was binding.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grd_blocks.budget import Budget
+from grd_blocks.budget import TIMEOUT_FILE_ENV, Budget, budget_stop_marked
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess, command_env
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
 from grd_blocks.process import CommandOutcome, DeadlineWarning, run_command
-from grd_blocks.report import CommandReport, TimeoutInfo
+from grd_blocks.report import CommandReport, TimeoutInfo, ended_with
 from grd_blocks.spec import WarnSpec
 
 __all__ = ["CommandPlan", "LineSink", "execute", "outcome_row"]
@@ -73,17 +79,40 @@ def _killed_by_warning(plan: CommandPlan, outcome: CommandOutcome) -> bool:
     )
 
 
-def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) -> CommandReport:
-    """The report row of ``plan`` after ``run_command`` returned ``outcome``."""
+def _relabelled(outcome: CommandOutcome, stop_marked: bool) -> int | None:
+    """The code the command ended with when a process of it marked a budget stop but the command did not exit
+    124 (a launcher rewrote its ranks' 124, or died of the warning signal its ranks saved on); None when it
+    exited 124, grd's deadline stopped it (its ladder's code is the truth) or nothing was marked."""
+    if not stop_marked or outcome.timed_out or outcome.returncode == EXIT_TIMEOUT:
+        return None
+    return outcome.returncode
+
+
+def outcome_row(
+    plan: CommandPlan, outcome: CommandOutcome, granted_s: float, *, stop_marked: bool = False
+) -> CommandReport:
+    """The report row of ``plan`` after ``run_command`` returned ``outcome``; ``stop_marked``: a process of it
+    created its ``GRD_TIMEOUT_FILE`` (it stopped for its budget)."""
     timeout: TimeoutInfo | None = None
+    returncode, note = outcome.returncode, outcome.note
+    warned_off = _killed_by_warning(plan, outcome)
+    launcher_code = _relabelled(outcome, stop_marked)
     if outcome.spawn_error is not None:
         status = Status.FAILED
     elif outcome.cancelled:
         status = Status.CANCELLED
-    elif outcome.timed_out or outcome.returncode == EXIT_TIMEOUT or _killed_by_warning(plan, outcome):
+    elif outcome.timed_out or outcome.returncode == EXIT_TIMEOUT or warned_off or stop_marked:
         # 124 is the command saying "my budget ran out" itself (GNU timeout's code; grd's training helpers
-        # save a checkpoint and exit 124 before GRD_TIME_LEFT_S runs out): a timeout, never a failure.
+        # save a checkpoint and exit 124 before GRD_TIME_LEFT_S runs out): a timeout, never a failure. A
+        # launcher (torchrun) turns its ranks' 124 into 1; the timeout file they created still says it.
         status = Status.TIMEOUT
+        if launcher_code is not None:
+            returncode = EXIT_TIMEOUT
+            said = (
+                f"it {ended_with(launcher_code)} after a process of it marked a budget stop "
+                f"({TIMEOUT_FILE_ENV}): reported as TIMEOUT, exit code {EXIT_TIMEOUT}"
+            )
+            note = said if note is None else f"{note}; {said}"
         timeout = TimeoutInfo(
             level=plan.budget.binding().level,
             configured_s=plan.configured_s,
@@ -94,13 +123,14 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
             survivors=outcome.survivors,
             warn_sent_s=_round(outcome.warn_sent_s),
             stopped_by=outcome.stopped_by,
+            launcher_returncode=launcher_code,
         )
     else:
         status = Status.COMPLETED if outcome.returncode == 0 else Status.FAILED
     return CommandReport(
         name=plan.name,
         status=status,
-        returncode=outcome.returncode,
+        returncode=returncode,
         elapsed_s=round(outcome.elapsed_s, 3),
         attempts=plan.attempt,
         stdout_tail=outcome.stdout_tail,
@@ -110,7 +140,19 @@ def outcome_row(plan: CommandPlan, outcome: CommandOutcome, granted_s: float) ->
         reason=outcome.spawn_error,
         log_path=outcome.log_path,
         attempt_logs=[*plan.earlier_logs, *([outcome.log_path] if outcome.log_path else [])],
-        note=outcome.note,
+        note=note,
+    )
+
+
+def _not_started(plan: CommandPlan, granted: float, exc: BaseException) -> CommandReport:
+    return CommandReport(
+        name=plan.name,
+        status=Status.FAILED,
+        attempts=plan.attempt,
+        budget_s=None if math.isinf(granted) else round(granted, 3),
+        reason=f"could not start: {exc}",
+        log_path=str(plan.log_path),
+        attempt_logs=[*plan.earlier_logs, str(plan.log_path)],
     )
 
 
@@ -119,41 +161,40 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
     GrdError. A cleanup's budget is shielded: cancelling the run does not reach it."""
     granted = plan.budget.remaining()
     warn = plan.warn
-    env = command_env(
-        spec_env=plan.spec_env,
-        run_key=plan.run_key,
-        attempt=plan.attempt,
-        time_left_s=granted,
-        grace_s=plan.grace_s,
-        phase=plan.phase,
-        command=plan.name,
-        store=plan.store,
-        base=plan.parent_env,
-        warn_s=warn.before if warn is not None else None,
-        warn_signal=warn.signal if warn is not None else None,
-    )
-    try:  # run_command creates the log file's directory
-        outcome = run_command(
-            plan.run,
-            deadline=plan.budget.effective_deadline,
+    try:  # this attempt's own directory: its timeout file cannot exist before it starts
+        scratch = tempfile.TemporaryDirectory(prefix="grd-attempt-", ignore_cleanup_errors=True)
+    except OSError as exc:
+        return _not_started(plan, granted, exc)
+    with scratch:
+        timeout_file = Path(scratch.name) / "stopped-for-budget"
+        env = command_env(
+            spec_env=plan.spec_env,
+            run_key=plan.run_key,
+            attempt=plan.attempt,
+            time_left_s=granted,
             grace_s=plan.grace_s,
-            env=env,
-            cwd=plan.cwd,
-            log_path=plan.log_path,
-            on_line=on_line,
-            cancel=plan.budget.cancel_flag(),
-            clock=plan.budget.clock,
-            warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
-            exclusive=plan.exclusive_key,
+            phase=plan.phase,
+            command=plan.name,
+            store=plan.store,
+            base=plan.parent_env,
+            warn_s=warn.before if warn is not None else None,
+            warn_signal=warn.signal if warn is not None else None,
+            timeout_file=timeout_file,
         )
-    except (GrdError, OSError) as exc:
-        return CommandReport(
-            name=plan.name,
-            status=Status.FAILED,
-            attempts=plan.attempt,
-            budget_s=None if math.isinf(granted) else round(granted, 3),
-            reason=f"could not start: {exc}",
-            log_path=str(plan.log_path),
-            attempt_logs=[*plan.earlier_logs, str(plan.log_path)],
-        )
-    return outcome_row(plan, outcome, granted)
+        try:  # run_command creates the log file's directory
+            outcome = run_command(
+                plan.run,
+                deadline=plan.budget.effective_deadline,
+                grace_s=plan.grace_s,
+                env=env,
+                cwd=plan.cwd,
+                log_path=plan.log_path,
+                on_line=on_line,
+                cancel=plan.budget.cancel_flag(),
+                clock=plan.budget.clock,
+                warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
+                exclusive=plan.exclusive_key,
+            )
+        except (GrdError, OSError) as exc:
+            return _not_started(plan, granted, exc)
+        return outcome_row(plan, outcome, granted, stop_marked=budget_stop_marked(timeout_file))

@@ -7,6 +7,7 @@ batch order. See the README section "Training that resumes".
 
 from __future__ import annotations
 
+from grd_blocks.budget.stop_file import mark_budget_stop
 from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.data import (
     EpochBatchSampler,
@@ -37,6 +38,7 @@ __all__ = [
     "exit_now",
     "install_excepthook",
     "make_deterministic",
+    "mark_budget_stop",
     "seeded_loader",
     "split_checkpoint_url",
     "synthetic_regression",

@@ -10,7 +10,8 @@ its checkpoint is committed, so from then on SIGTERM and SIGINT are ignored (a f
 put the default handlers back) and cannot turn that exit into -15. ``note_stop(error)`` records the stop a
 training loop is about to raise (the loops and integrations call it once the stop's checkpoint is committed;
 the hook calls it too), so code that runs at exit (a tracker closing its run) can say why the process ends:
-``last_stop()``.
+``last_stop()``. Leaving with 124 (stopped for its budget) first creates ``GRD_TIMEOUT_FILE``
+(``budget/stop_file.py``), so grd still reports TIMEOUT when a launcher such as torchrun turns the 124 into 1.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import signal
 import sys
 from types import TracebackType
 
+from grd_blocks.budget.stop_file import mark_budget_stop
 from grd_blocks.errors import TrainingInterrupted
 
-__all__ = ["exit_now", "install_excepthook", "last_stop", "note_stop"]
+__all__ = ["EXIT_BUDGET_STOP", "exit_now", "install_excepthook", "last_stop", "note_stop"]
+
+EXIT_BUDGET_STOP = TrainingInterrupted.EXIT_CODES["deadline"]  # 124
 
 _stop: TrainingInterrupted | None = None
 
@@ -42,7 +46,10 @@ def last_stop() -> TrainingInterrupted | None:
 
 
 def exit_now(code: int) -> None:
-    """End the process with ``code`` at once (after atexit callbacks and flushing stdout/stderr)."""
+    """End the process with ``code`` at once (after atexit callbacks and flushing stdout/stderr); 124 (stopped
+    for its budget) also creates ``GRD_TIMEOUT_FILE`` under grd, whatever a launcher makes of the 124."""
+    if code == EXIT_BUDGET_STOP:
+        mark_budget_stop()
     with contextlib.suppress(Exception):
         atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

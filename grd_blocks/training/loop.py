@@ -17,7 +17,8 @@ Invariants:
   completed step is ever lost by a stop. Under grd (``GRD_RUN_KEY`` set) the stop then ignores later stop
   signals (``GracefulShutdown.absorb``). Under grd or not, an uncaught ``TrainingInterrupted`` exits at once
   with its code (``leaving.install_excepthook``: 124 deadline, 143 SIGTERM, 130 SIGINT), so a deadline stop
-  ends 124 (TIMEOUT) before grd's SIGTERM, never 1 (FAILED) or -15.
+  ends 124 (TIMEOUT) before grd's SIGTERM, never 1 (FAILED) or -15; every rank creates ``GRD_TIMEOUT_FILE``
+  first, so a launcher that turns the ranks' 124 into 1 (torchrun) still ends TIMEOUT.
 * Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
   an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
   ranks wait at a barrier until the checkpoint is committed.
@@ -35,6 +36,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from grd_blocks.budget.stop_file import mark_budget_stop
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints, capture_rng_state, restore_rng_state
 from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
 from grd_blocks.training import dist
@@ -304,6 +306,8 @@ class ResumableTraining:
             reason = _REASONS[stop_code]
             if _under_grd():
                 self.shutdown.absorb()  # saved: a late SIGTERM must not turn this exit into -15
+            if reason == "deadline":
+                mark_budget_stop()  # on every rank: a launcher may turn this exit's 124 into 1
             error = TrainingTimedOut if reason == "deadline" else TrainingInterrupted
             detail = self.pacer.describe() if reason == "deadline" else ""
             raise note_stop(error(

@@ -79,6 +79,19 @@ def test_the_warning_variables_appear_only_with_a_warning_and_never_leak_from_an
     assert (warned["GRD_WARN_S"], warned["GRD_WARN_SIGNAL"]) == ("20.000", "SIGUSR1")
 
 
+def test_the_timeout_file_variable_is_the_attempts_own_and_never_leaks_from_an_outer_grd(
+    tmp_path: Path,
+) -> None:
+    outer = {"GRD_TIMEOUT_FILE": "/outer/grd/attempt/stopped-for-budget"}  # this grd runs under a grd
+    plain = command_env(spec_env={}, run_key="r", attempt=1, time_left_s=60, grace_s=5, phase="p",
+                        command="c", store=None, base=outer)
+    assert "GRD_TIMEOUT_FILE" not in plain
+    own = command_env(spec_env={"GRD_TIMEOUT_FILE": "/spec/says"}, run_key="r", attempt=1, time_left_s=60,
+                      grace_s=5, phase="p", command="c", store=None, base=outer,
+                      timeout_file=tmp_path / "stopped-for-budget")
+    assert own["GRD_TIMEOUT_FILE"] == str(tmp_path / "stopped-for-budget")
+
+
 def test_the_stores_retention_reaches_the_commands_own_checkpoints(tmp_path: Path) -> None:
     from grd_blocks.checkpoint import RunCheckpoints
 

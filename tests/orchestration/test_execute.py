@@ -32,6 +32,20 @@ phases:
         run: [definitely-not-a-command-grd]
       - name: stops-itself
         run: [sh, -c, "echo saved before my budget ran out; exit 124"]
+      - name: launcher-of-a-budget-stop
+        run: |
+          sh -c 'echo rank saved; touch "$GRD_TIMEOUT_FILE"; exit 124'
+          echo child failed >&2; exit 1
+      - name: launcher-of-a-crash
+        run: |
+          sh -c 'echo Traceback >&2; exit 3'
+          echo child failed >&2; exit 1
+      - name: launcher-killed-after-its-child-stopped
+        run: |
+          sh -c 'touch "$GRD_TIMEOUT_FILE"; exit 124'
+          kill -USR1 $$
+      - name: shows-its-timeout-file
+        run: test ! -e "$GRD_TIMEOUT_FILE" && echo "file=$GRD_TIMEOUT_FILE"
 """
 
 
@@ -89,3 +103,43 @@ def test_timeouts_disabled_gives_an_unlimited_budget(tmp_path: Path) -> None:
     assert plan.budget.remaining() == float("inf")
     assert run.phase_backstop(phase_run.phase) is None
     assert os.environ.get("GRD_TIME_LEFT_S") is None
+
+
+def test_a_launcher_that_turns_its_childs_budget_stop_into_exit_1_is_a_timeout_with_exit_124(
+    tmp_path: Path,
+) -> None:
+    """What torchrun does to a rank's 124 (it exits 1), done by a shell: the timeout file says TIMEOUT."""
+    row = _exec(_run(tmp_path), "plain", "launcher-of-a-budget-stop")
+    assert row.status is Status.TIMEOUT and row.returncode == 124
+    assert row.timeout is not None and row.timeout.launcher_returncode == 1
+    assert row.timeout.term_sent_s is None and row.timeout.stopped_by is None
+    assert row.note == ("it exited 1 after a process of it marked a budget stop (GRD_TIMEOUT_FILE): "
+                        "reported as TIMEOUT, exit code 124")
+    assert "child failed" in Path(str(row.log_path)).read_text()  # the log keeps what the launcher said
+
+
+def test_a_launcher_ended_by_a_signal_after_its_child_stopped_for_its_budget_is_a_timeout_with_exit_124(
+    tmp_path: Path,
+) -> None:
+    """torchrun has no SIGUSR1 handler: grd's warning ends it while its ranks save and stop for budget."""
+    row = _exec(_run(tmp_path), "plain", "launcher-killed-after-its-child-stopped")
+    assert row.status is Status.TIMEOUT and row.returncode == 124
+    assert row.timeout is not None and row.timeout.launcher_returncode == -10
+    assert (row.note or "").startswith("it was ended by SIGUSR1 after a process of it marked a budget stop")
+
+
+def test_a_launcher_whose_child_crashed_without_the_timeout_file_stays_failed(tmp_path: Path) -> None:
+    row = _exec(_run(tmp_path), "plain", "launcher-of-a-crash")
+    assert row.status is Status.FAILED and row.returncode == 1
+    assert row.timeout is None and row.note is None
+
+
+def test_each_attempt_gets_a_timeout_file_of_its_own_that_is_gone_once_its_row_is_written(
+    tmp_path: Path,
+) -> None:
+    run = _run(tmp_path)
+    rows = [_exec(run, "plain", "shows-its-timeout-file") for _ in range(2)]
+    paths = [Path(row.stdout_tail.split("file=")[1].split()[0]) for row in rows]
+    assert all(row.status is Status.COMPLETED for row in rows)  # the file did not exist when it started
+    assert paths[0].parent != paths[1].parent
+    assert not paths[0].parent.exists() and not paths[1].parent.exists()

@@ -38,7 +38,7 @@ def test_json_has_the_design_keys_and_timeout_block() -> None:
             "timeout"} <= train.keys()
     assert train["timeout"] == {"level": "phase", "configured_s": 90, "effective_s": 2.0, "inherited": True,
                                 "term_sent_s": 2.0, "kill_sent_s": None, "survivors": 0, "warn_sent_s": None,
-                                "stopped_by": None}
+                                "stopped_by": None, "launcher_returncode": None}
     assert hello["timeout"] is None and hello.keys() == train.keys()
     assert data["status"] == "TIMEOUT"
 
@@ -54,3 +54,16 @@ def test_summary_and_artifact_rows_make_timeouts_visible() -> None:
     assert "TIMEOUT" in text and "phase deadline (inherited)" in text and "exit code 124" in text
     rows = table_rows(_report())
     assert [r["status"] for r in rows] == ["✅ COMPLETED", "⏱ TIMEOUT"]
+
+
+def test_a_launcher_wrapped_budget_stop_reads_as_stopped_itself_with_the_launchers_code() -> None:
+    timeout = TimeoutInfo(level="command", configured_s=25, effective_s=25.0, inherited=False,
+                          term_sent_s=None, kill_sent_s=None, survivors=0, launcher_returncode=1)
+    row = CommandReport(name="ddp", status=Status.TIMEOUT, returncode=124, elapsed_s=24.8, attempts=1,
+                        timeout=timeout)
+    report = BenchmarkReport(benchmark="ddp", status=Status.TIMEOUT, run_key="r", exit_code=124,
+                             phases=[PhaseReport(name="train", status=Status.TIMEOUT, commands=[row])])
+    assert table_rows(report)[0]["note"] == (
+        "command deadline, granted 25.0s; stopped itself, its launcher exited 1"
+    )
+    assert "TIMEOUT  124" in render_summary(report)

@@ -1,0 +1,38 @@
+"""A command's mark that it stopped for its budget, which survives whatever exit code a launcher makes of it.
+
+Invariant: grd hands every command attempt ``GRD_TIMEOUT_FILE``, a path in a directory grd made for that
+attempt alone (so the file never exists when the attempt starts, and never outlives its report row). A process
+of the command that stops because its budget ran out creates that file before it exits; grd then reports the
+command TIMEOUT with exit code 124 even when a launcher (torchrun, mpirun, a shell script) turned the rank's
+124 into something else, and keeps the launcher's own code in the row. A process that fails for any other
+reason never creates it, so a crash stays FAILED. ``mark_budget_stop()`` is what grd's training helpers call:
+idempotent (every rank may call it), it never raises, and outside grd (no ``GRD_TIMEOUT_FILE``) it does
+nothing. From a shell: ``touch "$GRD_TIMEOUT_FILE"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["TIMEOUT_FILE_ENV", "budget_stop_marked", "mark_budget_stop"]
+
+TIMEOUT_FILE_ENV = "GRD_TIMEOUT_FILE"
+
+
+def mark_budget_stop(env: Mapping[str, str] | None = None) -> bool:
+    """Create ``$GRD_TIMEOUT_FILE`` (this process stops for its budget); True when the mark is there."""
+    path = (os.environ if env is None else env).get(TIMEOUT_FILE_ENV, "")
+    if not path:
+        return False
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        return True
+    return False
+
+
+def budget_stop_marked(path: Path) -> bool:
+    """True when a process of the command created ``path`` (a regular file or anything else: it is a mark)."""
+    return os.path.lexists(path)
