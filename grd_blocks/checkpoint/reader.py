@@ -18,7 +18,8 @@ Invariants:
   ``_REREADS`` times), so a re-save never makes ``latest()`` or ``load()`` step back to an older checkpoint.
 * Nothing in the store is trusted (safe_io.py): LATEST.json and manifests are read with a size cap; on local
   disk a checkpoint directory or file that is a symbolic link, a FIFO or a device is refused, never followed
-  or waited on, and counts as a damaged checkpoint (the same warning, the same fallback).
+  or waited on, and counts as a damaged checkpoint (the same warning, the same fallback). ``prefixes()``
+  walks below a run only into directories named by the run-key rule, never through a symbolic link.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from grd_blocks.checkpoint.storage.layout import (
     checkpoint_dirname,
     join,
     parse_dirname,
+    validate_run_key,
 )
 from grd_blocks.checkpoint.storage.s3parts import get_verified
 from grd_blocks.checkpoint.storage.safe_io import (
@@ -67,7 +69,7 @@ from grd_blocks.checkpoint.storage.safe_io import (
     read_local,
     read_remote,
 )
-from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, UsageError
+from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, InvalidRunKey, UsageError
 
 logger = logging.getLogger("grd.checkpoint")
 
@@ -76,6 +78,17 @@ _REREADS: Final = 3
 """Times one read follows a checkpoint's manifest to a newer version of the same step (reader invariants)."""
 
 Fetched = dict[str, Blob | VerifiedFile]
+NESTED_DEPTH: Final = 3
+"""How far ``prefixes()`` looks below a run: ``commands/{phase}.{command}/partial`` is three levels."""
+
+
+def _enterable(name: str) -> bool:
+    """A directory name ``prefixes()`` looks into: one that passes the run-key rule and is not hidden."""
+    try:
+        validate_run_key(name)
+    except InvalidRunKey:
+        return False
+    return not name.startswith(".")
 
 
 class RunReader:
@@ -286,6 +299,43 @@ class RunReader:
             logger.warning("%s; falling back to the newest checkpoint that verifies: %s", problem, ref.url)
             return ref, None
         return None
+
+    def prefixes(self, *, depth: int = NESTED_DEPTH) -> list[str]:
+        """Prefixes below this one that hold checkpoints (a directory with a LATEST.json or ``{unit}_{N}``
+        directories), as ``/``-joined names relative to it (``commands/train.fit``,
+        ``commands/train.fit/partial``, ``progress``), sorted, at most ``depth`` levels down; each directory
+        is listed once. Only directories whose names pass the run-key rule are entered (no hidden or staging
+        directory, no checkpoint directory); on local disk a symbolic link is never followed."""
+        found: list[str] = []
+        level = self._subdirectories("")[0]
+        for _ in range(depth):
+            below: list[str] = []
+            for rel in level:
+                children, holds = self._subdirectories(rel)
+                if holds:
+                    found.append(rel)
+                below += children
+            level = below
+        return sorted(found)
+
+    def _subdirectories(self, rel: str) -> tuple[list[str], bool]:
+        """The enterable directories in ``{path}/{rel}`` (as relative names), and whether it holds
+        checkpoints."""
+        path = join(self.path, rel) if rel else self.path
+        self.fs.invalidate_cache(path)
+        try:
+            with guard(self.url, f"list {rel or 'the run'}", missing_ok=True):
+                entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return [], False
+        children, holds = [], False
+        for entry in entries:
+            name = basename(str(entry["name"]))
+            if name == LATEST_NAME or parse_dirname(name) is not None:
+                holds = True
+            elif entry.get("type") == "directory" and not entry.get("islink") and _enterable(name):
+                children.append(f"{rel}/{name}" if rel else name)
+        return sorted(children), holds
 
     def checkpoints(self) -> list[CheckpointRef]:
         """Every committed checkpoint (manifest present and parseable), oldest first."""

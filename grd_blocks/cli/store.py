@@ -3,7 +3,10 @@
 Invariant: every subcommand returns an exit code (0 ok, 1 a checkpoint is damaged or the store failed, 2 bad
 input: orchestration/status.py decides) and prints errors as one ``grd: error: ...`` line on stderr naming
 what was wrong; secrets are never taken on the command line (``--aws-credentials-from-env`` reads them from
-the environment).
+the environment). A RUN_KEY is a run (``r1``) or a prefix under it (``r1/commands/train.fit``), each part
+under the run-key rule; ``ls`` and ``verify`` of a run cover its own checkpoints and every prefix below it
+that holds some (its commands', their ``partial``, grd's ``progress``), one named group each. A key the store
+does not have is an error naming it, what the store has and the fix, never an empty listing.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from grd_blocks.checkpoint.engine import CheckpointEngine
 from grd_blocks.checkpoint.refs import CheckpointRef, format_size
 from grd_blocks.checkpoint.run import RunCheckpoints
+from grd_blocks.checkpoint.storage.layout import validate_run_key
 from grd_blocks.cli.exits import fail, guarded
-from grd_blocks.errors import CheckpointNotFound
+from grd_blocks.errors import CheckpointNotFound, InvalidRunKey, UsageError
 
 __all__ = ["register"]
+
+_SHOWN = 5  # run keys or prefixes named in one error line before "and N more"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -39,19 +46,76 @@ def _fail(message: str) -> int:
     return fail("grd: error", message)
 
 
-def _open_run(args: argparse.Namespace) -> RunCheckpoints:
+def _store(args: argparse.Namespace) -> CheckpointEngine:
     from grd_blocks.prefect_edge.block import resolve_store
 
-    return resolve_store(args.target).run(args.run_key)
+    return resolve_store(args.target).engine()
+
+
+def _open_run(args: argparse.Namespace, store: CheckpointEngine | None = None) -> RunCheckpoints:
+    """The prefix ``RUN_KEY`` names: a run (``r1``) or a prefix under it (``r1/commands/train.fit``), each
+    part under the run-key rule."""
+    key, *below = str(args.run_key).split("/")
+    if not below:
+        return (store or _store(args)).run(key)
+    for part in (key, *below):
+        try:
+            validate_run_key(part)
+        except InvalidRunKey:
+            raise UsageError(
+                f"run key {args.run_key!r}: its part {part!r} is invalid; each '/'-separated part is 1-128 "
+                "characters of [A-Za-z0-9_.-], not '.' or '..' (e.g. RUN_KEY/commands/train.fit)"
+            ) from None
+    run = (store or _store(args)).run(key)
+    for part in below:
+        run = run.child(part)
+    return run
+
+
+def _nested_hint(run: RunCheckpoints, args: argparse.Namespace) -> str:
+    nested = run.prefixes()
+    if not nested:
+        return ""
+    named = _listed([f"{args.run_key}/{rel}" for rel in nested])
+    return f"; its checkpoints are under {named}: pass one of those as the run key"
 
 
 def _select(run: RunCheckpoints, args: argparse.Namespace) -> CheckpointRef:
-    if args.step is not None or args.epoch is not None:
-        return run.find(step=args.step, epoch=args.epoch)
+    try:
+        if args.step is not None or args.epoch is not None:
+            return run.find(step=args.step, epoch=args.epoch)
+    except CheckpointNotFound as exc:
+        raise CheckpointNotFound(f"{exc}{_nested_hint(run, args)}") from None
     ref = run.latest()
     if ref is None:
-        raise CheckpointNotFound(f"run {run.url} has no committed checkpoint")
+        raise CheckpointNotFound(f"run {run.url} has no committed checkpoint{_nested_hint(run, args)}")
     return ref
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _check_known(store: CheckpointEngine, args: argparse.Namespace) -> None:
+    """``CheckpointNotFound`` (exit 2) naming what was given, what the store has and the fix, when the run
+    the key names has no directory in the store, or the prefix under it is none of the run's groups."""
+    key, *below = str(args.run_key).split("/")
+    runs = store.list_runs()
+    if key not in runs:
+        there = f"its runs are {_listed(runs)}" if runs else "it holds no runs"
+        raise CheckpointNotFound(
+            f"run key {key!r} has nothing in the store {store.url} ({there}); pass one of its run keys "
+            f"(`grd checkpoints ls {args.target}` lists them), or the store that run wrote to"
+        )
+    rel = "/".join(below)
+    groups = store.run(key).prefixes()
+    if rel and rel not in groups and not any(group.startswith(rel + "/") for group in groups):
+        there = f"its checkpoints are under {_listed([f'{key}/{g}' for g in groups])}" if groups else (
+            "it has no checkpoints below it")
+        raise CheckpointNotFound(
+            f"run {key!r} has nothing under {rel!r} ({there}); pass one of those as the run key "
+            f"(`grd checkpoints ls {args.target} {key}` lists them)"
+        )
 
 
 # ---------------------------------------------------------------------- store create
@@ -94,28 +158,68 @@ def _store_create(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def _groups(run: RunCheckpoints, args: argparse.Namespace) -> list[tuple[str, RunCheckpoints]]:
+    """``(RUN_KEY or RUN_KEY/rel, prefix)`` for the run itself and every prefix below it that holds
+    checkpoints (its commands', their partial epochs', grd's progress), the run first."""
+    below = [(f"{args.run_key}/{rel}", _child(run, rel)) for rel in run.prefixes()]
+    return [(str(args.run_key), run), *below]
+
+
+def _child(run: RunCheckpoints, rel: str) -> RunCheckpoints:
+    for part in rel.split("/"):
+        run = run.child(part)
+    return run
+
+
+_KINDS = {"progress": " (grd's record of the run's finished commands)", "partial": " (saved mid-epoch)"}
+
+
+def _heading(key: str, count: int, *, own: bool) -> str:
+    """The line above a group: whose checkpoints they are (its name is the run key that shows, verifies or
+    deletes them)."""
+    kind = " of its own" if own else _KINDS.get(key.rsplit("/", 1)[-1], "")
+    return f"== {key}: {count} checkpoint(s){kind}"
+
+
+def _footer(groups: Sequence[tuple[str, RunCheckpoints]], args: argparse.Namespace) -> str:
+    names = [key for key, _ in groups[1:]]
+    example = next((key for key in names if key.split("/")[-1] not in _KINDS), names[-1])
+    return (f"to show, verify or rm a group's checkpoints, pass its name as the run key: "
+            f"grd checkpoints show {args.target} {example}")
+
+
 @guarded("grd: error")
 def _ls(args: argparse.Namespace) -> int:
-    from grd_blocks.prefect_edge.block import resolve_store
-
+    store = _store(args)
     if args.run_key is None:
-        runs = resolve_store(args.target).list_runs()
+        runs = store.list_runs()
         print("\n".join(runs) if runs else "(no runs)")
         return 0
-    run = _open_run(args)
-    latest = run.latest()
-    rows = []
-    for ref in reversed(run.checkpoints()):
-        problems = run.verify(ref) if args.verify else []
-        status = ("ok" if not problems else "DAMAGED") if args.verify else "committed"
-        mark = "*" if latest is not None and ref.name == latest.name else ""
-        size = format_size(ref.size_bytes)
-        rows.append([ref.name + mark, size, ref.created_at[:19], _metrics(ref), status])
-    if not rows:
+    run = _open_run(args, store)
+    groups = _groups(run, args)
+    if len(groups) == 1 and not run.checkpoints():
+        _check_known(store, args)
         print(f"{run.url}: no committed checkpoints")
         return 0
-    print(_table(["CHECKPOINT", "SIZE", "CREATED (UTC)", "METRICS", "STATUS"], rows))
+    for key, prefix in groups:
+        refs = prefix.checkpoints()
+        if len(groups) > 1:
+            if not refs and prefix is run:
+                print(f"== {key}: no checkpoints of its own")
+                continue
+            print(_heading(key, len(refs), own=prefix is run))
+        latest = prefix.latest()
+        rows = []
+        for ref in reversed(refs):
+            problems = prefix.verify(ref) if args.verify else []
+            status = ("ok" if not problems else "DAMAGED") if args.verify else "committed"
+            mark = "*" if latest is not None and ref.name == latest.name else ""
+            size = format_size(ref.size_bytes)
+            rows.append([ref.name + mark, size, ref.created_at[:19], _metrics(ref), status])
+        print(_table(["CHECKPOINT", "SIZE", "CREATED (UTC)", "METRICS", "STATUS"], rows))
     print("* = latest")
+    if len(groups) > 1:
+        print(_footer(groups, args))
     return 0
 
 
@@ -142,19 +246,38 @@ def _show(args: argparse.Namespace) -> int:
 
 @guarded("grd: error")
 def _verify(args: argparse.Namespace) -> int:
-    run = _open_run(args)
-    refs = [_select(run, args)] if args.step is not None or args.epoch is not None else run.checkpoints()
-    rows, damaged = [], 0
-    for ref in refs:
-        problems = run.verify(ref)
-        damaged += bool(problems)
-        verdict = "ok" if not problems else "DAMAGED: " + "; ".join(problems)
-        rows.append([ref.name, format_size(ref.size_bytes), verdict])
-    print(
-        _table(["CHECKPOINT", "SIZE", "VERIFICATION"], rows)
-        if rows
-        else f"{run.url}: no committed checkpoints"
-    )
+    store = _store(args)
+    run = _open_run(args, store)
+    if args.step is not None or args.epoch is not None:
+        groups = [(str(args.run_key), run)]
+        refs_of = {id(run): [_select(run, args)]}
+    else:
+        groups = _groups(run, args)
+        refs_of = {id(prefix): prefix.checkpoints() for _, prefix in groups}
+    if len(groups) == 1 and not refs_of[id(run)]:
+        _check_known(store, args)
+        print(f"{run.url}: no committed checkpoints")
+        return 0
+    damaged = 0
+    for key, prefix in groups:
+        refs = refs_of[id(prefix)]
+        if len(groups) > 1:
+            if not refs and prefix is run:
+                print(f"== {key}: no checkpoints of its own")
+                continue
+            print(_heading(key, len(refs), own=prefix is run))
+        rows = []
+        for ref in refs:
+            problems = prefix.verify(ref)
+            damaged += bool(problems)
+            verdict = "ok" if not problems else "DAMAGED: " + "; ".join(problems)
+            rows.append([ref.name, format_size(ref.size_bytes), verdict])
+        print(_table(["CHECKPOINT", "SIZE", "VERIFICATION"], rows))
+    if len(groups) > 1:
+        checked = sum(len(refs) for refs in refs_of.values())
+        print(f"{checked} checkpoint(s) in {len(groups)} group(s): "
+              + (f"{damaged} DAMAGED" if damaged else "all verify"))
+        print(_footer(groups, args))
     return 1 if damaged else 0
 
 
@@ -234,7 +357,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     target_help = "a store URL/path (./checkpoints, s3://b/p) or a CheckpointStore block name"
     ls = ck_sub.add_parser("ls", help="list runs, or one run's checkpoints")
     ls.add_argument("target", help=target_help)
-    ls.add_argument("run_key", nargs="?", help="run key (omit to list runs)")
+    ls.add_argument("run_key", nargs="?", help="run key, or RUN_KEY/commands/PHASE.COMMAND (omit: list runs)")
     ls.add_argument("--verify", action="store_true", help="also check every sha256 (reads all payloads)")
     ls.set_defaults(func=_ls)
     for name, func, text in (
@@ -243,12 +366,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ):
         parser = ck_sub.add_parser(name, help=text)
         parser.add_argument("target", help=target_help)
-        parser.add_argument("run_key", help="run key")
+        parser.add_argument("run_key", help="run key, or RUN_KEY/commands/PHASE.COMMAND")
         _add_selector(parser)
         parser.set_defaults(func=func)
     rm = ck_sub.add_parser("rm", help="delete checkpoints (manifest first)")
     rm.add_argument("target", help=target_help)
-    rm.add_argument("run_key", help="run key")
+    rm.add_argument("run_key", help="run key, or RUN_KEY/commands/PHASE.COMMAND")
     _add_selector(rm)
     rm.add_argument("--all", action="store_true", help="delete every checkpoint of the run")
     rm.add_argument("--yes", action="store_true", help="really delete")
