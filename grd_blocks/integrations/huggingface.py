@@ -22,6 +22,8 @@ Invariants:
   and returns its path; ``None`` (a fresh start) when nothing is committed. A half-written local
   ``checkpoint-N`` (a crash inside the Trainer's save) is never picked, which ``resume_from_checkpoint=True``
   (the highest ``checkpoint-N`` by name) would do.
+* A resume from a checkpoint that already reached this run's ``max_steps`` (a rerun with fewer epochs or
+  steps) trains nothing, as the Trainer does, and says so in one warning naming the fix (a fresh run prefix).
 * With ``load_best_model_at_end``, the Trainer's best checkpoint (``best_global_step`` in the resumed
   ``trainer_state.json``) is written from the store next to the resumed one, and the resumed state's
   ``best_model_checkpoint`` points at it: the run ends with the same best model whether or not the local
@@ -131,6 +133,7 @@ class GrdTrainerCallback(TrainerCallback):
         self._epoch_ended = False  # on_epoch_end ran: the epoch's evaluation is over
         self._resave = False  # the Trainer saved at the step that ended the epoch: commit its epoch-end save
         self._step_end: float | None = None  # when the last optimizer step ended (its save follows)
+        self._resumed: str | None = None  # the URL of the checkpoint resume_from wrote out
 
     # ------------------------------------------------------------------ resume
     def resume_from(self, trainer: Trainer) -> str | None:
@@ -161,6 +164,7 @@ class GrdTrainerCallback(TrainerCallback):
         parent.mkdir(parents=True)
         folder = write_folder(state, parent)
         logger.info("resuming from %s (step %d), written to %s", self.checkpoints.url, chosen, folder)
+        self._resumed = f"{self.checkpoints.url}/step_{chosen}"
         if trainer.args.load_best_model_at_end:
             self._restore_best(folder, chosen)
         return str(folder)
@@ -203,6 +207,13 @@ class GrdTrainerCallback(TrainerCallback):
     ) -> None:
         if not self.checkpoints.retention.active:
             self.checkpoints.retention = retention_of(args)
+        if self._resumed is not None and state.max_steps > 0 and state.global_step >= state.max_steps:
+            logger.warning(
+                "grd: %s (global step %d) already reached this run's max_steps=%d (num_train_epochs=%s, "
+                "max_steps=%s): nothing is left to train and train() ends with that checkpoint's model; to "
+                "train anew with these settings, give RunCheckpoints a fresh run prefix",
+                self._resumed, state.global_step, state.max_steps, args.num_train_epochs, args.max_steps,
+            )
         self.policy.install()
 
     def on_epoch_begin(

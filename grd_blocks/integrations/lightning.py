@@ -13,8 +13,12 @@ Invariants:
   runs only after a newer commit (without a retention of its own, the store takes ModelCheckpoint's:
   ``save_top_k`` by ``monitor``/``mode`` -> ``keep_best``, plus the last one).
 * ``ckpt_path="grd:latest"`` loads the newest checkpoint whose every sha256 verifies, falling back past a
-  damaged one; with none committed yet training starts fresh (one line says so). ``grd:step_N`` loads one,
-  and a path Lightning itself recorded (``best_model_path``) loads the checkpoint saved under it.
+  damaged one; with none committed yet training starts fresh (Lightning "restores" the model's own state, a
+  no-op, and prints no "Restored all states" line). ``grd:step_N`` loads one, and a path Lightning itself
+  recorded (``best_model_path``) loads the checkpoint saved under it. Every load from the store says in one
+  line (Lightning's console) what happens: training starts fresh, continues from ``step_N``, or has nothing
+  left to do because the checkpoint already reached this Trainer's ``max_epochs``/``max_steps`` (a rerun
+  with a smaller target: it names the fix, a fresh run prefix).
 * A checkpoint holds every rank's RNG state (torch, CUDA, numpy, random), restored on each rank just before
   the first batch after a resume, and the position of the next batch (epoch, batch). Batches from
   ``grd.loader(...)`` (``seeded_loader``'s order) continue at exactly that batch, mid-epoch included, so the
@@ -23,7 +27,9 @@ Invariants:
 * SIGTERM, SIGINT, grd's warning signal (``GRD_WARN_SIGNAL``) and the ``GRD_TIME_LEFT_S`` budget (a step and
   a save must still fit) make every rank save at the same batch boundary, then raise ``TrainingInterrupted``
   out of ``trainer.fit``; uncaught, the process exits 124 (deadline), 143 or 130 with the checkpoint
-  committed. The handlers are installed when training starts (after Lightning's own), so Lightning's
+  committed. Before raising, the loggers get the row Lightning would have logged right after the hook (the
+  stop step's ``on_step`` metrics, or the finished epoch's ``on_epoch`` ones), so a stop loses no log row.
+  The handlers are installed when training starts (after Lightning's own), so Lightning's
   SIGTERM handler, which stops without saving, never sees the first signal.
 """
 
@@ -39,6 +45,7 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from grd_blocks.checkpoint import RunCheckpoints, capture_rng_state, restore_rng_state
 from grd_blocks.checkpoint.refs import CheckpointRef
@@ -68,6 +75,7 @@ class GrdCheckpointIO(CheckpointIO):
         self.last_save_s = 0.0
         self._committed: tuple[int, str] | None = None  # (global step, loop state) of the last commit
         self._fresh: dict[str, Any] | None = None  # what "grd:latest" loads while nothing is committed
+        self.trainer: pl.Trainer | None = None  # the Trainer loading through it (GrdLightning.setup)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -98,8 +106,10 @@ class GrdCheckpointIO(CheckpointIO):
         if text == LATEST:
             state = self.checkpoints.load()
             if state is None:
-                logger.info("no committed checkpoint under %s yet: training starts fresh",
-                            self.checkpoints.url)
+                if self.trainer is not None:  # else Lightning reports "Restored all states from grd:latest"
+                    self.trainer._checkpoint_connector._ckpt_path = None
+                rank_zero_info(f"grd: no committed checkpoint under {self.checkpoints.url} yet: "
+                               "training starts fresh")
                 return dict(self._fresh or {})
             return state
         ref = self._find(text)
@@ -193,6 +203,7 @@ class GrdLightning(Callback):
 
     # ------------------------------------------------------------------ setup and resume
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.io.trainer = trainer
         self.io._fresh = {
             "pytorch-lightning_version": importlib.metadata.version("lightning"),
             "state_dict": pl_module.state_dict(),  # loading its own state: a no-op
@@ -210,6 +221,7 @@ class GrdLightning(Callback):
         own = checkpoint.get(_KEY)
         if not isinstance(own, Mapping) or own.get("fresh"):
             return
+        _say_what_resuming_does(trainer, checkpoint, self.checkpoints.url)
         ranks = own.get("rng_by_rank")
         rank = dist.rank()
         self._rng = ranks[rank] if isinstance(ranks, list) and len(ranks) > rank else own.get("rng")
@@ -267,12 +279,13 @@ class GrdLightning(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
-            self._stop(trainer, self._pending)
+            self._stop(trainer, self._pending, epoch_end=True)
 
-    def _stop(self, trainer: pl.Trainer, reason: str) -> None:
+    def _stop(self, trainer: pl.Trainer, reason: str, *, epoch_end: bool = False) -> None:
         trainer.save_checkpoint(f"grd-stop-step={trainer.global_step}.ckpt")  # every rank: a collective
         self.policy.save_took(self.io.last_save_s)
         url = dist.broadcast(self.io.last_url)
+        _log_the_row_lightning_logs_next(trainer, epoch_end=epoch_end)
         raise self.policy.stopped(reason, global_step=trainer.global_step, checkpoint_url=url)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -298,3 +311,52 @@ def _retention_of(trainer: pl.Trainer) -> RetentionPolicy:
     if callback.mode == "max":
         return RetentionPolicy(keep_last=1, keep_best=top_k, monitor=monitor, mode="max")
     return RetentionPolicy(keep_last=1, keep_best=top_k, monitor=monitor, mode="min")
+
+
+def _epochs_done(checkpoint: Mapping[str, Any]) -> int | None:
+    """The epochs a Lightning checkpoint finished (``processed``, as Lightning's ``fit_loop.done`` counts)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _say_what_resuming_does(trainer: pl.Trainer, checkpoint: Mapping[str, Any], run_url: str) -> None:
+    """One line: training continues from the loaded checkpoint, or it already reached the Trainer's target."""
+    step, done = int(checkpoint.get("global_step", 0)), _epochs_done(checkpoint)
+    where = f"{run_url}/step_{step} (global step {step}, {done if done is not None else '?'} epochs done)"
+    reached = ""
+    if trainer.max_steps not in (None, -1) and step >= trainer.max_steps:
+        reached = f"max_steps={trainer.max_steps}"
+    elif trainer.max_epochs not in (None, -1) and done is not None and done >= trainer.max_epochs:
+        reached = f"max_epochs={trainer.max_epochs}"
+    if reached:
+        rank_zero_warn(
+            f"grd: {where} already reached this run's {reached}: nothing is left to train and fit ends "
+            "with that checkpoint's model; to train anew with these settings, give RunCheckpoints a fresh "
+            "run prefix"
+        )
+    else:
+        rank_zero_info(f"grd: resuming from {where}: training continues")
+
+
+def _log_the_row_lightning_logs_next(trainer: pl.Trainer, *, epoch_end: bool) -> None:
+    """Give the loggers, now, the row Lightning logs right after the hook a stop raises from: the step's
+    ``on_step`` metrics (``update_train_step_metrics``) or the finished epoch's ``on_epoch`` ones."""
+    connector = trainer._logger_connector
+    try:
+        if epoch_end:
+            connector.on_epoch_end()
+            loop = trainer.fit_loop.epoch_loop
+            loop._batches_that_stepped -= 1  # the epoch's metrics go at its last step, as Lightning logs them
+            try:
+                connector.update_train_epoch_metrics()
+            finally:
+                loop._batches_that_stepped += 1
+        else:
+            connector.on_batch_end()
+            connector.update_train_step_metrics()
+        for logger_ in trainer.loggers:
+            logger_.save()
+    except Exception:  # the stop's checkpoint is committed; a log row must not turn the stop into a failure
+        logger.warning("logging the stop step's metrics failed; the checkpoint is committed", exc_info=True)

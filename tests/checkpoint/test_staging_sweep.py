@@ -53,6 +53,49 @@ def test_save_sweeps_the_staging_dir_of_a_writer_that_died(tmp_path: pathlib.Pat
     assert sorted(os.listdir(run_dir)) == ["LATEST.json", "step_0", "step_2"]
 
 
+def test_save_sweeps_the_staging_dir_of_a_killed_writer_not_yet_reaped(tmp_path: pathlib.Path) -> None:
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    run.save({"a": 0}, step=0)
+    run_dir = tmp_path / "store" / "run"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(run_dir / "step_1")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # wait for the writer to exit, without reaping it: a zombie, as under an init that does not reap
+        os.waitid(os.P_PID, writer.pid, os.WEXITED | os.WNOWAIT)
+        with open(f"/proc/{writer.pid}/stat") as stat:
+            assert stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        run.save({"a": 2}, step=2)
+        assert sorted(os.listdir(run_dir)) == ["LATEST.json", "step_0", "step_2"]
+    finally:
+        writer.wait(timeout=120)
+
+
+def test_sweep_removes_an_entry_whose_pid_now_names_a_later_process_and_keeps_a_live_writers(
+    tmp_path: pathlib.Path,
+) -> None:
+    later = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        tag = writer_tag()
+        reused = run_dir / f".tmp-step_3-0123456789ab-{tag}-{later.pid}"  # written before `later` started
+        live = run_dir / f".tmp-step_4-0123456789ab-{tag}-{later.pid}"  # written by `later`, still running
+        for path in (reused, live):
+            path.mkdir()
+            (path / "state.json").write_text("{}")
+        _age(reused, STALE_AFTER_S / 2)  # old, but not old enough for the age rule
+        assert sweep_stale(str(run_dir)) == [reused.name]
+        assert live.is_dir()
+    finally:
+        assert later.stdin is not None
+        later.stdin.close()
+        later.wait(timeout=120)
+
+
 def test_sweep_keeps_live_and_recent_entries_and_removes_old_unknown_ones(tmp_path: pathlib.Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -6,6 +6,7 @@ its output_dir."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 from pathlib import Path
@@ -174,6 +175,19 @@ def test_retention_is_save_total_limit_in_the_store_and_never_deletes_before_the
     latest = run.latest()
     assert latest is not None and latest.metadata["hf_folder"] == "checkpoint-16"
     assert latest.metrics["loss"] > 0 and latest.metrics["learning_rate"] > 0  # the Trainer's logged scalars
+
+
+def test_a_rerun_with_fewer_epochs_says_nothing_is_left_to_train(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _train(tmp_path, 2)
+    with caplog.at_level(logging.WARNING, logger="grd.integrations.huggingface"):
+        probe, _ = _train(tmp_path, 1)
+    assert probe.first_step is None  # the Trainer trained nothing, and grd said so in one line
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "grd.integrations.huggingface"]
+    assert line.startswith(f"grd: {tmp_path / 'ck'}/step_{2 * STEPS_PER_EPOCH} (global step 32) already "
+                           "reached this run's max_steps=16 (num_train_epochs=1")
+    assert "nothing is left to train" in line and "fresh run prefix" in line
 
 
 def test_nothing_committed_starts_fresh(tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ pitfall tests run a real ``Trainer`` in process.
 
 from __future__ import annotations
 
+import csv
+import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from grd_blocks.checkpoint import RunCheckpoints
+from grd_blocks.errors import TrainingInterrupted
 from grd_blocks.integrations.lightning import GrdLightning
 from grd_blocks.training import synthetic_regression
+from grd_blocks.training.shutdown import GracefulShutdown
 from tests.integrations._lightning_script import Regressor
 from tests.training import _script
 
@@ -168,3 +174,105 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: 
     payload.write_bytes(bytes(data))
     probe = _fit(url, 2, top_k=-1)
     assert probe.first_step == 12  # the previous one (every 4 steps), not a fresh start nor the damaged one
+
+
+@pytest.fixture
+def lightning_lines(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What Lightning's console shows (its logger does not propagate to the root logger)."""
+    console = logging.getLogger("lightning.pytorch")
+    console.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        console.removeHandler(caplog.handler)
+
+
+def test_a_fresh_start_says_so_in_grds_line_and_lightning_reports_no_restore(
+    tmp_path: Path, lightning_lines: pytest.LogCaptureFixture
+) -> None:
+    url = str(tmp_path / "run")
+    probe = _fit(url, 1, every=None)
+    assert probe.first_step == 0
+    assert f"grd: no committed checkpoint under {url} yet: training starts fresh" in lightning_lines.text
+    assert "Restored all states" not in lightning_lines.text
+
+
+def test_a_rerun_with_another_epoch_target_says_whether_it_continues_or_has_nothing_left(
+    tmp_path: Path, lightning_lines: pytest.LogCaptureFixture
+) -> None:
+    url = str(tmp_path / "run")
+    _fit(url, 2, every=None)
+    done = f"{url}/step_{2 * STEPS_PER_EPOCH} (global step {2 * STEPS_PER_EPOCH}, 2 epochs done)"
+    with pytest.warns(UserWarning, match="nothing is left to train") as warned:
+        probe = _fit(url, 1, every=None)  # fewer epochs than the run already trained: not a silent no-op
+    assert probe.first_step is None  # trained nothing, and said so
+    assert str(warned[0].message) == (
+        f"grd: {done} already reached this run's max_epochs=1: nothing is left to train and fit ends with "
+        "that checkpoint's model; to train anew with these settings, give RunCheckpoints a fresh run prefix")
+    probe = _fit(url, 3, every=None)  # more epochs: it continues
+    assert probe.first_step == 2 * STEPS_PER_EPOCH
+    assert f"grd: resuming from {done}: training continues" in lightning_lines.text
+
+
+class _EpochLogged(Regressor):
+    """Also logs an ``on_epoch`` metric (written at the epoch's end, after the hooks a stop raises from)."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("loss_mean", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+class _StopAt(Callback):
+    """Asks grd to stop (as SIGTERM would) after global step ``step``; it runs before grd's callback."""
+
+    def __init__(self, shutdown: GracefulShutdown, step: int) -> None:
+        self.shutdown, self.step = shutdown, step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            self.shutdown.request()
+
+
+def _attempt(url: str, logs: Path, version: int, stop_at: int | None = None) -> None:
+    """One attempt of a 2-epoch run whose CSVLogger (``logs/csv/version_{version}``) writes every step."""
+    shutdown = GracefulShutdown()
+    grd = GrdLightning(RunCheckpoints.from_url(url), shutdown=shutdown)
+    stop = [] if stop_at is None else [_StopAt(shutdown, stop_at)]
+    torch.manual_seed(0)
+    fit = pl.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, plugins=[grd.io], callbacks=[*stop, grd], log_every_n_steps=1,
+        logger=CSVLogger(logs, name="csv", version=version),
+    )
+    loader = grd.loader(synthetic_regression(256, 8, seed=0), batch_size=16, seed=0)
+    try:
+        fit.fit(_EpochLogged(), train_dataloaders=loader, ckpt_path="grd:latest")
+    finally:
+        grd.policy.uninstall()
+
+
+def _rows(logs: Path, version: int) -> list[tuple[str, ...]]:
+    """The rows a CSVLogger version wrote, each as its non-empty ``column=value`` cells."""
+    with open(logs / "csv" / f"version_{version}" / "metrics.csv") as handle:
+        return [tuple(f"{key}={value}" for key, value in sorted(row.items()) if value)
+                for row in csv.DictReader(handle)]
+
+
+def test_a_stop_at_an_epochs_end_or_mid_epoch_loses_no_log_row(tmp_path: Path) -> None:
+    _attempt(str(tmp_path / "full"), tmp_path / "full-logs", 0)
+    logs = tmp_path / "logs"
+    for version, stop_at in enumerate((STEPS_PER_EPOCH, STEPS_PER_EPOCH + 5)):  # epoch 1's last batch, mid 2
+        with pytest.raises(TrainingInterrupted):
+            _attempt(str(tmp_path / "run"), logs, version, stop_at=stop_at)
+    _attempt(str(tmp_path / "run"), logs, 2)
+    attempts, full = _rows(logs, 0) + _rows(logs, 1) + _rows(logs, 2), _rows(tmp_path / "full-logs", 0)
+    epoch_rows = [row for row in full if row[1].startswith("loss_mean=")]
+    assert len(epoch_rows) == 2 and epoch_rows[0] in _rows(logs, 0)  # epoch 1's mean, logged by the stop
+
+    def masked(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        # epoch 2 resumed mid-way: its mean covers the last attempt's batches (Lightning keeps no running
+        # means in a checkpoint); every row is there, every step's loss equal
+        return [tuple("loss_mean=*" if c.startswith("loss_mean=") else c for c in row) for row in rows]
+
+    assert masked(attempts) == masked(full)  # every row once, the stop steps' included

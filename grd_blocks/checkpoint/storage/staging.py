@@ -6,7 +6,10 @@ leaves them behind (invisible to readers, but they take disk space).
 
 Invariant: ``sweep_stale`` removes an entry only when no live writer can still be using it:
 
-* its writer tag (this host, boot and pid namespace) matches ours and its pid no longer exists; or
+* its writer tag (this host, boot and pid namespace) matches ours and its writer is gone: no process has its
+  pid, or that process has exited and waits to be reaped (a zombie: a killed writer whose parent, such as a
+  container's init, has not reaped it yet), or it started well after the entry was written (its pid was
+  reused: ``REUSE_MARGIN_S`` allows for the boot time's one-second resolution and for wall-clock steps); or
 * it has another writer tag or none (another host, an older grd) and nothing in it changed for
   ``STALE_AFTER_S``.
 
@@ -34,6 +37,9 @@ logger = logging.getLogger("grd.checkpoint")
 
 STALE_AFTER_S: Final = 3600.0
 """Age after which a staging entry of an unknown (or other-host) writer is removed."""
+
+REUSE_MARGIN_S: Final = 60.0
+"""A process that started this long after a staging entry's oldest timestamp cannot be the entry's writer."""
 
 _OWNER_RE: Final = re.compile(r"-(?P<tag>[0-9a-f]{8})-(?P<pid>[0-9]+)$")
 
@@ -65,7 +71,21 @@ def staging_name(prefix: str, what: str) -> str:
     return f"{prefix}{what}-{uuid.uuid4().hex[:12]}-{writer_tag()}-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> tuple[str, float] | None:
+    """(state letter, start time in epoch seconds) of ``pid`` from /proc (Linux); None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # after "pid (comm)": comm may hold anything
+        with open("/proc/stat") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+
+
+def _pid_alive(pid: int, *, written_since: float | None = None) -> bool:
+    """Whether the writer with ``pid`` may still be running: its pid exists, it is no zombie, and (with
+    ``written_since``, the entry's oldest timestamp) it started before the entry was written."""
     if pid == os.getpid():
         return True
     try:
@@ -73,8 +93,24 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    known = _process_start(pid)
+    if known is None:
+        return True  # no /proc: a process with that pid exists, so it may be the writer
+    state, started = known
+    if state in ("Z", "X"):
+        return False
+    return written_since is None or started <= written_since + REUSE_MARGIN_S
+
+
+def _first_write(path: str) -> float:
+    """The oldest modification time of ``path`` and the entries directly in it (its writer started before)."""
+    oldest = os.lstat(path).st_mtime
+    if os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.scandir(path):
+            with contextlib.suppress(FileNotFoundError):
+                oldest = min(oldest, entry.stat(follow_symlinks=False).st_mtime)
+    return oldest
 
 
 def _last_change(path: str) -> float:
@@ -93,7 +129,11 @@ def is_stale(path: str, *, now: float | None = None, stale_after_s: float = STAL
         return False
     owner = _OWNER_RE.search(name)
     if owner is not None and owner.group("tag") == writer_tag():
-        return not _pid_alive(int(owner.group("pid")))
+        try:
+            since = _first_write(path)
+        except FileNotFoundError:
+            return False
+        return not _pid_alive(int(owner.group("pid")), written_since=since)
     try:
         age = (time.time() if now is None else now) - _last_change(path)
     except FileNotFoundError:
