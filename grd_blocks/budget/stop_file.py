@@ -1,7 +1,9 @@
 """A command's mark that it stopped for its budget, which survives whatever exit code a launcher makes of it.
 
-Invariant: grd hands every command attempt ``GRD_TIMEOUT_FILE``, a path in a directory grd made for that
-attempt alone (so the file never exists when the attempt starts, and never outlives its report row). A process
+Invariant: grd hands every command attempt ``GRD_TIMEOUT_FILE``, a path no other attempt is given (a random
+name in a private directory the grd process makes once, mode 0700, removed at its exit and made again if
+something removed it), so the file never exists when the attempt starts; grd removes it once the attempt's
+report row is written. A process
 of the command that stops because its budget ran out creates that file before it exits; grd then reports the
 command TIMEOUT with exit code 124 even when a launcher (torchrun, mpirun, a shell script) turned the rank's
 124 into something else, and keeps the launcher's own code in the row. A process that fails for any other
@@ -12,14 +14,41 @@ nothing. From a shell: ``touch "$GRD_TIMEOUT_FILE"``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import secrets
+import shutil
+import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["TIMEOUT_FILE_ENV", "budget_stop_marked", "mark_budget_stop"]
+__all__ = ["TIMEOUT_FILE_ENV", "budget_stop_marked", "forget", "fresh_timeout_file", "mark_budget_stop"]
 
 TIMEOUT_FILE_ENV = "GRD_TIMEOUT_FILE"
+
+_lock = threading.Lock()
+_folder: str | None = None
+
+
+def fresh_timeout_file() -> Path:
+    """A path for one attempt's mark that no other attempt is given and that does not exist yet (about 10 us:
+    one private directory per grd process, not one per attempt). ``OSError`` if no temporary directory can
+    be made."""
+    global _folder
+    with _lock:
+        if _folder is None or not os.path.isdir(_folder):
+            _folder = tempfile.mkdtemp(prefix="grd-timeout-files-")
+            atexit.register(shutil.rmtree, _folder, True)
+        folder = _folder
+    return Path(folder) / f"{secrets.token_hex(16)}.stopped-for-budget"
+
+
+def forget(path: Path) -> None:
+    """Remove an attempt's mark once its row is written (nothing if it was never made)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def mark_budget_stop(env: Mapping[str, str] | None = None) -> bool:

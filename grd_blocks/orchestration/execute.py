@@ -7,20 +7,20 @@ of it created its ``GRD_TIMEOUT_FILE`` (it stopped for its budget under a launch
 turns the rank's 124 into 1) -> TIMEOUT (never FAILED), stopped by cancellation -> CANCELLED, exit 0 ->
 COMPLETED. A command that created that file and ended with another code than 124, grd's deadline playing no
 part, reports exit code 124 and keeps the code it really ended with in ``timeout.launcher_returncode`` and
-the row's note. Each attempt's timeout file lives in a
-directory made for that attempt and removed once its row is written, so no attempt sees another's. A row's
-``timeout`` block is filled only for TIMEOUT and names the level of the budget whose deadline was binding.
+the row's note. Each attempt's timeout file is a path no other attempt is given, removed once its row is
+written, so no attempt sees another's. A row's ``timeout`` block is filled only for TIMEOUT and names the
+level of the budget whose deadline was binding.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grd_blocks.budget import TIMEOUT_FILE_ENV, Budget, budget_stop_marked
+from grd_blocks.budget.stop_file import forget, fresh_timeout_file
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess, command_env
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
@@ -161,12 +161,11 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
     GrdError. A cleanup's budget is shielded: cancelling the run does not reach it."""
     granted = plan.budget.remaining()
     warn = plan.warn
-    try:  # this attempt's own directory: its timeout file cannot exist before it starts
-        scratch = tempfile.TemporaryDirectory(prefix="grd-attempt-", ignore_cleanup_errors=True)
+    try:  # a path no other attempt is given: its timeout file cannot exist before it starts
+        timeout_file = fresh_timeout_file()
     except OSError as exc:
         return _not_started(plan, granted, exc)
-    with scratch:
-        timeout_file = Path(scratch.name) / "stopped-for-budget"
+    try:
         env = command_env(
             spec_env=plan.spec_env,
             run_key=plan.run_key,
@@ -198,3 +197,5 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
         except (GrdError, OSError) as exc:
             return _not_started(plan, granted, exc)
         return outcome_row(plan, outcome, granted, stop_marked=budget_stop_marked(timeout_file))
+    finally:
+        forget(timeout_file)

@@ -45,7 +45,7 @@ phases:
           sh -c 'touch "$GRD_TIMEOUT_FILE"; exit 124'
           kill -USR1 $$
       - name: shows-its-timeout-file
-        run: test ! -e "$GRD_TIMEOUT_FILE" && echo "file=$GRD_TIMEOUT_FILE"
+        run: test ! -e "$GRD_TIMEOUT_FILE" && echo "file=$GRD_TIMEOUT_FILE" && touch "$GRD_TIMEOUT_FILE"
 """
 
 
@@ -140,6 +140,6 @@ def test_each_attempt_gets_a_timeout_file_of_its_own_that_is_gone_once_its_row_i
     run = _run(tmp_path)
     rows = [_exec(run, "plain", "shows-its-timeout-file") for _ in range(2)]
     paths = [Path(row.stdout_tail.split("file=")[1].split()[0]) for row in rows]
-    assert all(row.status is Status.COMPLETED for row in rows)  # the file did not exist when it started
-    assert paths[0].parent != paths[1].parent
-    assert not paths[0].parent.exists() and not paths[1].parent.exists()
+    assert all(row.status is Status.TIMEOUT for row in rows)  # the file did not exist when each started
+    assert paths[0] != paths[1]
+    assert not paths[0].exists() and not paths[1].exists()
