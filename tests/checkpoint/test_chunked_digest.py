@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.payload import hashes
+from grd_blocks.checkpoint.payload import digest, hashes
 from grd_blocks.checkpoint.payload.digest import CHUNK
 from grd_blocks.checkpoint.payload.manifest import FileEntry, Manifest, now_iso, parse_manifest
 from grd_blocks.errors import CheckpointCorrupt
@@ -89,3 +89,22 @@ def test_loaded_tensors_keep_their_values_after_the_checkpoint_is_replaced_and_d
     assert torch.equal(loaded["w"], _big_state(1)["w"])
     loaded["w"][0] += 1  # writable, and private to this process
     assert run.latest() is None
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["hashed-from-a-mapping", "read-chunk-by-chunk"])
+def test_local_verification_catches_a_flipped_bit_mapped_or_read(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    if not mapped:  # as on a filesystem that cannot be memory-mapped: each chunk is read with pread
+        monkeypatch.setattr(digest, "_mapping", lambda fd, size: None)
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    run.save(_big_state(1), step=1)
+    loaded = run.load(step=1)
+    assert loaded is not None and torch.equal(loaded["w"], _big_state(1)["w"])
+    del loaded  # its tensors map the file rewritten below
+    path = tmp_path / "store" / "run" / "step_1" / "state.pt"
+    data = bytearray(path.read_bytes())
+    data[CHUNK + 5] ^= 0x10  # the second chunk
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorrupt, match=rf"bytes {CHUNK}\.\.{2 * CHUNK} have"):
+        run.load(step=1)

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -238,19 +239,48 @@ def verify_bytes(data: bytes | bytearray | memoryview, entry: FileEntry, where: 
     check_sha256(sha256_hex(data), entry, where)
 
 
+def _mapping(fd: int, size: int) -> mmap.mmap | None:
+    """A read-only shared mapping of the ``size`` bytes of ``fd`` (the inode it holds open), or None where the
+    file is empty or cannot be mapped (the chunks are then read with ``pread``)."""
+    if size == 0:
+        return None
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
+
+
+def _mapped_digest(function: Callable[[Blob], str], mapping: mmap.mmap, offset: int, length: int) -> str:
+    """``function``'s digest of ``length`` bytes at ``offset`` of ``mapping``, hashed where they lie (the page
+    cache), with no copy; every view taken here is released before returning, so the mapping can close."""
+    with memoryview(mapping) as whole, whole[offset : offset + length] as piece:
+        return function(piece)
+
+
 def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
-    """Raise ``CheckpointCorrupt`` unless the file open as ``fd`` has ``entry``'s size and digests."""
+    """Raise ``CheckpointCorrupt`` unless the file open as ``fd`` has ``entry``'s size and digests.
+
+    Chunked entries are hashed on the hasher pool, one task per chunk, straight from a read-only mapping of
+    ``fd`` (no copy out of the page cache; by measurement a third less time than reading each chunk into a
+    buffer first: bench/results/checkpoint.json). A mapped file shrunk by someone else while it is hashed
+    raises SIGBUS, as touching ``torch.load(mmap=True)``'s tensors of such a file would.
+    """
     function = hashes.function(entry.algorithm)
     size = os.fstat(fd).st_size
     if size != entry.size:
         raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
     if entry.chunk_size and (entry.chunks or entry.digest is not None):
-        step = entry.chunk_size
-        pieces = [
-            _later(_chunk_digest, function, fd, start, min(step, size - start))
-            for start in range(0, size, step)
-        ]
-        check_pieces(pieces, entry, where)
+        step, mapping = entry.chunk_size, _mapping(fd, size)
+        starts = range(0, size, step)
+        pieces: list[Future[str | None]]
+        if mapping is None:
+            pieces = [_later(_chunk_digest, function, fd, start, min(step, size - start)) for start in starts]
+            check_pieces(pieces, entry, where)
+            return
+        with mapping:  # check_pieces waits for every task, so no view of it is left when it closes
+            pieces = [_later(_mapped_digest, function, mapping, start, min(step, size - start))
+                      for start in starts]
+            check_pieces(pieces, entry, where)
         return
     digest, count = sha256_fd(fd, size)
     if count != entry.size:
