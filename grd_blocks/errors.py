@@ -114,6 +114,27 @@ class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files do not match its manifest (truncated, flipped bits, missing, garbage)."""
 
 
+class CheckpointTooNew(CheckpointError):
+    """A manifest or LATEST.json is of a format this grd does not read: a newer grd wrote it. Not damage, so a
+    reader never skips it for an older checkpoint; the message names the format, the grd that wrote it and
+    the upgrade that reads it."""
+
+    def __init__(self, what: str, path: str, found: int, reads: tuple[int, ...], this_grd: str,
+                 writer_grd: str | None) -> None:
+        self.what, self.path, self.found, self.reads = what, path, found, reads
+        self.this_grd, self.writer_grd = this_grd, writer_grd
+        known = f"{reads[0]}-{reads[-1]}" if len(reads) > 1 else str(reads[0])
+        if writer_grd:
+            wrote, fix = f"grd {writer_grd} wrote it", f"pip install -U 'grd>={writer_grd}'"
+        else:
+            wrote, fix = "a grd newer than this one wrote it", "pip install -U grd"
+        super().__init__(
+            f"{what} {path} is format {found} and {wrote}; this grd ({this_grd}) reads {what} formats "
+            f"{known} only. Upgrade grd to read it ({fix}); grd does not fall back to an older checkpoint "
+            "meanwhile, so no finished work is skipped"
+        )
+
+
 class UnsafeCheckpoint(CheckpointError):
     """A payload would execute code when loaded (a pickle outside torch's weights-only set)."""
 

@@ -11,7 +11,9 @@ Invariants:
   rename in between cannot swap the bytes; elsewhere the bytes are fetched once and hashed in memory (large
   S3 payloads by parallel ranged GETs, hashed while they arrive: s3parts.py).
 * ``load()`` without step/epoch skips a damaged checkpoint with a warning and uses the previous valid one;
-  with step/epoch a damaged one raises ``CheckpointCorrupt``.
+  with step/epoch a damaged one raises ``CheckpointCorrupt``. A manifest of a format this grd does not read
+  raises ``CheckpointTooNew`` from ``latest()``, ``load()`` and ``checkpoints()`` (never skipped for an older
+  checkpoint: a newer grd's work is not lost by a downgrade); ``verify()`` reports it as its problem.
 * A same-step re-save may replace a checkpoint while it is read (on object stores its old payload objects are
   deleted once the new manifest is in: commit.py): damage found after the manifest was read sends the reader
   back to the manifest, and when it has been replaced, the new version is read instead (at most
@@ -69,7 +71,13 @@ from grd_blocks.checkpoint.storage.safe_io import (
     read_local,
     read_remote,
 )
-from grd_blocks.errors import CheckpointCorrupt, CheckpointNotFound, InvalidRunKey, UsageError
+from grd_blocks.errors import (
+    CheckpointCorrupt,
+    CheckpointNotFound,
+    CheckpointTooNew,
+    InvalidRunKey,
+    UsageError,
+)
 
 logger = logging.getLogger("grd.checkpoint")
 
@@ -429,6 +437,6 @@ class RunReader:
 
         try:
             self._settled(name, self._read_manifest(name), fetch)
-        except CheckpointCorrupt as exc:
+        except (CheckpointCorrupt, CheckpointTooNew) as exc:  # too new: this grd cannot vouch for it
             return [str(exc)]
         return []

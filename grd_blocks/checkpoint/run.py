@@ -38,6 +38,7 @@ from grd_blocks.checkpoint.payload.digest import digest_later
 from grd_blocks.checkpoint.payload.handlers import encode_state
 from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import (
+    GRD_VERSION,
     FileEntry,
     LatestPointer,
     Manifest,
@@ -339,6 +340,7 @@ class RunCheckpoints(RunReader):
                     metadata=metadata,
                     step=step,
                     epoch=epoch,
+                    grd_version=GRD_VERSION,
                 )
             )
             return built[-1].to_bytes()

@@ -18,13 +18,19 @@ Two formats of file entries are read; one is written:
   ``chunks`` (sha256 of each piece); ``sha256`` is the whole file's (``sha256sum`` agrees). An entry without
   ``digest`` is read this way, in a manifest of either format, and verified exactly as before.
 
-A manifest of format 2 is refused by a grd that reads only format 1 (its ``format_version`` names the cause);
-LATEST.json did not change and stays at format 1.
+Compatibility rule: a grd reads every manifest format an earlier grd wrote (``READ_VERSIONS``) and writes only
+``FORMAT_VERSION``; LATEST.json did not change and stays at format 1. A manifest or pointer of a format this
+grd does not know (a newer grd wrote it) raises ``CheckpointTooNew``, never ``CheckpointCorrupt``: it is not
+damage, so no reader skips it for an older checkpoint. Every manifest records the grd that wrote it
+(``grd_version``, since format 2), so that message names the version to upgrade to. (A grd from before
+format 2 takes a format-2 manifest for damage, "has format_version 2; this grd reads version 1", and falls
+back to an older format-1 checkpoint where the run has one: docs/design.md.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -34,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from grd_blocks.checkpoint.payload.hashes import ALGORITHMS
-from grd_blocks.errors import CheckpointCorrupt
+from grd_blocks.errors import CheckpointCorrupt, CheckpointTooNew
 
 Unit = Literal["epoch", "step"]
 """What a checkpoint's index counts."""
@@ -46,7 +52,20 @@ READ_VERSIONS: Final[tuple[int, ...]] = (1, 2)
 """Manifest formats this grd reads."""
 POINTER_VERSION = 1
 """The format of LATEST.json (the same since format 1)."""
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("grd")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+GRD_VERSION: Final = _installed_version()
+"""This grd's version, recorded in every manifest it writes (``Manifest.grd_version``)."""
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_VERSION: Final = re.compile(r"[0-9A-Za-z.+!-]{1,40}")
+"""A ``grd_version`` worth quoting in a message (a version string, never arbitrary text from the store)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class Manifest:
     step: int | None = None
     epoch: int | None = None
     format_version: int = FORMAT_VERSION
+    grd_version: str | None = None  # the grd that wrote it (None: written before format 2 recorded it)
 
     @property
     def size_bytes(self) -> int:
@@ -171,6 +191,10 @@ def _load_object(data: bytes, path: str, what: str, versions: tuple[int, ...]) -
     if checksum != sha256_hex(_canonical(obj)):
         raise CheckpointCorrupt(f"{what} {path} fails its checksum; it was damaged or edited by hand")
     version = obj.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > max(versions):
+        writer = obj.get("grd_version")
+        writer = writer if isinstance(writer, str) and _VERSION.fullmatch(writer) else None
+        raise CheckpointTooNew(what, path, version, versions, GRD_VERSION, writer)
     if version not in versions or isinstance(version, bool):
         readable = " and ".join(str(known) for known in versions)
         raise CheckpointCorrupt(
@@ -266,6 +290,7 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
         metadata=_require(obj, "metadata", dict, path),
         step=step if isinstance(step, int) else None,
         epoch=epoch if isinstance(epoch, int) else None,
+        grd_version=version if isinstance(version := obj.get("grd_version"), str) else None,
     )
 
 
