@@ -96,9 +96,9 @@ def bare_flow(n: int) -> list[float]:
 def alternating_flow(spec_path: str, n: int, block: int, store: str, logs: str) -> dict[str, list[float]]:
     """Alternate blocks of bare tasks and grd commands; return per-command times and per-block means."""
     spec = load_spec(spec_path)
-    access, progress = open_store(store, "bench-overhead")
-    run = BenchmarkRun(spec=spec, run_key="bench-overhead", logs_dir=Path(logs), store=access,
-                       progress_root=progress)
+    opened = open_store(store, "bench-overhead")
+    run = BenchmarkRun(spec=spec, run_key="bench-overhead", logs_dir=Path(logs), store=opened.access,
+                       progress_root=opened.progress, command_prefixes=opened.commands)
     out: dict[str, list[float]] = {k: [] for k in ("bare", "grd", "runner", "bare_block", "grd_block")}
     commands = run.plan.phases[0].commands
     runner = PrefectRunner(run.run_key)
@@ -106,7 +106,9 @@ def alternating_flow(spec_path: str, n: int, block: int, store: str, logs: str) 
 
     def start(command: PlannedCommand) -> CommandReport:
         t0 = time.perf_counter()
-        row = runner.command(run.dispatch(phase_run, command), None)
+        plan = run.dispatch(phase_run, command)  # as the engine's _command does
+        seen = run.watch(plan)
+        row = run.judge(plan, seen, runner.command(plan, None))
         run.record(command.phase, row)
         out["grd"].append(time.perf_counter() - t0)
         return row

@@ -19,6 +19,7 @@ from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status, exit_code
 
 __all__ = [
     "BenchmarkReport",
+    "CheckpointProgress",
     "CommandReport",
     "PhaseReport",
     "ProgressInfo",
@@ -69,6 +70,31 @@ class TimeoutInfo(_Model):
     )
 
 
+class CheckpointProgress(_Model):
+    """What an attempt that did not complete committed to its checkpoint prefix, read from the store (never
+    from the command's word): ``{store}/{run_key}/commands/{phase}.{command}`` before and after it ran."""
+
+    committed: bool = Field(
+        description="A checkpoint newer than the prefix's newest at the attempt's start was committed."
+    )
+    latest: str | None = Field(
+        default=None, description="The prefix's newest committed checkpoint at the attempt's end; null: none."
+    )
+    first_commit_s: float | None = Field(
+        default=None,
+        description="Seconds from the start of the last attempt that committed one (this one, or an earlier "
+        "one's carried on) to its oldest new checkpoint still in the store; null: unknown.",
+    )
+    first_commit_attempt: int | None = Field(
+        default=None, description="The attempt ``first_commit_s`` was measured in; null: unknown."
+    )
+    stalled_attempts: int = Field(
+        default=0,
+        description="Consecutive attempts up to this one stopped by their budget with no new checkpoint "
+        "(0: this one committed or did not time out).",
+    )
+
+
 class CommandReport(_Model):
     """One command (or cleanup command) of a phase."""
 
@@ -89,6 +115,10 @@ class CommandReport(_Model):
     )
     note: str | None = Field(
         default=None, description="Something grd did that the reader should know (an earlier copy stopped)."
+    )
+    checkpoints: CheckpointProgress | None = Field(
+        default=None,
+        description="For an attempt with a store and a deadline that did not complete: what it committed.",
     )
 
 
@@ -169,7 +199,19 @@ def ended_with(returncode: int) -> str:
         return f"was ended by signal {-returncode}"
 
 
+def _stalled(row: CommandReport) -> str:
+    """``; no new checkpoint`` (``in N attempts``) for a timeout that committed none (checkpoint_watch.py)."""
+    stalled = row.checkpoints.stalled_attempts if row.checkpoints is not None else 0
+    if stalled == 0:
+        return ""
+    return "; no new checkpoint" + (f" in {stalled} attempts" if stalled > 1 else "")
+
+
 def _note(row: CommandReport) -> str:
+    return _plain_note(row) + _stalled(row)
+
+
+def _plain_note(row: CommandReport) -> str:
     if row.resumed:
         return "resumed: completed in an earlier attempt"
     if row.timeout is not None:

@@ -308,6 +308,22 @@ class RunReader:
             return ref, None
         return None
 
+    def first_after(self, ref: CheckpointRef | None) -> CheckpointRef | None:
+        """The oldest committed checkpoint newer than ``ref`` (the oldest of all when None): one listing, then
+        manifests from ``ref``'s index up, oldest first, until one is newer (a damaged one is passed over)."""
+        floor = -1 if ref is None else ref.index
+        for name in reversed(self._names()):
+            parsed = parse_dirname(name)
+            if parsed is None or parsed[1] < floor:
+                continue
+            try:
+                found = self._ref(self._read_manifest(name))
+            except CheckpointCorrupt:
+                continue
+            if ref is None or found.order > ref.order:
+                return found
+        return None
+
     def prefixes(self, *, depth: int = NESTED_DEPTH) -> list[str]:
         """Prefixes below this one that hold checkpoints (a directory with a LATEST.json or ``{unit}_{N}``
         directories), as ``/``-joined names relative to it (``commands/train.fit``,

@@ -93,8 +93,11 @@ class Finished:
 def _command(
     run: BenchmarkRun, runner: Runner, phase_run: PhaseRun | None, command: PlannedCommand
 ) -> CommandReport:
-    row = runner.command(run.dispatch(phase_run, command), run.command_backstop(command))
+    plan = run.dispatch(phase_run, command)
+    seen = run.watch(plan)
+    row = runner.command(plan, run.command_backstop(command))
     if not command.cleanup:
+        row = run.judge(plan, seen, row)
         run.record(command.phase, row)
     return row
 

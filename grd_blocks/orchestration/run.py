@@ -12,6 +12,7 @@ shielded budgets and are not stopped. Nothing here is looked up by name from a c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from grd_blocks.budget import Budget, Clock
-from grd_blocks.orchestration import planning
+from grd_blocks.orchestration import checkpoint_watch, planning
 from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.execute import CommandPlan
 from grd_blocks.orchestration.plan import BenchmarkPlan, PhasePlan, PlannedCommand, plan_benchmark
@@ -57,6 +58,7 @@ class BenchmarkRun:
     store: StoreAccess | None = None
     progress_root: ProgressPrefix | None = None
     resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
+    command_prefixes: checkpoint_watch.CommandPrefixes | None = None  # each command's checkpoints, to watch
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
     plan: BenchmarkPlan = field(init=False)
@@ -168,6 +170,24 @@ class BenchmarkRun:
             earlier_logs=list(earlier),
             cleanup=command.cleanup,
         )
+
+    def watch(self, plan: CommandPlan) -> checkpoint_watch.Watch | None:
+        """Its prefix's newest checkpoint before ``plan`` starts (checkpoint_watch.py), for a command that can
+        be stopped by a deadline; None for a cleanup, a command without deadline or a run without a store."""
+        if self.command_prefixes is None or plan.cleanup or math.isinf(plan.budget.effective_deadline):
+            return None
+        return checkpoint_watch.watch(self.command_prefixes, plan.label)
+
+    def judge(self, plan: CommandPlan, seen: checkpoint_watch.Watch | None,
+              row: CommandReport) -> CommandReport:
+        """``row`` with what its attempt committed when it did not complete; a TIMEOUT that committed nothing
+        is a WARNING line in the run's log and its row's note (checkpoint_watch.py)."""
+        if seen is None or row.resumed or row.status in (Status.COMPLETED, Status.SKIPPED):
+            return row
+        judged, line = checkpoint_watch.judge(seen, row, self._last(plan.phase, plan.name), phase=plan.phase)
+        if line is not None:
+            self.logger.warning("%s", line)
+        return judged
 
     def command_backstop(self, command: PlannedCommand) -> float | None:
         """Prefect ``timeout_seconds`` for a cleanup task (commands get none: grd bounds them itself)."""

@@ -252,12 +252,13 @@ def benchmark(
         spec = load_spec(spec_path)
         key = resolve_run_key(run_key, resume_from, flow_run_id)
         limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
-        access, progress = open_store(store, key)
+        opened = open_store(store, key)
     except (*MISTAKES, *REFUSALS) as exc:  # the user's to fix: one line, no traceback
         return rejected(exc, logger, f"benchmark {spec_path}")
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
-                       store=access, progress_root=progress, logger=logger, resume_from=resume_from or None)
+                       store=opened.access, progress_root=opened.progress, command_prefixes=opened.commands,
+                       logger=logger, resume_from=resume_from or None)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)

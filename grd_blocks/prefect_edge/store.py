@@ -8,6 +8,9 @@ apply to the commands' checkpoints, not to progress).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from prefect.runtime import deployment
 
 from grd_blocks.checkpoint import CheckpointEngine
@@ -18,15 +21,26 @@ from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.progress import ProgressPrefix
 from grd_blocks.prefect_edge.block import CheckpointStore, resolve_store
 
-__all__ = ["PROGRESS_KEEP", "open_store", "progress_prefix", "run_store"]
+__all__ = ["PROGRESS_KEEP", "OpenedStore", "open_store", "progress_prefix", "run_store"]
 
 PROGRESS_KEEP = 2
 
 
-def open_store(name_or_url: str | None, run_key: str) -> tuple[StoreAccess, ProgressPrefix]:
+class OpenedStore(NamedTuple):
+    """A run's store: how commands reach it, its progress prefix, and each command's own prefix (by
+    ``phase.command``; the engine reads them before and after an attempt, checkpoint_watch.py)."""
+
+    access: StoreAccess
+    progress: ProgressPrefix
+    commands: Callable[[str], RunCheckpoints]
+
+
+def open_store(name_or_url: str | None, run_key: str) -> OpenedStore:
     """Resolve ``name_or_url``: a saved CheckpointStore block's name, a URL, or None for the default."""
     block = run_store(name_or_url)
-    return block.access(), progress_prefix(block.engine(), run_key)
+    engine = block.engine()
+    return OpenedStore(block.access(), progress_prefix(engine, run_key),
+                       engine.run(run_key).child("commands").child)
 
 
 def run_store(name_or_url: str | None) -> CheckpointStore:
