@@ -11,7 +11,9 @@ like ``dd`` (on the benchmark's virtual disk a write into never-used blocks is s
 both). The baselines are what a careful user writes: ``torch.save(state, f)`` straight into the open file,
 flush, fsync, rename, fsync the directory; ``torch.load(path, mmap=True, weights_only=True)``. grd's load
 verifies every byte's digest and then memory-maps the verified file, so ``*_touch`` columns time reading every
-tensor once on both sides. The disk's
+tensor once on both sides: with the page cache warm (both files read once before, as right after a save),
+and, when the benchmark runs as root, with the page cache dropped before every run (a resume on a fresh
+machine; ``*_cold_*``). Every run's seconds are kept in ``runs_s``. The disk's
 raw sequential write (``dd oflag=direct``, same directory, same run) is measured beside them, and the peak RSS
 of a save and of a load on each side is read in a child process of its own (``VmHWM`` growth over the RSS
 once the state is held, the peak reset through ``/proc/self/clear_refs``).
@@ -73,20 +75,40 @@ def _interleaved(
     funcs: dict[str, Callable[[], object]],
     repeats: int,
     after: dict[str, Callable[[], object]] | None = None,
+    before: Callable[[], object] | None = None,
+    runs: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Median seconds of each function, run in turns (a, b, a, b, ...) so machine load drifts hit both;
     ``{name}_best`` is the fastest run (the least disturbed by other processes on a busy machine). ``after``
-    holds untimed clean-ups run after each timed call of the function of the same name."""
+    holds untimed clean-ups run after each timed call of the function of the same name; ``before`` runs,
+    untimed, before every timed call (dropping the page cache); ``runs`` receives every run's seconds."""
     times: dict[str, list[float]] = {name: [] for name in funcs}
     for _ in range(repeats):
         for name, func in funcs.items():
+            if before is not None:
+                before()
             start = time.perf_counter()
             func()
             times[name].append(time.perf_counter() - start)
             if after and name in after:
                 after[name]()
+    if runs is not None:
+        runs.update({name: [round(value, 5) for value in values] for name, values in times.items()})
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {**medians, **{f"{name}_best": min(values) for name, values in times.items()}}
+
+
+_DROP_CACHES = pathlib.Path("/proc/sys/vm/drop_caches")
+
+
+def _can_drop_caches() -> bool:
+    return os.geteuid() == 0 and os.access(_DROP_CACHES, os.W_OK)
+
+
+def _drop_caches() -> None:
+    """Write back dirty pages and drop the page cache (root only): the next read comes from the disk."""
+    os.sync()
+    _DROP_CACHES.write_text("3\n")
 
 
 def _touch(state: dict[str, Any] | None) -> None:
@@ -120,6 +142,7 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
             else:
                 (base_dir / f"state-{old}.pt").unlink()
 
+    runs: dict[str, list[float]] = {}
     saves = _interleaved(
         {
             "grd": lambda: run.save(state, step=saved("grd")),
@@ -127,18 +150,43 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
         },
         repeats,
         after={"grd": lambda: keep_two("grd"), "baseline": lambda: keep_two("baseline")},
+        runs=runs,
     )
+    runs = {f"{name}_save": values for name, values in runs.items()}
     base_path = base_dir / "state.pt"
     _baseline_save(base_dir, state)
+
+    def grd_touch() -> None:
+        _touch(run.load())
+
+    def baseline_touch() -> None:
+        _touch(torch.load(base_path, mmap=True, weights_only=True))
+
+    grd_touch()  # once untimed: the page cache holds both files, as after a save (warm cache)
+    baseline_touch()
+    warm: dict[str, list[float]] = {}
     loads = _interleaved(
         {
             "grd": run.load,
             "baseline": lambda: torch.load(base_path, mmap=True, weights_only=True),
-            "grd_touch": lambda: _touch(run.load()),
-            "baseline_touch": lambda: _touch(torch.load(base_path, mmap=True, weights_only=True)),
+            "grd_touch": grd_touch,
+            "baseline_touch": baseline_touch,
         },
         repeats,
+        runs=warm,
     )
+    runs.update({f"{name}_load_warm": values for name, values in warm.items()})
+    cold_figures: dict[str, Any] = {}
+    if _can_drop_caches():
+        cold: dict[str, list[float]] = {}
+        colds = _interleaved({"grd_touch": grd_touch, "baseline_touch": baseline_touch}, repeats,
+                             before=_drop_caches, runs=cold)
+        runs.update({f"{name}_load_cold": values for name, values in cold.items()})
+        cold_figures = {
+            "grd_load_touch_cold_s": colds["grd_touch"],
+            "baseline_load_touch_cold_s": colds["baseline_touch"],
+            "load_touch_cold_ratio": colds["grd_touch"] / colds["baseline_touch"],
+        }
     shutil.rmtree(root / f"store-{size_mib}")
     shutil.rmtree(base_dir)
     disk_s = _dd_direct(root, size_mib)
@@ -163,6 +211,8 @@ def bench_save_load(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str
         "best_save_ratio": saves["grd_best"] / saves["baseline_best"],
         "best_load_ratio": loads["grd_best"] / loads["baseline_best"],
         "best_load_touch_ratio": loads["grd_touch_best"] / loads["baseline_touch_best"],
+        **cold_figures,
+        "runs_s": runs,
     }
 
 
@@ -345,6 +395,8 @@ def main() -> None:
     logging.getLogger("grd.checkpoint").setLevel(logging.ERROR)  # the scan baseline warns by design
     results: dict[str, Any] = {
         "quick": args.quick,
+        "repeats": repeats,
+        "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "loadavg_start": list(os.getloadavg()),

@@ -33,3 +33,18 @@ def test_a_hand_edited_figure_is_caught() -> None:
     fresh, _ = tables.updated(text)
     edited = fresh.replace("<!-- bench:overhead -->\n", "<!-- bench:overhead -->\n| 1.0 ms faster |\n", 1)
     assert tables.updated(edited)[1] == ["overhead"]
+
+
+def test_checkpoint_verdicts_follow_the_figures_not_the_prose() -> None:
+    tables = _tables()
+    data = tables._load("checkpoint")
+    assert data is not None
+    row = data["save_load"][-1]
+    row.update(grd_save_vs_disk=0.5, grd_save_vs_baseline=1.5, grd_load_touch_s=0.010,
+               baseline_load_touch_s=0.009, grd_load_touch_cold_s=0.2, baseline_load_touch_cold_s=0.1)
+    size = f"| {row['size_mib']} MiB |"
+    lines = [line for line in tables.render_checkpoint(data).splitlines() if line.startswith(size)]
+    save, warm, cold = lines[0], lines[1], lines[2]
+    assert save.endswith(f"| 0.50{tables.X} met | 1.50{tables.X} met |")
+    assert warm.endswith(f"| 0.90{tables.X} met |") and "| warm |" in warm
+    assert cold.endswith(f"| 0.50{tables.X} **not met** |") and "dropped" in cold
