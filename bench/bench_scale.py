@@ -174,15 +174,30 @@ def _configs(args: argparse.Namespace) -> list[tuple[int, str, int]]:
             if not (command == "sleep" and parallel == 1 and n > args.max_serial_sleep_n)]
 
 
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    return done.stdout.strip() or "unknown"
+
+
 def parent(args: argparse.Namespace) -> int:
+    target = Path(args.out)
     out: dict[str, Any] = {"host": platform.node(), "date": time.strftime("%Y-%m-%d"),
                            "python": platform.python_version(),
                            "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                            "target_ratio": TARGET_RATIO, "target_rss_growth": TARGET_RSS_GROWTH,
-                           "servers": {}}
+                           "servers": {}, "measured": {}}
+    if args.update and target.exists():  # keep the other servers' rows, each with when and where measured
+        earlier = json.loads(target.read_text())
+        out["servers"] = {name: rows for name, rows in earlier.get("servers", {}).items()
+                          if name.removesuffix("_rss_growth") not in args.servers}
+        out["measured"] = {name: when for name, when in earlier.get("measured", {}).items()
+                           if name not in args.servers}
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.servers:
+            out["measured"][backend] = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(),
+                                        "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
             rows: list[dict[str, Any]] = []
             with _cluster(backend) as cluster:
                 for index, (n, command, parallel) in enumerate(_configs(args)):
@@ -201,8 +216,8 @@ def parent(args: argparse.Namespace) -> int:
                     rows.append(row)
             out["servers"][backend] = rows
             out["servers"][backend + "_rss_growth"] = _rss_growth(rows)
+            out["measured"][backend]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    target = Path(args.out)
     target.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {target}")
     return 0 if ok else 1
@@ -239,6 +254,8 @@ def main() -> int:
                         help="largest size for `sleep 0.05` at max_parallel 1 (10,000 of them sleep 500 s "
                         "per side)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the servers measured now in --out, keeping the others' rows")
     parser.add_argument("--child", choices=["bare", "grd"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

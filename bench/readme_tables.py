@@ -101,6 +101,12 @@ def render_scale(data: dict[str, Any]) -> str:
         "per command | peak RSS bare / grd |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    measured = data.get("measured", {})
+    if measured:
+        lines.insert(1, "; ".join(
+            f"{server} measured {when['date']} at commit {when['commit']}, load "
+            f"{when['loadavg_start'][0]}-{when.get('loadavg_end', when['loadavg_start'])[0]}"
+            for server, when in measured.items()) + ".")
     for server, rows in data["servers"].items():
         if server.endswith("_rss_growth"):
             continue
