@@ -273,11 +273,51 @@ def render_s3(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _s(spread: dict[str, float], sign: bool = False) -> str:
+    """``2.15 s (2.02-2.41)``: a median and its spread."""
+    median = f"{spread['median']:+.2f}" if sign else f"{spread['median']:.2f}"
+    return f"{median} s ({spread['min']:.2f}-{spread['max']:.2f})"
+
+
+_API = {"ephemeral": "ephemeral API (`PREFECT_API_URL` unset)", "server": "a running `prefect server`"}
+
+
+def render_attempt_cost(data: dict[str, Any]) -> str:
+    modes = [mode for mode in ("ephemeral", "server") if mode in data["api"]]
+    runs = data["config"]["runs"]
+    lines = [
+        f"Fixed cost of one attempt (`bench_attempt_cost.py`, {runs} runs per side, each a fresh process, "
+        f"sides alternating; {_load_text(data)}): `grd run` of a one-command spec (`true`) against the bare "
+        "flow a careful user writes (one Prefect flow, one task running `subprocess.run([\"true\"])`), both "
+        "on the same API setting; times from the process's start, medians (spread):",
+        "",
+        "| API | side | to the command's start | to exit |",
+        "|---|---|---|---|",
+    ]
+    for mode in modes:
+        sides = data["api"][mode]
+        for side, label in (("bare", "bare Prefect flow"), ("grd", "`grd run`")):
+            lines.append(f"| {_API[mode]} | {label} | {_s(sides[side]['to_command_start_s'])} "
+                         f"| {_s(sides[side]['to_exit_s'])} |")
+        extra = sides["grd_minus_bare"]
+        lines.append(f"| {_API[mode]} | grd minus bare (paired runs) "
+                     f"| {_s(extra['to_command_start_s'], True)} | {_s(extra['to_exit_s'], True)} |")
+    for side, title in (("grd", "`grd run`"), ("bare", "the bare flow")):
+        lines += ["", f"| part of {title}'s attempt | " + " | ".join(_API[m] for m in modes) + " |",
+                  "|---|" + "---|" * len(modes)]
+        parts = [data["api"][mode][side]["parts"] for mode in modes]
+        for index, part in enumerate(parts[0]):
+            cells = " | ".join(_s(column[index]["s"]) for column in parts)
+            lines.append(f"| {part['what']} | {cells} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "overhead": render_overhead,
     "scale": render_scale,
     "checkpoint": render_checkpoint,
     "s3": render_s3,
+    "attempt_cost": render_attempt_cost,
 }
 
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 from grd_blocks.cli import approve, run, store
 from grd_blocks.cli.exits import Handler, end_with, one_line
 from grd_blocks.orchestration.status import EXIT_USAGE
+from grd_blocks.timeline import mark
 
 __all__ = ["build_parser", "main"]
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `grd` script; returns the exit code."""
+    mark("cli")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Handler | None = getattr(args, "func", None)

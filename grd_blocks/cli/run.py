@@ -20,6 +20,7 @@ from pathlib import Path
 
 from grd_blocks.checkpoint import CheckpointEngine
 from grd_blocks.orchestration.status import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, interrupt_exit_code
+from grd_blocks.timeline import mark
 
 __all__ = ["register"]
 
@@ -111,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     load_spec(spec_path)  # a bad spec fails here, before any server starts
     check_run_keys(args.run_key, args.resume)
     check_report(args.report)
+    mark("spec")
     from grd_blocks.prefect_edge.cli_run import (
         benchmark_flow,
         prefect_settings,
@@ -123,20 +125,25 @@ def _run(args: argparse.Namespace) -> int:
     from grd_blocks.report import BenchmarkReport, render_summary
 
     with prefect_settings(), sigterm_raises(), contextlib.ExitStack() as api:
+        mark("prefect")
         try:
             engine = _checked_store(args) if _is_url(args.store) else None  # needs no API: before it starts
+            mark("store")
             if not (args.check and engine is not None):
                 from grd_blocks.prefect_edge.ephemeral import guarded_ephemeral_api
 
                 startup = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"].strip()
                 api.enter_context(guarded_ephemeral_api(int(startup) if startup.isdigit() else None))
+            mark("api")
             if engine is None:
                 engine = _checked_store(args)  # a block name, or the default block: through the API
             if args.check:
                 print(f"grd run: {spec_path}: the spec and every flag are fine (store {engine.url} "
                       "writable); nothing was run")
                 return 0
-            state = benchmark_flow()(
+            flow = benchmark_flow()
+            mark("flow_module")
+            state = flow(
                 spec_path=str(spec_path),
                 run_key=args.run_key,
                 resume_from=args.resume,
@@ -145,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
                 report_path=args.report,
                 return_state=True,
             )
+            mark("flow_end")
         except BaseException as exc:
             code = interrupt_exit_code(exc)
             if code is not None:
@@ -168,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         return _stopped(report.exit_code, spec_path)
     where = args.report or f"reports/{report.run_key}/report.json"
     print(f"report: {where}")
+    mark("summary")
     return report.exit_code
 
 

@@ -27,6 +27,7 @@ from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
 from grd_blocks.process import CommandOutcome, DeadlineWarning, run_command
 from grd_blocks.report import CommandReport, TimeoutInfo, ended_with
 from grd_blocks.spec import WarnSpec
+from grd_blocks.timeline import mark
 
 __all__ = ["CommandPlan", "LineSink", "execute", "outcome_row"]
 
@@ -181,6 +182,7 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
             timeout_file=timeout_file,
         )
         try:  # run_command creates the log file's directory
+            mark("spawn")
             outcome = run_command(
                 plan.run,
                 deadline=plan.budget.effective_deadline,
@@ -196,6 +198,7 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
             )
         except (GrdError, OSError) as exc:
             return _not_started(plan, granted, exc)
+        mark("exited")
         return outcome_row(plan, outcome, granted, stop_marked=budget_stop_marked(timeout_file))
     finally:
         forget(timeout_file)

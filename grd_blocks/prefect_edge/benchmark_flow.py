@@ -61,6 +61,7 @@ from grd_blocks.prefect_edge.stops import cancel_requested, retries_left, superv
 from grd_blocks.prefect_edge.store import open_store
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
 from grd_blocks.spec import BenchmarkSpec, load_spec
+from grd_blocks.timeline import mark
 
 __all__ = ["PrefectRunner", "benchmark", "command_task"]
 
@@ -84,6 +85,7 @@ def command_task(plan: CommandPlan) -> State[Any]:
     """Run one dispatched command plan (a cleanup's budget is shielded: a cancel of the run does not stop it).
     Its final state's message is the outcome (Prefect logs it as "Finished in state ..."), so nothing else is
     logged per command but the command's own output lines."""
+    mark("task")
     label = plan.label
     logger = get_run_logger()
     sink = line_logger(logger, label, str(plan.log_path))
@@ -165,6 +167,7 @@ class PrefectRunner:
               timeout_seconds=backstop_s)
         def phase_flow(phase: str) -> State[Any]:
             """Run one phase: its commands (up to ``max_parallel`` at once), then its cleanup, shielded."""
+            mark("phase")
             report = body()
             phase_completed(run_key, phase, status=report.status.value, elapsed_s=report.elapsed_s,
                             commands={row.name: row.status.value for row in report.commands})
@@ -173,6 +176,7 @@ class PrefectRunner:
 
         try:
             state = phase_flow(phase.name, return_state=True)
+            mark("phase_end")
         except Exception as exc:
             if unreachable(exc):  # its flow run could not even be created or started
                 raise RunnerGone(outage_line(exc)) from exc
@@ -189,6 +193,7 @@ class PrefectRunner:
 
     def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
         state = _command_runner(backstop_s)(quote(plan), return_state=True)
+        mark("task_end")
         return _row_from_state(state, plan.name)
 
 
@@ -244,6 +249,7 @@ def benchmark(
     """
     run_key, resume_from, store = unset_if_blank(run_key), unset_if_blank(resume_from), unset_if_blank(store)
     report_path, approval_budget = unset_if_blank(report_path), unset_if_blank(approval_budget)
+    mark("flow")
     quiet_run_ends()
     logger = get_run_logger()
     context = FlowRunContext.get()
@@ -262,6 +268,7 @@ def benchmark(
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)
+    mark("run")
     finished = run_benchmark(run, PrefectRunner(key),
                              report_path=Path(report_path or logs_dir / "report.json"),
                              flow_run_id=flow_run_id, stop_is_ours=lambda: not supervisor_owns_stop())
