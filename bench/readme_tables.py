@@ -92,21 +92,22 @@ def render_overhead(data: dict[str, Any]) -> str:
 
 
 def render_scale(data: dict[str, Any]) -> str:
+    measured = data.get("measured", {})
+    when = "measured per server as below" if measured else _load_text(data)
     lines = [
         f"Scale (`bench_scale.py`, each side a flow process of its own on a real `prefect server`; "
-        f"{_load_text(data)}; targets: wall at most {data['target_ratio']}{X} the bare flow's, grd's peak "
+        f"{when}; targets: wall at most {data['target_ratio']}{X} the bare flow's, grd's peak "
         f"RSS at the largest size within {data['target_rss_growth']:.0%} of the smallest):",
         "",
         "| server | commands | command | max_parallel | bare flow | grd flow | ratio | extra API requests "
         "per command | peak RSS bare / grd |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    measured = data.get("measured", {})
     if measured:
         lines.insert(1, "; ".join(
-            f"{server} measured {when['date']} at commit {when['commit']}, load "
-            f"{when['loadavg_start'][0]}-{when.get('loadavg_end', when['loadavg_start'])[0]}"
-            for server, when in measured.items()) + ".")
+            f"{server} on {at['date']} at commit {at['commit']}, load "
+            f"{at['loadavg_start'][0]}-{at.get('loadavg_end', at['loadavg_start'])[0]}"
+            for server, at in measured.items()) + ".")
     for server, rows in data["servers"].items():
         if server.endswith("_rss_growth"):
             continue
