@@ -31,16 +31,21 @@ def _age(path: pathlib.Path, seconds: float) -> None:
         os.utime(item, (when, when))
 
 
-def test_save_sweeps_the_staging_dir_of_a_writer_that_died(tmp_path: pathlib.Path) -> None:
-    run = CheckpointEngine(str(tmp_path / "store")).run("run")
-    run.save({"a": 0}, step=0)
-    run_dir = tmp_path / "store" / "run"
-    writer = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_WRITER, str(run_dir / "step_1")],
+def _crashing_writer(target: pathlib.Path) -> subprocess.Popen[str]:
+    """A process that stages a save of ``target`` and dies (exit code 9) before its manifest is written."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(target)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_save_sweeps_the_staging_dir_of_a_writer_that_died(tmp_path: pathlib.Path) -> None:
+    run = CheckpointEngine(str(tmp_path / "store")).run("run")
+    run.save({"a": 0}, step=0)
+    run_dir = tmp_path / "store" / "run"
+    writer = _crashing_writer(run_dir / "step_1")
     _, stderr = writer.communicate(timeout=120)
     assert writer.returncode == 9, stderr
     left = [name for name in os.listdir(run_dir) if name.startswith(".tmp-step_1-")]
@@ -57,12 +62,7 @@ def test_save_sweeps_the_staging_dir_of_a_killed_writer_not_yet_reaped(tmp_path:
     run = CheckpointEngine(str(tmp_path / "store")).run("run")
     run.save({"a": 0}, step=0)
     run_dir = tmp_path / "store" / "run"
-    writer = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_WRITER, str(run_dir / "step_1")],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    writer = _crashing_writer(run_dir / "step_1")
     try:
         # wait for the writer to exit, without reaping it: a zombie, as under an init that does not reap
         os.waitid(os.P_PID, writer.pid, os.WEXITED | os.WNOWAIT)

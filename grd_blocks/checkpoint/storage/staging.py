@@ -103,23 +103,23 @@ def _pid_alive(pid: int, *, written_since: float | None = None) -> bool:
     return written_since is None or started <= written_since + REUSE_MARGIN_S
 
 
-def _first_write(path: str) -> float:
-    """The oldest modification time of ``path`` and the entries directly in it (its writer started before)."""
-    oldest = os.lstat(path).st_mtime
+def _mtimes(path: str) -> list[float]:
+    """The modification times of ``path`` and of the entries directly in it."""
+    times = [os.lstat(path).st_mtime]
     if os.path.isdir(path) and not os.path.islink(path):
         for entry in os.scandir(path):
             with contextlib.suppress(FileNotFoundError):
-                oldest = min(oldest, entry.stat(follow_symlinks=False).st_mtime)
-    return oldest
+                times.append(entry.stat(follow_symlinks=False).st_mtime)
+    return times
+
+
+def _first_write(path: str) -> float:
+    """The oldest modification time of ``path`` and its entries (its writer started before)."""
+    return min(_mtimes(path))
 
 
 def _last_change(path: str) -> float:
-    newest = os.lstat(path).st_mtime
-    if os.path.isdir(path) and not os.path.islink(path):
-        for entry in os.scandir(path):
-            with contextlib.suppress(FileNotFoundError):
-                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-    return newest
+    return max(_mtimes(path))
 
 
 def is_stale(path: str, *, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> bool:
