@@ -117,6 +117,7 @@ def main() -> int:
 
     result = {
         "benchmark": "grd_run_kill",
+        "date": time.strftime("%Y-%m-%d"),
         "config": {"trials": args.trials, "grace_s": args.grace, "seed": args.seed},
         "load_before": load_before,
         "load_after": os.getloadavg(),

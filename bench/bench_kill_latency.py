@@ -533,6 +533,7 @@ def main() -> int:
 
     results: dict[str, Any] = {
         "benchmark": "kill_latency",
+        "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                     "cgroup2_root": str(CGROUP_ROOT), "modes": modes, "modes_refused": refused},
         "config": {**vars(args), "out": str(args.out), "prefect_every_kth_tree": every},

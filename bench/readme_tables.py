@@ -313,12 +313,51 @@ def render_attempt_cost(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_kill_latency(data: dict[str, Any]) -> str:
+    config, during = data["config"], data["load_1m_during"]
+    grd = [row for row in data["series"] if row["kind"] == "grd"]
+    met = all(row["meets_target"] and row["survivors"] == 0 for row in grd)
+    when = data.get("date", "date not recorded")
+    lines = [
+        f"Kill latency (`bench_kill_latency.py --trials {config['trials']}`, {when}, load "
+        f"{during['min']:.1f}-{during['max']:.1f}, median {during['median']:.1f}; targets: p99 <= 30 ms "
+        "on the SIGKILL path, <= grace + 30 ms on the TERM path, 0 survivors: "
+        f"{'met in every containment mode' if met else '**not met**'}):",
+        "",
+        "| runner | trees | p50 ms | p99 ms | max ms | survivors (trees) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["series"]:
+        times = [row[key] for key in ("p50_ms", "p99_ms", "max_ms")]
+        shown = " | ".join("-" if value is None else f"{value:.1f}" for value in times)
+        lines.append(f"| {row['name']} | {row['trials']} | {shown} "
+                     f"| {row['survivors']} ({row['trees_with_survivors']}) |")
+    return "\n".join(lines)
+
+
+def render_grd_run_kill(data: dict[str, Any]) -> str:
+    gone, when = data["gone_after_kill_s"], data.get("date", "date not recorded")
+    ends = (data["load_before"][0], data["load_after"][0])
+    load = f"load {min(ends):.1f}-{max(ends):.1f}"
+    return (
+        f"`grd run` SIGKILLed (`bench_grd_run_kill.py --trials {data['trials']}`, {when}, {load}; a random "
+        "0-1 s after its command's tree, a child and a `setsid` grandchild that handle SIGTERM like a "
+        f"checkpointing job, said it is up): {data['survivors']} survivors in {data['trials']} trials, "
+        f"{data['got_sigterm_first']} trees got SIGTERM first, the last member gone "
+        f"{gone['p50'] * 1000:.0f} ms (p50) / {gone['p99'] * 1000:.0f} ms (p99) after the kill, and "
+        f"{data['helpers_left']} processes that `grd run` had started (the ephemeral API server included) "
+        "left behind."
+    )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "overhead": render_overhead,
     "scale": render_scale,
     "checkpoint": render_checkpoint,
     "s3": render_s3,
     "attempt_cost": render_attempt_cost,
+    "kill_latency": render_kill_latency,
+    "grd_run_kill": render_grd_run_kill,
 }
 
 
