@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,15 @@ from grd_blocks.training.shutdown import GracefulShutdown
 __all__ = ["GrdTrainerCallback"]
 
 logger = logging.getLogger("grd.integrations.huggingface")
+
+def _say(message: str, *args: object) -> None:
+    """One line of what training does (starts fresh, resumes): at INFO on grd's logger, and on stderr (rank
+    0, prefixed ``grd:``) when the script configured no logging at all, which would drop an INFO line
+    (Lightning's console shows its own lines the same way)."""
+    logger.info(message, *args)
+    if not logger.hasHandlers() and dist.rank() == 0:
+        print("grd: " + message % args, file=sys.stderr, flush=True)
+
 
 _KEY = "hf_checkpoint"  # the state key: {"folder": "checkpoint-N", "global_step": N, "files": {path: bytes}}
 RESUME_DIR = ".grd-resume"
@@ -154,7 +164,7 @@ class GrdTrainerCallback(TrainerCallback):
                 )
         chosen = dist.broadcast(chosen)
         if chosen is None:
-            logger.info("no committed checkpoint under %s yet: training starts fresh", self.checkpoints.url)
+            _say("no committed checkpoint under %s yet: training starts fresh", self.checkpoints.url)
             return None
         if state is None:
             state = self.checkpoints.load(step=chosen)
@@ -163,7 +173,8 @@ class GrdTrainerCallback(TrainerCallback):
         shutil.rmtree(parent, ignore_errors=True)
         parent.mkdir(parents=True)
         folder = write_folder(state, parent)
-        logger.info("resuming from %s (step %d), written to %s", self.checkpoints.url, chosen, folder)
+        _say("resuming from %s (step %d), written to %s: training continues", self.checkpoints.url, chosen,
+             folder)
         self._resumed = f"{self.checkpoints.url}/step_{chosen}"
         if trainer.args.load_best_model_at_end:
             self._restore_best(folder, chosen)

@@ -74,11 +74,14 @@ def test_resumes_bit_for_bit_after_sigterm_at_epoch_end_and_mid_epoch_damage_a_w
     rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(spe)))
     assert rc == 143, out
     assert "training stopped (preempted)" in out and _latest(tmp_path) == f"step_{spe}"
+    # the script configures no logging: grd's one line of what training does still shows
+    assert f"grd: no committed checkpoint under {tmp_path / 'ck'} yet: training starts fresh" in out
     # SIGTERM mid epoch 3, after the Trainer's own save at the step that ended epoch 2 (committed as saved
     # again after that epoch's evaluation)
     rc, out = _script.run([], script=SCRIPT, **_env(tmp_path, SIGNAL_AT=str(2 * spe + 1)))
     assert rc == 143, out
     assert _latest(tmp_path) == f"step_{2 * spe + 1}"
+    assert f"grd: resuming from {tmp_path / 'ck'} (step {spe})" in out and "training continues" in out
     # the newest is damaged: the next attempt resumes from the epoch-end one before it, exactly
     _damage(tmp_path / "ck" / f"step_{2 * spe + 1}" / "state.pt")
     # grd's deadline warning (GRD_WARN_SIGNAL) at a step the Trainer saves anyway: one save, exit 124
