@@ -40,7 +40,6 @@ __all__ = ["KILL_WAIT_S", "RECORD_BYTES", "Claim", "claim", "runtime_dir"]
 KILL_WAIT_S = 5.0
 RECORD_BYTES = 4096  # the holder's record: what a later start reads (STOP_MARK_OFFSET lies past it)
 _BLANK = b" " * RECORD_BYTES
-_LABEL_CHARS = 1024  # a longer label is cut in the record (it only names the holder in messages)
 _KEY = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _POLL_S = 0.02
 
@@ -71,11 +70,15 @@ class Claim:
             "keeper": keeper_pid,
             "start": None if stat is None else stat.start,
             "grace": grace_s,
-            "label": label[:_LABEL_CHARS],
+            "label": label,
             "since": time.time(),
         }
+        record = json.dumps(info).encode()
+        while len(record) > RECORD_BYTES:  # a long label (escaped, up to 12 bytes a character) is cut to fit
+            info["label"] = label = label[: len(label) // 2]
+            record = json.dumps(info).encode()
         with contextlib.suppress(OSError):
-            os.pwrite(self.fd, json.dumps(info).encode().ljust(RECORD_BYTES), 0)
+            os.pwrite(self.fd, record.ljust(RECORD_BYTES), 0)
 
     def close(self) -> None:
         """Close this process's descriptor (the keeper keeps its own; the lock lives as long as it does)."""

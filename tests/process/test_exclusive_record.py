@@ -45,14 +45,15 @@ def test_a_taken_lock_shows_no_earlier_holder_and_no_stop_mark(tmp_path: Path,
         held.close()
 
 
+@pytest.mark.parametrize("char", ["y", "\u00e9", "\U0001f600"])  # 1, 6 and 12 bytes a character in JSON
 def test_a_label_longer_than_the_record_is_cut_and_the_record_still_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, char: str
 ) -> None:
     monkeypatch.setenv("GRD_RUNTIME_DIR", str(tmp_path))
     held = claim("run/long")
     try:
-        held.record(keeper_pid=os.getpid(), grace_s=1.0, label="y" * (2 * RECORD_BYTES))
+        held.record(keeper_pid=os.getpid(), grace_s=1.0, label=char * (2 * RECORD_BYTES))
         seen = _holder_seen(tmp_path / "run" / "long.lock")
-        assert seen["keeper"] == os.getpid() and str(seen["label"]).startswith("yyy")
+        assert seen["keeper"] == os.getpid() and str(seen["label"]).startswith(char * 3)
     finally:
         held.close()
