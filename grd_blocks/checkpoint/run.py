@@ -315,7 +315,10 @@ class RunCheckpoints(RunReader):
         payload, types, unit, index = pending.payload, pending.types, pending.unit, pending.index
         step, epoch, metrics, metadata = pending.step, pending.epoch, pending.metrics, pending.metadata
         files, payload_format = serialize(
-            payload, stream=self._commit.takes_streams, window=self._commit.stream_window
+            payload,
+            stream=self._commit.takes_streams,
+            window=self._commit.stream_window,
+            aligned=self._commit.aligned_pieces,
         )
         try:
             digests = {file_name: digest_later(data, pending.digest) for file_name, data in files.items()}

@@ -22,13 +22,14 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Callable
 from typing import Final
 
 from grd_blocks.errors import CheckpointError, ConfigError
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 ALGORITHMS: Final[tuple[str, ...]] = ("sha256", "blake3")
 """Algorithm names a manifest may record."""

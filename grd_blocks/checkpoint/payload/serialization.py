@@ -19,12 +19,19 @@ partial payload) once they reach the point where it failed. A stream holds at mo
 (``STREAM_WINDOW`` for a local save: 32 MiB): each buffer goes back to a process-wide pool as soon as the
 digest and the store have released it, and torch.save waits for one beyond that, so a save's memory does not
 grow with the state.
+
+grd's torch.save writes its zip records without zip CRC32s (``_torch_save``): the manifest's digests cover
+every byte and are checked before ``torch.load`` sees one, and the CRC pass cost as much CPU as the rest of
+serializing (about 1.5 GB/s). ``torch.load`` reads such a file as any other; a zip tool's own check of it
+reports CRC mismatches. Only grd's own serializing threads write without CRCs: torch's setting, and any other
+thread's torch.save, are left as they are.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import pickle
 import threading
@@ -53,7 +60,7 @@ class Pieces:
     hash and one multipart-upload part to send as it is, with no further copy.
     """
 
-    pieces: tuple[bytes | bytearray, ...]
+    pieces: tuple[bytes | PieceBuffer, ...]
     piece_size: int
 
     def __len__(self) -> int:
@@ -63,6 +70,11 @@ class Pieces:
         return b"".join(self.pieces)
 
 
+PieceBuffer = bytearray | mmap.mmap
+"""A full piece's buffer: a ``bytearray``, or page-aligned anonymous memory (``mmap``) that a local save can
+hand to the disk with ``O_DIRECT`` as it is (storage/commit.py)."""
+
+
 class _PiecePool:
     """Full-size piece buffers reused from one streamed save to the next, process-wide (at most
     ``POOL_PIECES`` kept between saves).
@@ -70,29 +82,32 @@ class _PiecePool:
     Why: a fresh 8 MiB buffer per piece costs the kernel a zero-fill and a page fault per 4 KiB page on first
     write (for a large payload about as much CPU as serializing it); a reused one costs only the copy. A
     stream takes at most its ``window`` of buffers at a time and hands each back as soon as every reader is
-    done with it, so a save of any size cycles through the same few buffers.
+    done with it, so a save of any size cycles through the same few buffers. ``aligned`` pools hand out
+    page-aligned buffers (``mmap``), the others ``bytearray``s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, aligned: bool) -> None:
         self._lock = threading.Lock()
-        self._free: list[bytearray] = []
+        self._free: list[PieceBuffer] = []
+        self._aligned = aligned
 
-    def take(self) -> bytearray:
+    def take(self) -> PieceBuffer:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return bytearray(PIECE_BYTES)
+        return mmap.mmap(-1, PIECE_BYTES) if self._aligned else bytearray(PIECE_BYTES)
 
-    def give(self, piece: bytearray) -> None:
+    def give(self, piece: PieceBuffer) -> None:
         with self._lock:
             if len(self._free) < POOL_PIECES:
                 self._free.append(piece)
 
 
 POOL_PIECES = 16
-"""Most free piece buffers the process keeps between streamed saves (128 MiB at most, usually a window's)."""
+"""Most free piece buffers the process keeps between streamed saves, per pool (128 MiB at most, usually a
+window's)."""
 
-_POOL = _PiecePool()
+_POOLS = {False: _PiecePool(aligned=False), True: _PiecePool(aligned=True)}
 
 STREAM_WINDOW = 4
 """Pieces a local save's stream holds at once (taken and not yet written and hashed): 32 MiB, whatever the
@@ -112,18 +127,25 @@ class PieceStream:
     The producer then holds at most ``window`` pieces at a time (it waits for a release before taking another
     buffer), so a save's extra memory is ``window * PIECE_BYTES`` plus the last, shorter piece, not a copy of
     the payload. Without ``readers`` (``None``) pieces are kept until the stream is dropped and ``window`` is
-    not enforced.
+    not enforced. With ``aligned`` every full piece is page-aligned memory (``mmap``), which a local save
+    writes to the disk with ``O_DIRECT`` as it is; otherwise a ``bytearray``.
     """
 
     piece_size = PIECE_BYTES
 
     def __init__(
-        self, payload: Any, *, readers: int | None = None, window: int | None = STREAM_WINDOW
+        self,
+        payload: Any,
+        *,
+        readers: int | None = None,
+        window: int | None = STREAM_WINDOW,
+        aligned: bool = False,
     ) -> None:
         if (readers is not None and readers < 1) or (window is not None and window < 2):
             raise ValueError(f"a stream needs readers >= 1 and a window >= 2, not {readers}, {window}")
         self._changed = threading.Condition()
-        self._pieces: list[bytes | bytearray | None] = []
+        self._pieces: list[bytes | PieceBuffer | None] = []
+        self._pool = _POOLS[aligned]
         self._releases: list[int] = []  # per piece: how many readers are done with it
         self._readers = readers
         self._window = window
@@ -141,11 +163,9 @@ class PieceStream:
 
     def _produce(self, payload: Any) -> None:
         error: BaseException | None = None
-        writer = _PieceWriter(self._add, self._take)
+        writer = _PieceWriter(self._add, self._take, self._pool)
         try:
-            import torch
-
-            torch.save(payload, cast(IO[bytes], writer))
+            _torch_save(payload, writer)
             writer.close()
         except BaseException as exc:  # handed to the readers, raised where they wait
             error = writer.failure or exc
@@ -159,7 +179,7 @@ class PieceStream:
             self._refused = True
             raise _Stopped("the commit this payload was serialized for has failed")
 
-    def _take(self) -> bytearray:
+    def _take(self) -> PieceBuffer:
         """A buffer for the next full piece, once fewer than ``window`` are held (bounded streams)."""
         with self._changed:
             window = self._window
@@ -167,9 +187,9 @@ class PieceStream:
                 self._changed.wait_for(lambda: self._held < window or self._stopped)
             self._refuse_if_stopped()
             self._held += 1
-        return _POOL.take()
+        return self._pool.take()
 
-    def _add(self, piece: bytes | bytearray) -> None:
+    def _add(self, piece: bytes | PieceBuffer) -> None:
         with self._changed:
             self._refuse_if_stopped()
             self._pieces.append(piece)
@@ -177,7 +197,7 @@ class PieceStream:
             self._size += len(piece)
             self._changed.notify_all()
 
-    def piece(self, number: int) -> bytes | bytearray | None:
+    def piece(self, number: int) -> bytes | PieceBuffer | None:
         """Piece ``number`` once it is complete; None if the payload has no such piece."""
         with self._changed:
             self._changed.wait_for(
@@ -204,12 +224,12 @@ class PieceStream:
             if self._releases[number] < self._readers or piece is None:
                 return
             self._pieces[number] = None
-            if isinstance(piece, bytearray):
+            if not isinstance(piece, bytes):  # a full piece: its buffer came from the pool
                 self._held -= 1
-                _POOL.give(piece)
+                self._pool.give(piece)
             self._changed.notify_all()
 
-    def __iter__(self) -> Iterator[bytes | bytearray]:
+    def __iter__(self) -> Iterator[bytes | PieceBuffer]:
         number = 0
         while (piece := self.piece(number)) is not None:
             yield piece
@@ -265,11 +285,11 @@ class _Stopped(Exception):
 Payload = bytes | Pieces | PieceStream
 """What ``serialize`` produces and the commit protocols write."""
 
-Blob = bytes | bytearray | memoryview
-"""File content read back (a download arrives as the ``bytearray`` it was received into)."""
+Blob = bytes | bytearray | memoryview | mmap.mmap
+"""File content read back (a download arrives as the ``bytearray`` it was received into), or a piece of it."""
 
 
-def pieces_of(data: Payload | Blob) -> tuple[bytes | bytearray | memoryview, ...]:
+def pieces_of(data: Payload | Blob) -> tuple[Blob, ...]:
     """``data`` as consecutive pieces (one, unless it is ``Pieces``); a stream once it is complete."""
     if isinstance(data, PieceStream):
         data = data.complete()
@@ -284,12 +304,14 @@ class _PieceWriter:
 
     def __init__(
         self,
-        emit: Callable[[bytes | bytearray], None],
-        new_piece: Callable[[], bytearray] | None = None,
+        emit: Callable[[bytes | PieceBuffer], None],
+        new_piece: Callable[[], PieceBuffer] | None = None,
+        pool: _PiecePool | None = None,
     ) -> None:
         self._emit = emit
         self._new_piece = new_piece or (lambda: bytearray(PIECE_BYTES))
-        self._current: bytearray | None = None
+        self._pool = pool or _POOLS[False]
+        self._current: PieceBuffer | None = None
         self._filled = 0
         self.failure: BaseException | None = None  # what failed in ``write``: torch.save's cleanup may
         # raise an error of its own over it
@@ -328,7 +350,7 @@ class _PieceWriter:
     def drop(self) -> None:
         """Give the current, unfinished piece's buffer back (after ``close``, or when torch.save failed)."""
         if self._current is not None:
-            _POOL.give(self._current)
+            self._pool.give(self._current)
             self._current = None
 
 
@@ -463,25 +485,60 @@ def _decoded(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def serialize(
-    payload: dict[str, Any], *, stream: bool = False, window: int | None = STREAM_WINDOW
+    payload: dict[str, Any],
+    *,
+    stream: bool = False,
+    window: int | None = STREAM_WINDOW,
+    aligned: bool = False,
 ) -> tuple[dict[str, Payload], str]:
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``; with ``stream`` a torch
-    payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces, read by two readers
-    (the digest and the store: each must ``release`` every piece; the caller must ``stop()`` it if it gives
-    up)."""
+    payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces (page-aligned ones
+    with ``aligned``), read by two readers (the digest and the store: each must ``release`` every piece; the
+    caller must ``stop()`` it if it gives up)."""
     text = _payload_text(payload)
     if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
         return {JSON_FILE: text.encode()}, "json"
     payload = _decoded(payload)
     if stream:
-        return {TORCH_FILE: PieceStream(payload, readers=2, window=window)}, "torch"
-    import torch  # a state that is not JSON holds tensors (torch is loaded) or tuples/int keys
-
-    pieces: list[bytes | bytearray] = []
+        return {TORCH_FILE: PieceStream(payload, readers=2, window=window, aligned=aligned)}, "torch"
+    pieces: list[bytes | PieceBuffer] = []
     writer = _PieceWriter(pieces.append)
-    torch.save(payload, cast(IO[bytes], writer))
+    _torch_save(payload, writer)  # a state not JSON holds tensors (torch is loaded) or tuples/int keys
     writer.close()
     return {TORCH_FILE: bytes(pieces[0]) if len(pieces) == 1 else Pieces(tuple(pieces), PIECE_BYTES)}, "torch"
+
+
+_WITHOUT_ZIP_CRC = threading.local()
+_CRC_SWITCH_LOCK = threading.Lock()
+
+
+def _torch_save(payload: Any, writer: _PieceWriter) -> None:
+    """torch.save ``payload`` into ``writer``, its zip records without CRC32s (the module docstring says why).
+
+    torch reads its CRC setting through ``torch.serialization.get_crc32_options()`` when a save opens its zip
+    writer; that function is wrapped, once per process, to answer False on a thread inside this call and
+    torch's own setting everywhere else."""
+    import torch
+    import torch.serialization
+
+    with _CRC_SWITCH_LOCK:
+        current = torch.serialization.get_crc32_options
+        if not getattr(current, "grd_thread_switch", False):
+            torch.serialization.get_crc32_options = _crc32_switch(current)
+    _WITHOUT_ZIP_CRC.active = True
+    try:
+        torch.save(payload, cast(IO[bytes], writer))
+    finally:
+        _WITHOUT_ZIP_CRC.active = False
+
+
+def _crc32_switch(torch_setting: Callable[[], bool]) -> Callable[[], bool]:
+    def get_crc32_options() -> bool:
+        return False if getattr(_WITHOUT_ZIP_CRC, "active", False) else torch_setting()
+
+    get_crc32_options.grd_thread_switch = True  # type: ignore[attr-defined]
+    get_crc32_options.__doc__ = torch_setting.__doc__
+    return get_crc32_options
 
 
 def _torch_load(source: Blob | VerifiedFile, map_location: Any) -> Any:

@@ -50,6 +50,7 @@ import ctypes
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import shutil
 import stat
@@ -62,7 +63,7 @@ from datetime import datetime
 import fsspec
 
 from grd_blocks.checkpoint.payload.manifest import parse_manifest
-from grd_blocks.checkpoint.payload.serialization import STREAM_WINDOW, Payload, PieceStream, pieces_of
+from grd_blocks.checkpoint.payload.serialization import STREAM_WINDOW, Blob, Payload, PieceStream, pieces_of
 from grd_blocks.checkpoint.storage.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -107,6 +108,12 @@ class CommitProtocol(ABC):
         """Pieces a stream given to ``commit`` may hold at once (serialization.PieceStream); None: any."""
         return STREAM_WINDOW
 
+    @property
+    def aligned_pieces(self) -> bool:
+        """Whether a stream given to ``commit`` should hold page-aligned pieces (it writes them with
+        ``O_DIRECT``)."""
+        return False
+
     @abstractmethod
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         """Write ``files``, then ``manifest(objects)`` as ``MANIFEST.json``: ``ckpt_dir`` appears complete or
@@ -130,19 +137,12 @@ class CommitProtocol(ABC):
 
 
 def _write_synced(path: str, data: Payload) -> None:
-    """Write ``data`` to ``path`` and fsync it; a stream's pieces as each is produced, each released once
-    written (the store is one of its readers: serialization.PieceStream) and its write-back to the disk
-    started at once (``_start_writeback``), so the disk works while the rest is serialized and the final
-    fsync has little left to wait for."""
+    """Write ``data`` to ``path`` and fsync it; a stream's pieces as each is produced (``_write_stream``), so
+    the disk works while the rest is serialized and the final fsync has little left to wait for."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        offset = 0
         if isinstance(data, PieceStream):
-            for number, piece in enumerate(data):
-                _write_all(fd, piece)
-                _start_writeback(fd, offset, len(piece))
-                offset += len(piece)
-                data.release(number)
+            _write_stream(fd, path, data)
         else:
             for whole in pieces_of(data):
                 _write_all(fd, whole)
@@ -151,7 +151,75 @@ def _write_synced(path: str, data: Payload) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def _write_stream(fd: int, path: str, stream: PieceStream) -> None:
+    """Write ``stream``'s pieces to ``fd`` (the file ``path``) in order, each released once written (the
+    store is one of the stream's readers). A page-aligned full piece goes to the disk straight from its
+    buffer through a second, ``O_DIRECT`` descriptor of the same file: no copy into the page cache, and the
+    write is on the disk when it returns (the final fsync still makes the file's size and blocks durable).
+    Anything else (the last, shorter piece; a filesystem that refuses ``O_DIRECT``, such as tmpfs) goes
+    through the page cache with its write-back started at once (``_start_writeback``)."""
+    direct = _open_direct(path)
+    try:
+        offset = 0
+        for number, piece in enumerate(stream):
+            view = memoryview(piece).cast("B")
+            if direct is not None and isinstance(piece, mmap.mmap) and offset % _DIRECT_ALIGN == 0:
+                written = _write_direct(direct, view, offset)
+                if written < len(view):  # refused part way: this file goes through the page cache
+                    os.close(direct)
+                    direct = None
+                    _pwrite_all(fd, view[written:], offset + written)
+                    _start_writeback(fd, offset + written, len(view) - written)
+            else:
+                _pwrite_all(fd, view, offset)
+                _start_writeback(fd, offset, len(view))
+            offset += len(view)
+            stream.release(number)
+    finally:
+        if direct is not None:
+            os.close(direct)
+
+
+_DIRECT_ALIGN = 4096
+"""Alignment of an ``O_DIRECT`` write's buffer, length and offset that every Linux filesystem accepts."""
+
+
+def _open_direct(path: str) -> int | None:
+    """An ``O_DIRECT`` descriptor for writing the existing file ``path``, or None where the filesystem or
+    the platform has none (``GRD_CHECKPOINT_DIRECT_IO=0`` also says none)."""
+    flag = getattr(os, "O_DIRECT", None)
+    if flag is None or os.environ.get("GRD_CHECKPOINT_DIRECT_IO", "1") == "0":
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return None
+        raise
+
+
+def _write_direct(fd: int, view: memoryview, offset: int) -> int:
+    """Write ``view`` at ``offset`` through the ``O_DIRECT`` descriptor ``fd``; how many bytes were written
+    before the filesystem refused the rest (``EINVAL``: its alignment rules are stricter than
+    ``_DIRECT_ALIGN``, or a short write left the rest unaligned)."""
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return done
+    return done
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _write_all(fd: int, data: Blob) -> None:
     view = memoryview(data).cast("B")
     while view:
         view = view[os.write(fd, view) :]
@@ -242,6 +310,10 @@ class RenameCommit(CommitProtocol):
     @property
     def takes_streams(self) -> bool:
         return True  # each piece is written as soon as it is serialized: memory stays a few pieces
+
+    @property
+    def aligned_pieces(self) -> bool:
+        return True  # full pieces go to the disk with O_DIRECT (_write_stream)
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)

@@ -63,6 +63,7 @@ from grd_blocks.checkpoint.payload.serialization import (
     STREAM_WINDOW,
     Blob,
     Payload,
+    PieceBuffer,
     Pieces,
     PieceStream,
 )
@@ -196,7 +197,7 @@ def drop_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
     fs.invalidate_cache(path)
 
 
-def _part_source(data: Payload) -> tuple[Iterable[int], Callable[[int], bytes | bytearray]]:
+def _part_source(data: Payload) -> tuple[Iterable[int], Callable[[int], bytes | PieceBuffer]]:
     """``(part numbers, part number -> its bytes)``: ``Pieces`` of ``PART_BYTES`` are sent as they are, a
     stream's pieces as each is produced (its numbers end with its last piece; ``_put_parts`` releases each
     once sent); anything else is cut into ``PART_BYTES`` parts, each copied once when it is about to be
@@ -204,7 +205,7 @@ def _part_source(data: Payload) -> tuple[Iterable[int], Callable[[int], bytes | 
     if isinstance(data, PieceStream):
         stream = data
         numbers = itertools.takewhile(lambda number: stream.piece(number) is not None, itertools.count())
-        return numbers, lambda number: cast(bytes | bytearray, stream.piece(number))
+        return numbers, lambda number: cast(bytes | PieceBuffer, stream.piece(number))
     if isinstance(data, Pieces) and data.piece_size == PART_BYTES:
         return range(len(data.pieces)), data.pieces.__getitem__
     view = memoryview(bytes(data) if isinstance(data, Pieces) else data)
