@@ -137,6 +137,7 @@ class RunCheckpoints(RunReader):
         self._commit = commit
         self._writer = AsyncWriter(self.url)
         self._snapshots = SnapshotBuffers()
+        self._async_step = -1  # the highest step handed to save_async
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -248,7 +249,7 @@ class RunCheckpoints(RunReader):
     ) -> CheckpointRef:
         """Commit ``state`` as ``step_{step}`` (or ``epoch_{epoch}``; neither: the step after the latest).
 
-        Waits for an in-flight ``save_async`` first and raises its failure, if any.
+        Waits for the background saves in flight (``save_async``) first and raises their failure, if any.
         """
         self._writer.wait()
         return self._write(self._prepare(state, step, epoch, metrics, metadata, copy=None))
@@ -262,25 +263,45 @@ class RunCheckpoints(RunReader):
         metrics: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Snapshot ``state`` now (tensors copied to host memory, into the previous save's buffers when their
-        dtype and shape match: see snapshot.py), write and commit it in the background.
+        """Snapshot ``state`` now (tensors copied to host memory, into an earlier save's buffers when their
+        dtype and shape match: see snapshot.py), write and commit it in the background; returns once the
+        snapshot is taken, without waiting for a write in flight.
 
-        At most one write is in flight: this waits for the previous one and raises its failure. Call
-        ``flush()`` to wait for the last one (also done at interpreter exit).
+        Writes run one at a time, in call order. If a save is still waiting for its turn when this one is
+        made, it is never written: this newer one takes its place (``superseded`` names it; one INFO line the
+        first time). So a loop that saves faster than the store writes is blocked only while it stages its
+        state, and host memory holds at most three staged states (one being written, one waiting, one
+        pooled for the next). A failure of a background save is raised by the next ``save``, ``save_async``
+        or ``flush`` (once). Call ``flush()`` to wait for the last one (also done at interpreter exit).
         """
-        self._writer.wait()
         pending = self._prepare(state, step, epoch, metrics, metadata, copy=self._snapshots.copy)
 
         def write_then_recycle() -> CheckpointRef:
             try:
                 return self._write(pending)
-            finally:  # the write has read the snapshot: its buffers serve the next save_async
+            finally:  # the write has read the snapshot: its buffers serve a later save_async
                 self._snapshots.release(pending.payload)
 
-        self._writer.submit(write_then_recycle, what=checkpoint_dirname(pending.unit, pending.index))
+        try:
+            self._writer.submit(
+                write_then_recycle,
+                what=checkpoint_dirname(pending.unit, pending.index),
+                dropped=lambda: self._snapshots.release(pending.payload),
+            )
+        except BaseException:  # an earlier save's failure: this one is not queued
+            self._snapshots.release(pending.payload)
+            raise
+        if pending.unit == "step":
+            self._async_step = max(self._async_step, pending.index)
+
+    @property
+    def superseded(self) -> list[str]:
+        """Checkpoints ``save_async`` was asked for and never wrote, because a newer one was asked for before
+        their write could start (oldest first)."""
+        return list(self._writer.superseded)
 
     def flush(self) -> None:
-        """Wait for the in-flight background save and raise its failure, if any."""
+        """Wait for the background saves in flight and raise a failure of theirs, if any."""
         self._writer.wait()
 
     def _resolve_index(self, step: int | None, epoch: int | None) -> tuple[Unit, int]:
@@ -291,8 +312,8 @@ class RunCheckpoints(RunReader):
             return "step", step
         if epoch is not None:
             return "epoch", epoch
-        latest = self.latest()
-        return "step", 0 if latest is None else latest.index + 1
+        latest = self.latest()  # or a step still being written in the background
+        return "step", max(-1 if latest is None else latest.index, self._async_step) + 1
 
     def _prepare(
         self,

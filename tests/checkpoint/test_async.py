@@ -1,4 +1,5 @@
-"""save_async: snapshot now, write in the background, one in flight, failures surface on the next call."""
+"""save_async: snapshot now, write in the background one at a time, never wait for the write in flight (a
+newer save supersedes one still waiting), failures surface on the next call."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class GatedFS(RecordingFS):
         super().__init__(fs)
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self._count = threading.Lock()
+        self.at_once = 0
+        self.most_at_once = 0
 
     def __getattr__(self, name: str) -> Any:
         inner = super().__getattr__(name)
@@ -35,9 +39,16 @@ class GatedFS(RecordingFS):
             return inner
 
         def gated(*args: Any, **kwargs: Any) -> Any:
+            with self._count:
+                self.at_once += 1
+                self.most_at_once = max(self.most_at_once, self.at_once)
             self.entered.set()
-            assert self.gate.wait(30), "test never opened the gate"
-            return inner(*args, **kwargs)
+            try:
+                assert self.gate.wait(30), "test never opened the gate"
+                return inner(*args, **kwargs)
+            finally:
+                with self._count:
+                    self.at_once -= 1
 
         return gated
 
@@ -52,29 +63,75 @@ def test_save_async_snapshots_state_at_call_time(backend: Backend) -> None:
     assert loaded is not None and torch.equal(loaded["w"], torch.zeros(1000))
 
 
-def test_at_most_one_async_write_in_flight(object_backend: Backend) -> None:
+def test_save_async_never_waits_for_the_write_in_flight_and_the_newest_save_supersedes_a_waiting_one(
+    object_backend: Backend,
+) -> None:
     engine = object_backend.engine()
     gated = GatedFS(engine.fs)
     run = RunCheckpoints(
         f"{object_backend.url}/gated", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/gated"
     )
     run.save_async({"s": 1}, step=1)
-    assert gated.entered.wait(30)
-    second_done = threading.Event()
-
-    def second() -> None:
-        run.save_async({"s": 2}, step=2)
-        second_done.set()
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    assert not second_done.wait(0.2)  # blocked behind the first write (a bounded negative check)
-    assert run._writer.in_flight
+    assert gated.entered.wait(30)  # step 1 is being written, held at the gate
+    run.save_async({"s": 2}, step=2)  # returns with step 1's write still held: nothing waited for it
+    run.save_async({"s": 3}, step=3)  # step 2 never started: superseded
+    assert run._writer.in_flight and run.superseded == ["step_2"]
     gated.gate.set()
-    thread.join(30)
-    assert second_done.is_set()
     run.flush()
-    assert [ref.index for ref in run.checkpoints()] == [1, 2]
+    assert gated.most_at_once == 1  # one write at a time
+    reader = engine.run("gated")  # an independent reader of what the store holds
+    assert [ref.index for ref in reader.checkpoints()] == [1, 3]
+    latest = reader.latest()
+    assert latest is not None and latest.index == 3 and reader.load() == {"s": 3}
+
+
+def test_save_async_without_a_step_numbers_past_the_saves_still_in_flight(object_backend: Backend) -> None:
+    engine = object_backend.engine()
+    gated = GatedFS(engine.fs)
+    run = RunCheckpoints(
+        f"{object_backend.url}/auto", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/auto"
+    )
+    run.save_async({"s": 0})
+    assert gated.entered.wait(30)
+    run.save_async({"s": 1})  # step_0 is not committed yet: this one is still step_1, not a second step_0
+    gated.gate.set()
+    run.flush()
+    reader = engine.run("auto")
+    committed = [(ref.index, reader.load(step=ref.index)) for ref in reader.checkpoints()]
+    assert committed == [(0, {"s": 0}), (1, {"s": 1})]
+
+
+def test_a_loop_saving_faster_than_the_store_writes_commits_its_newest_state_and_latest_never_steps_back(
+    tmp_path: Path,
+) -> None:
+    run = CheckpointEngine(str(tmp_path / "store")).run("fast")
+    reader = CheckpointEngine(str(tmp_path / "store")).run("fast")  # separate handle, polling meanwhile
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            latest = reader.latest()
+            if latest is not None:
+                seen.append(latest.index)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    weights = torch.zeros(3 * 2**20)  # 12 MiB: two pieces, far slower to write than to copy
+    try:
+        for step in range(1, 31):
+            weights.fill_(float(step))
+            run.save_async({"w": weights}, step=step)
+        run.flush()
+    finally:
+        stop.set()
+        poller.join()
+    committed = [ref.index for ref in reader.checkpoints()]
+    assert committed[-1] == 30 and seen == sorted(seen)
+    assert sorted(set(committed) | {int(name.split("_")[1]) for name in run.superseded}) == list(range(1, 31))
+    loaded = reader.load()
+    assert loaded is not None and torch.equal(loaded["w"], torch.full((3 * 2**20,), 30.0))
+    assert all(reader.verify(ref) == [] for ref in reader.checkpoints())
 
 
 def test_async_failure_is_raised_on_flush_and_then_cleared(object_backend: Backend) -> None:

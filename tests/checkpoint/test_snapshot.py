@@ -57,7 +57,9 @@ def test_a_different_dtype_or_shape_gets_a_fresh_buffer() -> None:
     assert other["w"].dtype == torch.float64 and other["v"].shape == (8, 8)
 
 
-def test_consecutive_async_saves_each_commit_the_state_of_their_call(backend: Backend) -> None:
+def test_each_async_save_written_holds_the_state_of_its_call_and_the_newest_is_always_written(
+    backend: Backend,
+) -> None:
     run = backend.run()
     weights = torch.zeros(4096)
     for step in range(4):
@@ -65,6 +67,9 @@ def test_consecutive_async_saves_each_commit_the_state_of_their_call(backend: Ba
         weights.add_(1.0)  # the loop mutates right after each call, while the write may still run
     run.flush()
 
-    for step in range(4):
+    committed = [ref.index for ref in backend.run().checkpoints()]  # a separate handle reads the store
+    assert committed[-1] == 3  # the newest is always written; one still waiting when a newer came is not
+    assert sorted([*committed, *(int(name.split("_")[1]) for name in run.superseded)]) == [0, 1, 2, 3]
+    for step in committed:
         loaded = run.load(step=step)
         assert loaded is not None and torch.equal(loaded["w"], torch.full((4096,), float(step)))
