@@ -93,7 +93,7 @@ def test_checkpoint_payload_knows_no_storage_and_storage_knows_no_run_handle(pat
 
 def test_checkpoint_has_no_flat_modules_beside_its_layers_but_the_run_handle() -> None:
     flat = sorted(p.stem for p in (LIBRARY / "checkpoint").glob("*.py") if p.stem != "__init__")
-    assert flat == ["async_writer", "engine", "observers", "reader", "refs", "retention", "run"]
+    assert flat == ["async_writer", "engine", "observers", "reader", "refs", "retention", "run", "sharded"]
 
 
 ORCHESTRATION = "grd_blocks.orchestration"

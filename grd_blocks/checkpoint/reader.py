@@ -426,6 +426,12 @@ class RunReader:
     def _load_version(
         self, ref: CheckpointRef, into: Mapping[str, Any] | None, map_location: Any, manifest: Manifest
     ) -> dict[str, Any]:
+        if manifest.payload_format == "dcp":  # sharded.py: read by every rank, never whole here
+            raise UsageError(
+                f"{ref.url} is a sharded checkpoint (torch.distributed.checkpoint, saved by "
+                f"{manifest.metadata.get('world_size', 'several')} ranks); load it with load_sharded(), "
+                "on every rank"
+            )
         with self._fetch_verified(ref.name, manifest) as files:
             return self._decode(ref, manifest, files, into, map_location)
 

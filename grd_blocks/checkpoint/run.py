@@ -379,9 +379,14 @@ class RunCheckpoints(RunReader):
                 if failed is not None:  # serializing failed: that, not how the commit met it, is the error
                     raise failed from None
             raise
-        ref = self._ref(built[-1])
+        return self._committed(built[-1], pending.observers)
+
+    def _committed(self, manifest: Manifest, observers: tuple[Observer, ...]) -> CheckpointRef:
+        """After a commit: move LATEST.json (never backwards), tell the observers, apply retention, sweep
+        staging leftovers; the committed checkpoint's ref."""
+        ref = self._ref(manifest)
         self._advance_latest(ref)
-        notify(pending.observers, ref, built[-1])
+        notify(observers, ref, manifest)
         self._apply_retention(ref)
         self._sweep_staging()
         return ref
@@ -470,6 +475,33 @@ class RunCheckpoints(RunReader):
             self._commit.sweep(self.path)
         except Exception:  # the new checkpoint is committed; a failed cleanup must not fail the save
             logger.warning("sweeping stale staging entries in %s failed", self.url, exc_info=True)
+
+    # ------------------------------------------------------------------ sharded state (sharded.py)
+    def save_sharded(
+        self,
+        state_dict: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CheckpointRef:
+        """Commit a ``torch.distributed.checkpoint`` state dict (FSDP2 DTensors, tensors, plain values)
+        written by every rank, as one checkpoint: a collective, every rank calls it and gets the same ref
+        (sharded.py states the guarantees)."""
+        from grd_blocks.checkpoint.sharded import save_sharded
+
+        return save_sharded(self, state_dict, step=step, epoch=epoch, metrics=metrics, metadata=metadata)
+
+    def load_sharded(
+        self, state_dict: dict[str, Any], *, step: int | None = None, epoch: int | None = None
+    ) -> CheckpointRef | None:
+        """Fill ``state_dict`` in place from the latest valid sharded checkpoint (or exactly step/epoch),
+        resharded to this world, every file verified first; a collective, every rank gets the same ref (or
+        None when there is none)."""
+        from grd_blocks.checkpoint.sharded import load_sharded
+
+        return load_sharded(self, state_dict, step=step, epoch=epoch)
 
     # ------------------------------------------------------------------ reading (reader.py)
     def load(

@@ -288,6 +288,29 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
     check_sha256(digest, entry, where)
 
 
+def entry_of_fd(fd: int, algorithm: str) -> FileEntry:
+    """The format-2 ``FileEntry`` of the file open as ``fd`` (a file another writer wrote, such as a DCP
+    shard): every ``CHUNK`` hashed with ``algorithm`` on the hasher pool, straight from a read-only mapping
+    where the file can be mapped (else read with ``pread``), its whole-file value derived from the chunks."""
+    function = hashes.function(algorithm)
+    size = os.fstat(fd).st_size
+    starts = range(0, size, CHUNK)
+    mapping = _mapping(fd, size)
+    if mapping is None:
+        found = [_later(_chunk_digest, function, fd, start, min(CHUNK, size - start)) for start in starts]
+        wait(found)
+    else:
+        with mapping:  # every task is waited for before the mapping closes
+            found = [_later(_mapped_digest, function, mapping, start, min(CHUNK, size - start))
+                     for start in starts]
+            wait(found)
+    chunks = tuple(piece.result() for piece in found)
+    if any(chunk is None for chunk in chunks):
+        raise CheckpointCorrupt(f"file descriptor {fd} shrank while it was hashed (another writer?)")
+    digests = tuple(str(chunk) for chunk in chunks)
+    return FileEntry(size, hashes.combine(algorithm, digests), CHUNK, digests, digest=algorithm)
+
+
 class InOrderHasher:
     """The sha256 of a buffer that fills in ranges, in any order (a format-1 entry without chunks): each
     range is hashed on the hasher pool as soon as it and every range before it have arrived (at most one

@@ -124,6 +124,24 @@ class CommitProtocol(ABC):
         """Read the pointer at ``path``, write ``decide(current)`` unless it is None; True when no other
         update came in between (module docstring). ``url`` (the run's) names it in messages."""
 
+    def stage(self, ckpt_dir: str) -> str:
+        """A fresh, never-reused folder into which other writers (every rank of a sharded save) put the files
+        of the next version of ``ckpt_dir``; ``commit_staged`` makes it visible, ``discard`` drops it."""
+        raise CheckpointError(
+            f"{ckpt_dir}: sharded checkpoints are written to local disk only so far; use a local store "
+            "(a path) for sharded state, or save a full state dict with save()"
+        )
+
+    def commit_staged(self, ckpt_dir: str, staged: str, manifest: bytes) -> None:
+        """Write ``manifest`` as the ``MANIFEST.json`` of ``staged`` (every file it lists is already written
+        and durable there) and make it ``ckpt_dir``, all at once (the same guarantees as ``commit``)."""
+        raise CheckpointError(f"{ckpt_dir}: this store cannot commit a staged folder")
+
+    def discard(self, staged: str) -> None:
+        """Drop a staged folder that will not be committed (a failed sharded save)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(staged, recursive=True)
+
     def remove(self, ckpt_dir: str) -> None:
         """Delete a checkpoint: its manifest first (it vanishes at once), then the rest."""
         with contextlib.suppress(FileNotFoundError):
@@ -323,15 +341,37 @@ class RenameCommit(CommitProtocol):
         try:
             for file_name, data in files.items():
                 _write_synced(os.path.join(staging, file_name), data)
-            _write_synced(os.path.join(staging, MANIFEST_NAME), manifest({name: name for name in files}))
-            _fsync_dir(staging)
-            olds = _install(staging, ckpt_dir, run_dir, name)
-            _fsync_dir(run_dir)
+            content = manifest({name: name for name in files})
         except BaseException:
             remove_tree(staging)
             raise
+        self.commit_staged(ckpt_dir, staging, content)
+
+    def stage(self, ckpt_dir: str) -> str:
+        """``{run_dir}/.tmp-{unit}_{N}-{token}-{tag}-{pid}/``, created empty: unique to this call, inside the
+        run directory (same filesystem, so the commit is one rename), invisible to readers, and swept once
+        this process is gone (staging.py)."""
+        run_dir = os.path.dirname(ckpt_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        staging = os.path.join(run_dir, staging_name(TMP_PREFIX, basename(ckpt_dir)))
+        os.mkdir(staging)
+        return staging
+
+    def commit_staged(self, ckpt_dir: str, staged: str, manifest: bytes) -> None:
+        run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
+        try:
+            _write_synced(os.path.join(staged, MANIFEST_NAME), manifest)
+            _fsync_dir(staged)
+            olds = _install(staged, ckpt_dir, run_dir, name)
+            _fsync_dir(run_dir)
+        except BaseException:
+            remove_tree(staged)
+            raise
         for old in olds:
             remove_tree(old)
+
+    def discard(self, staged: str) -> None:
+        remove_tree(staged)
 
     def sweep(self, run_dir: str) -> list[str]:
         return sweep_stale(run_dir)

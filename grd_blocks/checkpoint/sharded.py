@@ -1,0 +1,521 @@
+"""Sharded checkpoints (FSDP2, ``torch.distributed.checkpoint``): every rank writes its shards, one
+manifest-last commit for all ranks, verified and resharded on load.
+
+Invariants:
+
+* A sharded save of ``{unit}_{N}`` is one commit of the run's commit protocol (storage/commit.py), the same
+  as a single-file save: rank 0 creates a fresh staging folder (``CommitProtocol.stage``: unique to this
+  save, never reused, invisible to readers); every rank writes its DCP shards into it (each file fsynced by
+  DCP) and hashes the files it wrote itself (the store's digest, payload/hashes.py); the entries are gathered
+  on every rank; rank 0 then writes DCP's ``.metadata`` (fsynced), hashes it and commits ``MANIFEST.json``,
+  which lists every file of every rank (``commit_staged``: one rename on local disk); only after that does
+  LATEST.json move (never backwards), and retention and the staging sweep run (run.py). A rank that dies at
+  any moment before that rename leaves only a staging folder no reader looks at (swept once its writer is
+  gone: staging.py): the previous checkpoint stays the latest.
+* Every rank calls ``save_sharded``/``load_sharded`` (collectives, in the same order) and every rank gets the
+  same answer: the same ``CheckpointRef``, or an error on every rank (rank 0 raises the original; the others
+  a ``CheckpointError`` naming it).
+* A load verifies every file of the checkpoint it is about to read (size and digests; the files are split
+  among the ranks and the verdicts gathered on every rank) before DCP reads a byte of it. On any mismatch
+  every rank moves to the same older checkpoint (rank 0 chooses, by the reader's fallback order, and
+  broadcasts), and rank 0 says so in one WARNING line. With ``step``/``epoch`` damage raises
+  ``CheckpointCorrupt`` on every rank.
+* Nothing read from the store is unpickled beyond a fixed set of types: DCP's ``.metadata`` goes through an
+  allowlist of DCP's own metadata types (``_SafeUnpickler``), non-tensor values through
+  ``torch.load(weights_only=True)``, tensors through DCP's own ``weights_only=True`` load.
+* Resharding is DCP's: a checkpoint saved on N ranks loads on M (FSDP2 model and optimizer state through
+  ``torch.distributed.checkpoint.state_dict``).
+
+Limits: local disk only so far (an object store raises ``CheckpointError`` naming the fix); the default
+process group only; a same-step re-save racing a load of that step on another process can replace the
+files between their verification and DCP's read (a sharded load takes the directory by path).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from grd_blocks.checkpoint.observers import Observer, bind_automatic
+from grd_blocks.checkpoint.payload.digest import entry_of_fd, verify_fd
+from grd_blocks.checkpoint.payload.hashes import save_algorithm
+from grd_blocks.checkpoint.payload.manifest import (
+    GRD_VERSION,
+    FileEntry,
+    Manifest,
+    Unit,
+    now_iso,
+    writer_id,
+)
+from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.storage.fsio import guard
+from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, checkpoint_dirname, join
+from grd_blocks.checkpoint.storage.safe_io import open_local
+from grd_blocks.errors import CheckpointCorrupt, CheckpointError, GrdError, UsageError
+
+if TYPE_CHECKING:
+    from grd_blocks.checkpoint.run import RunCheckpoints
+
+logger = logging.getLogger("grd.checkpoint")
+
+PAYLOAD_FORMAT: Final = "dcp"
+"""``Manifest.payload_format`` of a sharded checkpoint."""
+DCP_METADATA: Final = ".metadata"
+"""DCP's metadata file (written by rank 0 after every shard, before grd's manifest)."""
+
+
+# ---------------------------------------------------------------------------------------------- collectives
+@dataclass(frozen=True)
+class _Failed:
+    """A failure on one rank, as the others learn of it (an exception itself may not survive pickling)."""
+
+    rank: int
+    kind: str
+    message: str
+
+    def error(self) -> CheckpointError:
+        return CheckpointError(f"rank {self.rank} failed: {self.kind}: {self.message}")
+
+
+def _active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if _active() else 0
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if _active() else 1
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not _active():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    if not _active():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _failed(exc: BaseException) -> _Failed:
+    return _Failed(_rank(), type(exc).__name__, str(exc))
+
+
+def _raise_agreed(outcome: object, own: BaseException | None) -> None:
+    """Raise on every rank when ``outcome`` is a failure: this rank's own error if it had one."""
+    if isinstance(outcome, _Failed):
+        if own is not None:
+            raise own
+        raise outcome.error()
+
+
+# ---------------------------------------------------------------------------------------------- DCP glue
+def _writer_class() -> type[Any]:
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.futures import Future
+
+    class _Writer(FileSystemWriter):
+        """DCP's file writer that records the files this rank wrote and holds back ``.metadata`` until the
+        shards are hashed (``write_metadata``)."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path, single_file_per_rank=True, sync_files=True, overwrite=False)
+            self.written: list[str] = []
+            self._pending: tuple[Any, Any] | None = None
+
+        def write_data(self, plan: Any, planner: Any) -> Future[list[Any]]:
+            future = super().write_data(plan, planner)
+            self.written = sorted({str(result.storage_data.relative_path) for result in future.value()})
+            return future
+
+        def finish(self, metadata: Any, results: Any) -> None:
+            self._pending = (metadata, results)  # written by write_metadata, after the shards are hashed
+
+        def write_metadata(self) -> None:
+            if self._pending is None:
+                raise CheckpointError(f"{self.path}: DCP never finished this save (no metadata to write)")
+            super().finish(*self._pending)
+
+    return _Writer
+
+
+_ALLOWED: Final = {
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("collections", "OrderedDict"),
+}
+_ALLOWED_MODULES: Final = ("torch.distributed.checkpoint.metadata",)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` and nothing else: DCP's metadata classes, torch sizes, dtypes and
+    layouts, paths; any other global raises ``CheckpointCorrupt``."""
+
+    def __init__(self, data: io.BytesIO, where: str) -> None:
+        super().__init__(data)
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if (module, name) in _ALLOWED or (module in _ALLOWED_MODULES and not name.startswith("__")):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointCorrupt(
+            f"{self.where} refers to {module}.{name}, which is not one of DCP's metadata types; grd never "
+            "unpickles arbitrary objects (it was damaged or not written by grd)"
+        )
+
+
+def _parse_metadata(data: bytes, where: str) -> Any:
+    """DCP's ``Metadata`` from the bytes of a ``.metadata`` file; ``CheckpointCorrupt`` naming ``where`` for
+    anything else (a global outside DCP's metadata types is never resolved, so never run)."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        metadata = _SafeUnpickler(io.BytesIO(data), where).load()
+    except CheckpointCorrupt:
+        raise
+    except Exception as exc:
+        raise CheckpointCorrupt(f"{where} is not DCP metadata ({type(exc).__name__}: {exc})") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointCorrupt(f"{where} holds a {type(metadata).__name__}, not DCP metadata")
+    return metadata
+
+
+def _reader_class() -> type[Any]:
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class _Reader(FileSystemReader):
+        """DCP's file reader whose ``.metadata`` goes through ``_SafeUnpickler``."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = os.path.join(str(self.path), DCP_METADATA)
+            with open(path, "rb") as handle:
+                metadata = _parse_metadata(handle.read(), path)
+            storage_meta = metadata.storage_meta or StorageMeta()
+            storage_meta.load_id = self.load_id
+            metadata.storage_meta = storage_meta
+            return metadata
+
+    return _Reader
+
+
+def _planner() -> Any:
+    import torch
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class _Planner(DefaultLoadPlanner):
+        """DCP's load planner, but non-tensor values are read with ``torch.load(weights_only=True)``."""
+
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            loaded = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return _Planner()
+
+
+# ---------------------------------------------------------------------------------------------- saving
+@dataclass(frozen=True)
+class _Plan:
+    """What rank 0 decided for a save, broadcast to every rank."""
+
+    unit: Unit
+    index: int
+    digest: str
+    staged: str
+
+
+def _hash_written(staged: str, names: list[str], algorithm: str) -> dict[str, FileEntry]:
+    """The ``FileEntry`` of each file this rank wrote into ``staged``."""
+    entries: dict[str, FileEntry] = {}
+    for name in names:
+        fd = os.open(os.path.join(staged, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            entries[name] = entry_of_fd(fd, algorithm)
+        finally:
+            os.close(fd)
+    return entries
+
+
+def save_sharded(
+    run: RunCheckpoints,
+    state_dict: Mapping[str, Any],
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> CheckpointRef:
+    """Commit ``state_dict`` (a DCP state dict: DTensors, tensors, plain values) as ``step_{step}`` (or
+    ``epoch_{epoch}``; neither: the step after the latest), written by every rank (module docstring)."""
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    from grd_blocks.checkpoint.run import _metadata, _metrics
+
+    rank = _rank()
+    observers: tuple[Observer, ...] = ()
+    metrics_: dict[str, float] = {}
+    metadata_: dict[str, Any] = {}
+    own: BaseException | None = None
+    decided: _Plan | _Failed
+    if rank == 0:
+        try:
+            run.flush()  # an in-flight save_async of this prefix first
+            unit, index = run._resolve_index(step, epoch)
+            metrics_, metadata_ = _metrics(metrics), _metadata(metadata)
+            observers = tuple(bind_automatic())
+            name = checkpoint_dirname(unit, index)
+            with guard(run.url, f"stage {name}"):
+                decided = _Plan(unit, index, save_algorithm(), run._commit.stage(join(run.path, name)))
+        except Exception as exc:
+            own, decided = exc, _failed(exc)
+    plan = _broadcast(decided if rank == 0 else None)
+    _raise_agreed(plan, own)
+    assert isinstance(plan, _Plan)
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    writer = _writer_class()(plan.staged)
+    written: dict[str, FileEntry] | _Failed
+    name = checkpoint_dirname(plan.unit, plan.index)
+    try:
+        try:
+            with warnings.catch_warnings():  # DCP warns that one process without a group saves alone
+                warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                save(dict(state_dict), storage_writer=writer, no_dist=not _active())
+        except CheckpointException as exc:  # DCP's (a BaseException): it tells every rank of any failure
+            raise CheckpointError(
+                f"{join(run.url, name)}: torch.distributed.checkpoint could not write this state ({exc}); "
+                "nothing was committed and the previous checkpoint stays the latest (save tensors, DTensors "
+                "and picklable plain values only)"
+            ) from exc
+        written = _hash_written(plan.staged, writer.written, plan.digest)
+    except Exception as exc:  # hashing fails on this rank alone: every rank learns of it below
+        own, written = exc, _failed(exc)
+    gathered = _all_gather(written)
+    failures = [item for item in gathered if isinstance(item, _Failed)]
+    if failures:
+        if rank == 0:
+            run._commit.discard(plan.staged)
+        _raise_agreed(failures[0], own)
+
+    outcome: CheckpointRef | _Failed | None = None
+    if rank == 0:
+        try:
+            outcome = _commit(run, plan, writer, gathered, metrics_, metadata_, step, epoch, observers)
+        except Exception as exc:
+            run._commit.discard(plan.staged)
+            own, outcome = exc, _failed(exc)
+    outcome = _broadcast(outcome)
+    _raise_agreed(outcome, own)
+    assert isinstance(outcome, CheckpointRef)
+    return outcome
+
+
+def _commit(
+    run: RunCheckpoints,
+    plan: _Plan,
+    writer: Any,
+    gathered: list[dict[str, FileEntry]],
+    metrics: dict[str, float],
+    metadata: dict[str, Any],
+    step: int | None,
+    epoch: int | None,
+    observers: tuple[Observer, ...],
+) -> CheckpointRef:
+    """Rank 0, once every rank's shards are written and hashed: ``.metadata``, then the manifest (the
+    commit), then LATEST.json, retention and the sweep (run.py)."""
+    files: dict[str, FileEntry] = {}
+    for entries in gathered:
+        for file_name, entry in entries.items():
+            if file_name in files or file_name in (DCP_METADATA, MANIFEST_NAME):
+                raise CheckpointError(f"{plan.staged}: two ranks wrote {file_name}; DCP gives every rank a "
+                                      "prefix of its own, so another writer shares this staging folder")
+            files[file_name] = entry
+    name = checkpoint_dirname(plan.unit, plan.index)
+    with guard(run.url, f"write {name}/{DCP_METADATA}"):
+        writer.write_metadata()
+        files.update(_hash_written(plan.staged, [DCP_METADATA], plan.digest))
+    manifest = Manifest(
+        unit=plan.unit,
+        index=plan.index,
+        files=dict(sorted(files.items())),
+        payload_format=PAYLOAD_FORMAT,
+        handlers={},
+        created_at=now_iso(),
+        writer=writer_id(),
+        metrics=metrics,
+        metadata={**metadata, "world_size": _world()} if "world_size" not in metadata else metadata,
+        step=step,
+        epoch=epoch,
+        grd_version=GRD_VERSION,
+    )
+    with guard(run.url, f"commit {name}"):
+        run._commit.commit_staged(join(run.path, name), plan.staged, manifest.to_bytes())
+    return run._committed(manifest, observers)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class _Candidate:
+    """The checkpoint every rank is about to verify and load (rank 0's choice)."""
+
+    ref: CheckpointRef
+    manifest: Manifest
+
+
+def _candidate(run: RunCheckpoints, step: int | None, epoch: int | None) -> _Candidate | None:
+    """Rank 0: the checkpoint to try first (exactly step/epoch when given, else the latest)."""
+    if step is not None or epoch is not None:
+        ref = run.find(step=step, epoch=epoch)
+        return _Candidate(ref, run._read_manifest(ref.name))
+    found = run._latest(check_sizes=False)
+    if found is None:
+        return None
+    ref, manifest = found
+    return _Candidate(ref, manifest if manifest is not None else run._read_manifest(ref.name))
+
+
+def _older(run: RunCheckpoints, below: CheckpointRef) -> _Candidate | None:
+    """Rank 0: the newest checkpoint older than ``below`` whose manifest and sizes verify."""
+    while True:
+        ref = run._scan_newest(below=below.order)
+        if ref is None:
+            return None
+        try:
+            return _Candidate(ref, run._read_manifest(ref.name))
+        except CheckpointCorrupt:
+            below = ref
+
+
+def _check_kind(candidate: _Candidate) -> None:
+    if candidate.manifest.payload_format != PAYLOAD_FORMAT:
+        raise UsageError(
+            f"{candidate.ref.url} is a single-file checkpoint (payload_format "
+            f"{candidate.manifest.payload_format!r}), not a sharded one; load it with load(), or keep "
+            "sharded and single-file saves under different prefixes"
+        )
+
+
+def _verify_share(run: RunCheckpoints, candidate: _Candidate) -> str | None:
+    """This rank's share of the candidate's files (every ``world``-th, by name), verified: the first
+    problem found, or None."""
+    names = sorted(candidate.manifest.files)[_rank() :: _world()]
+    name = candidate.ref.name
+    for file_name in names:
+        entry = candidate.manifest.files[file_name]
+        where = join(run.url, name, file_name)
+        try:
+            with guard(run.url, f"verify {name}/{file_name}", missing_ok=True):
+                fd = open_local(run.path, (name, entry.object_name(file_name)), run.url)
+                try:
+                    verify_fd(fd, entry, where)
+                    if file_name == DCP_METADATA:  # unpicklable only as DCP's metadata types, or damaged
+                        _parse_metadata(os.pread(fd, entry.size, 0), where)
+                finally:
+                    os.close(fd)
+        except FileNotFoundError:
+            return f"{where} is missing"
+        except CheckpointCorrupt as exc:
+            return str(exc)
+    return None
+
+
+def load_sharded(
+    run: RunCheckpoints,
+    state_dict: dict[str, Any],
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+) -> CheckpointRef | None:
+    """Load the latest valid sharded checkpoint (or exactly ``step``/``epoch``) into ``state_dict`` in place
+    (DCP: its DTensors and tensors are filled, resharded to this world), on every rank; the checkpoint
+    loaded, or None when there is none (``state_dict`` untouched)."""
+    from torch.distributed.checkpoint.state_dict_loader import load
+
+    pinned = step is not None or epoch is not None
+    rank = _rank()
+    own: BaseException | None = None
+    choice: _Candidate | _Failed | None = None
+    if rank == 0:
+        try:
+            run.flush()
+            choice = _candidate(run, step, epoch)
+        except Exception as exc:
+            own, choice = exc, _failed(exc)
+    candidate = _broadcast(choice)
+    while True:
+        _raise_agreed(candidate, own)
+        if candidate is None:
+            return None
+        assert isinstance(candidate, _Candidate)
+        try:
+            _check_kind(candidate)
+        except UsageError as exc:
+            raise exc from None  # every rank holds the same candidate: every rank raises this
+        problems = [problem for problem in _all_gather(_verify_share(run, candidate)) if problem is not None]
+        if not problems:
+            break
+        if pinned:
+            raise CheckpointCorrupt(problems[0])
+        choice = None
+        if rank == 0:
+            try:
+                choice = _older(run, candidate.ref)
+            except Exception as exc:
+                own, choice = exc, _failed(exc)
+            fallback = choice.ref.url if isinstance(choice, _Candidate) else "no checkpoint"
+            logger.warning("sharded checkpoint %s is damaged (%s); all %d ranks fall back to %s",
+                           candidate.ref.url, problems[0], _world(), fallback)
+        candidate = _broadcast(choice)
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    path = join(run.path, candidate.ref.name)
+    try:
+        with warnings.catch_warnings():  # DCP warns that one process without a group loads alone
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            load(state_dict, storage_reader=_reader_class()(path), planner=_planner(), no_dist=not _active())
+    except GrdError:
+        raise
+    except (Exception, CheckpointException) as exc:  # DCP raises on every rank when any rank fails
+        raise CheckpointError(
+            f"{candidate.ref.url} verified but DCP could not load it into this state dict ({exc}); the state "
+            "dict must name the same keys as the saved one (build it the same way, e.g. get_state_dict)"
+        ) from exc
+    return candidate.ref
