@@ -290,13 +290,28 @@ def bench_async(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str, An
         run.save_async(state, step=next(step))
         blocked.append(time.perf_counter() - start)
     run.flush()
+    back_to_back = []  # a loop saving faster than the disk: one save_async right after another
+    first = next(step)
+    for index in range(first, first + 3 * repeats):
+        start = time.perf_counter()
+        run.save_async(state, step=index)
+        back_to_back.append(time.perf_counter() - start)
+    run.flush()
+    written = [ref.index for ref in run.checkpoints() if ref.index >= first]
     shutil.rmtree(root / "async")
     async_blocked = statistics.median(blocked[1:])
+    back_to_back_blocked = statistics.median(back_to_back)
     return {
         "size_mib": size_mib,
         "sync_save_s": sync,
         "async_blocked_s": async_blocked,
         "blocked_ratio": async_blocked / sync,
+        "back_to_back_saves": len(back_to_back),
+        "back_to_back_blocked_s": back_to_back_blocked,
+        "back_to_back_blocked_max_s": max(back_to_back),
+        "back_to_back_ratio": back_to_back_blocked / sync,
+        "back_to_back_written": len(written),
+        "back_to_back_last_written": written[-1] == first + len(back_to_back) - 1,
         "first_async_blocked_s": blocked[0],
         "first_blocked_ratio": blocked[0] / sync,
     }
@@ -386,9 +401,10 @@ def bench_latest(backend: str, url: str, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="64 MiB only, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="64 MiB only")
+    parser.add_argument("--sizes", default="64,512,4096", help="state sizes in MiB for save and load")
     args = parser.parse_args()
-    sizes = [64] if args.quick else [64, 512]
+    sizes = [64] if args.quick else [int(size) for size in args.sizes.split(",")]
     repeats = 7
     import logging
 
@@ -405,7 +421,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")) as tmp:
         root = pathlib.Path(tmp)
         results["save_load"] = [bench_save_load(root, size, repeats) for size in sizes]
-        results["async"] = [bench_async(root, size, max(repeats, 3)) for size in sizes]
+        results["async"] = [bench_async(root, size, max(repeats, 3)) for size in sizes if size <= 512]
         latest = []
         for count in (1, 100, 10_000):
             latest.append(bench_latest("local", str(root / f"latest-{count}"), count))

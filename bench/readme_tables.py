@@ -236,8 +236,18 @@ def render_checkpoint(data: dict[str, Any]) -> str:
         first = " / ".join(f"{item['first_blocked_ratio']:.0%}" for item in asyncs)
         lines += ["", f"`save_async` blocks the loop for {parts} of a synchronous save (goal at most 10%), "
                       "measured with the writer idle before each save, once the run handle has snapshot "
-                      f"buffers to reuse (the first async save of a handle allocates them: {first}); the "
-                      "goal's back-to-back saves are not measured here."]
+                      f"buffers to reuse (the first async save of a handle allocates them: {first})."]
+        chained = [item for item in asyncs if "back_to_back_ratio" in item]
+        if chained:
+            parts = ", ".join(
+                f"{item['back_to_back_ratio']:.1%} at {item['size_mib']} MiB "
+                f"({_met(item['back_to_back_ratio'] <= 0.1)}; {item['back_to_back_written']} of "
+                f"{item['back_to_back_saves']} written, the last one "
+                f"{'among them' if item['back_to_back_last_written'] else '**missing**'})"
+                for item in chained)
+            lines += ["", "Back to back (one `save_async` right after another, a loop saving faster than "
+                          f"the disk), the median call blocks for {parts} of a synchronous save; a save "
+                          "still waiting when a newer one comes is superseded, never written."]
     local = {row["checkpoints"]: row for row in data.get("latest") or [] if row["backend"] == "local"}
     if local:
         most = max(local)
