@@ -88,6 +88,10 @@ class ProcessError(GrdError, OSError):
     """A command could not be started or contained (executable missing, cwd missing, ...)."""
 
 
+class DispatchError(GrdError, OSError):
+    """A command could not be handed to the cluster that should run it (its Dask scheduler is unreachable)."""
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 

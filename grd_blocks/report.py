@@ -120,6 +120,10 @@ class CommandReport(_Model):
         default=None,
         description="For an attempt with a store and a deadline that did not complete: what it committed.",
     )
+    host: str | None = Field(
+        default=None, description="The machine that ran it, on a Dask runner (null: the machine running grd)."
+    )
+    worker: str | None = Field(default=None, description="The Dask worker that ran it (its address).")
 
 
 class PhaseReport(_Model):

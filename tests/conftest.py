@@ -25,9 +25,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["GRD_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"grd-runtime-{WORKER}-")
 
-pytest_plugins = ["tests.fixtures.prefect_api", "tests.fixtures.prefect_server", "tests.fixtures.s3_server"]
+pytest_plugins = ["tests.fixtures.prefect_api", "tests.fixtures.prefect_server", "tests.fixtures.s3_server",
+                  "tests.fixtures.dask_cluster"]
 
 S3_FIXTURES = frozenset({"s3_server", "s3_bucket"})
+DASK_FIXTURES = frozenset({"dask_cluster", "own_dask_cluster"})
 PREFECT_FIXTURES = frozenset({"prefect_api", "api_url", "prefect_servers", "prefect_server", "deployed",
                               "deployed_on"})
 DEDICATED_SERVER_FIXTURES = frozenset({"prefect_servers", "prefect_server", "deployed", "deployed_on"})
@@ -48,7 +50,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (before ``-m`` deselects and before xdist reads the groups)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & (S3_FIXTURES | PREFECT_FIXTURES):
+        if fixtures & (S3_FIXTURES | PREFECT_FIXTURES | DASK_FIXTURES):
             item.add_marker(pytest.mark.server)
         if fixtures & S3_FIXTURES:
             item.add_marker(pytest.mark.s3)

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Protocol
 
 from grd_blocks.orchestration.execute import CommandPlan, execute
-from grd_blocks.orchestration.plan import PhasePlan, PlannedCommand
+from grd_blocks.orchestration.plan import DASK_ENV, PhasePlan, PlannedCommand, dask_address
 from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import interrupt_exit_code
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
 
 __all__ = [  # the engine's public interface: all the edge may use of the loop's internals
+    "DASK_ENV",
     "BenchmarkRun",
     "CommandPlan",
     "Finished",
@@ -43,6 +44,7 @@ __all__ = [  # the engine's public interface: all the edge may use of the loop's
     "PhasePlan",
     "Runner",
     "RunnerGone",
+    "dask_address",
     "execute",
     "run_benchmark",
 ]

@@ -9,7 +9,8 @@ COMPLETED. A command that created that file and ended with another code than 124
 part, reports exit code 124 and keeps the code it really ended with in ``timeout.launcher_returncode`` and
 the row's note. Each attempt's timeout file is a path no other attempt is given, removed once its row is
 written, so no attempt sees another's. A row's ``timeout`` block is filled only for TIMEOUT and names the
-level of the budget whose deadline was binding.
+level of the budget whose deadline was binding. A plan with a Dask target runs on that cluster
+(``dask_dispatch``): the same attempt (``run_attempt``) on a worker, the same row built here from its outcome.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from grd_blocks.budget import TIMEOUT_FILE_ENV, Budget, budget_stop_marked
 from grd_blocks.budget.stop_file import forget, fresh_timeout_file
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess, command_env
+from grd_blocks.orchestration.plan import DaskTarget
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
 from grd_blocks.process import CommandOutcome, DeadlineWarning, run_command
 from grd_blocks.report import CommandReport, TimeoutInfo, ended_with
 from grd_blocks.spec import WarnSpec
 from grd_blocks.timeline import mark
 
-__all__ = ["CommandPlan", "LineSink", "execute", "outcome_row"]
+__all__ = ["CommandPlan", "LineSink", "execute", "not_started", "outcome_row", "run_attempt"]
 
 LineSink = Callable[[str, str], None]
 
@@ -54,6 +56,7 @@ class CommandPlan:
     warn: WarnSpec | None = None  # the signal sent to the tree before its deadline
     earlier_logs: list[str] = field(default_factory=list)  # the logs of its earlier attempts, oldest first
     cleanup: bool = False  # a cleanup: its budget is shielded, so a cancel of the run does not stop it
+    dask: DaskTarget | None = None  # the Dask cluster it runs on (None: this machine)
 
     @property
     def label(self) -> str:
@@ -145,27 +148,26 @@ def outcome_row(
     )
 
 
-def _not_started(plan: CommandPlan, granted: float, exc: BaseException) -> CommandReport:
+def not_started(plan: CommandPlan, granted: float, reason: str) -> CommandReport:
+    """The row of an attempt that could not start (``reason``: why, naming the input and the fix)."""
     return CommandReport(
         name=plan.name,
         status=Status.FAILED,
         attempts=plan.attempt,
         budget_s=None if math.isinf(granted) else round(granted, 3),
-        reason=f"could not start: {exc}",
+        reason=f"could not start: {reason}",
         log_path=str(plan.log_path),
         attempt_logs=[*plan.earlier_logs, str(plan.log_path)],
     )
 
 
-def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandReport:
-    """Run ``plan`` to its end (exit, deadline or its budget's cancellation) and return its row; never raises
-    GrdError. A cleanup's budget is shielded: cancelling the run does not reach it."""
-    granted = plan.budget.remaining()
+def run_attempt(plan: CommandPlan, granted: float, *, on_line: LineSink | None = None,
+                parent_env: Mapping[str, str] | None = None) -> tuple[CommandOutcome, bool]:
+    """Run ``plan`` here (never on its Dask target) to its end; its outcome and whether a process of it
+    created its ``GRD_TIMEOUT_FILE``. ``parent_env``: the environment it starts from (None: the plan's).
+    Raises ``GrdError`` or ``OSError`` when it could not start."""
     warn = plan.warn
-    try:  # a path no other attempt is given: its timeout file cannot exist before it starts
-        timeout_file = fresh_timeout_file()
-    except OSError as exc:
-        return _not_started(plan, granted, exc)
+    timeout_file = fresh_timeout_file()  # a path no other attempt is given: it cannot exist before it starts
     try:
         env = command_env(
             spec_env=plan.spec_env,
@@ -176,29 +178,42 @@ def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRep
             phase=plan.phase,
             command=plan.name,
             store=plan.store,
-            base=plan.parent_env,
+            base=parent_env if parent_env is not None else plan.parent_env,
             warn_s=warn.before if warn is not None else None,
             warn_signal=warn.signal if warn is not None else None,
             timeout_file=timeout_file,
         )
-        try:  # run_command creates the log file's directory
-            mark("spawn")
-            outcome = run_command(
-                plan.run,
-                deadline=plan.budget.effective_deadline,
-                grace_s=plan.grace_s,
-                env=env,
-                cwd=plan.cwd,
-                log_path=plan.log_path,
-                on_line=on_line,
-                cancel=plan.budget.cancel_flag(),
-                clock=plan.budget.clock,
-                warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
-                exclusive=plan.exclusive_key,
-            )
-        except (GrdError, OSError) as exc:
-            return _not_started(plan, granted, exc)
+        mark("spawn")  # run_command creates the log file's directory
+        outcome = run_command(
+            plan.run,
+            deadline=plan.budget.effective_deadline,
+            grace_s=plan.grace_s,
+            env=env,
+            cwd=plan.cwd,
+            log_path=plan.log_path,
+            on_line=on_line,
+            cancel=plan.budget.cancel_flag(),
+            clock=plan.budget.clock,
+            warn=None if warn is None else DeadlineWarning(warn.signal, warn.before),
+            exclusive=plan.exclusive_key,
+        )
         mark("exited")
-        return outcome_row(plan, outcome, granted, stop_marked=budget_stop_marked(timeout_file))
+        return outcome, budget_stop_marked(timeout_file)
     finally:
         forget(timeout_file)
+
+
+def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandReport:
+    """Run ``plan`` to its end (exit, deadline or its budget's cancellation) and return its row; never raises
+    GrdError. A cleanup's budget is shielded: cancelling the run does not reach it. A plan with a Dask target
+    runs on that cluster."""
+    if plan.dask is not None:
+        from grd_blocks.orchestration.dask_dispatch import dispatch  # distributed: only where it is used
+
+        return dispatch(plan, on_line=on_line)
+    granted = plan.budget.remaining()
+    try:
+        outcome, stop_marked = run_attempt(plan, granted, on_line=on_line)
+    except (GrdError, OSError) as exc:
+        return not_started(plan, granted, str(exc))
+    return outcome_row(plan, outcome, granted, stop_marked=stop_marked)

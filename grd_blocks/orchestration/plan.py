@@ -5,17 +5,70 @@ are applied; everything after it reads the resolved values and never the spec. A
 it needs to start (what to run, where, its extra environment, its own timeout, grace, warning and
 ``on_timeout``); its budget is not in the plan: a budget starts when its node starts (``planning.py``).
 With timeouts disabled every timeout and warning is None (cleanups included).
+
+Where a phase's commands run is resolved here too, key by key like the rest: the phase's ``runner`` > the
+benchmark's ``runner`` > the run's setting (the flow's ``dask_scheduler`` parameter, else the
+``GRD_DASK_SCHEDULER`` environment variable, read at the edge: ``dask_address``) > this machine. Cleanups
+always run on this machine (``PlannedCommand.dask`` is None for them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from grd_blocks.errors import UsageError
 from grd_blocks.orchestration.planning import cleanup_timeout
-from grd_blocks.spec import BenchmarkSpec, CommandSpec, OnTimeout, PhaseSpec, WarnSpec, resolve_command
+from grd_blocks.spec import (
+    BenchmarkSpec,
+    CommandSpec,
+    OnTimeout,
+    PhaseSpec,
+    RunnerSpec,
+    WarnSpec,
+    dask_address_problem,
+    resolve_command,
+)
 
-__all__ = ["BenchmarkPlan", "PhasePlan", "PlannedCommand", "plan_benchmark"]
+__all__ = [
+    "DASK_ENV",
+    "BenchmarkPlan",
+    "DaskTarget",
+    "PhasePlan",
+    "PlannedCommand",
+    "dask_address",
+    "plan_benchmark",
+]
+
+DASK_ENV = "GRD_DASK_SCHEDULER"
+"""The environment variable naming the Dask scheduler of phases whose spec sets no ``runner``."""
+DEFAULT_DASK_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DaskTarget:
+    """A Dask cluster that runs a phase's commands: its scheduler's address, and how many tries a command
+    gets when the worker running it is lost (within its budget)."""
+
+    address: str
+    attempts: int = DEFAULT_DASK_ATTEMPTS
+
+
+def dask_address(parameter: str | None, environ: Mapping[str, str]) -> str | None:
+    """The run's Dask scheduler: ``parameter`` (the flow's ``dask_scheduler``) if set, else
+    ``GRD_DASK_SCHEDULER`` from ``environ``, else None (this machine); ``UsageError`` naming the setting if
+    it is not an address."""
+    for name, value in (("parameter dask_scheduler", parameter), (f"environment variable {DASK_ENV}",
+                                                                   environ.get(DASK_ENV))):
+        if value is None or not value.strip():
+            continue
+        problem = dask_address_problem(value.strip())
+        if problem is not None:
+            raise UsageError(f"{name}: {problem}; write e.g. tcp://scheduler:8786, or leave it empty to run "
+                             "commands on this machine")
+        return value.strip()
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +86,7 @@ class PlannedCommand:
     cwd: Path | None = None
     env: tuple[tuple[str, str], ...] = ()
     cleanup: bool = False
+    dask: DaskTarget | None = None  # the cluster it runs on (None: this machine)
 
     @property
     def label(self) -> str:
@@ -46,9 +100,10 @@ class PhasePlan:
 
     name: str
     timeout_s: float | None
-    max_parallel: int
+    max_parallel: int  # on a Dask runner: how many of its commands run at once on the whole cluster
     commands: tuple[PlannedCommand, ...]
     cleanup: PlannedCommand | None = None
+    dask: DaskTarget | None = None
 
     def command(self, name: str) -> PlannedCommand:
         """The command (or cleanup) of this phase called ``name``; ``KeyError`` if there is none."""
@@ -79,8 +134,16 @@ class BenchmarkPlan:
         raise KeyError(f"benchmark {self.name!r} has no phase {name!r}")
 
 
+def _target(spec: BenchmarkSpec, phase: PhaseSpec, default: str | None) -> DaskTarget | None:
+    """Where ``phase``'s commands run (module docstring: precedence)."""
+    runner: RunnerSpec | None = phase.runner if phase.runner is not None else spec.runner
+    if runner is None:
+        return None if default is None else DaskTarget(default)
+    return None if runner.dask is None else DaskTarget(runner.dask, runner.attempts)
+
+
 def _command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec, *, timeouts: bool,
-             cleanup: bool) -> PlannedCommand:
+             cleanup: bool, dask: DaskTarget | None = None) -> PlannedCommand:
     resolved = resolve_command(spec, phase, command)
     if cleanup:
         timeout = cleanup_timeout(command.timeout, timeouts=timeouts)
@@ -100,24 +163,29 @@ def _command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec,
         cwd=cwd,
         env=tuple(command.env.items()),
         cleanup=cleanup,
+        dask=None if cleanup else dask,
     )
 
 
-def plan_benchmark(spec: BenchmarkSpec, *, timeouts: bool = True) -> BenchmarkPlan:
-    """Resolve every command of ``spec`` once (``timeouts`` False, or the spec's, drops every deadline)."""
+def _phase(spec: BenchmarkSpec, phase: PhaseSpec, *, timeouts: bool, dask: str | None) -> PhasePlan:
+    target = _target(spec, phase, dask)
+    return PhasePlan(
+        name=phase.name,
+        timeout_s=phase.timeout if timeouts else None,
+        max_parallel=phase.max_parallel,
+        commands=tuple(_command(spec, phase, command, timeouts=timeouts, cleanup=False, dask=target)
+                       for command in phase.commands),
+        cleanup=None if phase.cleanup is None
+        else _command(spec, phase, phase.cleanup, timeouts=timeouts, cleanup=True),
+        dask=target,
+    )
+
+
+def plan_benchmark(spec: BenchmarkSpec, *, timeouts: bool = True, dask: str | None = None) -> BenchmarkPlan:
+    """Resolve every command of ``spec`` once (``timeouts`` False, or the spec's, drops every deadline;
+    ``dask``: the run's Dask scheduler for phases whose spec names no runner, see ``dask_address``)."""
     timeouts = timeouts and spec.timeouts
-    phases = tuple(
-        PhasePlan(
-            name=phase.name,
-            timeout_s=phase.timeout if timeouts else None,
-            max_parallel=phase.max_parallel,
-            commands=tuple(_command(spec, phase, command, timeouts=timeouts, cleanup=False)
-                           for command in phase.commands),
-            cleanup=None if phase.cleanup is None
-            else _command(spec, phase, phase.cleanup, timeouts=timeouts, cleanup=True),
-        )
-        for phase in spec.phases
-    )
+    phases = tuple(_phase(spec, phase, timeouts=timeouts, dask=dask) for phase in spec.phases)
     return BenchmarkPlan(
         name=spec.name,
         source=str(spec.source),

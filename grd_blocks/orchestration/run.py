@@ -59,6 +59,7 @@ class BenchmarkRun:
     progress_root: ProgressPrefix | None = None
     resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
     command_prefixes: checkpoint_watch.CommandPrefixes | None = None  # each command's checkpoints, to watch
+    dask: str | None = None  # the run's Dask scheduler for phases whose spec names no runner (plan.py)
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
     plan: BenchmarkPlan = field(init=False)
@@ -71,7 +72,7 @@ class BenchmarkRun:
     _resume_note: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts)
+        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts, dask=self.dask)
         self.timeouts = self.plan.timeouts
         self.budget = planning.benchmark_budget(self.plan, clock=self.clock, limit_s=self.limit_s)
         self.gate = RunGate(self.budget)
@@ -118,8 +119,13 @@ class BenchmarkRun:
         self.progress.flush()
 
     def close(self) -> None:
-        """Commit what is pending and stop the progress writer (end of the run)."""
+        """Commit what is pending and stop the progress writer (end of the run); close the run's Dask
+        clients (cleanups run on this machine)."""
         self.progress.close()
+        if any(phase.dask is not None for phase in self.plan.phases):
+            from grd_blocks.orchestration.dask_dispatch import close_dispatchers  # imports distributed
+
+            close_dispatchers()
 
     def observe(self, phase_run: PhaseRun, command: PlannedCommand, row: CommandReport) -> None:
         """Apply ``command``'s on_timeout policy to its phase (and run) after it ended with ``row``."""
@@ -169,6 +175,7 @@ class BenchmarkRun:
             warn=command.warn,
             earlier_logs=list(earlier),
             cleanup=command.cleanup,
+            dask=command.dask,
         )
 
     def watch(self, plan: CommandPlan) -> checkpoint_watch.Watch | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ from grd_blocks.orchestration.benchmark import (
     LostPhase,
     PhasePlan,
     RunnerGone,
+    dask_address,
     execute,
     run_benchmark,
 )
@@ -226,6 +228,7 @@ def benchmark(
     report_path: Annotated[str | None, OptionalText, Title("Report path")] = "",
     approval_budget: Annotated[str | None, OptionalText, Title("Approval budget")] = "",
     auto_approve: Annotated[bool, Title("Auto-approve")] = False,
+    dask_scheduler: Annotated[str | None, OptionalText, Title("Dask scheduler")] = "",
 ) -> State[Any]:
     """Run the benchmark in ``spec_path`` (YAML); its report goes to ``report_path`` (default
     ``reports/<run_key>/report.json``) and command logs beside it in ``<report dir>/<run_key>/``.
@@ -246,9 +249,13 @@ def benchmark(
             person's approval (the UI's Resume form or grd approve) before any phase starts. Empty: never
             ask.
         auto_approve: Approve a long run without asking, recording the estimate as the limit (CI).
+        dask_scheduler: A Dask scheduler address (tcp://scheduler:8786) that runs the commands of every
+            phase whose spec names no runner, each under grd's runner on a worker. Empty: the worker's
+            GRD_DASK_SCHEDULER, else this machine (docs/beyond-one-machine.md).
     """
     run_key, resume_from, store = unset_if_blank(run_key), unset_if_blank(resume_from), unset_if_blank(store)
     report_path, approval_budget = unset_if_blank(report_path), unset_if_blank(approval_budget)
+    dask_scheduler = unset_if_blank(dask_scheduler)
     mark("flow")
     quiet_run_ends()
     logger = get_run_logger()
@@ -256,6 +263,7 @@ def benchmark(
     flow_run_id = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
     try:
         spec = load_spec(spec_path)
+        dask = dask_address(dask_scheduler, os.environ)  # before a person is asked to approve anything
         key = resolve_run_key(run_key, resume_from, flow_run_id)
         limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
         opened = open_store(store, key)
@@ -264,7 +272,7 @@ def benchmark(
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
                        store=opened.access, progress_root=opened.progress, command_prefixes=opened.commands,
-                       logger=logger, resume_from=resume_from or None)
+                       logger=logger, resume_from=resume_from or None, dask=dask)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)

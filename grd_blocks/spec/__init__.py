@@ -13,7 +13,9 @@ from grd_blocks.spec.models import (
     Defaults,
     OnTimeout,
     PhaseSpec,
+    RunnerSpec,
     WarnSpec,
+    dask_address_problem,
 )
 from grd_blocks.spec.resolve import BUILTIN_GRACE_S, BUILTIN_ON_TIMEOUT, ResolvedCommand, resolve_command
 
@@ -27,7 +29,9 @@ __all__ = [
     "OnTimeout",
     "PhaseSpec",
     "ResolvedCommand",
+    "RunnerSpec",
     "WarnSpec",
+    "dask_address_problem",
     "load_spec",
     "parse_spec",
     "resolve_command",

@@ -26,7 +26,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from grd_blocks.errors import SpecError
-from grd_blocks.spec.models import BenchmarkSpec, CommandSpec, Defaults, PhaseSpec, model_fields_at
+from grd_blocks.spec.models import (
+    BenchmarkSpec,
+    CommandSpec,
+    Defaults,
+    PhaseSpec,
+    RunnerSpec,
+    WarnSpec,
+    model_fields_at,
+)
 
 __all__ = ["MAX_DEPTH", "dotted", "load_spec", "parse_spec"]
 
@@ -271,6 +279,10 @@ def _model_at(parent: Loc) -> type[BaseModel]:
         return Defaults
     if names[-1] == "phases":
         return PhaseSpec
+    if names[-1] == "runner":
+        return RunnerSpec
+    if names[-1] == "warn":
+        return WarnSpec
     return CommandSpec
 
 

@@ -36,7 +36,9 @@ __all__ = [
     "Defaults",
     "OnTimeout",
     "PhaseSpec",
+    "RunnerSpec",
     "WarnSpec",
+    "dask_address_problem",
 ]
 
 OnTimeout = Literal["continue", "stop_phase", "stop_benchmark"]
@@ -212,6 +214,48 @@ def _cleanup(value: object) -> object:
     return value
 
 
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss")
+MAX_DASK_ATTEMPTS = 10
+_DASK_FIX = "write runner: {dask: 'tcp://scheduler:8786'} (or runner: local for this machine)"
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def dask_address_problem(value: object) -> str | None:
+    """Why ``value`` is not a Dask scheduler address ``SCHEME://HOST[:PORT]`` (SCHEME one of tcp, tls, ws,
+    wss; PORT 1-65535); None when it is one. The spec, the flow parameter and the environment setting share
+    this rule."""
+    if not isinstance(value, str):
+        return f"a Dask scheduler address must be a string, not {type(value).__name__}"
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in DASK_SCHEMES:
+        return (f"Dask scheduler address {value!r} does not start with one of "
+                f"{', '.join(s + '://' for s in DASK_SCHEMES)}")
+    match = _HOST_PORT.fullmatch(rest)
+    if match is None:
+        return f"Dask scheduler address {value!r} is not SCHEME://HOST[:PORT] (no path, no spaces)"
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"Dask scheduler address {value!r} has port {port}, outside 1-65535"
+    return None
+
+
+def _dask_address(value: object) -> object:
+    if value is None:
+        return None
+    problem = dask_address_problem(value)
+    if problem is not None:
+        raise spec_error(problem, _DASK_FIX)
+    return value
+
+
+def _runner(value: object) -> object:
+    if value == "local":
+        return {"dask": None}  # this machine, said explicitly: it overrides a wider level's runner
+    if value is not None and not isinstance(value, dict):
+        raise spec_error(f"runner {value!r} is neither 'local' nor a mapping", _DASK_FIX)
+    return value
+
+
 Name = Annotated[str, BeforeValidator(_name)]
 Duration = Annotated[float | None, BeforeValidator(_duration)]
 Timeout = Annotated[float | None, BeforeValidator(_timeout)]
@@ -232,6 +276,22 @@ class WarnSpec(_Model):
     before: Annotated[float, BeforeValidator(_positive)] = Field(
         description="How long before the deadline it is sent (a duration > 0)."
     )
+
+
+class RunnerSpec(_Model):
+    """Where a phase's commands run: a Dask cluster (``dask``), each under grd's runner on a worker."""
+
+    dask: Annotated[str | None, BeforeValidator(_dask_address)] = Field(
+        description="The Dask scheduler's address, SCHEME://HOST[:PORT] (tcp, tls, ws or wss); None (written "
+        "runner: local) = this machine."
+    )
+    attempts: StrictInt = Field(
+        default=3, ge=1, le=MAX_DASK_ATTEMPTS,
+        description="Tries per command when its Dask worker is lost mid-command (1-10), within its budget.",
+    )
+
+
+Runner = Annotated[RunnerSpec | None, BeforeValidator(_runner)]
 
 
 class CommandSpec(_Model):
@@ -278,7 +338,14 @@ class PhaseSpec(_Model):
     grace: Duration = Field(default=None, description="Grace for its commands that set none.")
     on_timeout: OnTimeout | None = Field(default=None, description="Policy for its commands that set none.")
     warn: WarnSpec | None = Field(default=None, description="Pre-deadline signal for commands that set none.")
-    max_parallel: StrictInt = Field(default=1, ge=1, description="How many of its commands may run at once.")
+    max_parallel: StrictInt = Field(
+        default=1, ge=1,
+        description="How many of its commands may run at once (with runner.dask: on the whole cluster).",
+    )
+    runner: Runner = Field(
+        default=None,
+        description="Where its commands run: {dask: ADDRESS} or 'local'; None falls back to the benchmark's.",
+    )
     commands: list[CommandSpec] = Field(default_factory=list, description="Run in order.")
     cleanup: Cleanup = Field(
         default=None, description="Runs after the phase, even after a timeout (shielded)."
@@ -315,6 +382,11 @@ class BenchmarkSpec(_Model):
     )
     timeouts: StrictBool = Field(default=True, description="False disables every deadline (for debugging).")
     defaults: Defaults = Field(default_factory=Defaults, description="Fallbacks for commands.")
+    runner: Runner = Field(
+        default=None,
+        description="Where the phases' commands run: {dask: ADDRESS} or 'local'; None falls back to the "
+        "run's setting (the dask_scheduler parameter, GRD_DASK_SCHEDULER), else this machine.",
+    )
     phases: list[PhaseSpec] = Field(description="Run in order; at least one.")
     cleanup: Cleanup = Field(
         default=None, description="Runs after all phases, even after a timeout (shielded)."

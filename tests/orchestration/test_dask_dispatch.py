@@ -1,0 +1,191 @@
+"""A phase's commands on a real Dask cluster (a scheduler and worker processes on 127.0.0.1): they spread
+over the workers, each under grd's runner there; the deadline travels as seconds left, so neither the
+driver's clock nor the worker's can extend it; a deadline leaves no process of the tree, setsid and
+SIGTERM-ignoring escapes included (an independent /proc scan); output streams back while the command runs and
+is kept byte for byte; the row is a local row plus the host and worker that ran it."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from grd_blocks.orchestration.benchmark import (
+    BenchmarkRun,
+    CommandPlan,
+    PhasePlan,
+    execute,
+    run_benchmark,
+)
+from grd_blocks.orchestration.status import Status
+from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
+from grd_blocks.spec import parse_spec
+from tests.fixtures.dask_cluster import DaskCluster
+from tests.process.helpers import GateClock, marked, tree_argv
+
+
+class Direct:
+    """Runs each unit where it is called; collects every output line that streamed back, by command."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str]] = []
+
+    def phase(
+        self, phase: PhasePlan, backstop_s: float | None, body: Callable[[], PhaseReport]
+    ) -> PhaseReport:
+        return body()
+
+    def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+        return execute(plan, on_line=lambda stream, line: self.lines.append((plan.label, stream, line)))
+
+
+def _run(tmp_path: Path, spec: str, *, clock: Callable[[], float] = time.monotonic,
+         runner: Direct | None = None, key: str = "dask-1") -> tuple[BenchmarkReport, Direct]:
+    runner = runner or Direct()
+    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key=key, logs_dir=tmp_path / "logs",
+                       clock=clock)
+    finished = run_benchmark(run, runner, report_path=tmp_path / "report.json")
+    return finished.report, runner
+
+
+def test_commands_spread_over_the_workers_and_report_the_host_that_ran_them(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """Six commands that each wait until all six run: only 3 workers x 2 threads can hold them at once."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    wait_all = (f'touch {gate}/$GRD_COMMAND; echo "on $GRD_COMMAND"; echo err-$GRD_COMMAND >&2; '
+                f'while [ "$(ls {gate} | wc -l)" -lt 6 ]; do sleep 0.05; done; printf "done\\n"')
+    commands = "\n".join(f"      - {{name: c{i}, run: '{wait_all}'}}" for i in range(6))
+    spec = f"""
+name: spread
+runner: {{dask: "{dask_cluster.address}"}}
+phases:
+  - name: wide
+    timeout: 120s
+    max_parallel: 6
+    commands:
+{commands}
+"""
+    report, runner = _run(tmp_path, spec)
+    rows = report.phases[0].commands
+    assert [row.status for row in rows] == [Status.COMPLETED] * 6, [row.reason for row in rows]
+    assert {row.worker for row in rows} == set(dask_cluster.workers())  # all 3 workers ran some
+    assert {row.host for row in rows} == {socket.gethostname()}
+    for i, row in enumerate(rows):
+        assert row.returncode == 0 and row.attempts == 1 and row.note is None
+        assert row.attempt_logs == [row.log_path] and row.log_path.startswith(str(tmp_path / "logs"))
+        assert f"on c{i}" in row.stdout_tail and f"err-c{i}" in row.stderr_tail
+        log = Path(row.log_path or "").read_bytes()  # the worker's log, byte for byte
+        assert sorted(log.splitlines(keepends=True)) == sorted([f"on c{i}\n".encode(), f"err-c{i}\n".encode(),
+                                                                b"done\n"])
+        streamed = [(stream, line) for label, stream, line in runner.lines if label == f"wide.c{i}"]
+        assert ("stdout", f"on c{i}") in streamed and ("stderr", f"err-c{i}") in streamed
+        assert ("stdout", "done") in streamed
+
+
+def test_the_deadline_travels_as_seconds_left_so_a_skewed_driver_clock_cannot_move_it(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """The driver's clock a million seconds off either way: the worker gets the budget's seconds left."""
+    spec = f"""
+name: skew
+phases:
+  - name: p
+    runner: {{dask: "{dask_cluster.address}"}}
+    commands:
+      - {{name: left, run: 'echo "left=$GRD_TIME_LEFT_S"', timeout: 100s}}
+"""
+    for skew in (-1e6, 1e6):
+        report, _ = _run(tmp_path / str(skew), spec, clock=lambda skew=skew: time.monotonic() + skew)
+        row = report.phases[0].commands[0]
+        assert row.status is Status.COMPLETED, row.reason
+        left = float(row.stdout_tail.split("left=")[1].split()[0])
+        assert 90 < left <= 100
+
+
+def test_a_deadline_on_the_worker_is_a_timeout_with_no_survivors_even_of_setsid_and_term_ignoring_members(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """Real time on the worker: the command's own 8 s deadline is the worker's; the tree ignores SIGTERM,
+    has a setsid child and a grandchild; the grace runs out, SIGKILL, and /proc holds nothing of it."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    argv = ", ".join(f"'{item}'" for item in tree_argv(pid_dir, "ignore_term", "setsid", "child"))
+    spec = f"""
+name: deadline
+runner: {{dask: "{dask_cluster.address}"}}
+phases:
+  - name: p
+    commands:
+      - {{name: tree, run: [{argv}], timeout: 8s, grace: 0.5s}}
+"""
+    report, _ = _run(tmp_path, spec)
+    row = report.phases[0].commands[0]
+    assert (pid_dir / "ready").exists(), "the tree was not built before its deadline (machine too loaded?)"
+    assert row.status is Status.TIMEOUT and row.timeout is not None, (row.status, row.reason, row.note)
+    assert row.timeout.level == "command" and row.timeout.stopped_by == "grd"
+    assert row.timeout.term_sent_s is not None and row.timeout.kill_sent_s is not None  # TERM was ignored
+    assert row.timeout.survivors == 0 and marked(str(pid_dir)) == []
+    assert row.worker in dask_cluster.workers() and row.host == socket.gethostname()
+
+
+def test_the_drivers_deadline_stops_a_command_on_the_worker_as_a_timeout_with_no_survivors(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """The driver's clock reaches the phase's deadline exactly when the remote tree is built (the worker's
+    own deadline is days away): the driver's stop reaches the worker, the tree goes down the ladder there, the
+    row is TIMEOUT at the phase level, and an independent /proc scan finds nothing of the tree."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    argv = ", ".join(f"'{item}'" for item in tree_argv(pid_dir, "ignore_term", "setsid", "daemon"))
+    spec = f"""
+name: driver-deadline
+phases:
+  - name: p
+    runner: {{dask: "{dask_cluster.address}"}}
+    timeout: {GateClock.DEADLINE_IN}
+    commands:
+      - {{name: tree, run: [{argv}], grace: 0.5s}}
+"""
+    report, _ = _run(tmp_path, spec, clock=GateClock(pid_dir / "ready"))
+    row = report.phases[0].commands[0]
+    assert row.status is Status.TIMEOUT and row.timeout is not None, (row.status, row.reason, row.note)
+    assert row.timeout.level == "phase" and row.timeout.inherited
+    assert row.timeout.kill_sent_s is not None and row.timeout.survivors == 0
+    assert marked(str(pid_dir)) == []
+
+
+def test_an_unreachable_scheduler_fails_the_command_naming_the_address_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = f"""
+name: nowhere
+runner: {{dask: "tcp://127.0.0.1:{port}"}}
+phases:
+  - name: p
+    commands: [{{name: c, run: "true"}}]
+"""
+    monkeypatch.setattr("grd_blocks.orchestration.dask_dispatch.CONNECT_S", 2.0)
+    report, _ = _run(tmp_path, spec)
+    row = report.phases[0].commands[0]
+    assert row.status is Status.FAILED and row.reason is not None
+    assert f"tcp://127.0.0.1:{port}" in row.reason and "dask scheduler" in row.reason
+
+
+@pytest.mark.parametrize("address", ["tcp://h:70000", "http://h:8786", "tcp://h/path", "h:8786"])
+def test_a_bad_dask_address_is_a_spec_error_naming_the_key(address: str) -> None:
+    from grd_blocks.errors import SpecError
+
+    text = (f"name: x\nphases:\n  - name: p\n    runner: {{dask: '{address}'}}\n"
+            "    commands: [{name: c, run: 'true'}]\n")
+    with pytest.raises(SpecError) as raised:
+        parse_spec(text, source="bad.yaml")
+    assert raised.value.line == 4 and raised.value.key == "phases[0].runner.dask"
+    assert "tcp://scheduler:8786" in str(raised.value)
