@@ -21,7 +21,9 @@ Invariants:
   first, so a launcher that turns the ranks' 124 into 1 (torchrun) still ends TIMEOUT.
 * Distributed (torch.distributed initialized): every rank calls the same methods; ranks agree on stopping with
   an all-reduce of their flags at every boundary, rank 0 alone writes (with every rank's RNG state), and all
-  ranks wait at a barrier until the checkpoint is committed.
+  ranks wait at a barrier until the checkpoint is committed. With sharded state (a module holding DTensor
+  parameters: FSDP2; or ``sharded_state=True``) every rank writes its shards instead, one commit for all
+  (training/sharded.py, checkpoint/sharded.py), and a resume may run on another number of ranks.
 * An ``observer`` (rank 0 only) hears of the start/resume, every commit and every finished epoch (after
   that epoch's boundary saved, with its metrics); it is telemetry: whatever it raises is logged and training
   goes on.
@@ -39,7 +41,7 @@ from typing import Any, Protocol
 from grd_blocks.budget.stop_file import mark_budget_stop
 from grd_blocks.checkpoint import CheckpointRef, RunCheckpoints, capture_rng_state, restore_rng_state
 from grd_blocks.errors import ConfigError, TrainingInterrupted, TrainingTimedOut
-from grd_blocks.training import dist
+from grd_blocks.training import dist, sharded
 from grd_blocks.training.leaving import install_excepthook, note_stop
 from grd_blocks.training.pacing import Pacer
 from grd_blocks.training.resume import PARTIAL, CheckpointUrl, Position, Resumed, load_position, newest
@@ -83,6 +85,7 @@ class ResumableTraining:
         metadata: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: TrainingObserver | None = None,
+        sharded_state: bool | None = None,
     ) -> None:
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ConfigError(
@@ -105,6 +108,12 @@ class ResumableTraining:
         self.metadata = dict(metadata or {})
         self.clock = clock
         self.observer = observer
+        self.sharded = sharded.is_sharded(self.objects) if sharded_state is None else sharded_state
+        if self.sharded and resume_from is not None:
+            raise ConfigError(
+                "resume_from is not supported with sharded (FSDP2) state yet; resume from the run's own "
+                "checkpoints (the same GRD_CHECKPOINT_URL), or copy the checkpoint under this run's prefix"
+            )
         self.position = Position()
         self.resumed_from: Position | None = None
         self.resumed_url: str | None = None
@@ -146,7 +155,7 @@ class ResumableTraining:
         self._install()
         state: dict[str, Any] | None = None
         if self.checkpoints is not None or self.resume_from is not None:
-            state, position, url = self._load()
+            state, position, url = self._load_sharded() if self.sharded else self._load()
             if state is not None:
                 self.position, self.resumed_from, self.resumed_url = position, position, url
                 self._saved_at = position
@@ -221,6 +230,37 @@ class ResumableTraining:
             return load_position(prefix, ref, unit=ref.unit, index=ref.index, into=self.objects)
         return load_position(prefix, ref, into=self.objects)
 
+    def _load_sharded(self) -> tuple[dict[str, Any] | None, Position, str | None]:
+        """Every rank: the newest sharded checkpoint of this run (main or ``partial/``: rank 0 chooses),
+        loaded into the live objects (resharded to this world); its decoded rest, position and URL."""
+        if self.checkpoints is None:
+            return None, Position(), None
+        choice: tuple[str, str | None] = ("none", None)
+        own: Exception | None = None
+        if dist.rank() == 0:
+            try:
+                found = newest(self.checkpoints)
+                if found is not None:
+                    choice = ("main" if found[0] is self.checkpoints else PARTIAL, None)
+            except Exception as exc:  # every rank must leave the broadcast: they all raise below
+                own, choice = exc, ("error", f"{type(exc).__name__}: {exc}")
+        kind, problem = dist.broadcast(choice)
+        if kind == "error":
+            if own is not None:
+                raise own
+            raise ConfigError(f"rank 0 could not find the checkpoint to resume from: {problem}")
+        if kind == "none":
+            return None, Position(), None
+        prefix = self.checkpoints if kind == "main" else self.checkpoints.child(PARTIAL)
+        holder = sharded.state_dict(self.objects, None)
+        ref = prefix.load_sharded(holder)
+        if ref is None:
+            return None, Position(), None
+        state = sharded.restore(self.objects, holder, ref.url)
+        meta = state.get("position")
+        position = Position.from_metadata(meta if isinstance(meta, Mapping) else ref.metadata, ref.url)
+        return state, position, ref.url
+
     def _options(self) -> dict[str, Any]:
         return dict(self.checkpoints.storage_options) if self.checkpoints is not None else {}
 
@@ -229,6 +269,8 @@ class ResumableTraining:
         if not isinstance(saved, Mapping):
             return
         mine = self._layout()
+        if self.sharded:  # DCP reshards: the world size may change, the data layout may not
+            saved = {**saved, "world_size": mine["world_size"]}
         if saved.get("steps_per_epoch") != mine.get("steps_per_epoch") or int(
             saved.get("world_size", mine["world_size"])
         ) != mine["world_size"]:
@@ -343,7 +385,9 @@ class ResumableTraining:
         started = self.clock()
         state = self.state()  # a collective when distributed: every rank must get here
         url: str | None = None
-        if self.checkpoints is not None and dist.rank() == 0:
+        if self.sharded:
+            url = self._save_sharded(state, metrics, reason)
+        elif self.checkpoints is not None and dist.rank() == 0:
             pos = self.position
             meta = {**self.metadata, **pos.metadata(), "reason": reason, **self._layout()}
             prefix = self.checkpoints
@@ -357,13 +401,38 @@ class ResumableTraining:
             url = ref.url
             logger.info("saved %s (%s)", url, reason)
             self._notify("committed", ref, pos, prefix)
-        url = dist.broadcast(url)
-        dist.barrier()
+        if not self.sharded:  # a sharded save is a collective that ends with the same ref on every rank
+            url = dist.broadcast(url)
+            dist.barrier()
         self.pacer.save.observe(self.clock() - started)
         self.last_checkpoint_url = url
         self._saved_at = self.position
         self.saves += 1
         return url
+
+
+    def _save_sharded(self, state: dict[str, Any], metrics: Mapping[str, float] | None,
+                      reason: str) -> str | None:
+        """Every rank writes its shards of ``state`` (sharded.py); one commit for all; the checkpoint URL."""
+        if self.checkpoints is None:
+            return None
+        modules, optimizers, _ = sharded.split(self.objects)
+        rest = {key: value for key, value in state.items() if key not in modules and key not in optimizers}
+        payload = sharded.state_dict(self.objects, rest)
+        pos = self.position
+        meta = {**self.metadata, **pos.metadata(), "reason": reason, **self._layout()}
+        prefix = self.checkpoints
+        if self.unit == "step":
+            ref = prefix.save_sharded(payload, step=pos.global_step, metrics=metrics, metadata=meta)
+        elif pos.batch == 0:
+            ref = prefix.save_sharded(payload, epoch=pos.epoch, metrics=metrics, metadata=meta)
+        else:
+            prefix = self.checkpoints.child(PARTIAL)
+            ref = prefix.save_sharded(payload, step=pos.global_step, metrics=metrics, metadata=meta)
+        if dist.rank() == 0:
+            logger.info("saved %s (%s, sharded by %d ranks)", ref.url, reason, dist.world_size())
+            self._notify("committed", ref, pos, prefix)
+        return ref.url
 
 
 def _is_value(value: object) -> bool:
