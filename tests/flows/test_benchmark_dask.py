@@ -1,6 +1,6 @@
-"""The benchmark flow with its commands on a real Dask cluster: the UI is unchanged (a task run per command in
-the phase's subflow), the output reaches the task runs' logs, the rows name the worker; the scheduler comes
-from the spec, the ``dask_scheduler`` parameter or ``GRD_DASK_SCHEDULER``, and a bad one is a user's mistake."""
+"""The benchmark flow with its commands on a real Dask cluster: the UI is unchanged (a task run per command
+in the phase's subflow), the output reaches the task runs' logs, the rows name the worker; the scheduler
+comes from the spec, the ``dask_scheduler`` parameter or ``GRD_DASK_SCHEDULER``; a bad one is a mistake."""
 
 from __future__ import annotations
 
