@@ -104,6 +104,8 @@ class DaskDispatch:
         self.topic = f"grd-output-{uuid.uuid4().hex}"
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
+        self._running = 0  # commands in flight: a close waits for the last of them
+        self._closing = False
         self.client.subscribe_topic(self.topic, self._route)
 
     def _route(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -113,8 +115,27 @@ class DaskDispatch:
         if stream is not None:
             stream.put(message)
 
+    def enter(self) -> None:
+        """Count one more command in flight (``run`` does; ``dispatcher`` does it for the command it hands
+        the dispatcher to, so no close comes between)."""
+        with self._lock:
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+            last = self._closing and self._running == 0
+        if last:
+            self.client.close()
+
     def close(self) -> None:
-        self.client.close()
+        """Close the client now, or once the commands still in flight have ended (a run's end may come
+        while a stopped command's ladder still runs on its worker)."""
+        with self._lock:
+            self._closing = True
+            idle = self._running == 0
+        if idle:
+            self.client.close()
 
     # --- one command --------------------------------------------------------------------------------------
 
@@ -122,11 +143,13 @@ class DaskDispatch:
         """Run ``plan`` on the cluster to its end and return its row (never raises ``GrdError``)."""
         assert plan.dask is not None
         granted = plan.budget.remaining()
+        self.enter()
         log = _Log(plan.log_path)
         try:
             return self._run(plan, granted, on_line, log)
         finally:
             log.close()
+            self.leave()
 
     def _run(self, plan: CommandPlan, granted: float, on_line: LineSink | None, log: _Log) -> CommandReport:
         lost: list[str] = []
@@ -316,11 +339,13 @@ _DISPATCHERS_LOCK = threading.Lock()
 
 
 def dispatcher(address: str) -> DaskDispatch:
-    """This process's dispatcher for ``address`` (made on first use; ``DispatchError`` if unreachable)."""
+    """This process's dispatcher for ``address`` (made on first use; ``DispatchError`` if unreachable),
+    counted as in flight until the caller's ``leave()``."""
     with _DISPATCHERS_LOCK:
         found = _DISPATCHERS.get(address)
         if found is None:
             found = _DISPATCHERS[address] = DaskDispatch(address)
+        found.enter()
         return found
 
 
@@ -343,5 +368,8 @@ def dispatch(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandRe
         found = dispatcher(plan.dask.address)
     except DispatchError as exc:
         return not_started(plan, plan.budget.remaining(), str(exc))
-    return found.run(plan, on_line=on_line)
+    try:
+        return found.run(plan, on_line=on_line)
+    finally:
+        found.leave()
 

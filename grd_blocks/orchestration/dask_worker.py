@@ -16,7 +16,9 @@ Invariants:
   deadline converted afresh.
 - A stop (``RemoteRequest.stop``, a ``Variable`` the dispatcher sets to ``deadline`` or ``cancel: REASON``)
   is watched by one thread while the command runs and turned into the cancel of its budget, so the ladder
-  runs within its grace; a stop set before the start means it never starts.
+  runs within its grace; a stop set before the start means it never starts. The same thread stops the
+  command when its task is no longer wanted (the scheduler released it: the driver's client is gone, e.g.
+  `grd run` was SIGKILLed, or the driver abandoned the try), within ``STOP_POLL_S`` plus its grace.
 - Output lines, the ladder's log lines and a start notice are published on the dispatcher's topic while the
   command runs (``Worker.log_event``; every message is tagged with the token); the whole log, byte for byte,
   comes back in the result (its last ``MAX_LOG_BYTES`` if it is longer, the rest kept on this machine).
@@ -30,11 +32,13 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from distributed import Variable, get_worker
+from distributed.worker import thread_state
 
 from grd_blocks.budget import Budget
 from grd_blocks.errors import GrdError
@@ -141,12 +145,31 @@ class _LadderLog(logging.Handler):
             self.publisher.send("log", level=record.levelno, m=record.getMessage())
 
 
-class _StopWatch:
-    """Watches the dispatch's stop variable and cancels ``budget`` when the dispatcher sets it."""
+GONE = "cancel: its task is no longer wanted (the driver's client left the cluster, or it gave up the try)"
+_UNWANTED = frozenset({"cancelled", "released", "forgotten"})
 
-    def __init__(self, variable: Variable, budget: Budget) -> None:
+
+def _task_wanted() -> Callable[[], bool]:
+    """Whether the task this thread runs is still wanted by the scheduler (read from the worker's state)."""
+    worker, key = get_worker(), getattr(thread_state, "key", None)
+
+    def wanted() -> bool:
+        if key is None:  # not run by a worker's executor (nothing to ask)
+            return True
+        task = worker.state.tasks.get(key)
+        return task is not None and task.state not in _UNWANTED
+
+    return wanted
+
+
+class _StopWatch:
+    """Watches the dispatch's stop variable and cancels ``budget`` when the dispatcher sets it, or when the
+    task is no longer wanted (``wanted``)."""
+
+    def __init__(self, variable: Variable, budget: Budget, wanted: Callable[[], bool]) -> None:
         self.variable = variable
         self.budget = budget
+        self.wanted = wanted
         self.reason: str | None = None
         self.ended = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="grd-dask-stop", daemon=True)
@@ -163,12 +186,19 @@ class _StopWatch:
         except Exception:  # the scheduler went away: the dispatcher's deadline or the guardian still hold
             self.ended.wait(STOP_POLL_S)
             return
-        if value != DONE and self.reason is None:
-            self.reason = str(value)
-            self.budget.cancel(f"stopped by grd's dispatcher: {value}")
+        if value != DONE:
+            self._stop(str(value))
+
+    def _stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.budget.cancel(f"stopped by grd's dispatcher: {reason}")
 
     def _watch(self) -> None:
         while not self.ended.is_set() and self.reason is None:
+            if not self.wanted():
+                self._stop(GONE)
+                return
             self._read(STOP_POLL_S)
 
     def start(self) -> None:
@@ -227,7 +257,7 @@ def run_on_worker(request: RemoteRequest) -> Ran | NotStarted | Lost:
     publisher = _Publisher(request)
     label = f"{request.phase}.{request.name}"
     budget = Budget.after(request.remaining_s, name=label, level=request.level)
-    watch = _StopWatch(Variable(request.stop), budget)
+    watch = _StopWatch(Variable(request.stop), budget, _task_wanted())
     watch.check()
     scratch = Path(tempfile.mkdtemp(prefix="grd-dask-"))
     log_path = scratch / f"{label}.attempt-{request.attempt}.log"
