@@ -26,9 +26,16 @@ Invariants:
 * Resharding is DCP's: a checkpoint saved on N ranks loads on M (FSDP2 model and optimizer state through
   ``torch.distributed.checkpoint.state_dict``).
 
-Limits: local disk only so far (an object store raises ``CheckpointError`` naming the fix); the default
-process group only; a same-step re-save racing a load of that step on another process can replace the
-files between their verification and DCP's read (a sharded load takes the directory by path).
+On local disk the staging folder is ``{run}/.tmp-{unit}_{N}-...`` and the commit renames it to
+``{unit}_{N}``, so its files keep DCP's own names (``__0_0.distcp``, ``.metadata``: plain DCP can read a
+committed checkpoint). On an object store the ranks write straight into ``{unit}_{N}/`` under names that begin
+with the save's own token (``{token}__0_0.distcp``, ``{token}.metadata``), so no object of an earlier version
+is ever overwritten; the manifest's one PUT is the commit, and the objects of the version it replaced are
+deleted only after it (commit.py). Shards are hashed as the store holds them (read back from S3).
+
+Limits: the default process group only; a same-step re-save racing a load of that step on another process can
+replace the files between their verification and DCP's read (a sharded load opens them by path); on S3 a load
+downloads each file twice (once to verify, once for DCP).
 """
 
 from __future__ import annotations
@@ -37,13 +44,16 @@ import io
 import logging
 import os
 import pickle
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import fsspec
+
 from grd_blocks.checkpoint.observers import Observer, bind_automatic
-from grd_blocks.checkpoint.payload.digest import entry_of_fd, verify_fd
+from grd_blocks.checkpoint.payload.digest import digest_later, entry_of_fd, verify_fd
 from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import (
     GRD_VERSION,
@@ -136,21 +146,51 @@ def _raise_agreed(outcome: object, own: BaseException | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- DCP glue
-def _writer_class() -> type[Any]:
-    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+def _fsspec_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
+    """DCP's fsspec filesystem adapter over the store's own filesystem object (its options, credentials)."""
+    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
+
+    adapter = FileSystem()
+    adapter.fs = fs
+    return adapter
+
+
+def _metadata_name(plan: _Plan) -> str:
+    """DCP's metadata file of a save: ``.metadata`` in a fresh folder, ``{token}.metadata`` in place."""
+    return f"{plan.token}{DCP_METADATA}" if plan.in_place else DCP_METADATA
+
+
+def _writer(run: RunCheckpoints, plan: _Plan) -> Any:
+    import dataclasses
+
+    from torch.distributed.checkpoint.filesystem import (
+        CURRENT_DCP_VERSION,
+        FileSystemWriter,
+        _StoragePrefix,
+    )
     from torch.futures import Future
 
     class _Writer(FileSystemWriter):
-        """DCP's file writer that records the files this rank wrote and holds back ``.metadata`` until the
-        shards are hashed (``write_metadata``)."""
+        """DCP's file writer that records the files this rank wrote and holds back the metadata until the
+        shards are hashed (``write_metadata``). In place (object stores) every file name starts with the
+        save's token, so no earlier version's object is ever overwritten."""
 
-        def __init__(self, path: str) -> None:
-            super().__init__(path, single_file_per_rank=True, sync_files=True, overwrite=False)
+        def __init__(self) -> None:
+            super().__init__(plan.staged, single_file_per_rank=True, sync_files=not plan.in_place,
+                             overwrite=False)  # an object's PUT is durable: no fsync (os.sync) there
+            if plan.in_place:
+                self.fs, self.path = _fsspec_filesystem(run.fs), plan.staged
             self.written: list[str] = []
             self._pending: tuple[Any, Any] | None = None
 
-        def write_data(self, plan: Any, planner: Any) -> Future[list[Any]]:
-            future = super().write_data(plan, planner)
+        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
+            if not plan.in_place:
+                return list(super().prepare_global_plan(plans))
+            return [dataclasses.replace(each, storage_data=_StoragePrefix(f"{plan.token}__{number}_"))
+                    for number, each in enumerate(plans)]
+
+        def write_data(self, save_plan: Any, planner: Any) -> Future[list[Any]]:
+            future = super().write_data(save_plan, planner)
             self.written = sorted({str(result.storage_data.relative_path) for result in future.value()})
             return future
 
@@ -159,10 +199,17 @@ def _writer_class() -> type[Any]:
 
         def write_metadata(self) -> None:
             if self._pending is None:
-                raise CheckpointError(f"{self.path}: DCP never finished this save (no metadata to write)")
-            super().finish(*self._pending)
+                raise CheckpointError(f"{plan.staged}: DCP never finished this save (no metadata to write)")
+            if not plan.in_place:
+                super().finish(*self._pending)  # .metadata.tmp, fsync, rename: DCP's own
+                return
+            metadata, results = self._pending  # what DCP's finish does, as one PUT under a fresh name
+            metadata.version = CURRENT_DCP_VERSION
+            metadata.storage_data = {item.index: item.storage_data for items in results for item in items}
+            metadata.storage_meta = self.storage_meta()
+            run.fs.pipe_file(join(plan.staged, _metadata_name(plan)), pickle.dumps(metadata))
 
-    return _Writer
+    return _Writer()
 
 
 _ALLOWED: Final = {
@@ -213,23 +260,32 @@ def _parse_metadata(data: bytes, where: str) -> Any:
     return metadata
 
 
-def _reader_class() -> type[Any]:
+def _reader(run: RunCheckpoints, candidate: _Candidate) -> Any:
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
+    folder = join(run.path, candidate.ref.name)
+    metadata_name = _metadata_of(candidate)
+    where = join(run.url, candidate.ref.name, metadata_name)
+
     class _Reader(FileSystemReader):
-        """DCP's file reader whose ``.metadata`` goes through ``_SafeUnpickler``."""
+        """DCP's file reader (over the store's filesystem) whose metadata goes through ``_SafeUnpickler``."""
+
+        def __init__(self) -> None:
+            super().__init__(folder)
+            if not run._local:
+                self.fs, self.path = _fsspec_filesystem(run.fs), folder
 
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            path = os.path.join(str(self.path), DCP_METADATA)
-            with open(path, "rb") as handle:
-                metadata = _parse_metadata(handle.read(), path)
+            with guard(run.url, f"read {candidate.ref.name}/{metadata_name}"):
+                data = run.fs.cat_file(join(folder, metadata_name))
+            metadata = _parse_metadata(data, where)
             storage_meta = metadata.storage_meta or StorageMeta()
             storage_meta.load_id = self.load_id
             metadata.storage_meta = storage_meta
             return metadata
 
-    return _Reader
+    return _Reader()
 
 
 def _planner() -> Any:
@@ -259,15 +315,23 @@ class _Plan:
     index: int
     digest: str
     staged: str
+    token: str
+    in_place: bool
 
 
-def _hash_written(staged: str, names: list[str], algorithm: str) -> dict[str, FileEntry]:
-    """The ``FileEntry`` of each file this rank wrote into ``staged``."""
+def _hash_written(run: RunCheckpoints, plan: _Plan, names: list[str]) -> dict[str, FileEntry]:
+    """The ``FileEntry`` of each file this rank wrote: hashed from the file on local disk, from the object
+    read back on an object store (so the digest is of what the store holds)."""
     entries: dict[str, FileEntry] = {}
     for name in names:
-        fd = os.open(os.path.join(staged, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        path = join(plan.staged, name)
+        if plan.in_place:
+            with guard(run.url, f"read back {name}"):
+                entries[name] = digest_later(run.fs.cat_file(path), plan.digest)()
+            continue
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            entries[name] = entry_of_fd(fd, algorithm)
+            entries[name] = entry_of_fd(fd, plan.digest)
         finally:
             os.close(fd)
     return entries
@@ -302,7 +366,9 @@ def save_sharded(
             observers = tuple(bind_automatic())
             name = checkpoint_dirname(unit, index)
             with guard(run.url, f"stage {name}"):
-                decided = _Plan(unit, index, save_algorithm(), run._commit.stage(join(run.path, name)))
+                staged = run._commit.stage(join(run.path, name))
+            decided = _Plan(unit, index, save_algorithm(), staged, uuid.uuid4().hex[:12],
+                            run._commit.stages_in_place)
         except Exception as exc:
             own, decided = exc, _failed(exc)
     plan = _broadcast(decided if rank == 0 else None)
@@ -311,7 +377,7 @@ def save_sharded(
 
     from torch.distributed.checkpoint.api import CheckpointException
 
-    writer = _writer_class()(plan.staged)
+    writer = _writer(run, plan)
     written: dict[str, FileEntry] | _Failed
     name = checkpoint_dirname(plan.unit, plan.index)
     try:
@@ -325,14 +391,15 @@ def save_sharded(
                 "nothing was committed and the previous checkpoint stays the latest (save tensors, DTensors "
                 "and picklable plain values only)"
             ) from exc
-        written = _hash_written(plan.staged, writer.written, plan.digest)
+        written = _hash_written(run, plan, writer.written)
     except Exception as exc:  # hashing fails on this rank alone: every rank learns of it below
         own, written = exc, _failed(exc)
     gathered = _all_gather(written)
     failures = [item for item in gathered if isinstance(item, _Failed)]
     if failures:
+        names = [name for item in gathered if isinstance(item, dict) for name in item]
         if rank == 0:
-            run._commit.discard(plan.staged)
+            run._commit.discard(plan.staged, names)
         _raise_agreed(failures[0], own)
 
     outcome: CheckpointRef | _Failed | None = None
@@ -340,7 +407,8 @@ def save_sharded(
         try:
             outcome = _commit(run, plan, writer, gathered, metrics_, metadata_, step, epoch, observers)
         except Exception as exc:
-            run._commit.discard(plan.staged)
+            names = [name for item in gathered for name in item]
+            run._commit.discard(plan.staged, [*names, _metadata_name(plan)])
             own, outcome = exc, _failed(exc)
     outcome = _broadcast(outcome)
     _raise_agreed(outcome, own)
@@ -364,14 +432,14 @@ def _commit(
     files: dict[str, FileEntry] = {}
     for entries in gathered:
         for file_name, entry in entries.items():
-            if file_name in files or file_name in (DCP_METADATA, MANIFEST_NAME):
+            if file_name in files or file_name in (_metadata_name(plan), MANIFEST_NAME):
                 raise CheckpointError(f"{plan.staged}: two ranks wrote {file_name}; DCP gives every rank a "
                                       "prefix of its own, so another writer shares this staging folder")
             files[file_name] = entry
     name = checkpoint_dirname(plan.unit, plan.index)
-    with guard(run.url, f"write {name}/{DCP_METADATA}"):
+    with guard(run.url, f"write {name}/{_metadata_name(plan)}"):
         writer.write_metadata()
-        files.update(_hash_written(plan.staged, [DCP_METADATA], plan.digest))
+    files.update(_hash_written(run, plan, [_metadata_name(plan)]))
     manifest = Manifest(
         unit=plan.unit,
         index=plan.index,
@@ -424,6 +492,15 @@ def _older(run: RunCheckpoints, below: CheckpointRef) -> _Candidate | None:
             below = ref
 
 
+def _metadata_of(candidate: _Candidate) -> str:
+    """The name of the candidate's DCP metadata file (``CheckpointCorrupt`` unless exactly one)."""
+    names = [name for name in candidate.manifest.files if name.endswith(DCP_METADATA)]
+    if len(names) != 1:
+        raise CheckpointCorrupt(f"{candidate.ref.url}: its manifest lists {len(names)} DCP metadata files, "
+                                "not one; it was damaged or not written by grd")
+    return names[0]
+
+
 def _check_kind(candidate: _Candidate) -> None:
     if candidate.manifest.payload_format != PAYLOAD_FORMAT:
         raise UsageError(
@@ -438,22 +515,29 @@ def _verify_share(run: RunCheckpoints, candidate: _Candidate) -> str | None:
     problem found, or None."""
     names = sorted(candidate.manifest.files)[_rank() :: _world()]
     name = candidate.ref.name
-    for file_name in names:
-        entry = candidate.manifest.files[file_name]
-        where = join(run.url, name, file_name)
-        try:
-            with guard(run.url, f"verify {name}/{file_name}", missing_ok=True):
-                fd = open_local(run.path, (name, entry.object_name(file_name)), run.url)
-                try:
-                    verify_fd(fd, entry, where)
-                    if file_name == DCP_METADATA:  # unpicklable only as DCP's metadata types, or damaged
-                        _parse_metadata(os.pread(fd, entry.size, 0), where)
-                finally:
-                    os.close(fd)
-        except FileNotFoundError:
-            return f"{where} is missing"
-        except CheckpointCorrupt as exc:
-            return str(exc)
+    try:
+        metadata_name = _metadata_of(candidate)
+        for file_name in names:
+            entry = candidate.manifest.files[file_name]
+            where = join(run.url, name, file_name)
+            if not run._local:  # fetched and verified (s3parts.get_verified), then dropped
+                blob = run._fetch_remote(name, file_name, entry)
+                if file_name == metadata_name:
+                    _parse_metadata(bytes(blob), where)
+                continue
+            try:
+                with guard(run.url, f"verify {name}/{file_name}", missing_ok=True):
+                    fd = open_local(run.path, (name, entry.object_name(file_name)), run.url)
+            except FileNotFoundError:
+                return f"{where} is missing"
+            try:
+                verify_fd(fd, entry, where)
+                if file_name == metadata_name:  # unpicklable only as DCP's metadata types, or damaged
+                    _parse_metadata(os.pread(fd, entry.size, 0), where)
+            finally:
+                os.close(fd)
+    except CheckpointCorrupt as exc:
+        return str(exc)
     return None
 
 
@@ -506,11 +590,11 @@ def load_sharded(
         candidate = _broadcast(choice)
     from torch.distributed.checkpoint.api import CheckpointException
 
-    path = join(run.path, candidate.ref.name)
     try:
         with warnings.catch_warnings():  # DCP warns that one process without a group loads alone
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            load(state_dict, storage_reader=_reader_class()(path), planner=_planner(), no_dist=not _active())
+            reader = _reader(run, candidate)
+            load(state_dict, storage_reader=reader, planner=_planner(), no_dist=not _active())
     except GrdError:
         raise
     except (Exception, CheckpointException) as exc:  # DCP raises on every rank when any rank fails

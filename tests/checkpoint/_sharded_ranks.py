@@ -21,6 +21,12 @@ from torch.distributed.fsdp import fully_shard
 from grd_blocks.checkpoint import RunCheckpoints
 
 
+def open_run(store: str) -> RunCheckpoints:
+    """The run prefix ``store``, with the S3 options the test put in ``TEST_STORAGE_OPTIONS`` (JSON)."""
+    options = json.loads(os.environ.get("TEST_STORAGE_OPTIONS", "{}"))
+    return RunCheckpoints.from_url(store, storage_options=options)
+
+
 def emit(**values: Any) -> None:
     print("RESULT " + json.dumps({"rank": dist.get_rank(), **values}), flush=True)
 
@@ -58,7 +64,7 @@ def fsdp_save(store: str, step: str, reference: str) -> None:
     for number in range(int(step)):
         train_step(model, optimizer, number)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    ref = RunCheckpoints.from_url(store).save_sharded(
+    ref = open_run(store).save_sharded(
         {"model": model_state, "optim": optimizer_state, "extra": {"step": int(step)}}, step=int(step)
     )
     full = full_state(model, optimizer)
@@ -74,7 +80,7 @@ def fsdp_load(store: str, reference: str) -> None:
     train_step(model, optimizer, 99)  # the optimizer has state of its own, to be replaced
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optim": optimizer_state, "extra": {"step": -1}}
-    ref = RunCheckpoints.from_url(store).load_sharded(state)
+    ref = open_run(store).load_sharded(state)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     full = full_state(model, optimizer)
     mismatched: list[str] = []
@@ -113,7 +119,7 @@ def shard_state(step: int, size: int) -> dict[str, Any]:
 def save_loop(store: str, size: str) -> None:
     """Save steps 1, 2, 3, ... for ever (each rank's shard holds the step number); rank 0 prints every
     commit. The test kills a rank at a random moment."""
-    run = RunCheckpoints.from_url(store)
+    run = open_run(store)
     latest = run.latest()
     step = 1 if latest is None else latest.index + 1
     while True:
@@ -124,7 +130,7 @@ def save_loop(store: str, size: str) -> None:
 
 def save_steps(store: str, size: str, steps: str) -> None:
     """Save the given comma-separated steps, in order."""
-    run = RunCheckpoints.from_url(store)
+    run = open_run(store)
     for step in (int(text) for text in steps.split(",")):
         run.save_sharded(shard_state(step, int(size)), step=step)
     emit(saved=steps)
@@ -133,7 +139,7 @@ def save_steps(store: str, size: str, steps: str) -> None:
 def load_latest(store: str, size: str) -> None:
     """Load the latest valid checkpoint into a state of this world; report what was loaded on this rank."""
     state = shard_state(-1, int(size))
-    ref = RunCheckpoints.from_url(store).load_sharded(state)
+    ref = open_run(store).load_sharded(state)
     local = state["weights"].to_local()
     values = sorted({float(value) for value in local.tolist()})
     emit(loaded=ref.name if ref else None, values=values, step=state["step"])

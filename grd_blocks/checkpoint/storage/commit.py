@@ -35,6 +35,11 @@ Deleting a checkpoint removes its manifest first, so a half-deleted checkpoint i
 checkpoint "directory" that is a symbolic link (or anything but a directory) is refused with
 ``CheckpointCorrupt``, never followed: nothing outside the store is ever deleted.
 
+A sharded save (checkpoint/sharded.py) has other writers (every rank) put the files: ``stage`` gives them a
+fresh folder inside the run directory (local disk) or the checkpoint's own prefix (object stores, where every
+file name carries the save's token), and ``commit_staged`` writes the manifest and commits exactly as
+``commit`` does (rename, or the manifest PUT followed by deleting what it replaced).
+
 The manifest content is asked for (``manifest(objects)``, ``objects`` naming the object each file went to)
 only after every payload file is written, so the caller can hash the payload while it is being written; where
 ``takes_streams`` (local disk, S3), a payload may even still be being serialized when ``commit`` starts
@@ -57,7 +62,7 @@ import stat
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
 import fsspec
@@ -124,23 +129,27 @@ class CommitProtocol(ABC):
         """Read the pointer at ``path``, write ``decide(current)`` unless it is None; True when no other
         update came in between (module docstring). ``url`` (the run's) names it in messages."""
 
-    def stage(self, ckpt_dir: str) -> str:
-        """A fresh, never-reused folder into which other writers (every rank of a sharded save) put the files
-        of the next version of ``ckpt_dir``; ``commit_staged`` makes it visible, ``discard`` drops it."""
-        raise CheckpointError(
-            f"{ckpt_dir}: sharded checkpoints are written to local disk only so far; use a local store "
-            "(a path) for sharded state, or save a full state dict with save()"
-        )
+    @property
+    def stages_in_place(self) -> bool:
+        """Whether ``stage`` hands out the checkpoint's own folder (object stores), so that the files of a
+        staged save must carry names no earlier version used; False: a fresh folder of its own (local)."""
+        return False
 
+    @abstractmethod
+    def stage(self, ckpt_dir: str) -> str:
+        """Where other writers (every rank of a sharded save) put the files of the next version of
+        ``ckpt_dir``: a fresh, never-reused folder (local disk), or ``ckpt_dir`` itself where the manifest's
+        PUT is the commit (``stages_in_place``: the files' names are then fresh); ``commit_staged`` makes it
+        visible, ``discard`` drops it."""
+
+    @abstractmethod
     def commit_staged(self, ckpt_dir: str, staged: str, manifest: bytes) -> None:
         """Write ``manifest`` as the ``MANIFEST.json`` of ``staged`` (every file it lists is already written
         and durable there) and make it ``ckpt_dir``, all at once (the same guarantees as ``commit``)."""
-        raise CheckpointError(f"{ckpt_dir}: this store cannot commit a staged folder")
 
-    def discard(self, staged: str) -> None:
-        """Drop a staged folder that will not be committed (a failed sharded save)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(staged, recursive=True)
+    @abstractmethod
+    def discard(self, staged: str, names: Iterable[str]) -> None:
+        """Drop what a staged save that will not be committed wrote (``names``: its files)."""
 
     def remove(self, ckpt_dir: str) -> None:
         """Delete a checkpoint: its manifest first (it vanishes at once), then the rest."""
@@ -370,7 +379,7 @@ class RenameCommit(CommitProtocol):
         for old in olds:
             remove_tree(old)
 
-    def discard(self, staged: str) -> None:
+    def discard(self, staged: str, names: Iterable[str] = ()) -> None:
         remove_tree(staged)
 
     def sweep(self, run_dir: str) -> list[str]:
@@ -505,6 +514,30 @@ class ManifestLastCommit(CommitProtocol):
     def remove(self, ckpt_dir: str) -> None:
         super().remove(ckpt_dir)
         drop_folder(self.fs, ckpt_dir)  # SeaweedFS would list the emptied prefix for ever
+
+    @property
+    def stages_in_place(self) -> bool:
+        return True
+
+    def stage(self, ckpt_dir: str) -> str:
+        return ckpt_dir  # the staged files' names are fresh (the caller's token); the manifest PUT commits
+
+    def commit_staged(self, ckpt_dir: str, staged: str, manifest: bytes) -> None:
+        manifest_path = join(ckpt_dir, MANIFEST_NAME)
+        present = self._present(ckpt_dir)
+        replaced = self._listed_by(manifest_path) if MANIFEST_NAME in present else set()
+        listed = parse_manifest(manifest, manifest_path)
+        ours = {*(entry.object_name(name) for name, entry in listed.files.items()), MANIFEST_NAME}
+        self.fs.pipe_file(manifest_path, manifest)  # one PUT: the old version until now, the new one
+        for name, age_s in present.items():  # the replaced version's; stale leftovers
+            if name not in ours and (name in replaced or (age_s is not None and age_s > STALE_AFTER_S)):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(join(ckpt_dir, name), recursive=True)
+
+    def discard(self, staged: str, names: Iterable[str] = ()) -> None:
+        for name in names:  # only this save's objects: ``staged`` may hold a committed version
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(join(staged, name))
 
     def _present(self, ckpt_dir: str) -> dict[str, float | None]:
         """Names directly under ``ckpt_dir`` now, with their age in seconds where the store says (empty when
