@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import fsspec
@@ -47,7 +48,6 @@ from grd_blocks.checkpoint.payload.manifest import (
 from grd_blocks.checkpoint.payload.serialization import (
     JSON_FILE,
     MAX_JSON_BYTES,
-    TORCH_FILE,
     Blob,
     VerifiedFile,
     deserialize,
@@ -222,7 +222,7 @@ class RunReader:
             size = os.fstat(fd).st_size
             if size != entry.size:
                 raise CheckpointCorrupt(f"{where} is {size} bytes, its manifest says {entry.size}")
-            if file_name != TORCH_FILE:  # small: read once, hash the bytes
+            if file_name == JSON_FILE:  # small (bounded by MAX_JSON_BYTES): read once, hash the bytes
                 data = VerifiedFile(fd, path).read()
                 verify_bytes(data, entry, where)
                 return data
@@ -453,9 +453,11 @@ class RunReader:
     def verify(self, ref: CheckpointRef | str) -> list[str]:
         """Problems found in a checkpoint (manifest, presence, sizes, digests); empty means it is sound."""
         name = ref if isinstance(ref, str) else ref.name
-        def fetch(manifest: Manifest) -> None:
-            with self._fetch_verified(name, manifest):
-                pass
+
+        def fetch(manifest: Manifest) -> None:  # one file at a time: a sharded checkpoint's shards add up
+            for file_name, entry in manifest.files.items():
+                with self._fetch_verified(name, replace(manifest, files={file_name: entry})):
+                    pass
 
         try:
             self._settled(name, self._read_manifest(name), fetch)

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,10 @@ GRD_KEY = "grd"
 
 
 def is_sharded(objects: Mapping[str, Any]) -> bool:
-    """Whether a module in ``objects`` holds DTensor parameters (FSDP2's ``fully_shard``)."""
+    """Whether a module in ``objects`` holds DTensor parameters (FSDP2's ``fully_shard``). Costs no import:
+    where torch's DTensor module was never imported, no parameter can be one."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(value, nn.Module) and any(isinstance(p, DTensor) for p in value.parameters())

@@ -37,8 +37,7 @@ def _digest(algorithm: str, data: bytes) -> str:
     return str(blake3(data).hexdigest())
 
 
-def _file_problem(path: Path, entry: dict[str, Any]) -> str | None:
-    data = path.read_bytes()
+def _file_problem(data: bytes, entry: dict[str, Any], path: Path | str) -> str | None:
     if len(data) != entry["size"]:
         return f"{path}: {len(data)} bytes, manifest says {entry['size']}"
     algorithm, step = entry["digest"], entry["chunk_size"]
@@ -67,7 +66,7 @@ def checkpoint_problem(folder: Path) -> str | None:
     if obj["payload_format"] != "dcp" or ".metadata" not in present:
         return f"{folder}: not a sharded checkpoint"
     for name, entry in obj["files"].items():
-        problem = _file_problem(folder / name, entry)
+        problem = _file_problem((folder / name).read_bytes(), entry, folder / name)
         if problem:
             return problem
     return None
@@ -103,6 +102,9 @@ def test_single_process_round_trip_and_plain_load_refuses_a_sharded_checkpoint(t
     run.save({"plain": 1}, step=5)
     with pytest.raises(UsageError, match=r"single-file checkpoint.*load\(\)"):
         run.load_sharded(state)
+    _flip_bit(tmp_path / "run" / "step_4" / "__0_0.distcp", seed=3)
+    problems = run.verify("step_4")  # what `grd checkpoints verify` reports, one file read at a time
+    assert len(problems) == 1 and "step_4/__0_0.distcp" in problems[0], problems
 
 
 def test_no_checkpoint_loads_nothing_and_leaves_the_state_alone(tmp_path: Path) -> None:
