@@ -164,12 +164,61 @@ def test_a_sigkilled_keeper_takes_its_whole_tree_with_it(containment: str, pid_d
     worker = threading.Thread(target=run)
     worker.start()
     assert wait_for((pid_dir / "ready").exists)
-    os.kill(_keeper_of(pid_dir), signal.SIGKILL)
+    keeper = _keeper_of(pid_dir)
+    keeper_cgroup = _cgroup_of(keeper)
+    os.kill(keeper, signal.SIGKILL)
     worker.join(SLACK_S)
     assert not worker.is_alive()
     outcome = box["outcome"]
     assert outcome.returncode is None and outcome.survivors == 0  # type: ignore[attr-defined]
     assert wait_for(lambda: marked(str(pid_dir)) == [], SLACK_S)
+    if keeper_cgroup != _cgroup_of(os.getpid()):  # the modes with a cgroup per keeper: it is removed too
+        assert wait_for(lambda: not keeper_cgroup.exists(), SLACK_S), f"{keeper_cgroup} was left behind"
+
+
+@pytest.mark.parametrize("mode", ["namespace", "cgroup"])
+def test_a_new_guardian_never_puts_a_keeper_in_a_cgroup_an_earlier_one_left(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cgroup an earlier guardian of this process could not remove yet has a name the next guardian would
+    give again; that keeper gets a fresh cgroup of its own, never the leftover (nor none at all)."""
+    from grd_blocks.process import keepers
+    from tests.process.helpers import mode_problem
+
+    problem = mode_problem(mode)
+    if problem is not None:
+        pytest.skip(f"this host cannot contain commands in {mode} mode: {problem}")
+    monkeypatch.setenv("GRD_CONTAINMENT", mode)
+    ours = _cgroup_of(os.getpid())
+    keepers.shutdown()  # the next command starts a new guardian, which numbers its cgroups from 1 again
+    leftovers = [ours / f"grd-{os.getpid()}-{n}" for n in range(1, 4)]
+    for path in leftovers:
+        path.mkdir()
+    try:
+        outcome = run_command("grep '^0::' /proc/self/cgroup | cut -d: -f3")
+        assert outcome.returncode == 0
+        where = _cgroup_mount() / outcome.stdout_tail.strip().lstrip("/")
+        assert where.parent == ours and where not in leftovers, where
+    finally:
+        keepers.shutdown()
+        for path in leftovers:
+            path.rmdir()
+
+
+def _cgroup_mount() -> Path:
+    from grd_blocks.process.cgroup import cgroup2_mount
+
+    mount = cgroup2_mount()
+    assert mount is not None
+    return mount
+
+
+def _cgroup_of(pid: int) -> Path:
+    """The cgroup2 directory ``pid`` is in, read from /proc (not from grd)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return _cgroup_mount() / line[3:].lstrip("/")
+    raise AssertionError(f"pid {pid} is in no cgroup2 group")
 
 
 def test_a_sigkilled_guardian_still_stops_every_tree(containment: str, pid_dir: Path) -> None:

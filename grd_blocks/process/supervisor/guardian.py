@@ -5,7 +5,10 @@ Invariant: the guardian holds the only other end of grd's socket, so it sees EOF
 it dies (SIGKILL, the OOM killer, a lost worker). Then every keeper (which sees its own EOF) stops its tree
 within that command's grace period, the processes grd asked it to guard (the ephemeral Prefect API server) get
 SIGTERM and, after their grace, SIGKILL, and the guardian exits once its keepers are gone. It is a child
-subreaper: a process orphaned by a keeper that died is reparented to it and killed with its descendants. It
+subreaper: a process orphaned by a keeper that died is reparented to it and killed with its descendants, and
+what is left in that keeper's cgroup is killed through ``cgroup.kill``. Every reaped keeper's cgroup is
+removed, the removal retried while the cgroup is still busy (also for a few seconds after grd is gone); a
+cgroup name still taken is skipped, never shared, so a keeper never starts in another's cgroup. It
 lives in a session of its own and ignores every signal it can, so a signal meant for grd's process group does
 not reach it; keepers die with it (their parent-death signal). Stdlib only: its start-up stays cheap.
 
@@ -33,6 +36,9 @@ from grd_blocks.process.supervisor.keeper import STRAY_SIGNALS, TAKEOVER_SIGNAL,
 __all__ = ["main"]
 
 _IGNORED = (*STRAY_SIGNALS, signal.SIGTERM, TAKEOVER_SIGNAL)  # the guardian stops only on EOF
+_RETRY_MS = 100  # how often a busy cgroup of a reaped keeper is tried again
+_SHUTDOWN_REMOVAL_S = 5.0  # how long a guardian whose grd is gone keeps trying, once its keepers are reaped
+_NAME_TRIES = 1000
 
 
 class Guardian:
@@ -45,6 +51,7 @@ class Guardian:
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.cgroup_parent: Path | None = None
         self.modes: dict[str, str | None] = {}
+        self.unremoved: list[Path] = []  # cgroups of reaped keepers still busy: removal retried
 
     # --- start --------------------------------------------------------------------------------------
 
@@ -120,13 +127,14 @@ class Guardian:
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while True:
-            ready = poller.poll()
+            ready = poller.poll(_RETRY_MS if self.unremoved else None)
             for fd, _event in ready:
                 if fd == self._wake_r:
                     self._drain_wake()
                     self._reap()
                 elif not self._handle_message():
                     self._shutdown()
+            self._retry_removals()
 
     def _handle_message(self) -> bool:
         try:
@@ -149,10 +157,7 @@ class Guardian:
         keeper_sock = socket.socket(fileno=keeper_fd)
         cgroup_dir: Path | None = None
         if want_cgroup and self.cgroup_parent is not None:
-            try:
-                cgroup_dir = cgroup.create(self.cgroup_parent, f"grd-{self.owner}-{next(self.names)}")
-            except OSError:
-                cgroup_dir = None
+            cgroup_dir = self._new_cgroup(self.cgroup_parent)
         namespace = mode == "namespace"
         me = os.getpid()
         try:
@@ -178,6 +183,30 @@ class Guardian:
         keeper_sock.close()
         self.keepers[pid] = cgroup_dir
 
+    def _new_cgroup(self, parent: Path) -> Path | None:
+        """A new, empty ``grd-{owner}-{n}`` cgroup; a name taken (by an earlier guardian of the same grd
+        process whose cgroup is still being removed) is skipped, never shared; None if the kernel refuses."""
+        for _ in range(_NAME_TRIES):
+            try:
+                return cgroup.create(parent, f"grd-{self.owner}-{next(self.names)}")
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+        return None
+
+    def _release_cgroup(self, cgroup_dir: Path, *, kill: bool) -> None:
+        """Remove a reaped keeper's cgroup; with ``kill`` first SIGKILL what is left in it (a keeper that
+        died abnormally may have left its command's tree there). A cgroup still busy is retried."""
+        if kill:
+            cgroup.kill(cgroup_dir)
+        if not cgroup.remove(cgroup_dir):
+            self.unremoved.append(cgroup_dir)
+
+    def _retry_removals(self) -> None:
+        if self.unremoved:
+            self.unremoved = [path for path in self.unremoved if not cgroup.remove(path)]
+
     def _reap(self) -> None:
         orphaned = False
         while True:
@@ -190,12 +219,14 @@ class Guardian:
             if pid in self.keepers:
                 cgroup_dir = self.keepers.pop(pid)
                 # A keeper exits 0 once its tree is gone (1: it never started one); any other end may
-                # have left orphans, which are reparented to us.
-                orphaned = orphaned or os.waitstatus_to_exitcode(status) not in (0, 1)
+                # have left orphans, which are reparented to us, and members in its cgroup.
+                abnormal = os.waitstatus_to_exitcode(status) not in (0, 1)
+                orphaned = orphaned or abnormal
                 if cgroup_dir is not None:
-                    cgroup.remove(cgroup_dir)
+                    self._release_cgroup(cgroup_dir, kill=abnormal)
         if orphaned:
             self._kill_orphans()
+        self._retry_removals()
 
     def _kill_orphans(self) -> None:
         """Children that are not keepers were orphaned by a keeper that died: kill them and their trees."""
@@ -228,11 +259,14 @@ class Guardian:
                 pending.append((pid, now + grace))
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        while self.keepers or pending:
+        give_up_removing_at = now + _SHUTDOWN_REMOVAL_S
+        while self.keepers or pending or (self.unremoved and time.monotonic() < give_up_removing_at):
             poller.poll(50)
             self._drain_wake()
             self._reap()
             now = time.monotonic()
+            if self.keepers or pending:
+                give_up_removing_at = now + _SHUTDOWN_REMOVAL_S
             still: list[tuple[int, float]] = []
             for pid, kill_at in pending:
                 stat = procfs.read_stat(pid)
