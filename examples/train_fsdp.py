@@ -31,7 +31,13 @@ from torch.distributed.fsdp import fully_shard
 
 from grd_blocks.checkpoint import RunCheckpoints
 from grd_blocks.errors import TrainingInterrupted
-from grd_blocks.training import Pacer, ResumableTraining, exit_now, make_deterministic
+from grd_blocks.training import (
+    Pacer,
+    ResumableTraining,
+    exit_now,
+    make_deterministic,
+    split_checkpoint_url,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every-steps", type=int, default=5)
     p.add_argument("--checkpoint-url", default=os.environ.get("GRD_CHECKPOINT_URL"),
                    help="run prefix for checkpoints (default: $GRD_CHECKPOINT_URL)")
+    p.add_argument("--resume-from", default=None, help="a run prefix or one checkpoint URL to start from")
     p.add_argument("--time-left", type=float, default=None, help="seconds (default: $GRD_TIME_LEFT_S)")
     p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this global step")
     p.add_argument("--step-delay", type=float, default=0.0, help="busy-wait per step, to make steps slower")
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         save_every_steps=args.save_every_steps,
         pacer=Pacer.from_sources(time_left_s=args.time_left),
         stop_at_step=args.stop_at_step,
+        resume_from=split_checkpoint_url(args.resume_from) if args.resume_from else None,
     )
     try:
         with training:

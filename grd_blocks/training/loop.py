@@ -109,11 +109,6 @@ class ResumableTraining:
         self.clock = clock
         self.observer = observer
         self.sharded = sharded.is_sharded(self.objects) if sharded_state is None else sharded_state
-        if self.sharded and resume_from is not None:
-            raise ConfigError(
-                "resume_from is not supported with sharded (FSDP2) state yet; resume from the run's own "
-                "checkpoints (the same GRD_CHECKPOINT_URL), or copy the checkpoint under this run's prefix"
-            )
         self.position = Position()
         self.resumed_from: Position | None = None
         self.resumed_url: str | None = None
@@ -190,8 +185,9 @@ class ResumableTraining:
         except Exception:
             logger.warning("training observer failed in %s(); training goes on", what, exc_info=True)
 
-    def _load(self) -> tuple[dict[str, Any] | None, Position, str | None]:
-        """The newest of: this run's own checkpoints and ``resume_from`` (more global steps wins).
+    def _choose(self) -> tuple[RunCheckpoints, CheckpointRef, bool] | None:
+        """The newest of: this run's own checkpoints and ``resume_from`` (more global steps wins), with
+        whether it is the one checkpoint ``resume_from`` names (then exactly that one is loaded).
 
         So a fork (``resume_from`` another run or one of its checkpoints) starts there, and a retry of that
         fork continues from its own newer progress instead of starting over.
@@ -219,47 +215,53 @@ class ResumableTraining:
             if own is not None:
                 candidates.append((_steps(own[1]), *own))
         if not candidates:
-            return None, Position(), None
+            return None
         _, prefix, ref = max(candidates, key=lambda item: item[0])
-        if (
-            pinned is not None
-            and ref is pinned[1]
-            and self.resume_from is not None
-            and self.resume_from.index is not None
-        ):
+        exact = (pinned is not None and ref is pinned[1] and self.resume_from is not None
+                 and self.resume_from.index is not None)
+        return prefix, ref, exact
+
+    def _load(self) -> tuple[dict[str, Any] | None, Position, str | None]:
+        """Load what ``_choose`` picks into the objects (rank 0 and every rank alike: a full state)."""
+        chosen = self._choose()
+        if chosen is None:
+            return None, Position(), None
+        prefix, ref, exact = chosen
+        if exact:
             return load_position(prefix, ref, unit=ref.unit, index=ref.index, into=self.objects)
         return load_position(prefix, ref, into=self.objects)
 
     def _load_sharded(self) -> tuple[dict[str, Any] | None, Position, str | None]:
-        """Every rank: the newest sharded checkpoint of this run (main or ``partial/``: rank 0 chooses),
-        loaded into the live objects (resharded to this world); its decoded rest, position and URL."""
-        if self.checkpoints is None:
-            return None, Position(), None
-        choice: tuple[str, str | None] = ("none", None)
+        """Every rank: what ``_choose`` picks on rank 0 (this run's main or ``partial/`` prefix, or
+        ``resume_from``), loaded into the live objects (resharded to this world); its decoded rest, position
+        and URL."""
+        choice: tuple[str, str | None, str | None, int | None] = ("none", None, None, None)
         own: Exception | None = None
         if dist.rank() == 0:
             try:
-                found = newest(self.checkpoints)
-                if found is not None:
-                    choice = ("main" if found[0] is self.checkpoints else PARTIAL, None)
+                chosen = self._choose()
+                if chosen is not None:
+                    prefix, ref, exact = chosen
+                    choice = ("load", prefix.url, ref.unit if exact else None, ref.index if exact else None)
             except Exception as exc:  # every rank must leave the broadcast: they all raise below
-                own, choice = exc, ("error", f"{type(exc).__name__}: {exc}")
-        kind, problem = dist.broadcast(choice)
+                own, choice = exc, ("error", f"{type(exc).__name__}: {exc}", None, None)
+        kind, where, unit, index = dist.broadcast(choice)
         if kind == "error":
             if own is not None:
                 raise own
-            raise ConfigError(f"rank 0 could not find the checkpoint to resume from: {problem}")
-        if kind == "none":
+            raise ConfigError(f"rank 0 could not find the checkpoint to resume from: {where}")
+        if kind == "none" or where is None:
             return None, Position(), None
-        prefix = self.checkpoints if kind == "main" else self.checkpoints.child(PARTIAL)
+        source = RunCheckpoints.from_url(where, storage_options=self._options())
         holder = sharded.state_dict(self.objects, None)
-        ref = prefix.load_sharded(holder)
-        if ref is None:
+        found = source.load_sharded(holder, step=index if unit == "step" else None,
+                                    epoch=index if unit == "epoch" else None)
+        if found is None:
             return None, Position(), None
-        state = sharded.restore(self.objects, holder, ref.url)
+        state = sharded.restore(self.objects, holder, found.url)
         meta = state.get("position")
-        position = Position.from_metadata(meta if isinstance(meta, Mapping) else ref.metadata, ref.url)
-        return state, position, ref.url
+        position = Position.from_metadata(meta if isinstance(meta, Mapping) else found.metadata, found.url)
+        return state, position, found.url
 
     def _options(self) -> dict[str, Any]:
         return dict(self.checkpoints.storage_options) if self.checkpoints is not None else {}

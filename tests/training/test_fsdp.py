@@ -83,6 +83,24 @@ def test_resumed_on_another_number_of_ranks_stays_within_the_tolerance(
     assert difference <= TOLERANCE
 
 
+def test_a_fork_starts_from_another_runs_checkpoint_then_continues_its_own_progress(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--resume-from`` one checkpoint of the stopped 2-rank run: the fork starts there on 1 rank and stops
+    at step 20; run again with its prefix only in GRD_CHECKPOINT_URL (as outside grd) on 3 ranks, it continues
+    from its own step 20, not from the checkpoint it forked from, and ends within the tolerance."""
+    full, stopped = reference
+    fork, report = tmp_path / "fork", tmp_path / "r.json"
+    rc, out = _script.run([*STEPS, "--checkpoint-url", str(fork), "--resume-from", f"{stopped}/step_15",
+                           "--stop-at-step", "20"], nproc=1, script=SCRIPT)
+    assert rc != 0 and "starting at step 15 on 1 ranks" in out and "step_20" in out, out
+    rc, out = _script.run([*STEPS, "--resume-from", f"{stopped}/step_15", "--report", str(report)], nproc=3,
+                          script=SCRIPT, GRD_CHECKPOINT_URL=str(fork))
+    assert rc == 0 and "starting at step 20 on 3 ranks" in out, out
+    assert _largest_difference(_params(report), _params(full)) <= TOLERANCE
+    assert [ref.name for ref in RunCheckpoints.from_url(str(fork)).checkpoints()][-1] == "step_40"
+
+
 def _spec(tmp_path: Path, name: str, nproc: int, extra: list[str]) -> Path:
     argv = [*_script.command([*STEPS, *extra], nproc=nproc, script=SCRIPT)]
     path = tmp_path / f"{name}.yaml"
