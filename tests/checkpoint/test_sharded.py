@@ -250,3 +250,12 @@ def test_a_rank_sigkilled_at_random_moments_of_sharded_saves_never_leaves_a_torn
     print(f"{trials} trials, {mid_save} killed a save before its commit, 0 torn, latest step {previous}, "
           f"{loads} loads verified")
     assert mid_save > 0  # the kills did land inside saves
+
+
+def test_sharded_saves_number_themselves_and_retention_keeps_the_newest(tmp_path: Path) -> None:
+    run = RunCheckpoints.from_url(str(tmp_path / "run"), keep_last=2)
+    refs = [run.save_sharded({"weights": torch.full((2,), float(n))}) for n in range(4)]
+    assert [ref.name for ref in refs] == ["step_0", "step_1", "step_2", "step_3"]
+    found = independent_check(tmp_path / "run")
+    assert found == {"visible": ["step_2", "step_3"], "torn": {}, "latest": "step_3", "latest_index": 3,
+                     "staging": []}
