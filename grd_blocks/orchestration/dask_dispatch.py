@@ -219,7 +219,7 @@ class DaskDispatch:
                 if self._stop(plan, request, seen):
                     future.cancel()
                     return (f"try on {seen.host or '?'} (Dask worker {seen.worker or '?'}) did not answer "
-                            f"{ANSWER_S:.0f}s after its stop and grace: abandoned")
+                            f"{ANSWER_S:g}s after its stop and grace: abandoned")
             try:
                 answer: Ran | NotStarted | Lost = future.result()
             except FutureCancelledError as exc:

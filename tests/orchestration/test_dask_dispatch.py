@@ -137,11 +137,13 @@ def test_the_drivers_deadline_stops_a_command_on_the_worker_as_a_timeout_with_no
     dask_cluster: DaskCluster, tmp_path: Path
 ) -> None:
     """The driver's clock reaches the phase's deadline exactly when the remote tree is built (the worker's
-    own deadline is days away): the driver's stop reaches the worker, the tree goes down the ladder there, the
-    row is TIMEOUT at the phase level, and an independent /proc scan finds nothing of the tree."""
+    own deadline is days away): the driver's stop reaches the worker, the tree (TERM-ignoring, with setsid,
+    daemon and moved-to-the-cgroup-root members) goes down the ladder there, the row is TIMEOUT at the phase
+    level, and an independent /proc scan finds nothing of the tree."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    argv = ", ".join(f"'{item}'" for item in tree_argv(pid_dir, "ignore_term", "setsid", "daemon"))
+    kinds = ("ignore_term", "setsid", "daemon", "cgroup_root")
+    argv = ", ".join(f"'{item}'" for item in tree_argv(pid_dir, *kinds))
     spec = f"""
 name: driver-deadline
 phases:

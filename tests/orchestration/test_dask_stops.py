@@ -8,6 +8,7 @@ scan."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from grd_blocks.orchestration.status import Status
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
 from tests.fixtures.dask_cluster import DaskCluster
-from tests.process.helpers import TREE_CHILD, marked, wait_for
+from tests.process.helpers import TREE_CHILD, GateClock, marked, wait_for
 
 STOP_WAIT_S = 30.0  # bound on the waits below for a ladder that runs on its own (never a timed assertion)
 
@@ -142,3 +143,95 @@ phases:
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
     log = Path(row.log_path or "").read_text()
     assert "[grd] its Dask worker was lost" in log and log.endswith("second try\n")
+
+
+def test_a_command_whose_only_try_lost_its_worker_is_failed_naming_the_loss_and_leaves_nothing(
+    own_dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """``attempts: 1``: the lost try is not run again; the row says why, and the tree is gone."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    spec = f"""
+name: lost-once
+phases:
+  - name: p
+    runner: {{dask: "{own_dask_cluster.address}", attempts: 1}}
+    commands:
+      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 1s}}
+"""
+    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="lost-2", logs_dir=tmp_path / "logs")
+    reports: list[BenchmarkReport] = []
+
+    class Direct:
+        def phase(self, phase: PhasePlan, backstop_s: float | None,
+                  body: Callable[[], PhaseReport]) -> PhaseReport:
+            return body()
+
+        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+            return execute(plan)
+
+    thread = threading.Thread(
+        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
+    thread.start()
+    assert wait_for((pid_dir / "ready").exists), "the tree never started"
+    workers = own_dask_cluster.workers()
+    lost = _worker_of(marked(str(pid_dir)), workers)
+    os.kill(workers[lost], 9)
+    thread.join(STOP_WAIT_S * 4)
+    assert not thread.is_alive() and reports
+    row = reports[0].phases[0].commands[0]
+    assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
+    assert "lost" in row.reason and lost in row.reason and "it had 1 tries (runner.attempts)" in row.reason
+    assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
+
+
+def test_a_frozen_worker_is_abandoned_after_its_grace_and_its_command_stops_once_it_runs_again(
+    own_dask_cluster: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker running the command is SIGSTOPped, then the driver's deadline passes: its stop cannot be
+    read, so the driver waits the grace, the ladder's wait and ``ANSWER_S`` (0.5 s here), gives the try up
+    (cancelling its task) and reports TIMEOUT naming it; once the worker runs again, its watcher finds its
+    task no longer wanted and stops the tree."""
+    monkeypatch.setattr("grd_blocks.orchestration.dask_dispatch.ANSWER_S", 0.5)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    frozen = tmp_path / "frozen"
+    spec = f"""
+name: frozen
+phases:
+  - name: p
+    timeout: {GateClock.DEADLINE_IN}
+    runner: {{dask: "{own_dask_cluster.address}"}}
+    commands:
+      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 0.5s}}
+"""
+    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="frozen-1",
+                       logs_dir=tmp_path / "logs", clock=GateClock(frozen))
+    reports: list[BenchmarkReport] = []
+
+    class Direct:
+        def phase(self, phase: PhasePlan, backstop_s: float | None,
+                  body: Callable[[], PhaseReport]) -> PhaseReport:
+            return body()
+
+        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+            return execute(plan)
+
+    thread = threading.Thread(
+        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
+    thread.start()
+    assert wait_for((pid_dir / "ready").exists), "the tree never started"
+    workers = own_dask_cluster.workers()
+    worker_pid = workers[_worker_of(marked(str(pid_dir)), workers)]
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        frozen.touch()  # the driver's deadline passes now
+        thread.join(STOP_WAIT_S * 2)
+        assert not thread.is_alive() and reports
+        assert marked(str(pid_dir)) != []  # a frozen worker cannot stop anything
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    row = reports[0].phases[0].commands[0]
+    assert row.status is Status.TIMEOUT and row.reason is not None, (row.status, row.reason)
+    assert "did not answer" in row.reason and "abandoned" in row.reason and "no time left" in row.reason
+    assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
