@@ -16,7 +16,9 @@ Invariants:
   same answer: the same ``CheckpointRef``, or an error on every rank (rank 0 raises the original; the others
   a ``CheckpointError`` naming it).
 * A load verifies every file of the checkpoint it is about to read (size and digests; the files are split
-  among the ranks and the verdicts gathered on every rank) before DCP reads a byte of it. On any mismatch
+  among the ranks and the verdicts gathered on every rank) before DCP reads a byte of it; then every file DCP
+  opens is hashed again from the descriptor it reads (``_verified_files``), so bytes changed in between are
+  refused, never deserialized. On any mismatch
   every rank moves to the same older checkpoint (rank 0 chooses, by the reader's fallback order, and
   broadcasts), and rank 0 says so in one WARNING line. With ``step``/``epoch`` damage raises
   ``CheckpointCorrupt`` on every rank.
@@ -33,20 +35,20 @@ with the save's own token (``{token}__0_0.distcp``, ``{token}.metadata``), so no
 is ever overwritten; the manifest's one PUT is the commit, and the objects of the version it replaced are
 deleted only after it (commit.py). Shards are hashed as the store holds them (read back from S3).
 
-Limits: the default process group only; a same-step re-save racing a load of that step on another process can
-replace the files between their verification and DCP's read (a sharded load opens them by path); on S3 a load
-downloads each file twice (once to verify, once for DCP).
+Limits: the default process group only; a load hashes the files a rank reads twice (its share of the shared
+verification, then what DCP reads), and on S3 downloads them twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import pickle
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -260,6 +262,39 @@ def _parse_metadata(data: bytes, where: str) -> Any:
     return metadata
 
 
+def _verified_files(run: RunCheckpoints, candidate: _Candidate) -> Any:
+    """DCP's filesystem for reading ``candidate``: every file DCP opens is one its manifest lists, opened
+    without following links (local disk) and hashed from the very descriptor DCP then reads (an object:
+    fetched and verified whole, s3parts.get_verified), so bytes swapped in after the ranks' shared
+    verification are refused (``CheckpointCorrupt``), never deserialized."""
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    name = candidate.ref.name
+
+    class _VerifiedFiles(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            file_name = os.path.basename(os.fspath(path))
+            where = join(run.url, name, file_name)
+            entry = candidate.manifest.files.get(file_name)
+            if mode != "rb" or entry is None:
+                raise CheckpointCorrupt(f"{where} is not listed in its manifest; DCP's metadata names files "
+                                        "the checkpoint does not hold (damaged or not written by grd)")
+            if not run._local:
+                yield io.BytesIO(run._fetch_remote(name, file_name, entry))
+                return
+            try:
+                with guard(run.url, f"open {name}/{file_name}", missing_ok=True):
+                    fd = open_local(run.path, (name, entry.object_name(file_name)), run.url)
+            except FileNotFoundError:
+                raise CheckpointCorrupt(f"{where} is missing") from None
+            with os.fdopen(fd, "rb") as stream:
+                verify_fd(fd, entry, where)
+                yield stream
+
+    return _VerifiedFiles()
+
+
 def _reader(run: RunCheckpoints, candidate: _Candidate) -> Any:
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
@@ -269,17 +304,15 @@ def _reader(run: RunCheckpoints, candidate: _Candidate) -> Any:
     where = join(run.url, candidate.ref.name, metadata_name)
 
     class _Reader(FileSystemReader):
-        """DCP's file reader (over the store's filesystem) whose metadata goes through ``_SafeUnpickler``."""
+        """DCP's file reader over ``_verified_files``, whose metadata goes through ``_SafeUnpickler``."""
 
         def __init__(self) -> None:
             super().__init__(folder)
-            if not run._local:
-                self.fs, self.path = _fsspec_filesystem(run.fs), folder
+            self.fs, self.path = _verified_files(run, candidate), folder
 
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            with guard(run.url, f"read {candidate.ref.name}/{metadata_name}"):
-                data = run.fs.cat_file(join(folder, metadata_name))
-            metadata = _parse_metadata(data, where)
+            with self.fs.create_stream(join(folder, metadata_name), "rb") as stream:
+                metadata = _parse_metadata(stream.read(), where)
             storage_meta = metadata.storage_meta or StorageMeta()
             storage_meta.load_id = self.load_id
             metadata.storage_meta = storage_meta
@@ -598,6 +631,10 @@ def load_sharded(
     except GrdError:
         raise
     except (Exception, CheckpointException) as exc:  # DCP raises on every rank when any rank fails
+        failures = exc.failures if isinstance(exc, CheckpointException) else {}
+        for failed_rank, (failure, _) in sorted(failures.items()):
+            if isinstance(failure, CheckpointCorrupt):  # bytes changed since the shared verification
+                raise CheckpointCorrupt(f"rank {failed_rank}: {failure}") from exc
         raise CheckpointError(
             f"{candidate.ref.url} verified but DCP could not load it into this state dict ({exc}); the state "
             "dict must name the same keys as the saved one (build it the same way, e.g. get_state_dict)"

@@ -259,3 +259,28 @@ def test_sharded_saves_number_themselves_and_retention_keeps_the_newest(tmp_path
     found = independent_check(tmp_path / "run")
     assert found == {"visible": ["step_2", "step_3"], "torn": {}, "latest": "step_3", "latest_index": 3,
                      "staging": []}
+
+
+def test_bytes_changed_after_the_shared_verification_are_refused_by_the_rank_that_reads_them(
+    tmp_path: Path,
+) -> None:
+    """The window between the ranks' shared verification and DCP's read, reached by calling the reader
+    load_sharded hands to DCP with the checkpoint as it was verified, after a shard changed on disk: the
+    reading rank hashes the very descriptor DCP reads, and refuses it."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict_loader import load
+
+    from grd_blocks.checkpoint.sharded import _Candidate, _planner, _reader
+
+    run = RunCheckpoints.from_url(str(tmp_path / "run"))
+    ref = run.save_sharded({"weights": torch.arange(4.0)}, step=1)
+    verified = _Candidate(ref, run._read_manifest("step_1"))
+    assert run.verify(ref) == []
+    _flip_bit(tmp_path / "run" / "step_1" / "__0_0.distcp", seed=5)
+    state: dict[str, Any] = {"weights": torch.zeros(4)}
+    with pytest.raises(CheckpointException) as caught:
+        load(state, storage_reader=_reader(run, verified), planner=_planner(), no_dist=True)
+    failures = [failure for failure, _ in caught.value.failures.values()]
+    assert any(isinstance(failure, CheckpointCorrupt) and "step_1/__0_0.distcp" in str(failure)
+               for failure in failures), failures
+    assert torch.equal(state["weights"], torch.zeros(4))
