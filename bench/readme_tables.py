@@ -360,6 +360,31 @@ def render_grd_run_kill(data: dict[str, Any]) -> str:
     )
 
 
+def render_sharded(data: dict[str, Any]) -> str:
+    """Issue #34: a sharded save through grd >= 0.9x plain DCP with its own fsspec writer, same target."""
+    ends = [*data["loadavg_before"][:1], *data["loadavg_after"][:1]]
+    lines = [
+        f"Sharded saves (`bench_sharded.py`, {data['date']}, load {min(ends):.1f}-{max(ends):.1f}, "
+        f"{data['cpus']} CPUs; FSDP2 model + AdamW state on {data['results'][0]['ranks']} gloo ranks, "
+        f"medians of {data['rounds']} rounds alternating which side goes first, the fastest and slowest in "
+        "brackets; plain DCP is `torch.distributed.checkpoint.save` with its own `FsspecWriter` into the "
+        f"same directory; goal: grd at least 0.9{X} plain DCP's throughput):",
+        "",
+        "| state (all ranks) | grd `save_sharded`, MiB/s | plain DCP, MiB/s | grd / DCP |",
+        "|---|---|---|---|",
+    ]
+    for row in data["results"]:
+        size, runs = row["size_mib"], row.get("runs_s", {})
+
+        def rate(seconds: float, size: float = size) -> float:
+            return size / seconds
+
+        lines.append(
+            f"| {size:.0f} MiB | {row['grd_mib_s']:.0f}{_spread(runs.get('grd'), rate)} "
+            f"| {row['dcp_mib_s']:.0f}{_spread(runs.get('dcp'), rate)} | {_goal(row['grd_vs_dcp'], 0.9)} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "overhead": render_overhead,
     "scale": render_scale,
@@ -368,6 +393,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "attempt_cost": render_attempt_cost,
     "kill_latency": render_kill_latency,
     "grd_run_kill": render_grd_run_kill,
+    "sharded": render_sharded,
 }
 
 
