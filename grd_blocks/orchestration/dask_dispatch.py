@@ -17,6 +17,9 @@ Invariants:
   followed by one line saying it was lost).
 - Output lines reach ``on_line`` in the calling thread, in order, while the command runs; the worker's
   ``grd.process`` lines (its ladder) are logged to this process's ``grd.process`` logger.
+- A scheduler that goes away ends the tries in flight as lost once the client gives up reconnecting (Dask's
+  reconnect timeout, 10 s by default); they are not retried on that client, and the next dispatch to that
+  address makes a new one.
 - One client per scheduler address per process, made on first use and closed at exit; one topic per client
   carries every dispatch's messages, routed by token. Concurrency is the caller's: the engine runs at most
   ``max_parallel`` of a phase's commands at once, so that is the phase's concurrency on the whole cluster.
@@ -25,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -62,6 +66,7 @@ CONNECT_S = 10.0  # how long a scheduler may take to accept the driver's client
 ANSWER_S = 30.0  # how long past a stop plus its grace a try may take to answer before it is abandoned
 TICK_S = 0.05  # how often the driver checks its budget while it waits for output or the result
 STREAM_DRAIN_S = 5.0  # how long a finished try's last lines may trail its result
+SEND_S = 5.0  # how long sending a stop to the scheduler may take
 
 
 class _Stream:
@@ -114,6 +119,11 @@ class DaskDispatch:
             stream = self._streams.get(str(message.get("t")))
         if stream is not None:
             stream.put(message)
+
+    @property
+    def connected(self) -> bool:
+        """False once the client gave up its scheduler (it closes itself after its reconnect timeout)."""
+        return str(self.client.status) not in ("closing", "closed")
 
     def enter(self) -> None:
         """Count one more command in flight (``run`` does; ``dispatcher`` does it for the command it hands
@@ -176,6 +186,8 @@ class DaskDispatch:
 
     def _no_retry(self, plan: CommandPlan, tries: int) -> str | None:
         assert plan.dask is not None
+        if not self.connected:
+            return f"the Dask scheduler at {self.address} does not answer"
         if plan.budget.cancelled:
             return f"its budget was cancelled ({plan.budget.cancel_reason})"
         if plan.budget.remaining() <= 0:
@@ -210,14 +222,22 @@ class DaskDispatch:
         seen = _Try()
         try:
             key = f"grd-{plan.label}-{request.token}"
-            future: Future = self.client.submit(run_on_worker, request, key=key, pure=False, retries=0)
+            try:
+                future: Future = self.client.submit(run_on_worker, request, key=key, pure=False, retries=0)
+            except Exception as exc:  # the client is closed, or cannot reach its scheduler
+                return f"the cluster took no try ({type(exc).__name__}: {exc})"
             future.add_done_callback(lambda _: stream.wake.set())
             while not future.done():
                 stream.wake.wait(TICK_S)
                 stream.wake.clear()
                 self._drain(stream, seen, plan, on_line, log)
+                if not self.connected:
+                    where = f"{seen.host or '?'} (Dask worker {seen.worker or '?'})"
+                    return (f"try on {where}: the Dask scheduler at {self.address} went away (the client "
+                            "gave up reconnecting)")
                 if self._stop(plan, request, seen):
-                    future.cancel()
+                    with contextlib.suppress(Exception):
+                        future.cancel()
                     return (f"try on {seen.host or '?'} (Dask worker {seen.worker or '?'}) did not answer "
                             f"{ANSWER_S:g}s after its stop and grace: abandoned")
             try:
@@ -238,7 +258,8 @@ class DaskDispatch:
             with self._lock:
                 self._streams.pop(request.token, None)
             for name in (request.claim, request.stop):
-                Variable(name, client=self.client).delete()
+                with contextlib.suppress(Exception):  # a scheduler gone keeps nothing to delete
+                    Variable(name, client=self.client).delete()
 
     def _stop(self, plan: CommandPlan, request: RemoteRequest, seen: _Try) -> bool:
         """Send the stop once its budget is cancelled or its deadline passed; True once the try has had
@@ -251,7 +272,11 @@ class DaskDispatch:
                 reason = DEADLINE
             else:
                 return False
-            Variable(request.stop, client=self.client).set(reason)
+            try:
+                Variable(request.stop, client=self.client).set(reason, callback_timeout=SEND_S)
+            except Exception as exc:  # the scheduler does not answer: the try will be given up
+                log.warning("%s: the stop (%s) did not reach the Dask scheduler: %s: %s", plan.label, reason,
+                            type(exc).__name__, exc)
             seen.stop_sent_at = now
             return False
         return now - seen.stop_sent_at > plan.grace_s + KILL_WAIT_S + ANSWER_S
@@ -343,7 +368,7 @@ def dispatcher(address: str) -> DaskDispatch:
     counted as in flight until the caller's ``leave()``."""
     with _DISPATCHERS_LOCK:
         found = _DISPATCHERS.get(address)
-        if found is None:
+        if found is None or not found.connected:  # a scheduler that went away may be back
             found = _DISPATCHERS[address] = DaskDispatch(address)
         found.enter()
         return found

@@ -235,3 +235,46 @@ phases:
     assert row.status is Status.TIMEOUT and row.reason is not None, (row.status, row.reason)
     assert "did not answer" in row.reason and "abandoned" in row.reason and "no time left" in row.reason
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
+
+
+def test_a_scheduler_killed_mid_command_is_a_failed_row_naming_it_not_a_hang_and_leaves_nothing(
+    own_dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """The scheduler is SIGKILLed while a command runs: the driver's client gives up reconnecting (10 s),
+    the command's row is FAILED naming the scheduler (not retried: nothing answers), and the tree on the
+    worker, which lost its scheduler too, is gone soon after."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    spec = f"""
+name: headless
+phases:
+  - name: p
+    runner: {{dask: "{own_dask_cluster.address}"}}
+    commands:
+      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 1s}}
+"""
+    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="headless-1",
+                       logs_dir=tmp_path / "logs")
+    reports: list[BenchmarkReport] = []
+
+    class Direct:
+        def phase(self, phase: PhasePlan, backstop_s: float | None,
+                  body: Callable[[], PhaseReport]) -> PhaseReport:
+            return body()
+
+        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+            return execute(plan)
+
+    thread = threading.Thread(
+        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
+    thread.start()
+    assert wait_for((pid_dir / "ready").exists), "the tree never started"
+    assert own_dask_cluster.scheduler is not None
+    own_dask_cluster.scheduler.kill()
+    own_dask_cluster.scheduler.wait()
+    thread.join(STOP_WAIT_S * 4)
+    assert not thread.is_alive() and reports
+    row = reports[0].phases[0].commands[0]
+    assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
+    assert f"the Dask scheduler at {own_dask_cluster.address}" in row.reason, row.reason
+    assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S * 2), marked(str(pid_dir))
