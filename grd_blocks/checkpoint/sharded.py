@@ -65,6 +65,7 @@ from grd_blocks.checkpoint.payload.manifest import (
     now_iso,
     writer_id,
 )
+from grd_blocks.checkpoint.payload.serialization import without_zip_crc
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.storage.fsio import guard
 from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, checkpoint_dirname, join
@@ -192,7 +193,8 @@ def _writer(run: RunCheckpoints, plan: _Plan) -> Any:
                     for number, each in enumerate(plans)]
 
         def write_data(self, save_plan: Any, planner: Any) -> Future[list[Any]]:
-            future = super().write_data(save_plan, planner)
+            with without_zip_crc():  # DCP torch.saves each tensor; grd's digests cover every byte written
+                future = super().write_data(save_plan, planner)
             self.written = sorted({str(result.storage_data.relative_path) for result in future.value()})
             return future
 

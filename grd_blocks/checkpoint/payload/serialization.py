@@ -29,6 +29,7 @@ thread's torch.save, are left as they are.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mmap
@@ -513,23 +514,33 @@ _CRC_SWITCH_LOCK = threading.Lock()
 
 
 def _torch_save(payload: Any, writer: _PieceWriter) -> None:
-    """torch.save ``payload`` into ``writer``, its zip records without CRC32s (the module docstring says why).
+    """torch.save ``payload`` into ``writer``, its zip records without CRC32s (the module docstring: why)."""
+    import torch
+
+    with without_zip_crc():
+        torch.save(payload, cast(IO[bytes], writer))
+
+
+@contextlib.contextmanager
+def without_zip_crc() -> Iterator[None]:
+    """While inside, torch.save calls made by this thread write zip records without CRC32s; torch's own
+    setting and other threads' saves are left as they are. For bytes whose every chunk a manifest covers.
 
     torch reads its CRC setting through ``torch.serialization.get_crc32_options()`` when a save opens its zip
-    writer; that function is wrapped, once per process, to answer False on a thread inside this call and
+    writer; that function is wrapped, once per process, to answer False on a thread inside this block and
     torch's own setting everywhere else."""
-    import torch
     import torch.serialization
 
     with _CRC_SWITCH_LOCK:
         current = torch.serialization.get_crc32_options
         if not getattr(current, "grd_thread_switch", False):
             torch.serialization.get_crc32_options = _crc32_switch(current)
+    outer = getattr(_WITHOUT_ZIP_CRC, "active", False)
     _WITHOUT_ZIP_CRC.active = True
     try:
-        torch.save(payload, cast(IO[bytes], writer))
+        yield
     finally:
-        _WITHOUT_ZIP_CRC.active = False
+        _WITHOUT_ZIP_CRC.active = outer
 
 
 def _crc32_switch(torch_setting: Callable[[], bool]) -> Callable[[], bool]:
