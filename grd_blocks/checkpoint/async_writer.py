@@ -9,6 +9,14 @@ Invariants:
   state, its newest state is always the next written, and memory holds at most two staged states.
 * A job's failure surfaces once, on the next ``submit`` or ``wait`` (a ``submit`` that raises queues
   nothing). A job already waiting when the one before it failed still runs.
+* ``ShardedWriter`` (``save_sharded_async``, sharded.py) runs jobs that are collectives: every rank must run
+  the same jobs in the same order. Calls are numbered (the same numbers on every rank, since every rank makes
+  the same calls; a call that raises still takes its number); when its thread is free, each rank claims the
+  newest job it has staged, the ranks gather their claims over the writer's own process group and all run
+  the newest of them (a rank that has not staged it yet waits for its own call). Jobs older than the agreed
+  one never run (superseded), so at most three staged states are held per rank. A failure of a job (agreed
+  on every rank by the job itself) drops what the rank has staged and is raised by its next ``number``,
+  ``submit`` or ``wait``, once; ``wait`` issues no collective.
 * Every live writer is flushed at interpreter exit, so a process that exits normally never drops a checkpoint
   it already handed over and nothing superseded it. The flush runs among threading's exit hooks, before
   ``concurrent.futures`` stops accepting work (a plain ``atexit`` hook runs after that, when a write could no
@@ -19,15 +27,19 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook is registered before ours, so ours runs first
+import functools
 import logging
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 
 logger = logging.getLogger("grd.checkpoint")
 
-_LIVE: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[AsyncWriter | ShardedWriter] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,133 @@ class AsyncWriter:
                 "than the store takes them; the newest state is always the next written, and later ones "
                 "are not logged: see RunCheckpoints.superseded)", old.what, self.name, by,
             )
+
+
+@dataclass(frozen=True)
+class _NumberedJob:
+    number: int
+    what: str
+    run: Callable[[Any], object]
+    """Called with the writer's process group, on the writer's thread."""
+    release: Callable[[], None]
+    """Gives the staged state's buffers back (once it is written, dropped or failed)."""
+
+
+class ShardedWriter:
+    """Runs numbered collective jobs (sharded saves) one at a time on a thread of its own, the same job on
+    every rank: the newest any rank has staged when the ranks gather their claims (module docstring)."""
+
+    def __init__(self, name: str, gather: Callable[[int, Any], list[int]]) -> None:
+        self.name = name
+        self.group: Any = None
+        """The checkpoint process group (``ensure_group``); None without torch.distributed."""
+        self.buffers = SnapshotBuffers()
+        self._gather = gather
+        self._changed = threading.Condition()
+        self._calls = 0
+        self._staged: dict[int, _NumberedJob] = {}
+        self._wanted: int | None = None
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._failed_what = ""
+        self.superseded: list[str] = []
+        """Saves staged and never written, because the ranks agreed on a newer one (oldest first)."""
+        _LIVE.add(self)
+
+    def ensure_group(self) -> None:
+        """Create the checkpoint process group (every rank, the first time: a collective on the default
+        group, in the caller's thread)."""
+        import torch.distributed as dist
+
+        if self.group is None and dist.is_available() and dist.is_initialized():
+            self.group = dist.new_group(backend="gloo")
+
+    def number(self) -> int:
+        """Number the next call (counted whether it then stages or raises, so the numbers stay the same on
+        every rank); a failure not raised yet is raised here."""
+        with self._changed:
+            self._calls += 1
+            self._raise_failure_locked()
+            return self._calls
+
+    def submit(
+        self, number: int, what: str, job: Callable[[Any], object], release: Callable[[], None]
+    ) -> None:
+        """Stage call ``number`` (from ``number()``); staged saves it supersedes are dropped now. A save that
+        failed since ``number()`` is raised instead (this one is dropped)."""
+        new = _NumberedJob(number, what, job, release)
+        with self._changed:
+            if self._error is not None:
+                release()
+                self._raise_failure_locked()
+            gone = [self._staged.pop(n) for n in sorted(self._staged) if n != self._wanted]
+            self._staged[number] = new
+            self._changed.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"grd-sharded-{self.name}",
+                                                daemon=True)
+                self._thread.start()
+        self._supersede(gone)
+
+    def wait(self) -> None:
+        """Block until this rank's thread has nothing staged or running; raise a failure, if any (once)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._busy and not self._staged)
+            self._raise_failure_locked()
+
+    def _raise_failure_locked(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            error.add_note(f"raised by the background sharded save of {self._failed_what} in {self.name}")
+            raise error
+
+    def _supersede(self, jobs: list[_NumberedJob]) -> None:
+        for job in jobs:
+            self.superseded.append(job.what)
+            job.release()
+        if jobs and len(self.superseded) == len(jobs):  # once per writer: a fast loop would log every save
+            logger.info("%s in %s was not written: the ranks agreed on a newer save before its write could "
+                        "start (saves come faster than the store takes them; later ones are not logged: see "
+                        "RunCheckpoints.superseded)", jobs[0].what, self.name)
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._staged))
+                claimed = self._staged.pop(max(self._staged))
+                self._busy = True
+            job: _NumberedJob | None = claimed
+            older: list[_NumberedJob] = []
+            try:
+                agreed = max(self._gather(claimed.number, self.group))
+                if agreed != claimed.number:  # another rank has staged a newer call: write that one
+                    job = None
+                    with self._changed:
+                        self._wanted = agreed
+                        self._changed.wait_for(functools.partial(self._staged.__contains__, agreed))
+                        job = self._staged.pop(agreed)
+                        older = [self._staged.pop(n) for n in sorted(self._staged) if n < agreed]
+                        self._wanted = None
+                    self._supersede([claimed, *older])
+                assert job is not None
+                job.run(self.group)
+            except BaseException as exc:
+                with self._changed:
+                    self._wanted = None
+                    gone = list(self._staged.values())
+                    self._staged.clear()
+                    if self._error is None:  # the first failure is the one reported
+                        self._error = exc
+                        self._failed_what = job.what if job is not None else claimed.what
+                for each in gone:
+                    each.release()
+            finally:
+                if job is not None:
+                    job.release()  # written or failed: its buffers serve a later save
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
 
 
 def _flush_all() -> None:

@@ -32,7 +32,7 @@ from typing import Any, overload
 
 import fsspec
 
-from grd_blocks.checkpoint.async_writer import AsyncWriter
+from grd_blocks.checkpoint.async_writer import AsyncWriter, ShardedWriter
 from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.payload.digest import digest_later
 from grd_blocks.checkpoint.payload.handlers import encode_state
@@ -102,6 +102,12 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         raise UsageError(f"checkpoint metadata must be JSON-serializable ({exc})") from None
 
 
+def _check_index(step: int | None, epoch: int | None) -> None:
+    for name, value in (("step", step), ("epoch", epoch)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UsageError(f"{name}={value!r} is invalid: pass an int >= 0")
+
+
 @dataclass(frozen=True)
 class _PendingSave:
     """A save's encoded state and validated arguments, ready to serialize and commit."""
@@ -138,6 +144,7 @@ class RunCheckpoints(RunReader):
         self._writer = AsyncWriter(self.url)
         self._snapshots = SnapshotBuffers()
         self._async_step = -1  # the highest step handed to save_async
+        self._sharded: ShardedWriter | None = None  # save_sharded_async's thread and process group
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -296,18 +303,22 @@ class RunCheckpoints(RunReader):
 
     @property
     def superseded(self) -> list[str]:
-        """Checkpoints ``save_async`` was asked for and never wrote, because a newer one was asked for before
-        their write could start (oldest first)."""
-        return list(self._writer.superseded)
+        """Checkpoints ``save_async`` (then ``save_sharded_async``) was asked for and never wrote, because a
+        newer one was asked for before their write could start (oldest first)."""
+        return [*self._writer.superseded, *(self._sharded.superseded if self._sharded else ())]
 
     def flush(self) -> None:
-        """Wait for the background saves in flight and raise a failure of theirs, if any."""
+        """Wait for the background saves in flight and raise a failure of theirs, if any. With
+        ``save_sharded_async``: every rank calls it (it issues no collective; sharded.py)."""
         self._writer.wait()
+        self._sharded_wait()
+
+    def _sharded_wait(self) -> None:
+        if self._sharded is not None:
+            self._sharded.wait()
 
     def _resolve_index(self, step: int | None, epoch: int | None) -> tuple[Unit, int]:
-        for name, value in (("step", step), ("epoch", epoch)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise UsageError(f"{name}={value!r} is invalid: pass an int >= 0")
+        _check_index(step, epoch)
         if step is not None:
             return "step", step
         if epoch is not None:
@@ -492,6 +503,23 @@ class RunCheckpoints(RunReader):
         from grd_blocks.checkpoint.sharded import save_sharded
 
         return save_sharded(self, state_dict, step=step, epoch=epoch, metrics=metrics, metadata=metadata)
+
+    def save_sharded_async(
+        self,
+        state_dict: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``save_sharded`` in the background: every rank stages its state in host memory and returns; the
+        write, the gather and the commit run on this run's thread over a gloo group of its own, created at
+        the first call (a collective); a failure on any rank is raised on every rank by its next sharded
+        save, load or ``flush()`` (sharded.py states the guarantees)."""
+        from grd_blocks.checkpoint.sharded import save_sharded_async
+
+        save_sharded_async(self, state_dict, step=step, epoch=epoch, metrics=metrics, metadata=metadata)
 
     def load_sharded(
         self, state_dict: dict[str, Any], *, step: int | None = None, epoch: int | None = None

@@ -35,8 +35,29 @@ with the save's own token (``{token}__0_0.distcp``, ``{token}.metadata``), so no
 is ever overwritten; the manifest's one PUT is the commit, and the objects of the version it replaced are
 deleted only after it (commit.py). Shards are hashed as the store holds them (read back from S3).
 
-Limits: the default process group only; a load hashes the files a rank reads twice (its share of the shared
-verification, then what DCP reads), and on S3 downloads them twice.
+Background saves (``save_sharded_async``):
+
+* The call blocks only while the state is staged: every tensor, and the local shard of every DTensor, copied
+  to host memory (``SnapshotBuffers.copy_sharded``: reused buffers); other values deep-copied. The state may
+  change as soon as the call returns: what is committed is what it held at the call.
+* The write is ``write_sharded`` on the run's ``ShardedWriter`` thread (async_writer.py): the protocol of a
+  synchronous save above, so the manifest is committed only once every rank's write completed, then
+  LATEST.json, retention after it.
+* Checkpoint traffic never shares a process group with the training loop: at its first
+  ``save_sharded_async`` every rank creates one gloo group of all ranks for this run
+  (``dist.new_group(backend="gloo")``: a collective on the default group, in the caller's thread); every
+  collective of its background saves (DCP's own included) goes over it, from the one writer thread, in the
+  same order on every rank, so the loop's collectives on the default group may run at the same time.
+* Which save is written is agreed (saves not yet started when a newer one comes are superseded on every rank
+  alike: async_writer.py), so every rank runs the same collectives.
+* A failure on any rank fails that save on every rank (nothing committed, its staging dropped); every rank
+  raises it at its next ``save_sharded_async``, ``save_sharded``, ``load_sharded`` or ``flush()`` (the latter
+  three wait for the writer first; ``flush`` issues no collective).
+
+Limits: every rank must make the same calls in the same order; a call that raises on one rank only before
+it staged (e.g. host memory exhausted) leaves the other ranks' writers waiting for that rank's next call.
+Synchronous saves use the default process group only; a load hashes the files a rank reads twice (its share
+of the shared verification, then what DCP reads), and on S3 downloads them twice.
 """
 
 from __future__ import annotations
@@ -48,12 +69,13 @@ import os
 import pickle
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import fsspec
 
+from grd_blocks.checkpoint.async_writer import ShardedWriter
 from grd_blocks.checkpoint.observers import Observer, bind_automatic
 from grd_blocks.checkpoint.payload.digest import digest_later, entry_of_fd, verify_fd
 from grd_blocks.checkpoint.payload.hashes import save_algorithm
@@ -114,25 +136,25 @@ def _world() -> int:
     return dist.get_world_size() if _active() else 1
 
 
-def _broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
+def _broadcast(value: Any, group: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (over ``group``: None is the default process group)."""
     if not _active():
         return value
     import torch.distributed as dist
 
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
-def _all_gather(value: Any) -> list[Any]:
-    """Every rank's ``value``, in rank order, on every rank."""
+def _all_gather(value: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (over ``group``)."""
     if not _active():
         return [value]
     import torch.distributed as dist
 
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, value, group=group)
     return out
 
 
@@ -372,6 +394,20 @@ def _hash_written(run: RunCheckpoints, plan: _Plan, names: list[str]) -> dict[st
     return entries
 
 
+@dataclass(frozen=True)
+class _Request:
+    """Rank 0's part of a save (not broadcast): its name and what its manifest says besides the files."""
+
+    unit: Unit
+    index: int
+    step: int | None
+    epoch: int | None
+    metrics: dict[str, float]
+    metadata: dict[str, Any]
+    digest: str
+    observers: tuple[Observer, ...] = ()
+
+
 def save_sharded(
     run: RunCheckpoints,
     state_dict: Mapping[str, Any],
@@ -383,30 +419,41 @@ def save_sharded(
 ) -> CheckpointRef:
     """Commit ``state_dict`` (a DCP state dict: DTensors, tensors, plain values) as ``step_{step}`` (or
     ``epoch_{epoch}``; neither: the step after the latest), written by every rank (module docstring)."""
-    from torch.distributed.checkpoint.state_dict_saver import save
-
     from grd_blocks.checkpoint.run import _metadata, _metrics
 
+    run._sharded_wait()  # every rank: an in-flight save_sharded_async first (its failure raised everywhere)
+
+    def decide() -> _Request:
+        run.flush()  # an in-flight save_async of this prefix first
+        unit, index = run._resolve_index(step, epoch)
+        return _Request(unit, index, step, epoch, _metrics(metrics), _metadata(metadata), save_algorithm(),
+                        tuple(bind_automatic()))
+
+    return write_sharded(run, state_dict, decide, group=None)
+
+
+def write_sharded(
+    run: RunCheckpoints, state_dict: Mapping[str, Any], decide: Callable[[], _Request], *, group: Any
+) -> CheckpointRef:
+    """Every rank: write ``state_dict`` into the staging folder rank 0 made for ``decide()`` (called on rank 0
+    only), hash, gather over ``group`` and commit on rank 0; the same ref, or an error, on every rank."""
+    from torch.distributed.checkpoint.state_dict_saver import save
+
     rank = _rank()
-    observers: tuple[Observer, ...] = ()
-    metrics_: dict[str, float] = {}
-    metadata_: dict[str, Any] = {}
     own: BaseException | None = None
+    request: _Request | None = None
     decided: _Plan | _Failed
     if rank == 0:
         try:
-            run.flush()  # an in-flight save_async of this prefix first
-            unit, index = run._resolve_index(step, epoch)
-            metrics_, metadata_ = _metrics(metrics), _metadata(metadata)
-            observers = tuple(bind_automatic())
-            name = checkpoint_dirname(unit, index)
+            request = decide()
+            name = checkpoint_dirname(request.unit, request.index)
             with guard(run.url, f"stage {name}"):
                 staged = run._commit.stage(join(run.path, name))
-            decided = _Plan(unit, index, save_algorithm(), staged, uuid.uuid4().hex[:12],
+            decided = _Plan(request.unit, request.index, request.digest, staged, uuid.uuid4().hex[:12],
                             run._commit.stages_in_place)
         except Exception as exc:
             own, decided = exc, _failed(exc)
-    plan = _broadcast(decided if rank == 0 else None)
+    plan = _broadcast(decided if rank == 0 else None, group)
     _raise_agreed(plan, own)
     assert isinstance(plan, _Plan)
 
@@ -419,7 +466,7 @@ def save_sharded(
         try:
             with warnings.catch_warnings():  # DCP warns that one process without a group saves alone
                 warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-                save(dict(state_dict), storage_writer=writer, no_dist=not _active())
+                save(dict(state_dict), storage_writer=writer, process_group=group, no_dist=not _active())
         except CheckpointException as exc:  # DCP's (a BaseException): it tells every rank of any failure
             raise CheckpointError(
                 f"{join(run.url, name)}: torch.distributed.checkpoint could not write this state ({exc}); "
@@ -429,7 +476,7 @@ def save_sharded(
         written = _hash_written(run, plan, writer.written)
     except Exception as exc:  # hashing fails on this rank alone: every rank learns of it below
         own, written = exc, _failed(exc)
-    gathered = _all_gather(written)
+    gathered = _all_gather(written, group)
     failures = [item for item in gathered if isinstance(item, _Failed)]
     if failures:
         names = [name for item in gathered if isinstance(item, dict) for name in item]
@@ -439,16 +486,51 @@ def save_sharded(
 
     outcome: CheckpointRef | _Failed | None = None
     if rank == 0:
+        assert request is not None
         try:
-            outcome = _commit(run, plan, writer, gathered, metrics_, metadata_, step, epoch, observers)
+            outcome = _commit(run, plan, writer, gathered, request)
         except Exception as exc:
             names = [name for item in gathered for name in item]
             run._commit.discard(plan.staged, [*names, _metadata_name(plan)])
             own, outcome = exc, _failed(exc)
-    outcome = _broadcast(outcome)
+    outcome = _broadcast(outcome, group)
     _raise_agreed(outcome, own)
     assert isinstance(outcome, CheckpointRef)
     return outcome
+
+
+def save_sharded_async(
+    run: RunCheckpoints,
+    state_dict: Mapping[str, Any],
+    *,
+    step: int | None,
+    epoch: int | None,
+    metrics: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+) -> None:
+    """Stage ``state_dict`` on this rank (host copies) and hand its save to the run's ``ShardedWriter``
+    (async_writer.py), whose thread runs ``write_sharded`` over its own process group (module docstring)."""
+    from grd_blocks.checkpoint.run import _check_index, _metadata, _metrics
+
+    if run._sharded is None:
+        run._sharded = ShardedWriter(run.url, _all_gather)
+    writer = run._sharded
+    writer.ensure_group()
+    number = writer.number()  # raises an earlier failure
+    _check_index(step, epoch)  # these checks depend on the arguments alone: the same verdict on every rank
+    metrics_, metadata_, digest = _metrics(metrics), _metadata(metadata), save_algorithm()
+    observers = tuple(bind_automatic()) if _rank() == 0 else ()
+    owned: list[Any] = []
+    staged = writer.buffers.copy_sharded(state_dict, owned)
+
+    def decide() -> _Request:  # rank 0, on the writer's thread, once the saves before it are committed
+        run._writer.wait()  # a single-file save_async of this prefix first
+        unit, index = run._resolve_index(step, epoch)
+        return _Request(unit, index, step, epoch, metrics_, metadata_, digest, observers)
+
+    what = f"step_{step}" if step is not None else f"epoch_{epoch}" if epoch is not None else f"#{number}"
+    writer.submit(number, what, lambda group: write_sharded(run, staged, decide, group=group),
+                  lambda: writer.buffers.release(owned))
 
 
 def _commit(
@@ -456,11 +538,7 @@ def _commit(
     plan: _Plan,
     writer: Any,
     gathered: list[dict[str, FileEntry]],
-    metrics: dict[str, float],
-    metadata: dict[str, Any],
-    step: int | None,
-    epoch: int | None,
-    observers: tuple[Observer, ...],
+    request: _Request,
 ) -> CheckpointRef:
     """Rank 0, once every rank's shards are written and hashed: ``.metadata``, then the manifest (the
     commit), then LATEST.json, retention and the sweep (run.py)."""
@@ -483,15 +561,15 @@ def _commit(
         handlers={},
         created_at=now_iso(),
         writer=writer_id(),
-        metrics=metrics,
-        metadata={**metadata, "world_size": _world()} if "world_size" not in metadata else metadata,
-        step=step,
-        epoch=epoch,
+        metrics=request.metrics,
+        metadata={"world_size": _world(), **request.metadata},
+        step=request.step,
+        epoch=request.epoch,
         grd_version=GRD_VERSION,
     )
     with guard(run.url, f"commit {name}"):
         run._commit.commit_staged(join(run.path, name), plan.staged, manifest.to_bytes())
-    return run._committed(manifest, observers)
+    return run._committed(manifest, request.observers)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -589,6 +667,7 @@ def load_sharded(
     from torch.distributed.checkpoint.state_dict_loader import load
 
     pinned = step is not None or epoch is not None
+    run._sharded_wait()
     rank = _rank()
     own: BaseException | None = None
     choice: _Candidate | _Failed | None = None

@@ -6,10 +6,13 @@ the process group is gloo on CPU. Each scenario prints one JSON line per result,
 
 from __future__ import annotations
 
+import collections
+import copy
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +22,30 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import fully_shard
 
 from grd_blocks.checkpoint import RunCheckpoints
+from grd_blocks.errors import GrdError
+
+GATE_LIMIT_S = 60.0
+"""A safety net only: a gate never opened fails the write after this long instead of hanging the test."""
+
+
+class Held:
+    """A state value whose pickling, which DCP does in the (background) write, waits until ``gate`` opens:
+    it holds that rank's write at a known point. Staging keeps it as it is (``__deepcopy__``); it is stored
+    as ``OrderedDict(held=True)``."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.entered = threading.Event()
+        """Set once the write has reached this value."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Held:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self.entered.set()
+        if not self.gate.wait(GATE_LIMIT_S):
+            raise RuntimeError("the test never opened the gate of this write")
+        return (collections.OrderedDict, ((("held", True),),))
 
 
 def open_run(store: str) -> RunCheckpoints:
@@ -57,17 +84,28 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict
     return {"model": model_state, "optim": optimizer_state}
 
 
-def fsdp_save(store: str, step: str, reference: str) -> None:
+def fsdp_save(store: str, step: str, reference: str, mode: str = "sync") -> None:
     """Train ``step`` steps of an FSDP2 model, save it sharded at ``step``, write the full state to
-    ``reference`` (rank 0) for the loading side to compare with."""
+    ``reference`` (rank 0) for the loading side to compare with. ``async``: save_sharded_async, then (while
+    it may still be written) gather the full state and train one more step, then flush."""
     model, optimizer = fsdp_model(seed=1)
     for number in range(int(step)):
         train_step(model, optimizer, number)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    ref = open_run(store).save_sharded(
-        {"model": model_state, "optim": optimizer_state, "extra": {"step": int(step)}}, step=int(step)
-    )
-    full = full_state(model, optimizer)
+    state = {"model": model_state, "optim": optimizer_state, "extra": {"step": int(step)}}
+    run = open_run(store)
+    if mode == "async":
+        run.save_sharded_async(state, step=int(step))
+        full = full_state(model, optimizer)  # collectives on the default group beside the background save
+        full = {key: copy.deepcopy(value) for key, value in full.items()}  # its "step" tensors are live
+        train_step(model, optimizer, int(step))  # changes every parameter and the optimizer state
+        state["extra"]["step"] = -1
+        run.flush()
+        ref = run.latest()
+        assert ref is not None
+    else:
+        ref = run.save_sharded(state, step=int(step))
+        full = full_state(model, optimizer)
     if dist.get_rank() == 0:
         torch.save(full, reference)
     emit(saved=ref.name, world=dist.get_world_size())
@@ -145,9 +183,54 @@ def load_latest(store: str, size: str) -> None:
     emit(loaded=ref.name if ref else None, values=values, step=state["step"])
 
 
+def async_held(store: str, size: str) -> None:
+    """save_sharded_async of step 1 with rank 1's write held until rank 1's loop has done its next step (a
+    collective on the default group) and both ranks have looked at the store; the state is changed right
+    after the call."""
+    run, rank = open_run(store), dist.get_rank()
+    gate = threading.Event()
+    if rank == 0:
+        gate.set()  # only rank 1's write is held
+    state = shard_state(1, int(size))
+    state[f"held_{rank}"] = Held(gate)
+    run.save_sharded_async(state, step=1)
+    local = state["weights"].to_local()
+    local.fill_(99.0)  # after the call: must not reach the checkpoint
+    total = torch.ones(1)
+    dist.all_reduce(total)  # the loop's next step
+    latest = run.latest()
+    emit(stepped=float(total), latest_while_held=latest.name if latest else None,
+         changed=sorted({float(value) for value in state["weights"].to_local().tolist()}))
+    dist.barrier()  # both ranks have looked before rank 1's write may go on
+    gate.set()
+    run.flush()
+    latest = run.latest()
+    emit(committed=latest.name if latest else None)
+
+
+def async_fail(store: str, size: str) -> None:
+    """save_sharded_async of step 1 whose write fails on rank 1 only (a value DCP cannot pickle); then every
+    rank calls save_sharded of step 2 (which raises that failure), again (which commits), and an async step 3
+    and flush."""
+    run, rank = open_run(store), dist.get_rank()
+    state = shard_state(1, int(size))
+    state[f"bad_{rank}"] = (lambda: None) if rank == 1 else 0
+    run.save_sharded_async(state, step=1)
+    raised = None
+    try:
+        run.save_sharded(shard_state(2, int(size)), step=2)
+    except GrdError as exc:
+        raised = f"{type(exc).__name__}: {exc}"
+    ref = run.save_sharded(shard_state(2, int(size)), step=2)
+    run.save_sharded_async(shard_state(3, int(size)), step=3)
+    run.flush()
+    latest = run.latest()
+    emit(raised=raised, second=ref.name, latest=latest.name if latest else None)
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
     "fsdp_save": fsdp_save, "fsdp_load": fsdp_load, "save_loop": save_loop, "save_steps": save_steps,
-    "load_latest": load_latest,
+    "load_latest": load_latest, "async_held": async_held, "async_fail": async_fail,
 }
 
 

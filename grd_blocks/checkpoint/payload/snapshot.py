@@ -14,7 +14,9 @@ tensors that live on a GPU are page-locked (pinned), which speeds up the device-
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from grd_blocks.checkpoint.payload.handlers import loaded_torch
@@ -43,6 +45,30 @@ class SnapshotBuffers:
         if isinstance(value, tuple):
             return tuple(self.copy(item) for item in value)
         return value
+
+    def copy_sharded(self, state: Any, owned: list[Any]) -> Any:
+        """Like ``copy``, for a DCP state dict: a DTensor keeps its spec with a host copy of its local shard;
+        values that are not containers or tensors are deep-copied. Every host tensor made is appended to
+        ``owned`` (what to ``release``)."""
+        torch = loaded_torch()
+        if torch is not None:
+            from torch.distributed.tensor import DTensor
+
+            if isinstance(state, DTensor):
+                local = self.copy(state.to_local())
+                owned.append(local)
+                return DTensor(local, state._spec, requires_grad=False)  # type: ignore[no-untyped-call]
+            if isinstance(state, torch.Tensor):
+                host = self.copy(state)
+                owned.append(host)
+                return host
+        if isinstance(state, Mapping):
+            return {key: self.copy_sharded(value, owned) for key, value in state.items()}
+        if isinstance(state, list):
+            return [self.copy_sharded(value, owned) for value in state]
+        if isinstance(state, tuple):
+            return tuple(self.copy_sharded(value, owned) for value in state)
+        return copy.deepcopy(state)
 
     def release(self, payload: Any) -> None:
         """Take back the tensors of a payload ``copy`` returned; its write must have finished."""
