@@ -26,10 +26,10 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["GRD_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"grd-runtime-{WORKER}-")
 
 pytest_plugins = ["tests.fixtures.prefect_api", "tests.fixtures.prefect_server", "tests.fixtures.s3_server",
-                  "tests.fixtures.dask_cluster"]
+                  "tests.fixtures.dask_cluster", "tests.fixtures.ray_cluster"]
 
 S3_FIXTURES = frozenset({"s3_server", "s3_bucket"})
-DASK_FIXTURES = frozenset({"dask_cluster", "own_dask_cluster"})
+DASK_FIXTURES = frozenset({"dask_cluster", "own_dask_cluster", "ray_cluster"})
 PREFECT_FIXTURES = frozenset({"prefect_api", "api_url", "prefect_servers", "prefect_server", "deployed",
                               "deployed_on"})
 DEDICATED_SERVER_FIXTURES = frozenset({"prefect_servers", "prefect_server", "deployed", "deployed_on"})
@@ -54,6 +54,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.server)
         if fixtures & S3_FIXTURES:
             item.add_marker(pytest.mark.s3)
+        if "ray_cluster" in fixtures:  # one worker holds the session's Ray cluster: it starts once per run
+            item.add_marker(pytest.mark.xdist_group("ray-cluster"))
         backend = _backend(item, fixtures)
         if backend is not None:
             item.add_marker(pytest.mark.xdist_group(f"prefect-server-{backend}"))

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Protocol
 
 from grd_blocks.orchestration.execute import CommandPlan, execute
-from grd_blocks.orchestration.plan import DASK_ENV, PhasePlan, PlannedCommand, dask_address
+from grd_blocks.orchestration.plan import (
+    DASK_ENV,
+    RAY_ENV,
+    PhasePlan,
+    PlannedCommand,
+    dask_address,
+    ray_address,
+)
 from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import interrupt_exit_code
@@ -37,6 +44,7 @@ from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write
 
 __all__ = [  # the engine's public interface: all the edge may use of the loop's internals
     "DASK_ENV",
+    "RAY_ENV",
     "BenchmarkRun",
     "CommandPlan",
     "Finished",
@@ -46,6 +54,7 @@ __all__ = [  # the engine's public interface: all the edge may use of the loop's
     "RunnerGone",
     "dask_address",
     "execute",
+    "ray_address",
     "run_benchmark",
 ]
 

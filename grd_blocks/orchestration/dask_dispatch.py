@@ -31,13 +31,11 @@ import atexit
 import contextlib
 import logging
 import math
-import os
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from distributed import Client, Future, Variable
@@ -53,6 +51,9 @@ from grd_blocks.orchestration.dask_worker import (
     run_on_worker,
 )
 from grd_blocks.orchestration.execute import CommandPlan, LineSink, not_started, outcome_row
+from grd_blocks.orchestration.remote import DriverLog as _Log
+from grd_blocks.orchestration.remote import joined as _joined
+from grd_blocks.orchestration.remote import remote_request
 from grd_blocks.orchestration.status import Status
 from grd_blocks.process.ladder import KILL_WAIT_S
 from grd_blocks.report import CommandReport
@@ -215,7 +216,7 @@ class DaskDispatch:
 
     def _try(self, plan: CommandPlan, on_line: LineSink | None, log: _Log) -> Ran | NotStarted | str:
         """One dispatch of ``plan``: its answer, or why it was lost (a string)."""
-        request = _request(plan, self.topic)
+        request = remote_request(plan, self.topic)
         stream = _Stream()
         with self._lock:
             self._streams[request.token] = stream
@@ -313,50 +314,6 @@ class DaskDispatch:
             stream.wake.wait(TICK_S)
             stream.wake.clear()
             self._drain(stream, seen, plan, on_line, log)
-
-
-class _Log:
-    """The driver's copy of a command's log: streamed lines as they come, then a try's exact bytes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("wb")
-        self.try_start = 0
-
-    def append_line(self, text: str) -> None:
-        self.handle.write(text.encode("utf-8", "replace") + b"\n")
-        self.handle.flush()
-
-    def begin_try(self) -> None:
-        self.try_start = self.handle.tell()
-
-    def replace_try(self, data: bytes) -> None:
-        self.handle.seek(self.try_start)
-        self.handle.truncate()
-        self.handle.write(data)
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _joined(parts: list[str]) -> str | None:
-    return "; ".join(parts) if parts else None
-
-
-def _request(plan: CommandPlan, topic: str) -> RemoteRequest:
-    """The dispatch of ``plan`` now: its deadline converted to the seconds left in its budget."""
-    remaining = plan.budget.remaining()
-    if plan.budget.cancelled:
-        remaining = 0.0
-    return RemoteRequest(
-        token=uuid.uuid4().hex, topic=topic, phase=plan.phase, name=plan.name, run=plan.run,
-        remaining_s=None if math.isinf(remaining) else remaining, level=plan.budget.level,
-        configured_s=plan.configured_s, grace_s=plan.grace_s, run_key=plan.run_key, attempt=plan.attempt,
-        cwd=plan.cwd, spec_env=dict(plan.spec_env), store=plan.store, warn=plan.warn,
-    )
 
 
 _DISPATCHERS: dict[str, DaskDispatch] = {}

@@ -24,7 +24,7 @@ from grd_blocks.budget import TIMEOUT_FILE_ENV, Budget, budget_stop_marked
 from grd_blocks.budget.stop_file import forget, fresh_timeout_file
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess, command_env
-from grd_blocks.orchestration.plan import DaskTarget
+from grd_blocks.orchestration.plan import DaskTarget, RayTarget
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status
 from grd_blocks.process import CommandOutcome, DeadlineWarning, run_command
 from grd_blocks.report import CommandReport, TimeoutInfo, ended_with
@@ -57,6 +57,7 @@ class CommandPlan:
     earlier_logs: list[str] = field(default_factory=list)  # the logs of its earlier attempts, oldest first
     cleanup: bool = False  # a cleanup: its budget is shielded, so a cancel of the run does not stop it
     dask: DaskTarget | None = None  # the Dask cluster it runs on (None: this machine)
+    ray: RayTarget | None = None  # the Ray cluster it runs on (None: this machine)
 
     @property
     def label(self) -> str:
@@ -205,12 +206,16 @@ def run_attempt(plan: CommandPlan, granted: float, *, on_line: LineSink | None =
 
 def execute(plan: CommandPlan, *, on_line: LineSink | None = None) -> CommandReport:
     """Run ``plan`` to its end (exit, deadline or its budget's cancellation) and return its row; never raises
-    GrdError. A cleanup's budget is shielded: cancelling the run does not reach it. A plan with a Dask target
-    runs on that cluster."""
+    GrdError. A cleanup's budget is shielded: cancelling the run does not reach it. A plan with a Dask or Ray
+    target runs on that cluster."""
     if plan.dask is not None:
         from grd_blocks.orchestration.dask_dispatch import dispatch  # distributed: only where it is used
 
         return dispatch(plan, on_line=on_line)
+    if plan.ray is not None:
+        from grd_blocks.orchestration.ray_dispatch import dispatch as ray_dispatch  # ray: only where used
+
+        return ray_dispatch(plan, on_line=on_line)
     granted = plan.budget.remaining()
     try:
         outcome, stop_marked = run_attempt(plan, granted, on_line=on_line)

@@ -8,8 +8,9 @@ With timeouts disabled every timeout and warning is None (cleanups included).
 
 Where a phase's commands run is resolved here too, key by key like the rest: the phase's ``runner`` > the
 benchmark's ``runner`` > the run's setting (the flow's ``dask_scheduler`` parameter, else the
-``GRD_DASK_SCHEDULER`` environment variable, read at the edge: ``dask_address``) > this machine. Cleanups
-always run on this machine (``PlannedCommand.dask`` is None for them).
+``GRD_DASK_SCHEDULER`` environment variable, read at the edge: ``dask_address``; else ``GRD_RAY_ADDRESS``:
+``ray_address``) > this machine. Cleanups always run on this machine (``PlannedCommand.dask`` and ``.ray``
+are None for them).
 """
 
 from __future__ import annotations
@@ -28,17 +29,21 @@ from grd_blocks.spec import (
     RunnerSpec,
     WarnSpec,
     dask_address_problem,
+    ray_address_problem,
     resolve_command,
 )
 
 __all__ = [
     "DASK_ENV",
+    "RAY_ENV",
     "BenchmarkPlan",
     "DaskTarget",
     "PhasePlan",
     "PlannedCommand",
+    "RayTarget",
     "dask_address",
     "plan_benchmark",
+    "ray_address",
 ]
 
 DASK_ENV = "GRD_DASK_SCHEDULER"
@@ -71,6 +76,36 @@ def dask_address(parameter: str | None, environ: Mapping[str, str]) -> str | Non
     return None
 
 
+RAY_ENV = "GRD_RAY_ADDRESS"
+"""The environment variable naming the Ray cluster of phases whose spec sets no ``runner`` (a Dask scheduler
+set for the run wins)."""
+
+
+@dataclass(frozen=True)
+class RayTarget:
+    """A Ray cluster that runs a phase's commands: its address, the tries a command gets when the worker
+    running it is lost (within its budget), and the resources each command asks Ray for (None: Ray's
+    default)."""
+
+    address: str
+    attempts: int = DEFAULT_DASK_ATTEMPTS
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+
+
+def ray_address(environ: Mapping[str, str]) -> str | None:
+    """The run's Ray cluster: ``GRD_RAY_ADDRESS`` from ``environ``, else None; ``UsageError`` naming the
+    setting if it is not an address."""
+    value = environ.get(RAY_ENV)
+    if value is None or not value.strip():
+        return None
+    problem = ray_address_problem(value.strip())
+    if problem is not None:
+        raise UsageError(f"environment variable {RAY_ENV}: {problem}; write e.g. ray://head:10001, "
+                         "head:6379 or auto, or leave it empty to run commands on this machine")
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class PlannedCommand:
     """One command (or cleanup) with its settings resolved; ``phase`` is its phase's name, or the benchmark's
@@ -87,6 +122,7 @@ class PlannedCommand:
     env: tuple[tuple[str, str], ...] = ()
     cleanup: bool = False
     dask: DaskTarget | None = None  # the cluster it runs on (None: this machine)
+    ray: RayTarget | None = None  # the Ray cluster it runs on (None: this machine)
 
     @property
     def label(self) -> str:
@@ -104,6 +140,7 @@ class PhasePlan:
     commands: tuple[PlannedCommand, ...]
     cleanup: PlannedCommand | None = None
     dask: DaskTarget | None = None
+    ray: RayTarget | None = None
 
     def command(self, name: str) -> PlannedCommand:
         """The command (or cleanup) of this phase called ``name``; ``KeyError`` if there is none."""
@@ -134,16 +171,21 @@ class BenchmarkPlan:
         raise KeyError(f"benchmark {self.name!r} has no phase {name!r}")
 
 
-def _target(spec: BenchmarkSpec, phase: PhaseSpec, default: str | None) -> DaskTarget | None:
+def _target(spec: BenchmarkSpec, phase: PhaseSpec, default: str | None,
+            ray: str | None = None) -> DaskTarget | RayTarget | None:
     """Where ``phase``'s commands run (module docstring: precedence)."""
     runner: RunnerSpec | None = phase.runner if phase.runner is not None else spec.runner
     if runner is None:
-        return None if default is None else DaskTarget(default)
+        if default is not None:
+            return DaskTarget(default)
+        return None if ray is None else RayTarget(ray)
+    if runner.ray is not None:
+        return RayTarget(runner.ray, runner.attempts, runner.num_cpus, runner.num_gpus)
     return None if runner.dask is None else DaskTarget(runner.dask, runner.attempts)
 
 
 def _command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec, *, timeouts: bool,
-             cleanup: bool, dask: DaskTarget | None = None) -> PlannedCommand:
+             cleanup: bool, dask: DaskTarget | RayTarget | None = None) -> PlannedCommand:
     resolved = resolve_command(spec, phase, command)
     if cleanup:
         timeout = cleanup_timeout(command.timeout, timeouts=timeouts)
@@ -163,12 +205,14 @@ def _command(spec: BenchmarkSpec, phase: PhaseSpec | None, command: CommandSpec,
         cwd=cwd,
         env=tuple(command.env.items()),
         cleanup=cleanup,
-        dask=None if cleanup else dask,
+        dask=dask if isinstance(dask, DaskTarget) and not cleanup else None,
+        ray=dask if isinstance(dask, RayTarget) and not cleanup else None,
     )
 
 
-def _phase(spec: BenchmarkSpec, phase: PhaseSpec, *, timeouts: bool, dask: str | None) -> PhasePlan:
-    target = _target(spec, phase, dask)
+def _phase(spec: BenchmarkSpec, phase: PhaseSpec, *, timeouts: bool, dask: str | None,
+           ray: str | None = None) -> PhasePlan:
+    target = _target(spec, phase, dask, ray)
     return PhasePlan(
         name=phase.name,
         timeout_s=phase.timeout if timeouts else None,
@@ -177,15 +221,18 @@ def _phase(spec: BenchmarkSpec, phase: PhaseSpec, *, timeouts: bool, dask: str |
                        for command in phase.commands),
         cleanup=None if phase.cleanup is None
         else _command(spec, phase, phase.cleanup, timeouts=timeouts, cleanup=True),
-        dask=target,
+        dask=target if isinstance(target, DaskTarget) else None,
+        ray=target if isinstance(target, RayTarget) else None,
     )
 
 
-def plan_benchmark(spec: BenchmarkSpec, *, timeouts: bool = True, dask: str | None = None) -> BenchmarkPlan:
+def plan_benchmark(spec: BenchmarkSpec, *, timeouts: bool = True, dask: str | None = None,
+                   ray: str | None = None) -> BenchmarkPlan:
     """Resolve every command of ``spec`` once (``timeouts`` False, or the spec's, drops every deadline;
-    ``dask``: the run's Dask scheduler for phases whose spec names no runner, see ``dask_address``)."""
+    ``dask``: the run's Dask scheduler for phases whose spec names no runner, see ``dask_address``; ``ray``:
+    the run's Ray cluster for them when no Dask scheduler is set, see ``ray_address``)."""
     timeouts = timeouts and spec.timeouts
-    phases = tuple(_phase(spec, phase, timeouts=timeouts, dask=dask) for phase in spec.phases)
+    phases = tuple(_phase(spec, phase, timeouts=timeouts, dask=dask, ray=ray) for phase in spec.phases)
     return BenchmarkPlan(
         name=spec.name,
         source=str(spec.source),

@@ -60,6 +60,7 @@ class BenchmarkRun:
     resume_from: str | None = None  # the run key a resume was asked for (nothing under it: warned, see below)
     command_prefixes: checkpoint_watch.CommandPrefixes | None = None  # each command's checkpoints, to watch
     dask: str | None = None  # the run's Dask scheduler for phases whose spec names no runner (plan.py)
+    ray: str | None = None  # the run's Ray cluster for them, when no Dask scheduler is set (plan.py)
     clock: Clock = time.monotonic
     logger: Logger = field(default_factory=lambda: logging.getLogger("grd"))
     plan: BenchmarkPlan = field(init=False)
@@ -72,7 +73,7 @@ class BenchmarkRun:
     _resume_note: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts, dask=self.dask)
+        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts, dask=self.dask, ray=self.ray)
         self.timeouts = self.plan.timeouts
         self.budget = planning.benchmark_budget(self.plan, clock=self.clock, limit_s=self.limit_s)
         self.gate = RunGate(self.budget)
@@ -126,6 +127,10 @@ class BenchmarkRun:
             from grd_blocks.orchestration.dask_dispatch import close_dispatchers  # imports distributed
 
             close_dispatchers()
+        if any(phase.ray is not None for phase in self.plan.phases):
+            from grd_blocks.orchestration.ray_dispatch import close_dispatchers as close_ray  # imports ray
+
+            close_ray()
 
     def observe(self, phase_run: PhaseRun, command: PlannedCommand, row: CommandReport) -> None:
         """Apply ``command``'s on_timeout policy to its phase (and run) after it ended with ``row``."""
@@ -176,6 +181,7 @@ class BenchmarkRun:
             earlier_logs=list(earlier),
             cleanup=command.cleanup,
             dask=command.dask,
+            ray=command.ray,
         )
 
     def watch(self, plan: CommandPlan) -> checkpoint_watch.Watch | None:

@@ -47,6 +47,7 @@ from grd_blocks.orchestration.benchmark import (
     RunnerGone,
     dask_address,
     execute,
+    ray_address,
     run_benchmark,
 )
 from grd_blocks.orchestration.line_batches import line_logger
@@ -264,6 +265,7 @@ def benchmark(
     try:
         spec = load_spec(spec_path)
         dask = dask_address(dask_scheduler, os.environ)  # before a person is asked to approve anything
+        ray = ray_address(os.environ)
         key = resolve_run_key(run_key, resume_from, flow_run_id)
         limit_s = _approved_limit(spec, key, store, approval_budget, auto_approve=auto_approve)
         opened = open_store(store, key)
@@ -272,7 +274,8 @@ def benchmark(
     logs_dir = (Path(report_path).parent if report_path else Path("reports")) / key
     run = BenchmarkRun(spec=spec, run_key=key, logs_dir=logs_dir, timeouts=timeouts, limit_s=limit_s,
                        store=opened.access, progress_root=opened.progress, command_prefixes=opened.commands,
-                       logger=logger, resume_from=resume_from or None, dask=dask)
+                       logger=logger, resume_from=resume_from or None, dask=dask,
+                       ray=ray)
     logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)

@@ -16,6 +16,7 @@ from grd_blocks.spec.models import (
     RunnerSpec,
     WarnSpec,
     dask_address_problem,
+    ray_address_problem,
 )
 from grd_blocks.spec.resolve import BUILTIN_GRACE_S, BUILTIN_ON_TIMEOUT, ResolvedCommand, resolve_command
 
@@ -34,5 +35,6 @@ __all__ = [
     "dask_address_problem",
     "load_spec",
     "parse_spec",
+    "ray_address_problem",
     "resolve_command",
 ]

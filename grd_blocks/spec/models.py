@@ -39,6 +39,7 @@ __all__ = [
     "RunnerSpec",
     "WarnSpec",
     "dask_address_problem",
+    "ray_address_problem",
 ]
 
 OnTimeout = Literal["continue", "stop_phase", "stop_benchmark"]
@@ -248,6 +249,40 @@ def _dask_address(value: object) -> object:
     return value
 
 
+_RAY_FIX = ("write runner: {ray: 'ray://head:10001'} (Ray Client), {ray: 'head:6379'} (the cluster's GCS, "
+            "from a node of it) or {ray: auto} (the cluster this machine is part of)")
+
+
+def ray_address_problem(value: object) -> str | None:
+    """Why ``value`` is not a Ray address: ``auto``, ``ray://HOST[:PORT]`` or ``HOST:PORT`` (PORT 1-65535);
+    None when it is one. The spec and the environment setting share this rule."""
+    if not isinstance(value, str):
+        return f"a Ray address must be a string, not {type(value).__name__}"
+    if value == "auto":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme != "ray":
+        return f"Ray address {value!r} has scheme {scheme}://; Ray takes ray:// (or no scheme: HOST:PORT)"
+    match = _HOST_PORT.fullmatch(rest if sep else value)
+    if match is None:
+        return f"Ray address {value!r} is not ray://HOST[:PORT], HOST:PORT or auto (no path, no spaces)"
+    port = match.group("port")
+    if not sep and port is None:
+        return f"Ray address {value!r} names no port: write HOST:PORT (the GCS, 6379 by default) or ray://HOST"
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"Ray address {value!r} has port {port}, outside 1-65535"
+    return None
+
+
+def _ray_address(value: object) -> object:
+    if value is None:
+        return None
+    problem = ray_address_problem(value)
+    if problem is not None:
+        raise spec_error(problem, _RAY_FIX)
+    return value
+
+
 def _runner(value: object) -> object:
     if value == "local":
         return {"dask": None}  # this machine, said explicitly: it overrides a wider level's runner
@@ -279,16 +314,41 @@ class WarnSpec(_Model):
 
 
 class RunnerSpec(_Model):
-    """Where a phase's commands run: a Dask cluster (``dask``), each under grd's runner on a worker."""
+    """Where a phase's commands run: a Dask cluster (``dask``) or a Ray cluster (``ray``), each command under
+    grd's runner on a worker; ``runner: local`` is this machine."""
 
     dask: Annotated[str | None, BeforeValidator(_dask_address)] = Field(
+        default=None,
         description="The Dask scheduler's address, SCHEME://HOST[:PORT] (tcp, tls, ws or wss); None (written "
-        "runner: local) = this machine."
+        "runner: local) = this machine.",
+    )
+    ray: Annotated[str | None, BeforeValidator(_ray_address)] = Field(
+        default=None,
+        description="The Ray cluster's address: ray://HOST[:PORT] (Ray Client), HOST:PORT (its GCS) or auto.",
     )
     attempts: StrictInt = Field(
         default=3, ge=1, le=MAX_DASK_ATTEMPTS,
-        description="Tries per command when its Dask worker is lost mid-command (1-10), within its budget.",
+        description="Tries per command when its worker is lost mid-command (1-10), within its budget.",
     )
+    num_cpus: float | None = Field(
+        default=None, ge=0, description="With ray: the CPUs each command asks Ray for (Ray's default: 1)."
+    )
+    num_gpus: float | None = Field(
+        default=None, ge=0, description="With ray: the GPUs each command asks Ray for (Ray's default: 0)."
+    )
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> RunnerSpec:
+        if self.dask is not None and self.ray is not None:
+            raise spec_error("runner names both a Dask and a Ray cluster",
+                             "keep one of runner.dask and runner.ray", ("ray",))
+        if "dask" not in self.model_fields_set and "ray" not in self.model_fields_set:
+            raise spec_error("runner names no cluster", f"{_DASK_FIX}, or {_RAY_FIX}")
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(self, key) is not None and self.ray is None:
+                raise spec_error(f"runner.{key} is a Ray resource, but the runner is not Ray",
+                                 f"drop {key}, or write runner: {{ray: ADDRESS, {key}: ...}}", (key,))
+        return self
 
 
 Runner = Annotated[RunnerSpec | None, BeforeValidator(_runner)]
