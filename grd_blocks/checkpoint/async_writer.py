@@ -154,6 +154,7 @@ class ShardedWriter:
         self._staged: dict[int, _NumberedJob] = {}
         self._wanted: int | None = None
         self._busy = False
+        self._gathering = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._failed_what = ""
@@ -187,7 +188,8 @@ class ShardedWriter:
             if self._error is not None:
                 release()
                 self._raise_failure_locked()
-            gone = [self._staged.pop(n) for n in sorted(self._staged) if n != self._wanted]
+            gone = [] if self._gathering else [  # while the ranks gather, any staged call may be agreed
+                self._staged.pop(n) for n in sorted(self._staged) if n != self._wanted]
             self._staged[number] = new
             self._changed.notify_all()
             if self._thread is None:
@@ -222,25 +224,28 @@ class ShardedWriter:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._staged))
                 claimed = self._staged.pop(max(self._staged))
-                self._busy = True
+                self._busy = self._gathering = True
             job: _NumberedJob | None = claimed
             older: list[_NumberedJob] = []
             try:
                 agreed = max(self._gather(claimed.number, self.group))
-                if agreed != claimed.number:  # another rank has staged a newer call: write that one
-                    job = None
-                    with self._changed:
+                with self._changed:
+                    self._gathering = False
+                    older = [self._staged.pop(n) for n in sorted(self._staged) if n < agreed]
+                    if agreed != claimed.number:  # another rank has staged a newer call: write that one
+                        job = None
                         self._wanted = agreed
                         self._changed.wait_for(functools.partial(self._staged.__contains__, agreed))
                         job = self._staged.pop(agreed)
-                        older = [self._staged.pop(n) for n in sorted(self._staged) if n < agreed]
+                        older += [self._staged.pop(n) for n in sorted(self._staged) if n < agreed]
                         self._wanted = None
-                    self._supersede([claimed, *older])
+                        older.insert(0, claimed)
+                self._supersede(older)
                 assert job is not None
                 job.run(self.group)
             except BaseException as exc:
                 with self._changed:
-                    self._wanted = None
+                    self._wanted, self._gathering = None, False
                     gone = list(self._staged.values())
                     self._staged.clear()
                     if self._error is None:  # the first failure is the one reported

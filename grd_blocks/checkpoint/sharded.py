@@ -54,6 +54,10 @@ Background saves (``save_sharded_async``):
   raises it at its next ``save_sharded_async``, ``save_sharded``, ``load_sharded`` or ``flush()`` (the latter
   three wait for the writer first; ``flush`` issues no collective).
 
+Kill trials (tests/checkpoint/sharded_kills.py, docs/fsdp.md): one rank or all SIGKILLed at random moments of
+synchronous and background saves, on local disk and on S3, judged by an independent reader: no torn
+checkpoint, LATEST.json always names a whole one that loads on 1 and on 2 ranks.
+
 Limits: every rank must make the same calls in the same order; a call that raises on one rank only before
 it staged (e.g. host memory exhausted) leaves the other ranks' writers waiting for that rank's next call.
 Synchronous saves use the default process group only; a load hashes the files a rank reads twice (its share

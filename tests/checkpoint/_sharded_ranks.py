@@ -154,15 +154,26 @@ def shard_state(step: int, size: int) -> dict[str, Any]:
     return {"weights": distribute_tensor(full, mesh, [Shard(0)]), "step": step}
 
 
-def save_loop(store: str, size: str) -> None:
+def save_loop(store: str, size: str, mode: str = "sync") -> None:
     """Save steps 1, 2, 3, ... for ever (each rank's shard holds the step number); rank 0 prints every
-    commit. The test kills a rank at a random moment."""
+    commit. ``async``: save_sharded_async each step beside an all_reduce of the loop's own; rank 0 prints
+    once the first is committed. The test kills a rank, or all, at a random moment."""
     run = open_run(store)
     latest = run.latest()
     step = 1 if latest is None else latest.index + 1
+    first = True
     while True:
-        ref = run.save_sharded(shard_state(step, int(size)), step=step)
-        emit(committed=ref.index)
+        if mode == "async":
+            run.save_sharded_async(shard_state(step, int(size)), step=step)
+            if first:
+                run.flush()
+                emit(committed=step)
+                first = False
+            total = torch.ones(1)
+            dist.all_reduce(total)  # the loop's own collective, beside the background saves
+        else:
+            ref = run.save_sharded(shard_state(step, int(size)), step=step)
+            emit(committed=ref.index)
         step += 1
 
 
