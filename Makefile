@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test check lint bench install browser postgres clean
+.PHONY: demo test check lint bench soak install browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,13 +47,18 @@ XDIST = -n $(TEST_WORKERS) --dist loadgroup
 FAST := not server and not e2e and not torch_procs and not slow
 
 test: lint browser postgres
-	$(PYTEST) $(XDIST) -m "not e2e and not pristine_process"
+	$(PYTEST) $(XDIST) -m "not e2e and not pristine_process and not soak"
 	$(PYTEST) -n 2 --dist loadgroup -m e2e tests/e2e
 	$(PYTEST) -m pristine_process tests/training
 
 check: lint
 	$(PYTEST) -n 2 --dist loadgroup -m "$(FAST) and not pristine_process"
 	$(PYTEST) -m "$(FAST) and pristine_process" tests/training
+
+# The fault runs of 100 trials or more (sharded checkpoints SIGKILLed on local disk and S3): 10-30 minutes on
+# 2 cores, so not part of `make test`, whose runs keep a few trials of each.
+soak: $(STAMP)
+	$(PYTEST) -m soak tests/checkpoint
 
 bench: $(STAMP)
 	bash bench/run_all.sh

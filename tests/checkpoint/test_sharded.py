@@ -213,7 +213,7 @@ def _local_judge(run: Path) -> sharded_kills.Judged:
 
 @pytest.mark.torch_procs
 @pytest.mark.parametrize(
-    "trials", [4, pytest.param(100, marks=[pytest.mark.slow, pytest.mark.timeout(1800)])]
+    "trials", [4, pytest.param(100, marks=[pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(1800)])]
 )
 def test_ranks_sigkilled_at_random_moments_of_sync_and_async_saves_never_leave_a_torn_checkpoint(
     tmp_path: Path, trials: int

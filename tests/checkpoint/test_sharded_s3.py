@@ -117,7 +117,7 @@ def _s3_check(fs: s3fs.S3FileSystem, run_path: str) -> dict[str, Any]:
 
 @pytest.mark.torch_procs
 @pytest.mark.parametrize(
-    "trials", [4, pytest.param(100, marks=[pytest.mark.slow, pytest.mark.timeout(1800)])]
+    "trials", [4, pytest.param(100, marks=[pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(1800)])]
 )
 def test_ranks_sigkilled_during_sync_and_async_saves_to_s3_never_leave_a_torn_checkpoint(
     s3_server: SeaweedServer, s3_bucket: str, trials: int
