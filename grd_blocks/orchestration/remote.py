@@ -1,5 +1,5 @@
-"""The engine-neutral part of a fan-out (Dask: ``dask_*``, Ray: ``ray_*``): what a dispatch carries, what it
-answers, the worker side that runs it under grd's runner, and the driver's copy of its log.
+"""The engine-neutral worker side of a fan-out (Dask: ``dask_*``, Ray: ``ray_*``): what a dispatch carries,
+what it answers, and the run under grd's runner on the worker. The driver side is ``remote_driver``.
 
 Invariants (each engine's modules bind them to its own messaging; their docstrings say how):
 
@@ -28,12 +28,10 @@ Invariants (each engine's modules bind them to its own messaging; their docstrin
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,8 +44,8 @@ from grd_blocks.process import CommandOutcome
 from grd_blocks.spec import WarnSpec
 
 __all__ = [
-    "DEADLINE", "DONE", "GONE", "MAX_LOG_BYTES", "STOP_POLL_S", "Channel", "DriverLog", "Lost", "NotStarted",
-    "Ran", "RemoteRequest", "joined", "remote_request", "run_remote",
+    "DEADLINE", "DONE", "GONE", "MAX_LOG_BYTES", "STOP_POLL_S", "Channel", "Lost", "NotStarted", "Ran",
+    "RemoteRequest", "run_remote",
 ]
 
 MAX_LOG_BYTES = 64 * 1024 * 1024
@@ -274,50 +272,3 @@ def run_remote(request: RemoteRequest, channel: Channel) -> Ran | NotStarted | L
     if kept is None:
         shutil.rmtree(scratch, ignore_errors=True)
     return Ran(outcome, stop_marked, host, worker, log, kept, publisher.lines)
-
-
-# --- the driver's side --------------------------------------------------------------------------------------
-
-
-class DriverLog:
-    """The driver's copy of a command's log: streamed lines as they come, then a try's exact bytes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("wb")
-        self.try_start = 0
-
-    def append_line(self, text: str) -> None:
-        self.handle.write(text.encode("utf-8", "replace") + b"\n")
-        self.handle.flush()
-
-    def begin_try(self) -> None:
-        self.try_start = self.handle.tell()
-
-    def replace_try(self, data: bytes) -> None:
-        self.handle.seek(self.try_start)
-        self.handle.truncate()
-        self.handle.write(data)
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def joined(parts: list[str]) -> str | None:
-    return "; ".join(parts) if parts else None
-
-
-def remote_request(plan: CommandPlan, topic: str) -> RemoteRequest:
-    """The dispatch of ``plan`` now: its deadline converted to the seconds left in its budget."""
-    remaining = plan.budget.remaining()
-    if plan.budget.cancelled:
-        remaining = 0.0
-    return RemoteRequest(
-        token=uuid.uuid4().hex, topic=topic, phase=plan.phase, name=plan.name, run=plan.run,
-        remaining_s=None if math.isinf(remaining) else remaining, level=plan.budget.level,
-        configured_s=plan.configured_s, grace_s=plan.grace_s, run_key=plan.run_key, attempt=plan.attempt,
-        cwd=plan.cwd, spec_env=dict(plan.spec_env), store=plan.store, warn=plan.warn,
-    )

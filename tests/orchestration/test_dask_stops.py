@@ -18,12 +18,11 @@ import pytest
 
 from grd_blocks.orchestration.benchmark import BenchmarkRun, CommandPlan, PhasePlan, execute, run_benchmark
 from grd_blocks.orchestration.status import Status
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
+from grd_blocks.report import CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
 from tests.fixtures.dask_cluster import DaskCluster
+from tests.orchestration.fanout import STOP_WAIT_S, ancestor_in, run_in_background, tree
 from tests.process.helpers import TREE_CHILD, GateClock, marked, wait_for
-
-STOP_WAIT_S = 30.0  # bound on the waits below for a ladder that runs on its own (never a timed assertion)
 
 
 class Stopping:
@@ -48,10 +47,6 @@ class Stopping:
         return row
 
 
-def _tree(pid_dir: Path, *kinds: str) -> str:
-    return ", ".join(f"'{item}'" for item in [sys.executable, TREE_CHILD, str(pid_dir), *kinds])
-
-
 def test_stopping_the_run_stops_a_remote_tree_within_its_grace_setsid_and_term_ignoring_members_too(
     dask_cluster: DaskCluster, tmp_path: Path
 ) -> None:
@@ -63,7 +58,7 @@ runner: {{dask: "{dask_cluster.address}"}}
 phases:
   - name: p
     commands:
-      - {{name: tree, run: [{_tree(pid_dir, "ignore_term", "setsid", "daemon")}], grace: 0.5s}}
+      - {{name: tree, run: [{tree(pid_dir, "ignore_term", "setsid", "daemon")}], grace: 0.5s}}
       - {{name: never, run: "true"}}
 """
     runner = Stopping(pid_dir / "ready")
@@ -83,16 +78,7 @@ phases:
 def _worker_of(pids: list[int], workers: dict[str, int]) -> str:
     """The worker address whose process is an ancestor of one of ``pids`` (read from /proc)."""
     by_pid = {pid: address for address, pid in workers.items()}
-    for pid in pids:
-        while pid > 1:
-            if pid in by_pid:
-                return by_pid[pid]
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_bytes()
-            except OSError:
-                break
-            pid = int(stat[stat.rfind(b")") + 2:].split()[1])
-    raise AssertionError(f"no worker process is an ancestor of {pids}")
+    return by_pid[ancestor_in(pids, by_pid)]
 
 
 def test_a_worker_killed_mid_command_leaves_nothing_running_and_the_command_completes_on_another_worker(
@@ -115,27 +101,12 @@ phases:
     commands:
       - {{name: c, run: '{shell}', grace: 1s}}
 """
-    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="lost-1", logs_dir=tmp_path / "logs")
-    reports: list[BenchmarkReport] = []
-
-    class Direct:
-        def phase(self, phase: PhasePlan, backstop_s: float | None,
-                  body: Callable[[], PhaseReport]) -> PhaseReport:
-            return body()
-
-        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-            return execute(plan)
-
-    thread = threading.Thread(
-        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
-    thread.start()
+    background = run_in_background(tmp_path, spec, key="lost-1")
     assert wait_for((pid_dir / "ready").exists), "the first try's tree never started"
     workers = own_dask_cluster.workers()
     lost = _worker_of(marked(str(pid_dir)), workers)
     os.kill(workers[lost], 9)
-    thread.join(STOP_WAIT_S * 4)
-    assert not thread.is_alive() and reports
-    row = reports[0].phases[0].commands[0]
+    row = background.row()
     assert row.status is Status.COMPLETED, (row.status, row.reason, row.note)
     assert row.worker is not None and row.worker != lost and row.worker in workers
     assert row.note is not None and "lost" in row.note and lost in row.note
@@ -157,29 +128,14 @@ phases:
   - name: p
     runner: {{dask: "{own_dask_cluster.address}", attempts: 1}}
     commands:
-      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 1s}}
+      - {{name: c, run: [{tree(pid_dir, "setsid", "child")}], grace: 1s}}
 """
-    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="lost-2", logs_dir=tmp_path / "logs")
-    reports: list[BenchmarkReport] = []
-
-    class Direct:
-        def phase(self, phase: PhasePlan, backstop_s: float | None,
-                  body: Callable[[], PhaseReport]) -> PhaseReport:
-            return body()
-
-        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-            return execute(plan)
-
-    thread = threading.Thread(
-        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
-    thread.start()
+    background = run_in_background(tmp_path, spec, key="lost-2")
     assert wait_for((pid_dir / "ready").exists), "the tree never started"
     workers = own_dask_cluster.workers()
     lost = _worker_of(marked(str(pid_dir)), workers)
     os.kill(workers[lost], 9)
-    thread.join(STOP_WAIT_S * 4)
-    assert not thread.is_alive() and reports
-    row = reports[0].phases[0].commands[0]
+    row = background.row()
     assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
     assert "lost" in row.reason and lost in row.reason and "it had 1 tries (runner.attempts)" in row.reason
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
@@ -192,7 +148,7 @@ def test_a_frozen_worker_is_abandoned_after_its_grace_and_its_command_stops_once
     read, so the driver waits the grace, the ladder's wait and ``ANSWER_S`` (0.5 s here), gives the try up
     (cancelling its task) and reports TIMEOUT naming it; once the worker runs again, its watcher finds its
     task no longer wanted and stops the tree."""
-    monkeypatch.setattr("grd_blocks.orchestration.dask_dispatch.ANSWER_S", 0.5)
+    monkeypatch.setattr("grd_blocks.orchestration.remote_driver.ANSWER_S", 0.5)
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     frozen = tmp_path / "frozen"
@@ -203,35 +159,21 @@ phases:
     timeout: {GateClock.DEADLINE_IN}
     runner: {{dask: "{own_dask_cluster.address}"}}
     commands:
-      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 0.5s}}
+      - {{name: c, run: [{tree(pid_dir, "setsid", "child")}], grace: 0.5s}}
 """
-    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="frozen-1",
-                       logs_dir=tmp_path / "logs", clock=GateClock(frozen))
-    reports: list[BenchmarkReport] = []
-
-    class Direct:
-        def phase(self, phase: PhasePlan, backstop_s: float | None,
-                  body: Callable[[], PhaseReport]) -> PhaseReport:
-            return body()
-
-        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-            return execute(plan)
-
-    thread = threading.Thread(
-        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
-    thread.start()
+    background = run_in_background(tmp_path, spec, key="frozen-1", clock=GateClock(frozen))
     assert wait_for((pid_dir / "ready").exists), "the tree never started"
     workers = own_dask_cluster.workers()
     worker_pid = workers[_worker_of(marked(str(pid_dir)), workers)]
     os.kill(worker_pid, signal.SIGSTOP)
     try:
         frozen.touch()  # the driver's deadline passes now
-        thread.join(STOP_WAIT_S * 2)
-        assert not thread.is_alive() and reports
+        background.thread.join(STOP_WAIT_S * 2)
+        assert not background.thread.is_alive() and background.reports
         assert marked(str(pid_dir)) != []  # a frozen worker cannot stop anything
     finally:
         os.kill(worker_pid, signal.SIGCONT)
-    row = reports[0].phases[0].commands[0]
+    row = background.row()
     assert row.status is Status.TIMEOUT and row.reason is not None, (row.status, row.reason)
     assert "did not answer" in row.reason and "abandoned" in row.reason and "no time left" in row.reason
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S), marked(str(pid_dir))
@@ -251,30 +193,14 @@ phases:
   - name: p
     runner: {{dask: "{own_dask_cluster.address}"}}
     commands:
-      - {{name: c, run: [{_tree(pid_dir, "setsid", "child")}], grace: 1s}}
+      - {{name: c, run: [{tree(pid_dir, "setsid", "child")}], grace: 1s}}
 """
-    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key="headless-1",
-                       logs_dir=tmp_path / "logs")
-    reports: list[BenchmarkReport] = []
-
-    class Direct:
-        def phase(self, phase: PhasePlan, backstop_s: float | None,
-                  body: Callable[[], PhaseReport]) -> PhaseReport:
-            return body()
-
-        def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-            return execute(plan)
-
-    thread = threading.Thread(
-        target=lambda: reports.append(run_benchmark(run, Direct(), report_path=tmp_path / "r.json").report))
-    thread.start()
+    background = run_in_background(tmp_path, spec, key="headless-1")
     assert wait_for((pid_dir / "ready").exists), "the tree never started"
     assert own_dask_cluster.scheduler is not None
     own_dask_cluster.scheduler.kill()
     own_dask_cluster.scheduler.wait()
-    thread.join(STOP_WAIT_S * 4)
-    assert not thread.is_alive() and reports
-    row = reports[0].phases[0].commands[0]
+    row = background.row()
     assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
     assert f"the Dask scheduler at {own_dask_cluster.address}" in row.reason, row.reason
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S * 2), marked(str(pid_dir))

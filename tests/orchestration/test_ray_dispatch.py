@@ -6,49 +6,20 @@ host and the Ray node that ran it."""
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from grd_blocks.orchestration.benchmark import (
-    BenchmarkRun,
-    CommandPlan,
-    PhasePlan,
-    execute,
-    run_benchmark,
-)
-from grd_blocks.orchestration.status import Status
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
 from tests.fixtures.ray_cluster import RayCluster
-from tests.process.helpers import GateClock, marked, tree_argv
-
-
-class Direct:
-    """Runs each unit where it is called; collects every output line that streamed back, by command."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, str]] = []
-
-    def phase(
-        self, phase: PhasePlan, backstop_s: float | None, body: Callable[[], PhaseReport]
-    ) -> PhaseReport:
-        return body()
-
-    def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-        return execute(plan, on_line=lambda stream, line: self.lines.append((plan.label, stream, line)))
-
-
-def _run(tmp_path: Path, spec: str, *, clock: Callable[[], float] = time.monotonic,
-         key: str = "ray-1") -> tuple[BenchmarkReport, Direct]:
-    runner = Direct()
-    run = BenchmarkRun(spec=parse_spec(spec, base_dir=tmp_path), run_key=key, logs_dir=tmp_path / "logs",
-                       clock=clock)
-    finished = run_benchmark(run, runner, report_path=tmp_path / "report.json")
-    return finished.report, runner
+from tests.orchestration.fanout import (
+    assert_drivers_deadline_left_no_survivors,
+    assert_gated_rows_streamed_and_kept,
+    assert_own_deadline_left_no_survivors,
+    gated_commands,
+    run_spec,
+)
+from tests.process.helpers import GateClock, tree_argv
 
 
 def test_commands_spread_over_the_nodes_and_report_the_node_that_ran_them(
@@ -58,9 +29,7 @@ def test_commands_spread_over_the_nodes_and_report_the_node_that_ran_them(
     CPUs together can hold them at once."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    wait_all = (f'touch {gate}/$GRD_COMMAND; echo "on $GRD_COMMAND"; echo err-$GRD_COMMAND >&2; '
-                f'while [ "$(ls {gate} | wc -l)" -lt 4 ]; do sleep 0.05; done; printf "done\\n"')
-    commands = "\n".join(f"      - {{name: c{i}, run: '{wait_all}'}}" for i in range(4))
+    commands = gated_commands(gate, 4)
     spec = f"""
 name: spread
 runner: {{ray: "{ray_cluster.address}", num_cpus: 1}}
@@ -71,21 +40,9 @@ phases:
     commands:
 {commands}
 """
-    report, runner = _run(tmp_path, spec)
-    rows = report.phases[0].commands
-    assert [row.status for row in rows] == [Status.COMPLETED] * 4, [row.reason for row in rows]
-    assert {row.worker for row in rows} == set(ray_cluster.nodes)  # both nodes ran some
-    assert {row.host for row in rows} == {socket.gethostname()}
-    for i, row in enumerate(rows):
-        assert row.returncode == 0 and row.attempts == 1 and row.note is None
-        assert row.attempt_logs == [row.log_path] and row.log_path.startswith(str(tmp_path / "logs"))
-        assert f"on c{i}" in row.stdout_tail and f"err-c{i}" in row.stderr_tail
-        log = Path(row.log_path or "").read_bytes()  # the worker's log, byte for byte
-        assert sorted(log.splitlines(keepends=True)) == sorted([f"on c{i}\n".encode(), f"err-c{i}\n".encode(),
-                                                                b"done\n"])
-        streamed = [(stream, line) for label, stream, line in runner.lines if label == f"wide.c{i}"]
-        assert ("stdout", f"on c{i}") in streamed and ("stderr", f"err-c{i}") in streamed
-        assert ("stdout", "done") in streamed
+    report, runner = run_spec(tmp_path, spec)
+    assert_gated_rows_streamed_and_kept(report, runner, tmp_path)
+    assert {row.worker for row in report.phases[0].commands} == set(ray_cluster.nodes)  # both nodes ran some
 
 
 def test_a_deadline_on_the_node_is_a_timeout_with_no_survivors_even_of_setsid_and_term_ignoring_members(
@@ -105,14 +62,10 @@ phases:
     commands:
       - {{name: tree, run: [{argv}], timeout: 15s, grace: 0.5s}}
 """
-    report, _ = _run(tmp_path, spec)
+    report, _ = run_spec(tmp_path, spec)
     row = report.phases[0].commands[0]
-    assert (pid_dir / "ready").exists(), "the tree was not built before its deadline (machine too loaded?)"
-    assert row.status is Status.TIMEOUT and row.timeout is not None, (row.status, row.reason, row.note)
-    assert row.timeout.level == "command" and row.timeout.stopped_by == "grd"
-    assert row.timeout.term_sent_s is not None and row.timeout.kill_sent_s is not None  # TERM was ignored
-    assert row.timeout.survivors == 0 and marked(str(pid_dir)) == []
-    assert row.worker in ray_cluster.nodes and row.host == socket.gethostname()
+    assert_own_deadline_left_no_survivors(row, pid_dir)
+    assert row.worker in ray_cluster.nodes
 
 
 def test_the_drivers_stop_reaches_a_running_remote_command_with_no_survivors(
@@ -134,12 +87,9 @@ phases:
     commands:
       - {{name: tree, run: [{argv}], grace: 0.5s}}
 """
-    report, _ = _run(tmp_path, spec, clock=GateClock(pid_dir / "ready"))
+    report, _ = run_spec(tmp_path, spec, clock=GateClock(pid_dir / "ready"))
     row = report.phases[0].commands[0]
-    assert row.status is Status.TIMEOUT and row.timeout is not None, (row.status, row.reason, row.note)
-    assert row.timeout.level == "phase" and row.timeout.inherited
-    assert row.timeout.kill_sent_s is not None and row.timeout.survivors == 0
-    assert marked(str(pid_dir)) == []
+    assert_drivers_deadline_left_no_survivors(row, pid_dir)
     assert row.worker in ray_cluster.nodes
 
 
