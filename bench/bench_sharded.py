@@ -5,22 +5,24 @@ state add up to the state size. For each size, rounds alternate the side that go
 - **grd**: ``RunCheckpoints.save_sharded`` of the ``get_state_dict`` model and optimizer state: every rank
   writes and hashes its shards, rank 0 writes DCP's metadata, the manifest, then LATEST.json;
 - **dcp**: ``torch.distributed.checkpoint.save`` of the same state dict with DCP's own ``FsspecWriter`` into
-  a fresh folder of the same local directory (what a user of plain DCP writes: no checksums, no commit).
+  a fresh folder of the same target (what a user of plain DCP writes: no checksums, no commit).
+The target is a local directory, or with ``--store s3`` a bucket of a SeaweedFS server on 127.0.0.1 (started
+here; both sides get the same ``storage_options``).
 Each save is timed on rank 0 from a barrier before it to a barrier after it; each side deletes its save from
 two rounds before (untimed), as a run keeping its last two checkpoints does. Reported: medians, the fastest
 and slowest, throughput ratio grd / dcp (goal >= 0.9x) and the load average. Writes
-``bench/results/sharded.json``.
+``bench/results/sharded.json`` (``sharded_s3.json`` with ``--store s3``).
 
-Run: .venv/bin/python bench/bench_sharded.py [--sizes 64,512] [--rounds 7] [--quick]
+Run: .venv/bin/python bench/bench_sharded.py [--sizes 64,512] [--rounds 7] [--quick] [--store s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
-import shutil
 import socket
 import statistics
 import sys
@@ -35,6 +37,7 @@ import torch.multiprocessing as mp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "sharded.json"
+RESULTS_S3 = ROOT / "bench" / "results" / "sharded_s3.json"
 MiB = 2**20
 WIDTH = 1024  # square Linear layers of WIDTH x WIDTH float32 (4 MiB of weights each)
 
@@ -56,7 +59,8 @@ def _model(size_mib: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, optimizer
 
 
-def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds: int, out: str,
+          target: str, options: dict[str, Any]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from torch.distributed.checkpoint import save as dcp_save
@@ -77,9 +81,10 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
         )
         totals = [0] * world
         dist.all_gather_object(totals, local_bytes)
-        base = pathlib.Path(work) / f"size-{size}"
-        run = RunCheckpoints.from_url(str(base / "grd"))
-        dcp_root = base / "dcp"
+        base = f"{target}/size-{size}"
+        run = RunCheckpoints.from_url(f"{base}/grd", storage_options=options or None)
+        dcp_root = f"{base}/dcp"
+        fs = run.fs
         runs: dict[str, list[float]] = {"grd": [], "dcp": []}
         for number in range(rounds + 1):  # the first round warms both up, untimed
             order = ("grd", "dcp") if number % 2 == 0 else ("dcp", "grd")
@@ -89,7 +94,7 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
                 if side == "grd":
                     run.save_sharded(state, step=number)
                 else:
-                    dcp_save(state, storage_writer=FsspecWriter(str(dcp_root / f"step_{number}")))
+                    dcp_save(state, storage_writer=FsspecWriter(f"{dcp_root}/step_{number}", **options))
                 dist.barrier()
                 elapsed = time.perf_counter() - start
                 if number > 0:
@@ -98,7 +103,7 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
                     if side == "grd":
                         run.delete(f"step_{number - 2}")
                     else:
-                        shutil.rmtree(dcp_root / f"step_{number - 2}", ignore_errors=True)
+                        fs.rm(f"{dcp_root}/step_{number - 2}", recursive=True)
                 dist.barrier()
         if rank == 0:
             state_mib = sum(totals) / MiB
@@ -114,7 +119,8 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
                 "runs_s": {side: [round(t, 5) for t in times] for side, times in runs.items()},
                 "loadavg_after": list(os.getloadavg()),
             })
-        shutil.rmtree(base, ignore_errors=True) if rank == 0 else None
+        if rank == 0:
+            fs.rm(base, recursive=True)
         dist.barrier()
     if rank == 0:
         pathlib.Path(out).write_text(json.dumps(results))
@@ -145,14 +151,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="64 MiB, 3 rounds")
+    parser.add_argument("--store", choices=["local", "s3"], default="local",
+                        help="a local directory, or a SeaweedFS S3 bucket on 127.0.0.1")
     args = parser.parse_args()
     sizes = [64] if args.quick else [int(size) for size in args.sizes.split(",")]
     args.rounds = 3 if args.quick else args.rounds
     load_before = list(os.getloadavg())
-    with tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")) as work:
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")))
+        target, options = str(pathlib.Path(work) / "store"), {}
+        if args.store == "s3":
+            from tests.fixtures.seaweed import running_seaweed
+
+            server = stack.enter_context(
+                running_seaweed(pathlib.Path(work) / "seaweedfs", volume_size_limit_mb=1024))
+            target, options = server.new_bucket(), server.storage_options
         out = os.path.join(work, "rows.json")
         mp.start_processes(  # type: ignore[attr-defined,no-untyped-call]
-            _rank, args=(args.ranks, _free_port(), work, sizes, args.rounds, out),
+            _rank, args=(args.ranks, _free_port(), work, sizes, args.rounds, out, target, options),
             nprocs=args.ranks, start_method="spawn",
         )
         rows = json.loads(pathlib.Path(out).read_text())
@@ -161,12 +177,14 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "rounds": args.rounds,
+        "store": "SeaweedFS (weed server -s3) on 127.0.0.1" if args.store == "s3" else "local disk",
         "loadavg_before": load_before,
         "loadavg_after": list(os.getloadavg()),
         "results": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    path = RESULTS_S3 if args.store == "s3" else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
     for row in rows:
         print(f"{row['size_mib']:.0f} MiB on {row['ranks']} ranks: grd {row['grd_mib_s']:.0f} MiB/s, "
               f"plain DCP {row['dcp_mib_s']:.0f} MiB/s, grd / dcp {row['grd_vs_dcp']:.2f}x")

@@ -33,7 +33,10 @@ On local disk the staging folder is ``{run}/.tmp-{unit}_{N}-...`` and the commit
 committed checkpoint). On an object store the ranks write straight into ``{unit}_{N}/`` under names that begin
 with the save's own token (``{token}__0_0.distcp``, ``{token}.metadata``), so no object of an earlier version
 is ever overwritten; the manifest's one PUT is the commit, and the objects of the version it replaced are
-deleted only after it (commit.py). Shards are hashed as the store holds them (read back from S3).
+deleted only after it (commit.py). On S3 each rank's shard file goes up while DCP writes it, as a multipart
+upload with several parts in flight, each 8 MiB piece hashed once on its way (the server checks each part's
+CRC32), so no rank waits for another's upload but at the gather before the commit; on other object stores
+the shards are hashed as the store holds them (read back).
 
 Background saves (``save_sharded_async``):
 
@@ -71,6 +74,7 @@ import io
 import logging
 import os
 import pickle
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -91,8 +95,9 @@ from grd_blocks.checkpoint.payload.manifest import (
     now_iso,
     writer_id,
 )
-from grd_blocks.checkpoint.payload.serialization import without_zip_crc
+from grd_blocks.checkpoint.payload.serialization import PieceStream, without_zip_crc
 from grd_blocks.checkpoint.refs import CheckpointRef
+from grd_blocks.checkpoint.storage import s3parts
 from grd_blocks.checkpoint.storage.fsio import guard
 from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, checkpoint_dirname, join
 from grd_blocks.checkpoint.storage.safe_io import open_local
@@ -175,13 +180,68 @@ def _raise_agreed(outcome: object, own: BaseException | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- DCP glue
-def _fsspec_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
-    """DCP's fsspec filesystem adapter over the store's own filesystem object (its options, credentials)."""
+def _fsspec_filesystem(
+    fs: fsspec.AbstractFileSystem, sent: dict[str, FileEntry] | None = None, algorithm: str = ""
+) -> Any:
+    """DCP's fsspec filesystem adapter over the store's own filesystem object (its options, credentials).
+
+    With ``sent`` on S3 (``s3parts.usable``), each file DCP writes goes up while DCP writes it: a multipart
+    upload with ``s3client.TRANSFER_THREADS`` parts in flight, each 8 MiB piece hashed once on the way, and
+    the file's ``FileEntry`` (``algorithm``) recorded in ``sent`` under its name once the object exists
+    (s3fs's own file sends one part at a time, from the writing thread, and the bytes had to be read back to
+    be hashed)."""
     from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
 
-    adapter = FileSystem()
+    class _Uploading(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            if mode != "wb" or sent is None:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            where = os.fspath(path)
+            feed = PieceStream.fed(readers=2, window=s3parts.stream_window(fs))
+            entry = digest_later(feed.stream, algorithm)
+            upload = _Upload(fs, where, feed.stream)
+            try:
+                yield feed
+                feed.close()
+            except BaseException as exc:
+                feed.abandon(exc)
+                failed = upload.wait()
+                if failed is not None:  # the upload's own failure is why the writing stopped
+                    raise failed from exc
+                raise
+            failed = upload.wait()
+            if failed is not None:
+                raise failed
+            sent[where.rsplit("/", 1)[-1]] = entry()
+
+    adapter = _Uploading() if sent is not None and s3parts.usable(fs) else FileSystem()
     adapter.fs = fs
     return adapter
+
+
+class _Upload:
+    """``s3parts.put_object`` of a stream on a thread of its own (the stream is written meanwhile)."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, stream: PieceStream) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                s3parts.put_object(fs, path, stream)
+            except BaseException as exc:  # raised by ``wait``, in the writing thread
+                self._error = exc
+                stream.fail(exc)
+
+        self._thread = threading.Thread(target=run, name="grd-shard-upload", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> BaseException | None:
+        """What made the upload fail, once it ended (None: the object exists)."""
+        self._thread.join()
+        return self._error
 
 
 def _metadata_name(plan: _Plan) -> str:
@@ -207,8 +267,9 @@ def _writer(run: RunCheckpoints, plan: _Plan) -> Any:
         def __init__(self) -> None:
             super().__init__(plan.staged, single_file_per_rank=True, sync_files=not plan.in_place,
                              overwrite=False)  # an object's PUT is durable: no fsync (os.sync) there
+            self.sent: dict[str, FileEntry] = {}  # files already hashed on their way up (S3)
             if plan.in_place:
-                self.fs, self.path = _fsspec_filesystem(run.fs), plan.staged
+                self.fs, self.path = _fsspec_filesystem(run.fs, self.sent, plan.digest), plan.staged
             self.written: list[str] = []
             self._pending: tuple[Any, Any] | None = None
 
@@ -380,12 +441,18 @@ class _Plan:
     in_place: bool
 
 
-def _hash_written(run: RunCheckpoints, plan: _Plan, names: list[str]) -> dict[str, FileEntry]:
-    """The ``FileEntry`` of each file this rank wrote: hashed from the file on local disk, from the object
-    read back on an object store (so the digest is of what the store holds)."""
+def _hash_written(
+    run: RunCheckpoints, plan: _Plan, names: list[str], sent: Mapping[str, FileEntry]
+) -> dict[str, FileEntry]:
+    """The ``FileEntry`` of each file this rank wrote: on S3 the one hashed as it went up (``sent``: each part
+    carries a CRC32 the server checks, so the chunks hashed are the ones stored, as for single-file saves),
+    hashed from the file on local disk, from the object read back on other object stores."""
     entries: dict[str, FileEntry] = {}
     for name in names:
         path = join(plan.staged, name)
+        if name in sent:
+            entries[name] = sent[name]
+            continue
         if plan.in_place:
             with guard(run.url, f"read back {name}"):
                 entries[name] = digest_later(run.fs.cat_file(path), plan.digest)()
@@ -477,7 +544,7 @@ def write_sharded(
                 "nothing was committed and the previous checkpoint stays the latest (save tensors, DTensors "
                 "and picklable plain values only)"
             ) from exc
-        written = _hash_written(run, plan, writer.written)
+        written = _hash_written(run, plan, writer.written, writer.sent)
     except Exception as exc:  # hashing fails on this rank alone: every rank learns of it below
         own, written = exc, _failed(exc)
     gathered = _all_gather(written, group)
@@ -556,7 +623,7 @@ def _commit(
     name = checkpoint_dirname(plan.unit, plan.index)
     with guard(run.url, f"write {name}/{_metadata_name(plan)}"):
         writer.write_metadata()
-    files.update(_hash_written(run, plan, [_metadata_name(plan)]))
+    files.update(_hash_written(run, plan, [_metadata_name(plan)], writer.sent))
     manifest = Manifest(
         unit=plan.unit,
         index=plan.index,

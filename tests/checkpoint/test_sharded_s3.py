@@ -134,3 +134,53 @@ def test_ranks_sigkilled_during_sync_and_async_saves_to_s3_never_leave_a_torn_ch
                                     found["latest"] in found["committed"], bool(found["uncommitted"]))
 
     sharded_kills.run_trials(trials, 35, url, SHARD * 8, judge, s3_server.storage_options)
+
+
+def test_a_large_shard_goes_up_in_parallel_parts_hashed_once_on_its_way(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    """A 20 MiB shard is a multipart object of three 8 MiB parts (its ETag, read by boto3, says so; s3fs's own
+    file sent it as one PUT), and the manifest's digests, computed as the parts went up, are those of the
+    object the store holds (checked by the independent reader from the object downloaded by boto3)."""
+    from tests.checkpoint.test_sharded import _file_problem
+
+    url = f"{s3_bucket}/store/run"
+    run = RunCheckpoints.from_url(url, storage_options=s3_server.storage_options)
+    weights = torch.arange(5 * 2**20, dtype=torch.float32)  # 20 MiB
+    ref = run.save_sharded({"weights": weights}, step=1)
+    bucket, prefix = run.path.split("/", 1)
+    client = s3_server.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/step_1/MANIFEST.json")["Body"].read())
+    shards = [name for name in manifest["files"] if name.endswith(".distcp")]
+    assert len(shards) == 1
+    key = f"{prefix}/step_1/{shards[0]}"
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-3")
+    data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert _file_problem(data, manifest["files"][shards[0]], shards[0]) is None
+    state = {"weights": torch.zeros_like(weights)}
+    assert run.load_sharded(state) == ref and torch.equal(state["weights"], weights)
+
+
+def test_a_shard_whose_writing_fails_part_way_leaves_no_object_and_no_upload_behind(
+    s3_server: SeaweedServer, s3_bucket: str
+) -> None:
+    """The writer fails after two full parts went up: the error reaches the writer, the object never
+    appears and the multipart upload is aborted (boto3 lists none), so no reader and no bill sees it."""
+    from grd_blocks.checkpoint.sharded import _fsspec_filesystem
+
+    run = RunCheckpoints.from_url(f"{s3_bucket}/store/run", storage_options=s3_server.storage_options)
+    sent: dict[str, Any] = {}
+    adapter = _fsspec_filesystem(run.fs, sent, "blake3")
+    path = f"{run.path}/staged/token__0_0.distcp"
+    piece = bytes(8 * 2**20)
+    with pytest.raises(RuntimeError, match="the writer failed"):
+        with adapter.create_stream(path, "wb") as stream:
+            stream.write(piece)
+            stream.write(piece)
+            stream.write(b"partial")
+            raise RuntimeError("the writer failed")
+    bucket, key = path.split("/", 1)
+    client = s3_server.client()
+    assert client.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert sent == {}

@@ -157,20 +157,35 @@ class PieceStream:
         self._refused = False  # ... and the producer was told so (torch.save may re-wrap the error)
         self._error: BaseException | None = None
         self._reader_error: BaseException | None = None  # a reader failed (``fail``): every reader stops
-        self._thread = threading.Thread(
-            target=self._produce, args=(payload,), name="grd-serialize", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if payload is not _FED:
+            self._thread = threading.Thread(
+                target=self._produce, args=(payload,), name="grd-serialize", daemon=True
+            )
+            self._thread.start()
+
+    @classmethod
+    def fed(cls, *, readers: int, window: int, aligned: bool = False) -> PieceFeed:
+        """A stream whose bytes are written by the caller, not by torch.save on a thread of its own: the
+        returned ``PieceFeed`` is a file to write them into (its ``stream`` is what the readers read). The
+        writer is held to the ``window`` as torch.save is."""
+        return PieceFeed(cls(_FED, readers=readers, window=window, aligned=aligned))
 
     def _produce(self, payload: Any) -> None:
         error: BaseException | None = None
-        writer = _PieceWriter(self._add, self._take, self._pool)
+        writer = self._writer()
         try:
             _torch_save(payload, writer)
             writer.close()
         except BaseException as exc:  # handed to the readers, raised where they wait
             error = writer.failure or exc
         writer.drop()
+        self._finish(error)
+
+    def _writer(self) -> _PieceWriter:
+        return _PieceWriter(self._add, self._take, self._pool)
+
+    def _finish(self, error: BaseException | None) -> None:
         with self._changed:
             self._done, self._error = True, error
             self._changed.notify_all()
@@ -275,8 +290,65 @@ class PieceStream:
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
-        self._thread.join()
+        if self._thread is not None:  # a fed stream's writer is the caller's: it raises at its next write
+            self._thread.join()
         return None if self._refused else self._error
+
+
+_FED: Any = object()
+"""``PieceStream``'s payload when the caller writes the bytes (``PieceStream.fed``)."""
+
+
+class PieceFeed:
+    """The writing end of a fed ``PieceStream``: a write-only file (``write``, ``tell``, ``flush``) whose
+    bytes become the stream's pieces as they are written, on the writer's own thread (so a library that writes
+    into a file it opened, such as torch.distributed.checkpoint, feeds readers that send and hash each piece
+    while the rest is being written). ``close`` ends the stream; ``abandon(error)`` ends it with ``error``,
+    which its readers then raise. A write after a reader failed raises (the stream's readers gave up)."""
+
+    def __init__(self, stream: PieceStream) -> None:
+        self.stream = stream
+        self._writer = stream._writer()
+        self._offset = 0
+        self._ended = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._writer.write(data)
+        self._offset += written
+        return written
+
+    def tell(self) -> int:
+        return self._offset
+
+    def flush(self) -> None:
+        """Nothing is buffered outside the pieces."""
+
+    def close(self) -> None:
+        """The last, shorter piece goes out and the stream ends (its readers see no more pieces)."""
+        if self._ended:
+            return
+        error: BaseException | None = None
+        try:
+            self._writer.close()
+        except BaseException as exc:  # a reader gave up: the stream ends with what stopped it
+            error = self._writer.failure or exc
+        self._end(error)
+        if error is not None:
+            raise error
+
+    def abandon(self, error: BaseException) -> None:
+        """End the stream with ``error`` (the writing failed): its readers raise it, none sees a partial
+        payload as whole."""
+        if not self._ended:
+            self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        self._ended = True
+        self._writer.drop()
+        self.stream._finish(error)
 
 
 class _Stopped(Exception):
