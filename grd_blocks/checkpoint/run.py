@@ -46,7 +46,7 @@ from grd_blocks.checkpoint.payload.manifest import (
     parse_latest,
     writer_id,
 )
-from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize
+from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize, tensor_bytes
 from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
@@ -351,6 +351,7 @@ class RunCheckpoints(RunReader):
             stream=self._commit.takes_streams,
             window=self._commit.stream_window,
             aligned=self._commit.aligned_pieces,
+            piece_size=self._commit.piece_size(tensor_bytes(payload)),
         )
         try:
             digests = {file_name: digest_later(data, pending.digest) for file_name, data in files.items()}

@@ -18,6 +18,7 @@ from grd_blocks.checkpoint.payload import hashes
 from grd_blocks.checkpoint.payload.digest import CHUNK
 from grd_blocks.checkpoint.payload.hashes import DigestUnavailable
 from grd_blocks.checkpoint.payload.manifest import FORMAT_VERSION, parse_manifest
+from grd_blocks.checkpoint.payload.serialization import piece_size_for
 from grd_blocks.errors import CheckpointCorrupt, ConfigError
 
 BIG = 5 * CHUNK // 2  # three chunks, the last one short
@@ -60,8 +61,9 @@ def test_the_manifest_records_the_digest_and_a_hash_derived_from_its_chunks(
     entry, data, new = manifest["files"]["state.pt"], (step / "state.pt").read_bytes(), _algorithm(digest)
     assert manifest["format_version"] == FORMAT_VERSION == 2
     assert entry["digest"] == digest and "sha256" not in entry
-    assert entry["chunk_size"] == CHUNK and len(entry["chunks"]) == 3
-    assert entry["chunks"] == [new(data[at : at + CHUNK]).hexdigest() for at in range(0, len(data), CHUNK)]
+    size = entry["chunk_size"]
+    assert size == piece_size_for(len(data)) and len(entry["chunks"]) == -(-len(data) // size) > 1
+    assert entry["chunks"] == [new(data[at : at + size]).hexdigest() for at in range(0, len(data), size)]
     assert entry["hash"] == new(b"".join(bytes.fromhex(chunk) for chunk in entry["chunks"])).hexdigest()
     assert run.verify("step_1") == []
 

@@ -150,7 +150,8 @@ def test_a_large_shard_goes_up_in_parallel_parts_hashed_once_on_its_way(
     ref = run.save_sharded({"weights": weights}, step=1)
     bucket, prefix = run.path.split("/", 1)
     client = s3_server.client()
-    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/step_1/MANIFEST.json")["Body"].read())
+    manifest_key = f"{prefix}/step_1/MANIFEST.json"
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     shards = [name for name in manifest["files"] if name.endswith(".distcp")]
     assert len(shards) == 1
     key = f"{prefix}/step_1/{shards[0]}"
@@ -173,12 +174,11 @@ def test_a_shard_whose_writing_fails_part_way_leaves_no_object_and_no_upload_beh
     adapter = _fsspec_filesystem(run.fs, sent, "blake3")
     path = f"{run.path}/staged/token__0_0.distcp"
     piece = bytes(8 * 2**20)
-    with pytest.raises(RuntimeError, match="the writer failed"):
-        with adapter.create_stream(path, "wb") as stream:
-            stream.write(piece)
-            stream.write(piece)
-            stream.write(b"partial")
-            raise RuntimeError("the writer failed")
+    with pytest.raises(RuntimeError, match="the writer failed"), adapter.create_stream(path, "wb") as stream:
+        stream.write(piece)
+        stream.write(piece)
+        stream.write(b"partial")
+        raise RuntimeError("the writer failed")
     bucket, key = path.split("/", 1)
     client = s3_server.client()
     assert client.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0

@@ -80,10 +80,8 @@ def digest_later(data: Payload | Blob, algorithm: str) -> Callable[[], FileEntry
     function = hashes.function(algorithm)
     if isinstance(data, PieceStream):
         return _StreamDigest(data, algorithm, function).entry
-    if isinstance(data, Pieces) and data.piece_size != CHUNK:
-        data = bytes(data)  # serialize cuts CHUNK-sized pieces; anything else is joined once
-    size = len(data)
-    if isinstance(data, Pieces):
+    size, step = len(data), data.piece_size if isinstance(data, Pieces) else CHUNK
+    if isinstance(data, Pieces):  # one chunk per piece, whatever the pieces' size
         pieces = [_later(function, piece) for piece in data.pieces]
     else:
         view = memoryview(data)
@@ -91,7 +89,7 @@ def digest_later(data: Payload | Blob, algorithm: str) -> Callable[[], FileEntry
 
     def entry() -> FileEntry:
         chunks = tuple(piece.result() for piece in pieces)
-        return FileEntry(size, hashes.combine(algorithm, chunks), CHUNK, chunks, digest=algorithm)
+        return FileEntry(size, hashes.combine(algorithm, chunks), step, chunks, digest=algorithm)
 
     return entry
 
@@ -132,7 +130,8 @@ class _StreamDigest:
         if self._error is not None:
             raise self._error
         chunks, algorithm, size = tuple(self._chunks), self._algorithm, self._stream.size()
-        return FileEntry(size, hashes.combine(algorithm, chunks), CHUNK, chunks, digest=algorithm)
+        step = self._stream.piece_size
+        return FileEntry(size, hashes.combine(algorithm, chunks), step, chunks, digest=algorithm)
 
 
 def _read_into(fd: int, buffer: bytearray | memoryview, offset: int) -> int:

@@ -11,14 +11,15 @@ a torch payload arrives as a ``VerifiedFile``: the descriptor the digests were c
 committed file in place (a retry renames a new directory in), so the mapping keeps showing the bytes that
 were verified, even after the checkpoint is replaced or deleted.
 
-Saving copies torch.save's output once, into ``Pieces`` of ``PIECE_BYTES``, which the hasher and the
-store use as they are. ``serialize(..., stream=True)`` gives a ``PieceStream`` instead: torch.save runs on a
-thread of its own and each piece is hashed and written (or sent) as soon as it is complete, while the rest is
-still being serialized. A stream's readers get its pieces in order, and the producer's own error (never a
-partial payload) once they reach the point where it failed. A stream holds at most ``window`` pieces at a time
-(``STREAM_WINDOW`` for a local save: 32 MiB): each buffer goes back to a process-wide pool as soon as the
-digest and the store have released it, and torch.save waits for one beyond that, so a save's memory does not
-grow with the state.
+Saving copies torch.save's output once, into ``Pieces`` of ``PIECE_BYTES`` (smaller for a local save of a
+small state: ``piece_size_for``), which the hasher and the store use as they are; each piece is one of the
+manifest's chunks, whose size the manifest records. ``serialize(..., stream=True)`` gives a ``PieceStream``
+instead: torch.save runs on a thread of its own and each piece is hashed and written (or sent) as soon as it
+is complete, while the rest is still being serialized. A stream's readers get its pieces in order, and the
+producer's own error (never a partial payload) once they reach the point where it failed. A stream holds at
+most ``window`` pieces at a time (``STREAM_WINDOW`` for a local save: 32 MiB at most, a 16th of the state
+from 64 MiB up): each buffer goes back to a process-wide pool as soon as the digest and the store have
+released it, and torch.save waits for one beyond that, so a save's memory does not grow with the state.
 
 grd's torch.save writes its zip records without zip CRC32s (``_torch_save``): the manifest's digests cover
 every byte and are checked before ``torch.load`` sees one, and the CRC pass cost as much CPU as the rest of
@@ -50,7 +51,42 @@ plain state is saved with torch.save, and a manifest claiming a larger JSON payl
 refused before a byte of it is read."""
 
 PIECE_BYTES = 8 * 2**20
-"""Size of the pieces a torch payload is serialized into (digest.CHUNK and s3parts.PART_BYTES are equal)."""
+"""Size of the pieces a torch payload is serialized into (digest.CHUNK and s3parts.PART_BYTES are equal); a
+local save of a smaller state uses smaller ones (``piece_size_for``)."""
+
+MIN_PIECE_BYTES = 2**20
+"""The smallest piece ``piece_size_for`` chooses (a multiple of any ``O_DIRECT`` alignment)."""
+
+
+def piece_size_for(state_bytes: int) -> int:
+    """The piece size for a local save of a state holding ``state_bytes`` bytes of tensors: the largest power
+    of two at most a 64th of it, between ``MIN_PIECE_BYTES`` and ``PIECE_BYTES``. A stream holds
+    ``STREAM_WINDOW`` pieces, so its memory stays within a 16th of the state from 64 MiB up (8 MiB pieces,
+    32 MiB in all, from 512 MiB up)."""
+    size = MIN_PIECE_BYTES
+    while size < PIECE_BYTES and size * 2 * 64 <= state_bytes:
+        size *= 2
+    return size
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in the plain state ``value`` (dicts, lists, tuples); 0 without torch."""
+    torch = _torch_if_loaded()
+    if torch is None:
+        return 0
+    if isinstance(value, torch.Tensor):
+        return int(value.numel() * value.element_size())
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
+
+
+def _torch_if_loaded() -> Any:
+    import sys
+
+    return sys.modules.get("torch")
 
 
 @dataclass(frozen=True)
@@ -87,16 +123,17 @@ class _PiecePool:
     page-aligned buffers (``mmap``), the others ``bytearray``s.
     """
 
-    def __init__(self, *, aligned: bool) -> None:
+    def __init__(self, *, aligned: bool, size: int = PIECE_BYTES) -> None:
         self._lock = threading.Lock()
         self._free: list[PieceBuffer] = []
         self._aligned = aligned
+        self.size = size
 
     def take(self) -> PieceBuffer:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return mmap.mmap(-1, PIECE_BYTES) if self._aligned else bytearray(PIECE_BYTES)
+        return mmap.mmap(-1, self.size) if self._aligned else bytearray(self.size)
 
     def give(self, piece: PieceBuffer) -> None:
         with self._lock:
@@ -108,7 +145,17 @@ POOL_PIECES = 16
 """Most free piece buffers the process keeps between streamed saves, per pool (128 MiB at most, usually a
 window's)."""
 
-_POOLS = {False: _PiecePool(aligned=False), True: _PiecePool(aligned=True)}
+_POOLS: dict[tuple[bool, int], _PiecePool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(aligned: bool, size: int = PIECE_BYTES) -> _PiecePool:
+    """The process-wide pool of ``size``-byte buffers, page-aligned or not."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get((aligned, size))
+        if pool is None:
+            pool = _POOLS[(aligned, size)] = _PiecePool(aligned=aligned, size=size)
+        return pool
 
 STREAM_WINDOW = 4
 """Pieces a local save's stream holds at once (taken and not yet written and hashed): 32 MiB, whatever the
@@ -116,8 +163,8 @@ size of the state; torch.save waits for a buffer beyond that."""
 
 
 class PieceStream:
-    """A torch payload still being serialized: a producer thread runs torch.save into ``PIECE_BYTES`` pieces
-    and readers take each piece, in order, as soon as it is complete.
+    """A torch payload still being serialized: a producer thread runs torch.save into ``piece_size`` pieces
+    (``PIECE_BYTES`` unless told) and readers take each piece, in order, as soon as it is complete.
 
     ``piece(n)`` waits for piece ``n`` (None once the payload turned out to have fewer); ``complete()`` waits
     for all of it. Either raises the producer's error if serializing failed before that piece. ``stop()``
@@ -126,13 +173,11 @@ class PieceStream:
     Bounded memory: with ``readers`` set, each of that many readers calls ``release(n)`` once it is done with
     piece ``n``; once all have, the piece's buffer goes back to the pool and the piece can no longer be read.
     The producer then holds at most ``window`` pieces at a time (it waits for a release before taking another
-    buffer), so a save's extra memory is ``window * PIECE_BYTES`` plus the last, shorter piece, not a copy of
+    buffer), so a save's extra memory is ``window * piece_size`` plus the last, shorter piece, not a copy of
     the payload. Without ``readers`` (``None``) pieces are kept until the stream is dropped and ``window`` is
     not enforced. With ``aligned`` every full piece is page-aligned memory (``mmap``), which a local save
     writes to the disk with ``O_DIRECT`` as it is; otherwise a ``bytearray``.
     """
-
-    piece_size = PIECE_BYTES
 
     def __init__(
         self,
@@ -141,12 +186,14 @@ class PieceStream:
         readers: int | None = None,
         window: int | None = STREAM_WINDOW,
         aligned: bool = False,
+        piece_size: int = PIECE_BYTES,
     ) -> None:
         if (readers is not None and readers < 1) or (window is not None and window < 2):
             raise ValueError(f"a stream needs readers >= 1 and a window >= 2, not {readers}, {window}")
+        self.piece_size = piece_size
         self._changed = threading.Condition()
         self._pieces: list[bytes | PieceBuffer | None] = []
-        self._pool = _POOLS[aligned]
+        self._pool = _pool(aligned, piece_size)
         self._releases: list[int] = []  # per piece: how many readers are done with it
         self._readers = readers
         self._window = window
@@ -183,7 +230,7 @@ class PieceStream:
         self._finish(error)
 
     def _writer(self) -> _PieceWriter:
-        return _PieceWriter(self._add, self._take, self._pool)
+        return _PieceWriter(self._add, self._take, self._pool, self.piece_size)
 
     def _finish(self, error: BaseException | None) -> None:
         with self._changed:
@@ -268,7 +315,7 @@ class PieceStream:
         kept = tuple(piece for piece in pieces if piece is not None)
         if len(kept) != len(pieces):
             raise RuntimeError("this stream's pieces were released: it can only be read piece by piece")
-        return bytes(kept[0]) if len(kept) == 1 else Pieces(kept, PIECE_BYTES)
+        return bytes(kept[0]) if len(kept) == 1 else Pieces(kept, self.piece_size)
 
     def __len__(self) -> int:
         return self.size()
@@ -370,7 +417,7 @@ def pieces_of(data: Payload | Blob) -> tuple[Blob, ...]:
 
 
 class _PieceWriter:
-    """The file ``torch.save`` writes into: every byte is copied once, into ``PIECE_BYTES`` buffers from
+    """The file ``torch.save`` writes into: every byte is copied once, into ``piece_size`` buffers from
     ``new_piece`` (small writes gather in the current buffer; a large write, such as a tensor's storage, fills
     it and then whole pieces straight from the tensor's memory). Each full piece is handed to ``emit`` in
     order; ``close`` emits the last, shorter piece (as ``bytes``, its buffer back to the pool)."""
@@ -380,10 +427,12 @@ class _PieceWriter:
         emit: Callable[[bytes | PieceBuffer], None],
         new_piece: Callable[[], PieceBuffer] | None = None,
         pool: _PiecePool | None = None,
+        piece_size: int = PIECE_BYTES,
     ) -> None:
         self._emit = emit
-        self._new_piece = new_piece or (lambda: bytearray(PIECE_BYTES))
-        self._pool = pool or _POOLS[False]
+        self._size = piece_size
+        self._new_piece = new_piece or (lambda: bytearray(piece_size))
+        self._pool = pool or _pool(False, piece_size)
         self._current: PieceBuffer | None = None
         self._filled = 0
         self.failure: BaseException | None = None  # what failed in ``write``: torch.save's cleanup may
@@ -402,11 +451,11 @@ class _PieceWriter:
         while view:
             if self._current is None:
                 self._current, self._filled = self._new_piece(), 0
-            take = min(len(view), PIECE_BYTES - self._filled)
+            take = min(len(view), self._size - self._filled)
             self._current[self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
-            if self._filled == PIECE_BYTES:
+            if self._filled == self._size:
                 piece, self._current = self._current, None
                 self._emit(piece)
         return size
@@ -563,17 +612,19 @@ def serialize(
     stream: bool = False,
     window: int | None = STREAM_WINDOW,
     aligned: bool = False,
+    piece_size: int = PIECE_BYTES,
 ) -> tuple[dict[str, Payload], str]:
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``; with ``stream`` a torch
-    payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces (page-aligned ones
-    with ``aligned``), read by two readers (the digest and the store: each must ``release`` every piece; the
-    caller must ``stop()`` it if it gives up)."""
+    payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces of ``piece_size``
+    (page-aligned ones with ``aligned``), read by two readers (the digest and the store: each must
+    ``release`` every piece; the caller must ``stop()`` it if it gives up)."""
     text = _payload_text(payload)
     if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
         return {JSON_FILE: text.encode()}, "json"
     payload = _decoded(payload)
     if stream:
-        return {TORCH_FILE: PieceStream(payload, readers=2, window=window, aligned=aligned)}, "torch"
+        stream_of = PieceStream(payload, readers=2, window=window, aligned=aligned, piece_size=piece_size)
+        return {TORCH_FILE: stream_of}, "torch"
     pieces: list[bytes | PieceBuffer] = []
     writer = _PieceWriter(pieces.append)
     _torch_save(payload, writer)  # a state not JSON holds tensors (torch is loaded) or tuples/int keys

@@ -68,7 +68,15 @@ from datetime import datetime
 import fsspec
 
 from grd_blocks.checkpoint.payload.manifest import parse_manifest
-from grd_blocks.checkpoint.payload.serialization import STREAM_WINDOW, Blob, Payload, PieceStream, pieces_of
+from grd_blocks.checkpoint.payload.serialization import (
+    PIECE_BYTES,
+    STREAM_WINDOW,
+    Blob,
+    Payload,
+    PieceStream,
+    piece_size_for,
+    pieces_of,
+)
 from grd_blocks.checkpoint.storage.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -112,6 +120,10 @@ class CommitProtocol(ABC):
     def stream_window(self) -> int | None:
         """Pieces a stream given to ``commit`` may hold at once (serialization.PieceStream); None: any."""
         return STREAM_WINDOW
+
+    def piece_size(self, state_bytes: int) -> int:
+        """The piece size of a stream given to ``commit`` for a state of ``state_bytes`` bytes of tensors."""
+        return PIECE_BYTES  # an S3 part (at least 5 MiB but the last): s3parts sends each piece as one
 
     @property
     def aligned_pieces(self) -> bool:
@@ -341,6 +353,9 @@ class RenameCommit(CommitProtocol):
     @property
     def aligned_pieces(self) -> bool:
         return True  # full pieces go to the disk with O_DIRECT (_write_stream)
+
+    def piece_size(self, state_bytes: int) -> int:
+        return piece_size_for(state_bytes)  # the stream's memory a small share of a small state too
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
