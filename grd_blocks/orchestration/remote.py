@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +38,7 @@ from grd_blocks.budget import Budget
 from grd_blocks.errors import GrdError
 from grd_blocks.orchestration.environment import StoreAccess
 from grd_blocks.orchestration.execute import CommandPlan, run_attempt
+from grd_blocks.orchestration.scratch import Scratch
 from grd_blocks.process import CommandOutcome
 from grd_blocks.spec import WarnSpec
 
@@ -248,8 +247,8 @@ def run_remote(request: RemoteRequest, channel: Channel) -> Ran | NotStarted | L
     budget = Budget.after(request.remaining_s, name=label, level=request.level)
     watch = _StopWatch(channel, budget)
     watch.check()
-    scratch = Path(tempfile.mkdtemp(prefix="grd-remote-"))
-    log_path = scratch / f"{label}.attempt-{request.attempt}.log"
+    scratch = Scratch.make()  # a worker killed mid-command leaves its folder to the next one's sweep
+    log_path = scratch.path / f"{label}.attempt-{request.attempt}.log"
     threads = {threading.get_ident()}
     ladder = _LadderLog(publisher, threads)
     process_log = logging.getLogger("grd.process")
@@ -262,6 +261,7 @@ def run_remote(request: RemoteRequest, channel: Channel) -> Ran | NotStarted | L
             outcome, stop_marked = run_attempt(_local_plan(request, budget, log_path), granted,
                                                on_line=publisher.line)
         except (GrdError, OSError) as exc:
+            scratch.close()
             return NotStarted(str(exc), host, worker)
     finally:
         watch.end()
@@ -269,6 +269,5 @@ def run_remote(request: RemoteRequest, channel: Channel) -> Ran | NotStarted | L
     if watch.reason == DEADLINE and outcome.cancelled:  # the dispatcher's deadline came first
         outcome = replace(outcome, cancelled=False, timed_out=True, stopped_by="grd")
     log, kept = _read_log(log_path)
-    if kept is None:
-        shutil.rmtree(scratch, ignore_errors=True)
+    scratch.close(keep=kept is not None)
     return Ran(outcome, stop_marked, host, worker, log, kept, publisher.lines)
