@@ -142,11 +142,16 @@ def outcome_row(
         stderr_tail=outcome.stderr_tail,
         timeout=timeout,
         budget_s=None if math.isinf(granted_s) else round(granted_s, 3),
-        reason=outcome.spawn_error,
+        reason=outcome.spawn_error or (_cancel_reason(plan) if status is Status.CANCELLED else None),
         log_path=outcome.log_path,
         attempt_logs=[*plan.earlier_logs, *([outcome.log_path] if outcome.log_path else [])],
         note=note,
     )
+
+
+def _cancel_reason(plan: CommandPlan) -> str | None:
+    """Why a cancelled command was stopped: its budget's cancel reason (a run's cancel, on_timeout's stop)."""
+    return plan.budget.cancel_reason or None
 
 
 def not_started(plan: CommandPlan, granted: float, reason: str) -> CommandReport:

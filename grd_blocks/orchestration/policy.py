@@ -1,9 +1,12 @@
 """What runs next: the ``on_timeout`` policy, budget expiry and cancellation decide what is skipped.
 
 Invariant: once a gate says stop it never reopens. A command that never started is SKIPPED (with the reason),
-or CANCELLED when the run was cancelled; commands already running are not touched by a stop (each is bounded
-by its own deadline). ``on_timeout``: ``continue`` runs the rest; ``stop_phase`` skips the rest of the phase;
-``stop_benchmark`` skips the rest of the phase and every later phase. Failures do not stop anything.
+or CANCELLED when the run was cancelled. ``on_timeout``: ``continue`` runs the rest; ``stop_phase`` skips the
+rest of the phase and stops the phase's commands still running (their budgets are children of the phase's,
+which is cancelled with the reason: each goes down its kill ladder, on this machine or a remote worker, and
+is reported CANCELLED with that reason), as a matrix's fail-fast does; ``stop_benchmark`` does the same and
+skips every later phase. The phase's cleanups still run (their budgets are shielded). Failures do not stop
+anything.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class PhaseGate:
         with self._lock:
             if self._stopped is None:
                 self._stopped = reason
+        self.budget.cancel(reason)  # the phase's running commands: stopped within their grace
 
     def skip(self) -> Skip | None:
         """Why the next command of this phase may not start, or None."""

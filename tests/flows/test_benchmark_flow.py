@@ -20,6 +20,8 @@ from prefect.client.schemas.filters import (
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.artifacts import results_artifact_key
 from tests.flows.helpers import run_spec
+from tests.orchestration.fanout import tree
+from tests.process.helpers import marked
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -126,6 +128,40 @@ def test_on_timeout_policy_decides_what_is_skipped(tmp_path: Path, policy: str, 
     if next_status is Status.SKIPPED:
         assert f"on_timeout={policy}" in (result.command("a", "next").reason or "")
     assert result.report.status is Status.TIMEOUT and result.report.exit_code == 124
+
+
+def test_stop_phase_stops_a_running_sibling_within_its_grace_and_leaves_none_of_its_processes(
+    tmp_path: Path,
+) -> None:
+    """on_timeout: stop_phase is a fail-fast: a sibling running beside the command that timed out (a tree
+    that ignores SIGTERM, with setsid and daemon members) is stopped down its kill ladder, not left to its own
+    deadline; it is CANCELLED with the reason, the phase and run are TIMEOUT, and no process of it is left
+    (an independent /proc scan for its marker)."""
+    pid_dir = tmp_path / "tree"
+    pid_dir.mkdir()
+    result = run_spec(tmp_path, f"""
+        name: failfast
+        phases:
+          - name: p
+            max_parallel: 2
+            commands:
+              - name: a
+                run: "while [ ! -e {pid_dir}/ready ]; do sleep 0.05; done; exec sleep 60"
+                timeout: 5s
+                grace: 0.5s
+                on_timeout: stop_phase
+              - {{name: b, run: [{tree(pid_dir, "ignore_term", "setsid", "daemon")}], grace: 0.5s}}
+              - {{name: c, run: "true"}}
+          - name: q
+            commands:
+              - {{name: d, run: "true"}}
+        """)
+    a, b, c = (result.command("p", name) for name in ("a", "b", "c"))
+    assert a.status is Status.TIMEOUT
+    assert b.status is Status.CANCELLED and b.reason == "on_timeout=stop_phase after 'p.a' timed out"
+    assert c.status is Status.SKIPPED and result.command("q", "d").status is Status.COMPLETED
+    assert result.report.status is Status.TIMEOUT and result.report.exit_code == 124
+    assert marked(str(pid_dir)) == []
 
 
 def test_parallel_commands_overlap_and_keep_independent_timers(tmp_path: Path) -> None:

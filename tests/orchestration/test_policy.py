@@ -33,7 +33,18 @@ def test_stop_phase_skips_the_rest_of_the_phase_but_not_the_next_phase() -> None
     phase.observe("p", "a", Status.TIMEOUT, "stop_phase")
     skip = phase.skip()
     assert skip is not None and skip.status is Status.SKIPPED and "stop_phase after 'p.a'" in skip.reason
-    assert run.skip() is None and run.phase(budget).skip() is None
+    following = run.budget.child(None, name="q", level="phase")
+    assert run.skip() is None and run.phase(following).skip() is None and not following.cancelled
+
+
+def test_stop_phase_stops_the_phases_running_commands_but_not_its_cleanups() -> None:
+    run, budget = _gates(FakeClock())
+    phase = run.phase(budget)
+    sibling = budget.child(60, name="b", level="command")  # still running when 'a' timed out
+    cleanup = budget.child(60, name="c", level="command", shield=True)
+    phase.observe("p", "a", Status.TIMEOUT, "stop_phase")
+    assert sibling.cancelled and sibling.cancel_reason == "on_timeout=stop_phase after 'p.a' timed out"
+    assert not cleanup.cancelled and not run.budget.cancelled
 
 
 def test_stop_benchmark_skips_every_later_phase() -> None:
