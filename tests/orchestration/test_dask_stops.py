@@ -21,7 +21,7 @@ from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
 from tests.fixtures.dask_cluster import DaskCluster
-from tests.orchestration.fanout import STOP_WAIT_S, ancestor_in, run_in_background, tree
+from tests.orchestration.fanout import STOP_WAIT_S, ancestor_in, run_in_background, run_spec, tree
 from tests.process.helpers import TREE_CHILD, GateClock, marked, wait_for
 
 
@@ -204,3 +204,31 @@ phases:
     assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
     assert f"the Dask scheduler at {own_dask_cluster.address}" in row.reason, row.reason
     assert wait_for(lambda: marked(str(pid_dir)) == [], STOP_WAIT_S * 2), marked(str(pid_dir))
+
+
+def test_stop_phase_stops_a_sibling_running_on_a_worker_within_its_grace(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """on_timeout: stop_phase reaches the cluster: the sibling still running on a worker when 'a' timed out
+    (TERM-ignoring, with setsid and daemon members) is stopped there down its ladder, reported CANCELLED with
+    the reason, and none of its processes is left (independent /proc scan)."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    wait_ready = f"while [ ! -e {pid_dir}/ready ]; do sleep 0.05; done; exec sleep 60"
+    spec = f"""
+name: failfast
+runner: {{dask: "{dask_cluster.address}"}}
+phases:
+  - name: p
+    max_parallel: 2
+    commands:
+      - {{name: a, run: "{wait_ready}", timeout: 5s, grace: 0.5s, on_timeout: stop_phase}}
+      - {{name: b, run: [{tree(pid_dir, "ignore_term", "setsid", "daemon")}], grace: 0.5s}}
+      - {{name: c, run: "true"}}
+"""
+    report, _ = run_spec(tmp_path, spec, key="failfast-1")
+    a, b, c = report.phases[0].commands
+    assert a.status is Status.TIMEOUT and c.status is Status.SKIPPED
+    assert b.status is Status.CANCELLED and b.reason == "on_timeout=stop_phase after 'p.a' timed out", b
+    assert b.worker in dask_cluster.workers() and report.status is Status.TIMEOUT
+    assert marked(str(pid_dir)) == []
