@@ -105,6 +105,7 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
                     else:
                         fs.rm(f"{dcp_root}/step_{number - 2}", recursive=True)
                 dist.barrier()
+        blocked = _async_blocked(run, state, base=10 * (rounds + 1))
         if rank == 0:
             state_mib = sum(totals) / MiB
             medians = {side: statistics.median(times) for side, times in runs.items()}
@@ -117,6 +118,9 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
                 "dcp_mib_s": state_mib / medians["dcp"],
                 "grd_vs_dcp": medians["dcp"] / medians["grd"],
                 "runs_s": {side: [round(t, 5) for t in times] for side, times in runs.items()},
+                "async_blocked_s": [round(t, 5) for t in blocked["calls"]],
+                "async_blocked_share": statistics.median(blocked["calls"]) / medians["grd"],
+                "async_written": blocked["written"],
                 "loadavg_after": list(os.getloadavg()),
             })
         if rank == 0:
@@ -125,6 +129,31 @@ def _rank(rank: int, world: int, port: int, work: str, sizes: list[int], rounds:
     if rank == 0:
         pathlib.Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()
+
+
+ASYNC_SAVES = 12
+"""Back-to-back ``save_sharded_async`` calls per size (after one untimed call that makes the writer's process
+group and the snapshot buffers)."""
+
+
+def _async_blocked(run: Any, state: dict[str, Any], base: int) -> dict[str, Any]:
+    """Seconds each back-to-back ``save_sharded_async`` call blocked the loop (the slowest rank's, per call:
+    the loop's next collective waits for it), and how many of the calls were written (the others superseded:
+    a loop saving faster than the store)."""
+    run.save_sharded_async(state, step=base)
+    run.flush()
+    superseded_before = len(run.superseded)
+    calls = []
+    for number in range(1, ASYNC_SAVES + 1):
+        dist.barrier()  # the loop's own collective between two saves
+        start = time.perf_counter()
+        run.save_sharded_async(state, step=base + number)
+        mine = time.perf_counter() - start
+        slowest = [0.0] * dist.get_world_size()
+        dist.all_gather_object(slowest, mine)
+        calls.append(max(slowest))
+    run.flush()
+    return {"calls": calls, "written": ASYNC_SAVES - (len(run.superseded) - superseded_before)}
 
 
 def _tensors(value: Any) -> list[Any]:

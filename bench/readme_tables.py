@@ -363,12 +363,15 @@ def render_grd_run_kill(data: dict[str, Any]) -> str:
 def render_sharded(data: dict[str, Any]) -> str:
     """Issue #34: a sharded save through grd >= 0.9x plain DCP with its own fsspec writer, same target."""
     ends = [*data["loadavg_before"][:1], *data["loadavg_after"][:1]]
+    s3 = data.get("store", "local disk") != "local disk"
+    where = f"a bucket of {data['store']}" if s3 else "the same directory"
     lines = [
-        f"Sharded saves (`bench_sharded.py`, {data['date']}, load {min(ends):.1f}-{max(ends):.1f}, "
+        f"Sharded saves{' to S3' if s3 else ''} (`bench_sharded.py{' --store s3' if s3 else ''}`, "
+        f"{data['date']}, load {min(ends):.1f}-{max(ends):.1f}, "
         f"{data['cpus']} CPUs; FSDP2 model + AdamW state on {data['results'][0]['ranks']} gloo ranks, "
         f"medians of {data['rounds']} rounds alternating which side goes first, the fastest and slowest in "
-        "brackets; plain DCP is `torch.distributed.checkpoint.save` with its own `FsspecWriter` into the "
-        f"same directory; goal: grd at least 0.9{X} plain DCP's throughput):",
+        "brackets; plain DCP is `torch.distributed.checkpoint.save` with its own `FsspecWriter` into "
+        f"{where}; goal: grd at least 0.9{X} plain DCP's throughput):",
         "",
         "| state (all ranks) | grd `save_sharded`, MiB/s | plain DCP, MiB/s | grd / DCP |",
         "|---|---|---|---|",
@@ -382,6 +385,15 @@ def render_sharded(data: dict[str, Any]) -> str:
         lines.append(
             f"| {size:.0f} MiB | {row['grd_mib_s']:.0f}{_spread(runs.get('grd'), rate)} "
             f"| {row['dcp_mib_s']:.0f}{_spread(runs.get('dcp'), rate)} | {_goal(row['grd_vs_dcp'], 0.9)} |")
+    blocked = [row for row in data["results"] if "async_blocked_share" in row]
+    if blocked:
+        parts = [f"{100 * row['async_blocked_share']:.1f}% at {row['size_mib']:.0f} MiB "
+                 f"({_met(row['async_blocked_share'] <= 0.10)}; {row['async_written']} of "
+                 f"{len(row['async_blocked_s'])} written)" for row in blocked]
+        lines += ["", "Back to back (one `save_sharded_async` right after another on every rank, a loop "
+                  "saving faster than the store), the median call blocks the loop (the slowest rank's) for "
+                  + ", ".join(parts) + " of a synchronous `save_sharded` (goal at most 10%); a save still "
+                  "waiting when a newer one comes is superseded on every rank alike."]
     return "\n".join(lines)
 
 
@@ -394,6 +406,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "kill_latency": render_kill_latency,
     "grd_run_kill": render_grd_run_kill,
     "sharded": render_sharded,
+    "sharded_s3": render_sharded,
 }
 
 
