@@ -17,6 +17,10 @@ Invariants:
   one never run (superseded), so at most three staged states are held per rank. A failure of a job (agreed
   on every rank by the job itself) drops what the rank has staged and is raised by its next ``number``,
   ``submit`` or ``wait``, once; ``wait`` issues no collective.
+* The writer's thread runs at a lower CPU priority than the loop (``WRITER_NICE`` above the process's, this
+  thread only, and the threads it starts: serializing, DCP's): where the loop and a write compete for cores,
+  the loop's staging copy gets them first and the write uses what the loop leaves
+  (``GRD_CHECKPOINT_WRITER_NICE`` sets the step, 0 keeps the loop's priority).
 * Every live writer is flushed at interpreter exit, so a process that exits normally never drops a checkpoint
   it already handed over and nothing superseded it. The flush runs among threading's exit hooks, before
   ``concurrent.futures`` stops accepting work (a plain ``atexit`` hook runs after that, when a write could no
@@ -29,6 +33,7 @@ import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook is registered before ours, so ours runs first
 import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -38,6 +43,23 @@ from typing import Any
 from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 
 logger = logging.getLogger("grd.checkpoint")
+
+WRITER_NICE = 10
+"""How much lower the writer thread's priority is than the process's (nice steps, capped at 19)."""
+
+
+def _lower_priority() -> None:
+    """Lower this thread's CPU priority by ``WRITER_NICE`` (``GRD_CHECKPOINT_WRITER_NICE``): on Linux a
+    thread's nice value is its own (``setpriority`` on its thread id) and threads it starts inherit it.
+    Best effort: where that is not possible the writer keeps the loop's priority."""
+    try:
+        step = int(os.environ.get("GRD_CHECKPOINT_WRITER_NICE", WRITER_NICE))
+        if step <= 0:
+            return
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (OSError, ValueError, AttributeError):
+        return
 
 _LIVE: weakref.WeakSet[AsyncWriter | ShardedWriter] = weakref.WeakSet()
 
@@ -101,6 +123,7 @@ class AsyncWriter:
             raise error
 
     def _work(self) -> None:
+        _lower_priority()
         while True:
             with self._changed:
                 job, self._waiting = self._waiting, None
@@ -220,6 +243,7 @@ class ShardedWriter:
                         "RunCheckpoints.superseded)", jobs[0].what, self.name)
 
     def _work(self) -> None:
+        _lower_priority()
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._staged))

@@ -194,3 +194,28 @@ def test_a_process_exiting_right_after_a_large_save_async_commits_it_on_s3(
     s3_server: SeaweedServer, s3_bucket: str
 ) -> None:
     _exit_right_after_save_async(f"{s3_bucket}/store", s3_server.storage_options)
+
+
+def _nice(tid: int | str) -> int:
+    """A thread's nice value, read from /proc (field 19 of its stat)."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_the_background_writer_yields_the_cpu_to_the_training_loop(object_backend: Backend) -> None:
+    """The write in flight runs on a thread 10 nice steps below the loop's (read from /proc while the write is
+    held), so where both want the cores the loop's next staging copy gets them first."""
+    engine = object_backend.engine()
+    gated = GatedFS(engine.fs)
+    run = RunCheckpoints(
+        f"{object_backend.url}/nice", fs=cast(fsspec.AbstractFileSystem, gated), path=f"{engine.path}/nice"
+    )
+    run.save_async({"s": 1}, step=1)
+    assert gated.entered.wait(30)
+    try:
+        writer = run._writer._thread  # the thread holding the write (its nice is read from /proc)
+        assert writer is not None and writer.native_id is not None
+        assert _nice(writer.native_id) == min(19, _nice(threading.get_native_id()) + 10)
+    finally:
+        gated.gate.set()
+        run.flush()
