@@ -23,7 +23,7 @@ from grd_blocks.orchestration.benchmark import (
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
-from tests.process.helpers import TREE_CHILD, marked
+from tests.process.helpers import TREE_CHILD, marked, parent
 
 STOP_WAIT_S = 30.0  # bound on the waits for a ladder that runs on its own (never a timed assertion)
 
@@ -83,15 +83,6 @@ def tree(pid_dir: Path, *kinds: str) -> str:
     return ", ".join(f"'{item}'" for item in [sys.executable, TREE_CHILD, str(pid_dir), *kinds])
 
 
-def parent(pid: int) -> int | None:
-    """``pid``'s parent from /proc (None once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2:].split()[1])
-
-
 def ancestor_in(pids: Iterable[int], candidates: Iterable[int]) -> int:
     """The one of ``candidates`` that is an ancestor of one of ``pids`` (read from /proc)."""
     wanted = set(candidates)
@@ -102,16 +93,6 @@ def ancestor_in(pids: Iterable[int], candidates: Iterable[int]) -> int:
                 return found
             found = parent(found)
     raise AssertionError(f"none of {sorted(wanted)} is an ancestor of {list(pids)}")
-
-
-def ancestors(pid: int) -> list[int]:
-    """``pid``'s parent chain up to init, nearest first (read from /proc)."""
-    chain = []
-    found = parent(pid)
-    while found is not None and found > 1:
-        chain.append(found)
-        found = parent(found)
-    return chain
 
 
 def gated_commands(gate: Path, count: int) -> str:
@@ -158,3 +139,18 @@ def assert_drivers_deadline_left_no_survivors(row: CommandReport, pid_dir: Path)
     assert row.timeout.level == "phase" and row.timeout.inherited
     assert row.timeout.kill_sent_s is not None and row.timeout.survivors == 0
     assert marked(str(pid_dir)) == []
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tree_on_first_try(tmp_path: Path, pid_dir: Path) -> str:
+    """A shell command whose first try builds a tree (TERM-ignoring, setsid and child members) and whose
+    later tries print ``second try`` and exit 0 (its mark of the first try is in ``tmp_path``)."""
+    first = tmp_path / "first-try"
+    return (f"if [ -e {first} ]; then echo second try; exit 0; fi; touch {first}; "
+            f"exec {sys.executable} {TREE_CHILD} {pid_dir} ignore_term setsid child")

@@ -6,7 +6,6 @@ is kept byte for byte; the row is a local row plus the host and worker that ran 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.orchestration.fanout import (
     assert_drivers_deadline_left_no_survivors,
     assert_gated_rows_streamed_and_kept,
     assert_own_deadline_left_no_survivors,
+    closed_port,
     gated_commands,
     run_spec,
 )
@@ -117,9 +117,7 @@ phases:
 def test_an_unreachable_scheduler_fails_the_command_naming_the_address_and_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     spec = f"""
 name: nowhere
 runner: {{dask: "tcp://127.0.0.1:{port}"}}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,15 @@ from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport, PhaseReport
 from grd_blocks.spec import parse_spec
 from tests.fixtures.dask_cluster import DaskCluster
-from tests.orchestration.fanout import STOP_WAIT_S, ancestor_in, run_in_background, run_spec, tree
-from tests.process.helpers import TREE_CHILD, GateClock, marked, wait_for
+from tests.orchestration.fanout import (
+    STOP_WAIT_S,
+    ancestor_in,
+    run_in_background,
+    run_spec,
+    tree,
+    tree_on_first_try,
+)
+from tests.process.helpers import GateClock, marked, wait_for
 
 
 class Stopping:
@@ -89,9 +95,7 @@ def test_a_worker_killed_mid_command_leaves_nothing_running_and_the_command_comp
     keepers saw it die) and the second try, on the other worker, finds the first's mark and completes."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    first = tmp_path / "first-try"
-    shell = (f"if [ -e {first} ]; then echo second try; exit 0; fi; touch {first}; "
-             f"exec {sys.executable} {TREE_CHILD} {pid_dir} ignore_term setsid child")
+    shell = tree_on_first_try(tmp_path, pid_dir)
     spec = f"""
 name: lost
 phases:

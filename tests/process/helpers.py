@@ -131,3 +131,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = SETUP_TIMEOUT_S) ->
             return True
         time.sleep(0.005)
     return bool(condition())
+
+
+def parent(pid: int) -> int | None:
+    """``pid``'s parent from /proc (None once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2:].split()[1])
+
+
+def ancestors(pid: int) -> list[int]:
+    """``pid``'s parent chain up to init, nearest first (read from /proc)."""
+    chain = []
+    found = parent(pid)
+    while found is not None and found > 1:
+        chain.append(found)
+        found = parent(found)
+    return chain
