@@ -7,7 +7,14 @@ Invariants (beyond ``remote_driver``'s):
   is lost ends in a ``RayError`` and the driver alone decides on another try. A try given up is also
   cancelled with ``ray.cancel(force=True)``.
 - Ray connects a process to one cluster: the first dispatch connects (``ray.init``) and makes the hub; a
-  dispatch to another address in the same process is FAILED naming both. ``max_parallel`` is the phase's
+  dispatch to another address in the same process is FAILED naming both.
+- Connecting is bounded: before ``ray.init`` (which waits without limit for an address that accepts a
+  connection and never answers), the address must accept a TCP connection and answer as a gRPC server does
+  (its HTTP/2 SETTINGS frame) within ``CONNECT_S``; otherwise every command dispatched to it is FAILED with
+  one reason naming the address, the limit and the fix, logged once, and a dispatch within ``CONNECT_S`` of
+  that failure reuses it rather than waiting again (a phase's commands do not each wait). ``auto`` is not
+  probed (Ray finds the cluster this machine is part of). A ``ray://`` address (Ray Client) needs
+  ``ray[client]`` here; without it every command is FAILED saying so. ``max_parallel`` is the phase's
   concurrency on the whole cluster (the engine runs at most that many at once); ``num_cpus``/``num_gpus``
   are the task's Ray resources, so Ray places it where they are free.
 """
@@ -15,7 +22,11 @@ Invariants (beyond ``remote_driver``'s):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
+import socket
 import threading
+import time
 from typing import Any
 
 import ray
@@ -30,9 +41,48 @@ from grd_blocks.orchestration.remote import Lost, NotStarted, Ran, RemoteRequest
 from grd_blocks.orchestration.remote_driver import RemoteDriver, TryView
 from grd_blocks.report import CommandReport
 
-__all__ = ["RayDispatch", "close_dispatchers", "dispatch"]
+__all__ = ["CONNECT_S", "RayDispatch", "close_dispatchers", "dispatch", "unreachable"]
 
+log = logging.getLogger("grd.ray")
+
+CONNECT_S = 10.0  # how long a Ray cluster's address may take to accept the driver's connection and answer
 SEND_S = 5.0  # how long sending a stop to the hub may take
+RAY_CLIENT_PORT = 10001  # the port of ray://HOST without one
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # preface, SETTINGS
+_SETTINGS = 4
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """Where the driver connects first for ``address`` (None for ``auto``)."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return rest.strip("[]"), RAY_CLIENT_PORT
+    return host.strip("[]"), int(port)
+
+
+def unreachable(address: str, connect_s: float) -> str | None:
+    """Why the Ray cluster at ``address`` cannot be reached within ``connect_s`` (None: its address answers
+    as a gRPC server, a GCS or a Ray Client server, does)."""
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return None
+    where = f"{endpoint[0]}:{endpoint[1]}"
+    end = time.monotonic() + connect_s
+    try:
+        with socket.create_connection(endpoint, timeout=connect_s) as conn:
+            conn.settimeout(max(0.001, end - time.monotonic()))
+            conn.sendall(_HTTP2_HELLO)
+            head = conn.recv(9)
+    except TimeoutError:
+        return f"{where} did not accept a connection and answer within {connect_s:g}s"
+    except OSError as exc:
+        return f"nothing accepted a connection to {where} ({type(exc).__name__}: {exc.strerror or exc})"
+    if len(head) < 4 or head[3] != _SETTINGS:
+        return f"{where} accepted a connection but did not answer as a Ray cluster (a gRPC server) does"
+    return None
 
 _TASK = ray.remote(max_retries=0, retry_exceptions=False)(run_on_ray)
 
@@ -44,8 +94,22 @@ class RayDispatch(RemoteDriver[Any]):
     kind = "Ray node"
     topic = "ray-hub"
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, connect_s: float | None = None) -> None:
         self.address = address
+        connect_s = CONNECT_S if connect_s is None else connect_s
+        if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise DispatchError(
+                f"runner.ray {address!r} is a Ray Client address, and Ray Client needs ray[client] on the "
+                f"machine running grd: pip install 'ray[client]=={ray.__version__}', or name the cluster's "
+                "GCS (HOST:6379) from a machine that is one of its nodes"
+            )
+        why = unreachable(address, connect_s)
+        if why is not None:
+            raise DispatchError(
+                f"cannot reach the Ray cluster at {address}: {why}; grd gives a cluster {connect_s:g}s to "
+                "answer (ray_dispatch.CONNECT_S) and runs no command on it otherwise: start it (ray start "
+                "--head), or fix the address (the spec's runner.ray or GRD_RAY_ADDRESS)"
+            )
         try:
             if not ray.is_initialized():
                 ray.init(address=address, namespace="grd", log_to_driver=False, configure_logging=False)
@@ -106,6 +170,7 @@ class RayDispatch(RemoteDriver[Any]):
 
 _DISPATCHER: RayDispatch | None = None
 _DISPATCHER_LOCK = threading.Lock()
+_FAILED: dict[str, tuple[float, DispatchError]] = {}  # address -> when its connect failed, and how
 
 
 def dispatcher(address: str) -> RayDispatch:
@@ -120,7 +185,16 @@ def dispatcher(address: str) -> RayDispatch:
                 "same address in every phase of one run"
             )
         if _DISPATCHER is None:
-            _DISPATCHER = RayDispatch(address)
+            failed = _FAILED.get(address)
+            if failed is not None and time.monotonic() - failed[0] < CONNECT_S:
+                raise failed[1]
+            try:
+                _DISPATCHER = RayDispatch(address)
+            except DispatchError as exc:
+                _FAILED[address] = (time.monotonic(), exc)
+                log.error("%s", exc)
+                raise
+            _FAILED.pop(address, None)
         return _DISPATCHER
 
 

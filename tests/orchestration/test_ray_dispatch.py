@@ -2,20 +2,27 @@
 nodes, each in a Ray task under grd's runner there; a deadline leaves no process of the tree, setsid and
 SIGTERM-ignoring escapes included (an independent /proc scan); the driver's stop reaches a running remote
 command; output streams back while the command runs and is kept byte for byte; the row is a local row plus the
-host and the Ray node that ran it."""
+host and the Ray node that ran it; an unreachable cluster, or an address that never answers, fails every
+command in a complete report after a bounded connect (``ray_dispatch.CONNECT_S``), never a hang."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
+import socket
 from pathlib import Path
 
 import pytest
 
+from grd_blocks.orchestration.status import Status
 from grd_blocks.spec import parse_spec
 from tests.fixtures.ray_cluster import RayCluster
 from tests.orchestration.fanout import (
     assert_drivers_deadline_left_no_survivors,
     assert_gated_rows_streamed_and_kept,
     assert_own_deadline_left_no_survivors,
+    closed_port,
     gated_commands,
     run_spec,
 )
@@ -128,3 +135,71 @@ def test_the_environment_names_the_ray_cluster_of_phases_without_a_runner() -> N
     assert phase.cleanup is not None and phase.cleanup.ray is None  # cleanups run on this machine
     assert plan_benchmark(spec, dask="tcp://h:1", ray="auto").phases[0].ray is None  # Dask set: Dask wins
 
+
+
+def test_an_unreachable_ray_cluster_fails_every_command_with_one_reason_naming_the_address_and_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens at the address: no command waits on Ray; every row of the complete report is FAILED
+    with the reason, and the error is logged once for the run, not once per command."""
+    port = closed_port()
+    spec = f"""
+name: nowhere
+runner: {{ray: "127.0.0.1:{port}"}}
+phases:
+  - name: p
+    commands: [{{name: a, run: "true"}}, {{name: b, run: "true"}}]
+  - name: q
+    commands: [{{name: c, run: "true"}}]
+"""
+    with caplog.at_level(logging.ERROR, logger="grd.ray"):
+        report, _ = run_spec(tmp_path, spec)
+    rows = [row for phase in report.phases for row in phase.commands]
+    assert [row.name for row in rows] == ["a", "b", "c"]
+    for row in rows:
+        assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
+        reason = row.reason
+        assert f"cannot reach the Ray cluster at 127.0.0.1:{port}: nothing accepted a connection" in reason
+        assert "CONNECT_S" in reason and "ray start --head" in reason and "GRD_RAY_ADDRESS" in reason
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert [row["status"] for phase in written["phases"] for row in phase["commands"]] == ["FAILED"] * 3
+    errors = [record.getMessage() for record in caplog.records if record.name == "grd.ray"]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], errors
+
+
+def test_an_address_that_accepts_but_never_answers_fails_after_the_connect_limit_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listening socket that never answers (``ray.init`` alone would wait on it without limit): the
+    command is FAILED once ``CONNECT_S`` (1 s here) has passed, naming the address and the limit."""
+    monkeypatch.setattr("grd_blocks.orchestration.ray_dispatch.CONNECT_S", 1.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        spec = f"""
+name: silent
+runner: {{ray: "127.0.0.1:{port}"}}
+phases:
+  - name: p
+    commands: [{{name: c, run: "true"}}]
+"""
+        report, _ = run_spec(tmp_path, spec)
+    row = report.phases[0].commands[0]
+    assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
+    assert f"127.0.0.1:{port} did not accept a connection and answer within 1s" in row.reason, row.reason
+
+
+@pytest.mark.skipif(importlib.util.find_spec("grpc") is not None, reason="ray[client] is installed here")
+def test_a_ray_client_address_without_ray_client_installed_fails_naming_the_package(tmp_path: Path) -> None:
+    spec = """
+name: client
+runner: {ray: "ray://127.0.0.1:10001"}
+phases:
+  - name: p
+    commands: [{name: c, run: "true"}]
+"""
+    report, _ = run_spec(tmp_path, spec)
+    row = report.phases[0].commands[0]
+    assert row.status is Status.FAILED and row.reason is not None, (row.status, row.reason)
+    assert "ray://127.0.0.1:10001" in row.reason and "pip install 'ray[client]==" in row.reason, row.reason
