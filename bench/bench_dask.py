@@ -16,8 +16,6 @@ before each side, and the date.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import signal
@@ -27,48 +25,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "dask.json"
-WORKERS = 4
-SLEEP_S = 0.2
 
-
-def _spec(commands: int, runner: str) -> str:
-    rows = "\n".join(f"      - {{name: c{i}, run: [sleep, '{SLEEP_S}'], timeout: 60s}}"
-                     for i in range(commands))
-    return f"name: fan\nphases:\n  - name: p\n    runner: {runner}\n    max_parallel: {WORKERS}\n" \
-           f"    commands:\n{rows}\n"
-
-
-class _InPlace:
-    def phase(self, phase: Any, backstop_s: float | None, body: Callable[[], Any]) -> Any:
-        return body()
-
-    def command(self, plan: Any, backstop_s: float | None) -> Any:
-        from grd_blocks.orchestration.benchmark import execute
-
-        return execute(plan)
-
-
-def _grd(commands: int, runner: str, scratch: Path) -> tuple[float, int]:
-    from grd_blocks.orchestration.benchmark import BenchmarkRun, run_benchmark
-    from grd_blocks.orchestration.status import Status
-    from grd_blocks.spec import parse_spec
-
-    run = BenchmarkRun(spec=parse_spec(_spec(commands, runner)), run_key=f"bench-{time.monotonic_ns()}",
-                       logs_dir=scratch / "logs")
-    start = time.monotonic()
-    report = run_benchmark(run, _InPlace(), report_path=scratch / "report.json").report
-    wall = time.monotonic() - start
-    done = sum(row.status is Status.COMPLETED for row in report.phases[0].commands)
-    return wall, done
-
-
-def _sleep_once(_: int) -> int:
-    return subprocess.run(["sleep", str(SLEEP_S)], check=False).returncode
+from bench._fanout import SLOTS as WORKERS  # noqa: E402
+from bench._fanout import commands_wanted, grd, measure, sleep_once, write_results  # noqa: E402  (after ROOT is on the path)
 
 
 def _plain(commands: int, address: str) -> tuple[float, int]:
@@ -76,7 +39,7 @@ def _plain(commands: int, address: str) -> tuple[float, int]:
 
     with Client(address, set_as_default=False) as client:
         start = time.monotonic()
-        codes = client.gather(client.map(_sleep_once, range(commands), pure=False))
+        codes = client.gather(client.map(sleep_once, range(commands), pure=False))
         wall = time.monotonic() - start
     return wall, sum(code == 0 for code in codes)
 
@@ -121,46 +84,22 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commands", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="100 commands")
-    args = parser.parse_args()
-    commands = 100 if args.quick else args.commands
+    commands = commands_wanted(__doc__ or "")
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
         scratch = Path(tmp)
         address, processes = _cluster(scratch)
         try:
             sides: dict[str, Callable[[int, Path], tuple[float, int]]] = {
                 "plain_dask": lambda n, where: _plain(n, address),
-                "grd_dask": lambda n, where: _grd(n, f"{{dask: '{address}'}}", where),
-                "grd_local": lambda n, where: _grd(n, "local", where),
+                "grd_dask": lambda n, where: grd(n, f"{{dask: '{address}'}}", where),
+                "grd_local": lambda n, where: grd(n, "local", where),
             }
-            for name, side in sides.items():  # warm-up, untimed
-                side(WORKERS * 2, scratch / f"warm-{name}")
-            results: dict[str, dict[str, Any]] = {}
-            for name, side in sides.items():
-                load = os.getloadavg()[0]
-                wall, done = side(commands, scratch / name)
-                results[name] = {
-                    "wall_s": round(wall, 2), "completed": done, "load_before": round(load, 2),
-                    "throughput_per_s": round(commands / wall, 2),
-                    "overhead_per_command_s": round(wall * WORKERS / commands - SLEEP_S, 4),
-                }
-                overhead_ms = results[name]["overhead_per_command_s"] * 1000
-                print(f"{name}: {wall:.1f}s for {commands} ({done} completed), {overhead_ms:.1f} ms overhead "
-                      "per command", flush=True)
+            results = measure(sides, commands, scratch)
         finally:
             _stop(processes)
-    plain = results["plain_dask"]["wall_s"]
-    for entry in results.values():
-        entry["wall_vs_plain_dask"] = round(entry["wall_s"] / plain, 3)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commands": commands, "sleep_s": SLEEP_S, "workers": WORKERS, "cpus": os.cpu_count(),
-        "ideal_wall_s": commands * SLEEP_S / WORKERS, "sides": results,
-        "note": "grd sides run the engine without Prefect; all Dask workers on this machine (127.0.0.1)",
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, commands, results, "plain_dask", workers=WORKERS,
+                  note="grd sides run the engine without Prefect; all Dask workers on this machine "
+                  "(127.0.0.1)")
 
 
 if __name__ == "__main__":

@@ -397,7 +397,47 @@ def render_sharded(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_FANOUT_SIDES = {
+    "plain_dask": "plain Dask futures running `subprocess.run` (no grd)",
+    "grd_dask": "grd on Dask (`runner: {dask: ...}`)",
+    "grd_local": "grd on this machine (`max_parallel: 4`)",
+    "plain_ray": "plain Ray tasks running `subprocess.run` (no grd)",
+    "grd_ray": "grd on Ray (`runner: {ray: ..., num_cpus: 1}`)",
+}
+
+
+def _fanout(data: dict[str, Any], title: str, baseline: str) -> str:
+    """A fan-out benchmark (bench/_fanout.py): per side, wall time, throughput, overhead, ratio to plain."""
+    loads = [side["load_before"] for side in data["sides"].values()]
+    lines = [
+        f"{title}, {data['date'][:10]}, load before each side {min(loads):.2f}-{max(loads):.2f}, "
+        f"{data['cpus']} cores shared by the cluster and grd; {data['commands']:,} commands of "
+        f"`sleep {data['sleep_s']}`, ideal {data['ideal_wall_s']:g} s; one run; grd without Prefect; "
+        f"overhead per command = wall {X} 4 / commands - the command's {data['sleep_s']} s):",
+        "",
+        "| side | wall | commands/s | overhead per command | wall / plain |",
+        "|---|---|---|---|---|",
+    ]
+    for name, side in data["sides"].items():
+        lines.append(
+            f"| {_FANOUT_SIDES.get(name, name)} | {side['wall_s']:.1f} s | {side['throughput_per_s']:.1f} "
+            f"| {side['overhead_per_command_s'] * 1000:.1f} ms | {side[baseline]:.2f}{X} |")
+    return "\n".join(lines)
+
+
+def render_dask(data: dict[str, Any]) -> str:
+    return _fanout(data, f"Fan-out on Dask (`bench_dask.py`, {data['workers']} single-thread workers on "
+                   "127.0.0.1", "wall_vs_plain_dask")
+
+
+def render_ray(data: dict[str, Any]) -> str:
+    return _fanout(data, f"Fan-out on Ray (`bench_ray.py`, {data['cpus_in_cluster']} CPUs on two nodes on "
+                   "127.0.0.1", "wall_vs_plain_ray")
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "dask": render_dask,
+    "ray": render_ray,
     "overhead": render_overhead,
     "scale": render_scale,
     "checkpoint": render_checkpoint,
