@@ -141,8 +141,9 @@ class TryView:
             elif kind == "start":
                 self.host, self.worker = str(message.get("host")), str(message.get("worker"))
                 self.started_at = time.monotonic()
-                process_log.info("%s: running on %s (%s %s, pid %s)", self.plan.label, self.host, self.kind,
-                                 self.worker, message.get("pid"))
+                # the run's log prefixes grd.process lines with the command's label (process_log.py)
+                process_log.info("running on %s (%s %s, pid %s)", self.host, self.kind, self.worker,
+                                 message.get("pid"))
 
 
 H = TypeVar("H")  # an engine's handle on one submitted try
