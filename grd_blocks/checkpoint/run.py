@@ -35,7 +35,7 @@ import fsspec
 from grd_blocks.checkpoint.async_writer import AsyncWriter, ShardedWriter
 from grd_blocks.checkpoint.observers import Observer, bind_automatic, notify
 from grd_blocks.checkpoint.payload.digest import digest_later
-from grd_blocks.checkpoint.payload.handlers import encode_state
+from grd_blocks.checkpoint.payload.handlers import encode_state, tensor_bytes
 from grd_blocks.checkpoint.payload.hashes import save_algorithm
 from grd_blocks.checkpoint.payload.manifest import (
     GRD_VERSION,
@@ -46,7 +46,7 @@ from grd_blocks.checkpoint.payload.manifest import (
     parse_latest,
     writer_id,
 )
-from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize, tensor_bytes
+from grd_blocks.checkpoint.payload.serialization import PieceStream, serialize
 from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
 from grd_blocks.checkpoint.reader import RunReader
 from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints

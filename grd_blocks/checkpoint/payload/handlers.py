@@ -30,6 +30,20 @@ def loaded_torch() -> ModuleType | None:
     return sys.modules.get("torch")
 
 
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in the plain state ``value`` (dicts, lists, tuples); 0 without torch."""
+    torch = loaded_torch()
+    if torch is None:
+        return 0
+    if isinstance(value, torch.Tensor):
+        return int(value.numel() * value.element_size())
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
+
+
 def _numpy() -> ModuleType | None:
     return sys.modules.get("numpy")
 

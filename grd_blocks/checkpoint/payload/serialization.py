@@ -69,26 +69,6 @@ def piece_size_for(state_bytes: int) -> int:
     return size
 
 
-def tensor_bytes(value: Any) -> int:
-    """Bytes of the tensors in the plain state ``value`` (dicts, lists, tuples); 0 without torch."""
-    torch = _torch_if_loaded()
-    if torch is None:
-        return 0
-    if isinstance(value, torch.Tensor):
-        return int(value.numel() * value.element_size())
-    if isinstance(value, Mapping):
-        return sum(tensor_bytes(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return sum(tensor_bytes(item) for item in value)
-    return 0
-
-
-def _torch_if_loaded() -> Any:
-    import sys
-
-    return sys.modules.get("torch")
-
-
 @dataclass(frozen=True)
 class Pieces:
     """Serialized content as consecutive ``bytes`` pieces of ``piece_size`` bytes (the last may be shorter).
@@ -230,7 +210,7 @@ class PieceStream:
         self._finish(error)
 
     def _writer(self) -> _PieceWriter:
-        return _PieceWriter(self._add, self._take, self._pool, self.piece_size)
+        return _PieceWriter(self._add, self._take, self._pool)
 
     def _finish(self, error: BaseException | None) -> None:
         with self._changed:
@@ -417,7 +397,7 @@ def pieces_of(data: Payload | Blob) -> tuple[Blob, ...]:
 
 
 class _PieceWriter:
-    """The file ``torch.save`` writes into: every byte is copied once, into ``piece_size`` buffers from
+    """The file ``torch.save`` writes into: every byte is copied once, into the pool's buffers from
     ``new_piece`` (small writes gather in the current buffer; a large write, such as a tensor's storage, fills
     it and then whole pieces straight from the tensor's memory). Each full piece is handed to ``emit`` in
     order; ``close`` emits the last, shorter piece (as ``bytes``, its buffer back to the pool)."""
@@ -427,12 +407,11 @@ class _PieceWriter:
         emit: Callable[[bytes | PieceBuffer], None],
         new_piece: Callable[[], PieceBuffer] | None = None,
         pool: _PiecePool | None = None,
-        piece_size: int = PIECE_BYTES,
     ) -> None:
         self._emit = emit
-        self._size = piece_size
-        self._new_piece = new_piece or (lambda: bytearray(piece_size))
-        self._pool = pool or _pool(False, piece_size)
+        self._pool = pool or _pool(False)
+        self._size = self._pool.size  # the pieces are the pool's buffers
+        self._new_piece = new_piece or (lambda: bytearray(self._size))
         self._current: PieceBuffer | None = None
         self._filled = 0
         self.failure: BaseException | None = None  # what failed in ``write``: torch.save's cleanup may
