@@ -21,6 +21,7 @@ from flows.benchmark import benchmark
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import BenchmarkReport
 from tests.fixtures.dask_cluster import DaskCluster
+from tests.prefect_edge._api import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -55,10 +56,15 @@ def test_the_dask_scheduler_parameter_runs_each_command_on_a_worker_as_a_task_ru
         )
         ids = [flow_run_id, *(run.id for run in subflows)]
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
     assert sorted(run.name for run in task_runs if "command_task" in run.task_key) == ["p.a", "p.b"]
-    messages = "\n".join(log.message for log in logs)
-    assert "hello-from-a" in messages and "hello-from-b" in messages
+
+    def both_outputs() -> str:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+        messages = "\n".join(log.message for log in logs)
+        return messages if "hello-from-a" in messages and "hello-from-b" in messages else ""
+
+    wait_for(both_outputs, "both commands' output in the run's logs")  # logs reach the API in batches
 
 
 def test_a_bad_dask_scheduler_setting_is_invalid_parameters_naming_it(
