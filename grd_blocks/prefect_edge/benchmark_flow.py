@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,17 +70,47 @@ from grd_blocks.timeline import mark
 __all__ = ["PrefectRunner", "benchmark", "command_task"]
 
 
-class CommandResult:
-    """What a command task's state carries: its report row, as one opaque object (Prefect walks a state's
-    data to track results: an opaque object is one step of that walk, a dict row one per field)."""
+class _Handoff:
+    """Report rows of command tasks run in this process, handed to the runner that called each task instead
+    of through the task's state: Prefect keeps a copy of every task state whose data it can track (with its
+    state details) for the rest of the flow run, about 1.5 KB per command; a state without data it keeps
+    nowhere. The runner expects a row for the plan it passes (the task receives that very object) and takes
+    it after the call; a row nobody expects any more (its task outlived a Prefect backstop) is dropped."""
 
-    __slots__ = ("row",)
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[CommandPlan, CommandReport | None]] = {}
+        self._lock = threading.Lock()
 
-    def __init__(self, row: CommandReport) -> None:
-        self.row = row
+    def expect(self, plan: CommandPlan) -> None:
+        with self._lock:
+            self._rows[id(plan)] = (plan, None)
+
+    def put(self, plan: CommandPlan, row: CommandReport) -> None:
+        with self._lock:
+            if id(plan) in self._rows and self._rows[id(plan)][0] is plan:
+                self._rows[id(plan)] = (plan, row)
+
+    def take(self, plan: CommandPlan) -> CommandReport | None:
+        with self._lock:
+            _, row = self._rows.pop(id(plan), (plan, None))
+        return row
+
+
+_HANDOFF = _Handoff()
+
+
+class PhaseResult:
+    """What a phase subflow's state carries: its report, as one opaque object (Prefect walks a state's data
+    to track results: an opaque object is one step of that walk; a dict of every row would be a second copy
+    of the phase's rows, validated again into a third)."""
+
+    __slots__ = ("report",)
+
+    def __init__(self, report: PhaseReport) -> None:
+        self.report = report
 
     def __repr__(self) -> str:
-        return f"CommandResult({self.row.name}: {self.row.status.value})"
+        return f"PhaseResult({self.report.name}: {self.report.status.value})"
 
 
 @task(name="grd-command", cache_policy=NO_CACHE, persist_result=False,
@@ -105,7 +136,8 @@ def command_task(plan: CommandPlan) -> State[Any]:
         term = "no SIGTERM" if stop.term_sent_s is None else f"SIGTERM at {stop.term_sent_s:.1f}s"
         kill = "no SIGKILL" if stop.kill_sent_s is None else f"SIGKILL at {stop.kill_sent_s:.1f}s"
         message += f"; {stop.level} deadline: {term}, {kill}, {stop.survivors} survivor(s)"
-    return final_state(row.status, CommandResult(row), message)
+    _HANDOFF.put(plan, row)
+    return final_state(row.status, None, message)
 
 
 def _announce(run_key: str, phase: str, command: str, row: CommandReport) -> None:
@@ -138,11 +170,7 @@ def _state_data(state: State[Any]) -> Any:
 
 
 def _row_from_state(state: State[Any], name: str) -> CommandReport:
-    data = _state_data(state)
-    if isinstance(data, CommandResult):
-        return data.row
-    if isinstance(data, dict):
-        return CommandReport.model_validate(data)
+    """The row of a command task whose own row never reached the handoff (Prefect ended the task first)."""
     status = Status.TIMEOUT if state.name == "TimedOut" else Status.FAILED
     reason = f"Prefect ended the task: {state.name}: {state.message}"
     return CommandReport(name=name, status=status, reason=reason)
@@ -174,8 +202,7 @@ class PrefectRunner:
             report = body()
             phase_completed(run_key, phase, status=report.status.value, elapsed_s=report.elapsed_s,
                             commands={row.name: row.status.value for row in report.commands})
-            return final_state(report.status, report.model_dump(mode="json"),
-                               f"phase {phase}: {report.status.value}")
+            return final_state(report.status, PhaseResult(report), f"phase {phase}: {report.status.value}")
 
         try:
             state = phase_flow(phase.name, return_state=True)
@@ -185,8 +212,8 @@ class PrefectRunner:
                 raise RunnerGone(outage_line(exc)) from exc
             raise
         data = _state_data(state)
-        if isinstance(data, dict):
-            return PhaseReport.model_validate(data)
+        if isinstance(data, PhaseResult):
+            return data.report
         if isinstance(data, BaseException) and unreachable(data):
             reason = f"the phase's flow run could not record its end: {outage_line(data)}"
             get_run_logger().warning("phase %s: %s; every command that finished keeps its result (from the "
@@ -195,9 +222,13 @@ class PrefectRunner:
         raise LostPhase(f"the phase flow ended as {state.name}: {state.message}")
 
     def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
-        state = _command_runner(backstop_s)(quote(plan), return_state=True)
+        _HANDOFF.expect(plan)
+        try:
+            state = _command_runner(backstop_s)(quote(plan), return_state=True)
+        finally:
+            row = _HANDOFF.take(plan)
         mark("task_end")
-        return _row_from_state(state, plan.name)
+        return row if row is not None else _row_from_state(state, plan.name)
 
 
 def _approved_limit(

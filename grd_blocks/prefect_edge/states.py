@@ -2,7 +2,8 @@
 
 Invariant: a run's Prefect state says what its report says: COMPLETED -> Completed, FAILED -> Failed,
 TIMEOUT -> Failed named "TimedOut" (Prefect's own name for a timed-out run; 3.8.8 has no TimedOut helper),
-CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". The state carries the report as its data;
+CANCELLED -> Cancelled, SKIPPED -> Completed named "Skipped". A run's or phase's state carries its report
+as its data (a command task's carries none: its row goes to its runner in the process, see benchmark_flow);
 a state that did not complete carries it inside a ``RunEnded`` (prefect_edge/run_end.py), the exception
 Prefect raises for it, so no run ends in a TypeError traceback.
 """

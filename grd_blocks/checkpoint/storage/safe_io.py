@@ -124,12 +124,18 @@ def open_local(root: str, parts: tuple[str, ...], root_url: str) -> int:
     raise AssertionError("unreachable")
 
 
+_READ_AHEAD = 64 * 1024  # what a read asks for beyond the size fstat gave (the file may have grown since)
+
+
 def read_capped_fd(fd: int, cap: int, where: str) -> bytes:
-    """The content of ``fd`` (a regular file); ``CheckpointCorrupt`` if it holds more than ``cap`` bytes."""
+    """The content of ``fd`` (a regular file); ``CheckpointCorrupt`` if it holds more than ``cap`` bytes.
+    Each read asks for what the file's size says is left, plus one byte to see its end (a read buffer is
+    allocated at the size asked for, and caps are far larger than what grd writes there)."""
     chunks: list[bytes] = []
     total = 0
+    size = os.fstat(fd).st_size
     while total <= cap:
-        chunk = os.read(fd, cap + 1 - total)
+        chunk = os.read(fd, min(cap + 1 - total, max(size - total, 0) + _READ_AHEAD))
         if not chunk:
             break
         chunks.append(chunk)

@@ -1,0 +1,53 @@
+"""What a long phase keeps in the flow process: nothing per command beyond its report row (#30's memory
+goal). Counted independently: live objects by type from the garbage collector, while the phase runs."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+from prefect.client.schemas.objects import State
+
+from grd_blocks.orchestration import run as run_module
+from grd_blocks.orchestration.status import Status
+from grd_blocks.report import CommandReport
+from tests.flows.helpers import run_spec
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+COMMANDS = 120
+EARLY, LATE = 20, 110  # commands finished when the live objects are counted
+
+
+def _live(kind: type) -> int:
+    gc.collect()
+    return sum(isinstance(obj, kind) for obj in gc.get_objects())
+
+
+def test_a_phase_keeps_no_prefect_state_per_command_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts: dict[int, tuple[int, int]] = {}
+    record = run_module.BenchmarkRun.record
+    recorded = [0]
+
+    def counting(self: run_module.BenchmarkRun, phase: str, row: CommandReport) -> None:
+        record(self, phase, row)
+        recorded[0] += 1
+        if recorded[0] in (EARLY, LATE):
+            counts[recorded[0]] = (_live(State), _live(CommandReport))
+
+    monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
+    commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
+    result = run_spec(tmp_path, f"""
+        name: long-phase
+        phases:
+          - name: p
+            commands:
+{commands}
+    """)
+    assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
+    (states_early, rows_early), (states_late, rows_late) = counts[EARLY], counts[LATE]
+    assert rows_late - rows_early >= LATE - EARLY  # the rows the report needs are alive (the count works)
+    assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
