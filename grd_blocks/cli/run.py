@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if isinstance(data, BaseException):
         raise data
-    if not isinstance(data, dict):
+    if not isinstance(data, (BenchmarkReport, dict)):  # a dict: a report a flow run persisted as JSON
         print(f"grd run: the benchmark flow ended as {state.name} without a report: {state.message}",
               file=sys.stderr)
         return EXIT_FAILED

@@ -328,7 +328,7 @@ def benchmark(
         )
         logger.warning("%s", incomplete)  # the one line; Prefect's traceback of it is filtered
         raise incomplete
-    return final_state(report.status, report.model_dump(mode="json"),
+    return final_state(report.status, report,
                        f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")
 
 
@@ -349,7 +349,7 @@ def _api_gone(report: BenchmarkReport, reason: str, logger: Any) -> State[Any]:
     key = report.run_key
     logger.error("benchmark %s: stopped: %s; %s", report.benchmark, reason,
                  _kept(report, f"`grd run SPEC --resume {key}` (or a Retry, or resume_from={key})"))
-    return final_state(Status.FAILED, report.model_dump(mode="json"),
+    return final_state(Status.FAILED, report,
                        f"benchmark {report.benchmark}: the Prefect API stayed unreachable, exit code "
                        f"{report.exit_code}")
 
@@ -366,4 +366,4 @@ def _stopped(report: BenchmarkReport, stop: BaseException, logger: Any) -> State
     retry = f"a Retry of this flow run, or a new run with resume_from={report.run_key},"
     logger.warning("benchmark %s: stopped by %s; %s", report.benchmark, cause, _kept(report, retry))
     message = f"benchmark {report.benchmark}: stopped by {cause}, exit code {report.exit_code}"
-    return final_state(Status.CANCELLED, report.model_dump(mode="json"), message)
+    return final_state(Status.CANCELLED, report, message)
