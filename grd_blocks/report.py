@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -163,7 +164,41 @@ class BenchmarkReport(_Model):
 
     def to_json(self) -> str:
         """The report as indented JSON text."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(_json_tree(self), indent=2, ensure_ascii=False) + "\n"
+
+    def write_json(self, out: TextIO) -> None:
+        """Write ``to_json()``'s text to ``out`` as it is encoded: one row's data at a time is alive (a whole
+        report of 10,000 rows is some 20 MB as dicts and text)."""
+        json.dump(_json_tree(self), out, indent=2, ensure_ascii=False)
+        out.write("\n")
+
+
+class _RowsDumpedWhenRead(list):  # type: ignore[type-arg]
+    """A list of report models that json's encoder reads as their JSON data, dumping each as it reaches it
+    (the encoder with ``indent`` walks lists in Python, through ``len`` and iteration)."""
+
+    def __init__(self, models: list[CommandReport]) -> None:
+        super().__init__()
+        self._models = models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (model.model_dump(mode="json") for model in self._models)
+
+
+def _json_tree(report: BenchmarkReport) -> dict[str, Any]:
+    """``report.model_dump(mode="json")`` in the same key order, with each phase's command rows dumped only
+    when the encoder reaches them."""
+    head = report.model_dump(mode="json", exclude={"phases"})
+    phases = []
+    for phase in report.phases:
+        data = phase.model_dump(mode="json", exclude={"commands"})
+        data["commands"] = _RowsDumpedWhenRead(phase.commands)
+        phases.append({key: data[key] for key in PhaseReport.model_fields})
+    head["phases"] = phases
+    return {key: head[key] for key in BenchmarkReport.model_fields}
 
     def with_status(self, status: Status) -> BenchmarkReport:
         """A copy whose status and exit code are ``status``'s."""
@@ -178,7 +213,8 @@ def write_report(report: BenchmarkReport, path: str | Path) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(report.to_json(), encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as out:
+        report.write_json(out)
     os.replace(tmp, target)
     _LAST_WRITTEN[:] = [target]
     return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 from grd_blocks.orchestration.status import Status
@@ -67,3 +68,21 @@ def test_a_launcher_wrapped_budget_stop_reads_as_stopped_itself_with_the_launche
         "command deadline, granted 25.0s; stopped itself, its launcher exited 1"
     )
     assert "TIMEOUT  124" in render_summary(report)
+
+
+def test_a_written_report_is_the_models_json_and_never_holds_every_row_at_once(tmp_path: Path) -> None:
+    rows = [CommandReport(name=f"c{i}", status=Status.COMPLETED, returncode=0, elapsed_s=0.01, attempts=1,
+                          stdout_tail=f"ünïcode line {i}\n", log_path=f"/logs/p.c{i}.attempt-1.log")
+            for i in range(20_000)]
+    wide = PhaseReport(name="wide", status=Status.COMPLETED, commands=rows)
+    empty = PhaseReport(name="empty", status=Status.SKIPPED)
+    report = _report().model_copy(update={"phases": [*_report().phases, wide, empty]})
+    whole = json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    tracemalloc.start()
+    try:
+        path = write_report(report, tmp_path / "report.json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert path.read_text(encoding="utf-8") == whole  # byte for byte what encoding the whole report gives
+    assert peak < len(whole.encode()) / 10, (peak, len(whole))  # encoding it whole: several times its size
