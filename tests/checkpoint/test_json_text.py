@@ -5,6 +5,7 @@ non-JSON state it goes the torch way as the value it encodes."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,17 @@ def test_encoded_text_beside_state_json_cannot_hold_is_saved_as_the_value_it_enc
     assert payload_format == "torch"
     loaded = deserialize({name: bytes(data) for name, data in files.items()}, payload_format, where="mem://t")
     assert loaded == {"rows": {"a": [1, 2]}, "pair": (1, 2)}
+
+
+def test_a_snapshot_of_joined_rows_allocates_one_copy_of_its_size_when_serialized() -> None:
+    rows = {f"p.c{i}": JsonText({**ROWS["p.c1"], "row": {**ROWS["p.c1"]["row"], "name": f"c{i}"}})
+            for i in range(20_000)}
+    tracemalloc.start()
+    try:
+        files, _ = serialize({"format": "f/1", "rows": JsonText.joined(rows)})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = len(files[JSON_FILE])
+    assert json.loads(files[JSON_FILE])["rows"]["p.c19999"]["row"]["name"] == "c19999"
+    assert peak < 2 * size, (peak, size)  # one copy, its keys and piece list (three copies before: 3.0x)

@@ -532,42 +532,63 @@ class JsonText:
     or ``JsonText.joined`` (an object whose members are such texts, joined: valid by construction), so a
     payload holding them is exactly what encoding the values whole would give. It lets a caller that saves
     one large value again and again with a few new members (a run's progress rows) encode each member once,
-    instead of encoding, decoding and comparing the whole value at every save."""
+    instead of encoding, decoding and comparing the whole value at every save. The text is kept as ASCII
+    bytes (json's default escapes the rest), and a joined text keeps its members' bytes, not a copy of
+    them: the payload's bytes are the one full-size copy a save makes."""
 
-    __slots__ = ("text",)
-    text: str
+    __slots__ = ("_pieces", "size")
+    _pieces: tuple[bytes, ...]
+    size: int
 
     def __init__(self, value: Any) -> None:
         text = json_text(value)
         if text is None:
             raise UsageError(f"{type(value).__name__} value is not JSON data (string keys, lists, finite "
                              "numbers): pass plain data")
-        self.text = text
+        self._pieces = (text.encode("ascii"),)
+        self.size = len(self._pieces[0])
 
     @classmethod
     def joined(cls, members: Mapping[str, JsonText]) -> JsonText:
         """The JSON object of ``members`` (keys sorted, like ``json_text``)."""
+        pieces = [b"{"]
+        for index, key in enumerate(sorted(members)):
+            pieces.append(f"{', ' if index else ''}{json.dumps(key)}: ".encode("ascii"))
+            pieces.extend(members[key]._pieces)
+        pieces.append(b"}")
         joined = cls.__new__(cls)
-        pairs = (f"{json.dumps(key)}: {members[key].text}" for key in sorted(members))
-        joined.text = "{" + ", ".join(pairs) + "}"
+        joined._pieces, joined.size = tuple(pieces), sum(map(len, pieces))
         return joined
+
+    def encoded(self) -> bytes:
+        """The JSON text as bytes: a joined text's are written into one growing buffer (``bytes.join`` of
+        many pieces allocates a buffer descriptor per piece, ~80 bytes each: as much again as the rows)."""
+        if len(self._pieces) == 1:
+            return self._pieces[0]
+        out = io.BytesIO()
+        for piece in self._pieces:
+            out.write(piece)
+        return out.getvalue()
+
+    @property
+    def text(self) -> str:
+        """The JSON text."""
+        return self.encoded().decode("ascii")
 
     def value(self) -> Any:
         """The value the text encodes."""
-        return json.loads(self.text)
+        return json.loads(self.encoded())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, JsonText) and other.text == self.text
+        return isinstance(other, JsonText) and other.encoded() == self.encoded()
 
     def __hash__(self) -> int:
-        return hash(self.text)
+        return hash(self.encoded())
 
 
-def _payload_text(payload: Mapping[str, Any]) -> str | None:
+def _payload_json(payload: Mapping[str, Any]) -> JsonText | None:
     """The JSON text of ``payload`` (its ``JsonText`` members spliced in as they are), or None if it is not
     JSON data."""
-    if not any(isinstance(value, JsonText) for value in payload.values()):
-        return json_text(payload)
     members: dict[str, JsonText] = {}
     for key, value in payload.items():
         if isinstance(value, JsonText):
@@ -577,7 +598,7 @@ def _payload_text(payload: Mapping[str, Any]) -> str | None:
                 members[key] = JsonText(value)
             except UsageError:
                 return None
-    return JsonText.joined(members).text
+    return JsonText.joined(members)
 
 
 def _decoded(payload: dict[str, Any]) -> dict[str, Any]:
@@ -597,9 +618,14 @@ def serialize(
     payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces of ``piece_size``
     (page-aligned ones with ``aligned``), read by two readers (the digest and the store: each must
     ``release`` every piece; the caller must ``stop()`` it if it gives up)."""
-    text = _payload_text(payload)
-    if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
-        return {JSON_FILE: text.encode()}, "json"
+    if not any(isinstance(value, JsonText) for value in payload.values()):
+        text = json_text(payload)
+        if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
+            return {JSON_FILE: text.encode()}, "json"
+    else:
+        spliced = _payload_json(payload)
+        if spliced is not None and spliced.size <= MAX_JSON_BYTES:
+            return {JSON_FILE: spliced.encoded()}, "json"
     payload = _decoded(payload)
     if stream:
         stream_of = PieceStream(payload, readers=2, window=window, aligned=aligned, piece_size=piece_size)
