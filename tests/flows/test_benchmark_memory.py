@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from prefect.client.schemas.objects import State
@@ -51,3 +52,17 @@ def test_a_phase_keeps_no_prefect_state_per_command_it_ran(
     (states_early, rows_early), (states_late, rows_late) = counts[EARLY], counts[LATE]
     assert rows_late - rows_early >= LATE - EARLY  # the rows the report needs are alive (the count works)
     assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
+
+
+def test_a_row_handed_back_after_its_runner_stopped_waiting_is_dropped_not_kept() -> None:
+    from grd_blocks.prefect_edge.benchmark_flow import _Handoff
+
+    handoff, plan, other = _Handoff(), cast(Any, object()), cast(Any, object())
+    row = CommandReport(name="c", status=Status.COMPLETED)
+    handoff.expect(plan)
+    handoff.put(plan, row)
+    assert handoff.take(plan) is row
+    handoff.put(plan, row)  # its task finished after the runner gave up on it (a Prefect backstop)
+    handoff.put(other, row)  # a plan nobody expects
+    assert handoff.take(plan) is None and handoff.take(other) is None
+    assert not handoff._rows  # nothing kept for the rest of the run
