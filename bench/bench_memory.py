@@ -1,0 +1,112 @@
+"""Where a grd benchmark flow's memory goes as its commands run: RSS at every eighth of a phase of ``n``
+commands of ``true``, then after the run's last steps (the phase's report, the run's report, writing it,
+publishing the results table), on a real `prefect server` (SQLite) started for each ``--ref``.
+
+Each reference (``--ref`` names a checkout, default this one) runs in a fresh child process on a fresh
+server: its flow process's RSS (``/proc/self/status``) is read through a wrapper on the run's ``record``
+call (after each command's row is committed to progress) and on the end steps. "KB per command" is the RSS
+growth between the first and the last eighth, divided by the commands between them: what the run holds per
+command while it runs. One run each; the figures are noisy by a few MiB (allocator arenas). Prints JSON
+lines; writes nothing.
+
+    python bench/bench_memory.py --n 4000 --ref /path/to/old/checkout --ref .
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def child(n: int, work: Path) -> dict[str, Any]:
+    sys.path.insert(0, os.environ["GRD_BENCH_REF"])
+    import grd_blocks.orchestration.benchmark as engine
+    from grd_blocks.orchestration import run as run_module
+    from grd_blocks.prefect_edge import benchmark_flow
+
+    spec = work / "spec.yaml"
+    lines = ["name: memory", "timeout: 4h", "phases:", "  - name: p", "    timeout: 4h", "    commands:"]
+    spec.write_text("\n".join(lines + [f"      - {{name: c{i}, run: ['true'], timeout: 60s}}"
+                                       for i in range(n)]) + "\n")
+    marks: dict[int, float] = {}
+    steps: list[tuple[str, float, float]] = []
+    record = run_module.BenchmarkRun.record
+    recorded = [0]
+
+    def counting(self: Any, phase: str, row: Any) -> None:
+        record(self, phase, row)
+        recorded[0] += 1
+        if recorded[0] % max(1, n // 8) == 0:
+            marks[recorded[0]] = _status_mb("VmRSS")
+
+    def around(owner: Any, name: str) -> None:
+        inner = getattr(owner, name)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            result = inner(*args, **kwargs)
+            steps.append((name, _status_mb("VmRSS"), _status_mb("VmHWM")))
+            return result
+
+        setattr(owner, name, measured)
+
+    run_module.BenchmarkRun.record = counting  # type: ignore[method-assign]
+    for owner, name in ((run_module.BenchmarkRun, "phase_report"), (run_module.BenchmarkRun, "report"),
+                        (engine, "write_report"), (benchmark_flow, "publish_results")):
+        around(owner, name)
+    started = time.perf_counter()
+    benchmark_flow.benchmark(spec_path=str(spec), run_key="memory", store=str(work / "ckpt"),
+                             report_path=str(work / "report.json"), return_state=True)
+    counts = sorted(marks)
+    first, last = counts[0], counts[-1]
+    return {"commands": n, "wall_s": round(time.perf_counter() - started, 1), "rss_mb_at": marks,
+            "kb_per_command": round((marks[last] - marks[first]) * 1024 / (last - first), 2),
+            "after_step_rss_hwm_mb": steps, "peak_rss_mb": _status_mb("VmHWM")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--ref", action="append", help="a checkout of grd to measure (default: this one)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.n, Path(args.child))), flush=True)
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.prefect_server import running_server
+
+    for ref in args.ref or [str(ROOT)]:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            with running_server(home) as server:
+                env = {**os.environ, **server.env, "GRD_BENCH_REF": str(Path(ref).resolve())}
+                done = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--child", tmp], env=env,
+                                      cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
+                found = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                if done.returncode != 0 or not found:
+                    print(f"{ref}: exited {done.returncode}: {done.stderr[-2000:]}", file=sys.stderr)
+                    return 1
+                print(json.dumps({"ref": ref, **json.loads(found[-1])}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
