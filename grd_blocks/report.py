@@ -172,6 +172,10 @@ class BenchmarkReport(_Model):
         json.dump(_json_tree(self), out, indent=2, ensure_ascii=False)
         out.write("\n")
 
+    def with_status(self, status: Status) -> BenchmarkReport:
+        """A copy whose status and exit code are ``status``'s."""
+        return self.model_copy(update={"status": status, "exit_code": exit_code(status)})
+
 
 class _RowsDumpedWhenRead(list):  # type: ignore[type-arg]
     """A list of report models that json's encoder reads as their JSON data, dumping each as it reaches it
@@ -199,10 +203,6 @@ def _json_tree(report: BenchmarkReport) -> dict[str, Any]:
         phases.append({key: data[key] for key in PhaseReport.model_fields})
     head["phases"] = phases
     return {key: head[key] for key in BenchmarkReport.model_fields}
-
-    def with_status(self, status: Status) -> BenchmarkReport:
-        """A copy whose status and exit code are ``status``'s."""
-        return self.model_copy(update={"status": status, "exit_code": exit_code(status)})
 
 
 _LAST_WRITTEN: list[Path] = []

@@ -570,11 +570,6 @@ class JsonText:
             out.write(piece)
         return out.getvalue()
 
-    @property
-    def text(self) -> str:
-        """The JSON text."""
-        return self.encoded().decode("ascii")
-
     def value(self) -> Any:
         """The value the text encodes."""
         return json.loads(self.encoded())
