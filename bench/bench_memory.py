@@ -35,15 +35,14 @@ def _status_mb(field: str) -> float:
 
 
 def child(n: int, work: Path) -> dict[str, Any]:
-    sys.path.insert(0, os.environ["GRD_BENCH_REF"])
+    from bench_scale import _spec  # puts this checkout on the path, grd_blocks not imported yet
+
+    spec = _spec(work / "spec.yaml", n, ["true"], 1)
+    sys.path.insert(0, os.environ["GRD_BENCH_REF"])  # ahead of this checkout: the grd measured
     import grd_blocks.orchestration.benchmark as engine
     from grd_blocks.orchestration import run as run_module
     from grd_blocks.prefect_edge import benchmark_flow
 
-    spec = work / "spec.yaml"
-    lines = ["name: memory", "timeout: 4h", "phases:", "  - name: p", "    timeout: 4h", "    commands:"]
-    spec.write_text("\n".join(lines + [f"      - {{name: c{i}, run: ['true'], timeout: 60s}}"
-                                       for i in range(n)]) + "\n")
     marks: dict[int, float] = {}
     steps: list[tuple[str, float, float]] = []
     record = run_module.BenchmarkRun.record
@@ -70,7 +69,7 @@ def child(n: int, work: Path) -> dict[str, Any]:
                         (engine, "write_report"), (benchmark_flow, "publish_results")):
         around(owner, name)
     started = time.perf_counter()
-    benchmark_flow.benchmark(spec_path=str(spec), run_key="memory", store=str(work / "ckpt"),
+    benchmark_flow.benchmark(spec_path=str(spec), run_key="scale", store=str(work / "ckpt"),
                              report_path=str(work / "report.json"), return_state=True)
     counts = sorted(marks)
     first, last = counts[0], counts[-1]
