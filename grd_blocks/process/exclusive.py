@@ -1,8 +1,9 @@
 """At most one copy of a command runs per key on this machine: a newer start stops the older copy first.
 
 Invariant: a key's lock (``flock`` on ``<runtime dir>/<key>.lock``) is held by the keeper of the copy that
-runs, until that copy's whole tree is gone: the keeper holds the descriptor and closes it only then (to serve
-another command) or by exiting, however it exits. A start that finds the lock held asks the holder's keeper to
+runs, until that copy's whole tree is gone: the keeper holds the descriptor and closes it only then (before
+it reports the tree empty, so the next attempt of the same command finds the lock free) or by exiting, however
+it exits. A start that finds the lock held asks the holder's keeper to
 stop its tree: it writes the stop mark into the lock file, then sends the keeper ``TAKEOVER_SIGNAL``; the
 keeper runs its own ladder within the holder's grace if a lock it holds carries the mark (so a keeper that has
 moved on to another command ignores the request), and a keeper that saw the mark is never reused. The start

@@ -99,6 +99,7 @@ class Keeper:
         self.served = 0  # commands it finished (it is reused after each, if it may)
         self._recycling = False  # reset sent, ``ready`` not yet back
         self._start_time: int | None = None
+        self._stat_pid: int | None = None  # the pid ``_start_time`` was read for
         self._replies: list[int] = []
         self._main_host_pid: int | None = None
 
@@ -133,7 +134,8 @@ class Keeper:
             self.namespace = message.get("namespace")
             self.cgroup = Path(message["cgroup"]) if message.get("cgroup") else None
             self.ready = self.problem is None
-            if self.pid is not None:
+            if self.pid is not None and (self._start_time is None or self.pid != self._stat_pid):
+                self._stat_pid = self.pid  # a reused keeper: the same process, its start time already read
                 stat = procfs.read_stat(int(self.pid))
                 self._start_time = stat.start if stat is not None else None
         elif event == "exit":

@@ -381,7 +381,16 @@ def _normalize(run: str | Sequence[str]) -> tuple[list[str], bool]:
 
 
 def _check_encodable(argv: list[str], env: Mapping[str, str]) -> None:
-    """What ``execve`` cannot take is refused before anything starts: NUL bytes, unencodable strings."""
+    """What ``execve`` cannot take is refused before anything starts: NUL bytes, unencodable strings.
+    Every string is checked in one pass (a join, one encode); the one at fault is named by a second pass."""
+    names = "".join(env)
+    everything = "".join((*argv, names, *env.values()))
+    if "\0" not in everything and "=" not in names and all(env):
+        try:
+            os.fsencode(everything)
+            return
+        except UnicodeEncodeError:
+            pass
     for index, arg in enumerate(argv):
         _check_text(arg, f"argument {index} of the command")
     for name, value in env.items():

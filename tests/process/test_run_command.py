@@ -114,6 +114,38 @@ def test_invalid_arguments_raise_process_error(run: object, kwargs: dict[str, fl
         run_command(run, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "argv, env, named",
+    [
+        (["touch", "{marker}", "a\0b"], {}, "argument 2 of the command contains a NUL"),
+        (["touch", "{marker}"], {"BAD": "x\0y"}, "the value of environment variable 'BAD' contains a NUL"),
+        (["touch", "{marker}"], {"B\0D": "x"}, "environment variable name 'B\\x00D' contains a NUL"),
+        (["touch", "{marker}", "\ud800"], {}, "argument 2 of the command cannot be encoded"),
+        (["touch", "{marker}"], {"BAD": "\ud800"},
+         "the value of environment variable 'BAD' cannot be encoded"),
+        (["touch", "{marker}"], {"A=B": "x"}, "environment variable name 'A=B' is invalid"),
+        (["touch", "{marker}"], {"": "x"}, "environment variable name '' is invalid"),
+    ],
+)
+def test_a_string_execve_cannot_take_is_named_and_nothing_starts(
+    tmp_path: Path, argv: list[str], env: dict[str, str], named: str
+) -> None:
+    marker = tmp_path / "started"
+    with pytest.raises(ProcessError) as raised:
+        run_command([arg.replace("{marker}", str(marker)) for arg in argv],
+                    env={"PATH": os.environ["PATH"], **env})
+    assert named in str(raised.value) and not marker.exists()
+
+
+def test_strings_that_round_trip_through_the_os_are_passed_unchanged(tmp_path: Path) -> None:
+    """A lone surrogate escape (an undecodable byte read from the OS) and non-ASCII text are valid."""
+    out = tmp_path / "env"
+    odd = os.fsdecode(b"caf\xe9")  # '\udce9': the byte 0xE9, as os.environ would hold it
+    run_command(["sh", "-c", f"printf %s \"$ODD\" > {out}"], env={"PATH": os.environ["PATH"], "ODD": odd,
+                                                                  "NAME_\u00e9": "\u00e9t\u00e9"})
+    assert out.read_bytes() == b"caf\xe9"
+
+
 def test_output_before_kill_is_kept_for_block_buffered_python_child(containment: str, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     code = (

@@ -4,6 +4,7 @@ tree before its deadline. Outcomes are counted by an independent /proc scan for 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -266,6 +267,26 @@ def test_a_second_start_of_the_same_command_stops_the_copy_still_running(pid_dir
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_the_next_attempt_of_a_command_that_ended_finds_its_lock_free(
+    containment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command's keeper lets go of its lock once the tree is gone, before it reports that: the lock is free
+    the moment ``run_command`` returns (an independent ``flock`` says so), and a retry right away stops
+    nothing and says nothing (it used to find the lock still held by the reused keeper and stop it)."""
+    monkeypatch.setenv("GRD_RUNTIME_DIR", str(tmp_path))
+    key = f"test-{uuid.uuid4().hex}/phase.command"
+    lock = tmp_path / f"{key}.lock"
+    for attempt in range(3):
+        outcome = run_command(["sh", "-c", "exit 1"] if attempt < 2 else ["true"], exclusive=key)
+        assert outcome.note is None, f"attempt {attempt + 1}: {outcome.note}"
+        assert outcome.returncode == (1 if attempt < 2 else 0)
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while a keeper holds it
+        finally:
+            os.close(fd)
 
 
 def test_a_restart_after_grd_died_never_runs_two_copies_at_once(tmp_path: Path) -> None:

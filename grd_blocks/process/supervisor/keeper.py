@@ -11,9 +11,10 @@ the exit status it reports is the kernel's for the command's main process.
 Reuse: a keeper serves one command at a time, and serves another only when grd asks (``reset``) and the
 previous tree is gone (``waitpid`` says ECHILD), no stop was asked for, and its containment is as it was made:
 in ``namespace`` mode the same mount table (a command's mounts must not reach the next command), with a cgroup
-the same cgroup, no other member in it and no cgroup below it. Otherwise it exits as on ``release``. Only then
-does it close what it held for the previous command (its lock), so a lock is never released while a member of
-its tree is alive.
+the same cgroup, no other member in it and no cgroup below it. Otherwise it exits as on ``release``. What it
+held for a command (its lock) it closes once that command's tree is gone, just before it reports ``empty``
+(or an ``exit`` that says nothing is left), or by exiting, so a lock is never released while a member of its
+tree is alive, and a retry of the command that starts once grd heard the tree end finds the lock free.
 
 Signals: the keeper ignores every signal it can, except SIGCHLD (reaping), SIGTERM and ``TAKEOVER_SIGNAL``.
 SIGTERM (sent by the kernel when the guardian dies) and EOF on its socket (grd died, however it died) both
@@ -240,10 +241,7 @@ class Keeper:
 
     def _next_command(self) -> None:
         """The previous tree is gone: close what was held for it (its lock), forget it, say ``ready``."""
-        for fd in self.held:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.held.clear()
+        self._close_held()
         os.fchdir(self._home)
         os.umask(self._umask)
         self.main = None
@@ -253,6 +251,12 @@ class Keeper:
         self.grace_s = 5.0
         self.backstop_at = self.backstop_kill_at = None
         self._send_ready()
+
+    def _close_held(self) -> None:
+        for fd in self.held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held.clear()
 
     def _stop_marked(self) -> bool:
         """Does a lock held now carry a newer start's stop mark (see ``exclusive``)?"""
@@ -325,10 +329,13 @@ class Keeper:
                 self.returncode = os.waitstatus_to_exitcode(status)
         if self.returncode is not None and not self.exit_sent:
             self.exit_sent = True
+            if self.childless:  # grd takes an exit with nothing left as the tree's end: the lock goes first
+                self._close_held()
             left = 0 if self.childless else len(self._members())
             self._send({"event": "exit", "returncode": self.returncode, "left": left})
         if self.exit_sent and self.childless and not self.empty_sent:
             self.empty_sent = True
+            self._close_held()  # the tree is gone: its lock is free before grd hears so (a retry takes it)
             self._send({"event": "empty"})
 
     # --- the deadline backstop ----------------------------------------------------------------------
