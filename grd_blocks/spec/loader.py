@@ -35,6 +35,7 @@ from grd_blocks.spec.models import (
     WarnSpec,
     model_fields_at,
 )
+from grd_blocks.spec.plain import plain_data
 
 __all__ = ["MAX_DEPTH", "dotted", "load_spec", "parse_spec"]
 
@@ -48,6 +49,8 @@ from, so the messages do not depend on how PyYAML was built."""
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
 _MAX_NODES = 100_000
+"""Most nodes an alias may make the composer build again (an alias bomb expands exponentially); a document
+without aliases builds each node once, and its size is bounded by ``MAX_SPEC_BYTES``."""
 MAX_DEPTH = 32
 """Deepest nesting of mappings and lists a spec may have (a real one needs 6: phases, commands, run)."""
 # What building a YAML value may raise: PyYAML's constructors trust their tag, so an explicit tag with a
@@ -72,10 +75,14 @@ class _Tree:
         self.loader = loader
         self.source = source
         self.lines: dict[Loc, int] = {}
-        self._count = 0
+        self._count = 0  # nodes built again through an alias
+        self._built: set[int] = set()
 
     def build(self, node: yaml.Node, loc: Loc, stack: frozenset[int]) -> Any:
-        self._count += 1
+        if id(node) in self._built:
+            self._count += 1
+        else:
+            self._built.add(id(node))
         line = node.start_mark.line + 1
         if id(node) in stack:
             raise SpecError(
@@ -368,7 +375,28 @@ def _spec_error(exc: ValidationError, data: Any, lines: dict[Loc, int], source: 
 
 
 def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | None = None) -> BenchmarkSpec:
-    """Validate the YAML ``text``; ``source`` names it in errors; ``base_dir`` defaults to its folder."""
+    """Validate the YAML ``text``; ``source`` names it in errors; ``base_dir`` defaults to its folder.
+
+    A plain spec (plain.py) that validates is built from the parser's events alone; anything else, and every
+    error, goes through the node tree, whose lines the error names."""
+    if base_dir is None:
+        base_dir = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
+    try:
+        _check_events(text, source, _FAST_LOADER or yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeError, SpecError):
+        pass  # the composer below says what is wrong, as PyYAML's own parser would
+    else:
+        data = plain_data(text, loader=_FAST_LOADER or yaml.SafeLoader, max_depth=MAX_DEPTH)
+        if isinstance(data, dict) and not _LOADER_FIELDS & data.keys():
+            try:
+                return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
+            except ValidationError:
+                pass  # the composer's lines name where
+        del data
+    return _parse_composed(text, source, Path(base_dir))
+
+
+def _parse_composed(text: str, source: str, base_dir: Path) -> BenchmarkSpec:
     data, lines = _compose(text, source)
     if not isinstance(data, dict):
         raise SpecError(
@@ -385,10 +413,8 @@ def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | No
             key=reserved,
             fix=_unknown_key_fix(reserved, ()),
         )
-    if base_dir is None:
-        base_dir = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
     try:
-        return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
+        return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
         raise _spec_error(exc, data, lines, source) from None
 
