@@ -6,8 +6,10 @@ Each reference (``--ref`` names a checkout, default this one) runs in a fresh ch
 server: its flow process's RSS (``/proc/self/status``) is read through a wrapper on the run's ``record``
 call (after each command's row is committed to progress) and on the end steps. "KB per command" is the RSS
 growth between the first and the last eighth, divided by the commands between them: what the run holds per
-command while it runs. One run each; the figures are noisy by a few MiB (allocator arenas). Prints JSON
-lines; writes nothing.
+command while it runs. One run each; the figures are noisy by a few MiB (allocator arenas). It also times
+the steps of a command inside the flow (wall-clock, per command: the task's body, ``run_command`` and the
+runner's own steps: taking a keeper, creating the log file, sending the start, waiting for the exit, giving
+the keeper back). Prints JSON lines; writes nothing.
 
     python bench/bench_memory.py --n 4000 --ref /path/to/old/checkout --ref .
 """
@@ -64,6 +66,7 @@ def child(n: int, work: Path) -> dict[str, Any]:
 
         setattr(owner, name, measured)
 
+    parts = _time_parts(benchmark_flow)
     run_module.BenchmarkRun.record = counting  # type: ignore[method-assign]
     for owner, name in ((run_module.BenchmarkRun, "phase_report"), (run_module.BenchmarkRun, "report"),
                         (engine, "write_report"), (benchmark_flow, "publish_results")):
@@ -75,7 +78,45 @@ def child(n: int, work: Path) -> dict[str, Any]:
     first, last = counts[0], counts[-1]
     return {"commands": n, "wall_s": round(time.perf_counter() - started, 1), "rss_mb_at": marks,
             "kb_per_command": round((marks[last] - marks[first]) * 1024 / (last - first), 2),
-            "after_step_rss_hwm_mb": steps, "peak_rss_mb": _status_mb("VmHWM")}
+            "after_step_rss_hwm_mb": steps, "peak_rss_mb": _status_mb("VmHWM"),
+            "ms_per_command_in": {name: round(total / max(1, calls) * 1000, 3)
+                                  for name, (total, calls) in parts.items()}}
+
+
+def _time_parts(benchmark_flow: Any) -> dict[str, tuple[float, int]]:
+    """Wrap the steps a command takes inside the flow with wall-clock timers: the engine's call of the task
+    (``execute``), the runner (``run_command``) and the runner's own steps, from taking a keeper to giving
+    it back. Returns the live totals: step -> (seconds, calls)."""
+    import grd_blocks.orchestration.execute as execute
+    from grd_blocks.process import keepers, output, runner
+
+    totals: dict[str, tuple[float, int]] = {}
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                total, calls = totals.get(label, (0.0, 0))
+                totals[label] = (total + time.perf_counter() - began, calls + 1)
+
+        setattr(owner, name, measured)
+
+    for owner, name, label in (
+        (benchmark_flow, "execute", "execute (the task's body)"),
+        (execute, "run_command", "run_command"),
+        (keepers, "acquire", "take a ready keeper"),
+        (output._LogFile, "__init__", "create the log file"),
+        (output.OutputCapture, "__init__", "output capture (log file, pty, pipes)"),
+        (keepers.Keeper, "start", "send the start to the keeper"),
+        (runner._Supervised, "_wait", "wait for the exit"),
+        (keepers, "give_back", "give the keeper back"),
+    ):
+        timed(owner, name, label)
+    return totals
 
 
 def main() -> int:
