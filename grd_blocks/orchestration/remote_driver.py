@@ -10,7 +10,8 @@ Invariants:
   signal or Ctrl-C) stops it too. The stop is sent once (``deadline`` or ``cancel: REASON``); a try that does
   not answer ``ANSWER_S`` past its grace and the ladder's wait after its stop is cancelled and abandoned.
 - A try whose worker is lost (the engine re-ran the task and it found its claim, the engine reports the task
-  lost, or the transport broke) is run again, as a new dispatch with the budget's seconds left then, at most
+  lost, or the transport broke before the task ended: one that ended is read, its answer carrying its whole
+  log) is run again, as a new dispatch with the budget's seconds left then, at most
   ``attempts`` tries in all and only while the budget has time, is not cancelled and the cluster still
   answers; the row's ``note`` names every lost try (host, worker, how long it ran). Nothing of a lost try
   runs on: its worker's guardian stopped it. No try answered: the row is CANCELLED (budget cancelled),
@@ -278,6 +279,8 @@ class RemoteDriver(ABC, Generic[H]):
                 done = self.done(handle)
                 messages = self.take(request, handle, 0 if done else TICK_S)
                 if isinstance(messages, str):
+                    if done:  # the task had ended: its answer (with its whole log) may still be read
+                        break
                     with contextlib.suppress(Exception):
                         self.cancel(handle)
                     return f"try on {seen.where}: {messages}"
