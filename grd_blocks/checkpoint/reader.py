@@ -57,6 +57,7 @@ from grd_blocks.checkpoint.storage.fsio import guard
 from grd_blocks.checkpoint.storage.layout import (
     LATEST_NAME,
     MANIFEST_NAME,
+    OPENED_NAME,
     basename,
     checkpoint_dirname,
     join,
@@ -137,6 +138,15 @@ class RunReader:
             if self._local:
                 return read_local(self.path, parts, cap, self.url)
             return read_remote(self.fs, join(self.path, *parts), cap, join(self.url, *parts))
+
+    def was_opened(self) -> bool:
+        """Whether a command ever opened this prefix under grd (``RunCheckpoints.from_env`` left its
+        ``.opened`` marker); False when that cannot be read."""
+        try:
+            with guard(self.url, f"look for {OPENED_NAME}", missing_ok=True):
+                return bool(self.fs.exists(join(self.path, OPENED_NAME)))
+        except Exception:  # a store that cannot be read says nothing either way
+            return False
 
     def _read_pointer(self) -> LatestPointer | None:
         """LATEST.json, or None when it is absent or not a valid pointer."""

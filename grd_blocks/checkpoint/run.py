@@ -53,7 +53,14 @@ from grd_blocks.checkpoint.refs import CheckpointRef, ResumeHints
 from grd_blocks.checkpoint.retention import Mode, RetentionPolicy, select_deletions
 from grd_blocks.checkpoint.storage.commit import CommitProtocol, RenameCommit, protocol_for
 from grd_blocks.checkpoint.storage.fsio import guard, open_fs
-from grd_blocks.checkpoint.storage.layout import LATEST_NAME, Unit, checkpoint_dirname, join, validate_run_key
+from grd_blocks.checkpoint.storage.layout import (
+    LATEST_NAME,
+    OPENED_NAME,
+    Unit,
+    checkpoint_dirname,
+    join,
+    validate_run_key,
+)
 from grd_blocks.errors import CheckpointCorrupt, ConfigError, StaleWriter, UsageError
 
 logger = logging.getLogger("grd.checkpoint")
@@ -213,9 +220,25 @@ class RunCheckpoints(RunReader):
         except ValueError:
             raise ConfigError(f"GRD_CHECKPOINT_KEEP_LAST={keep_last!r} / GRD_CHECKPOINT_KEEP_BEST="
                               f"{keep_best!r} must be whole numbers") from None
-        return cls.from_url(url, storage_options=options, keep_last=last, keep_best=best,
-                            monitor=env.get("GRD_CHECKPOINT_MONITOR") or None,
-                            mode="max" if mode == "max" else "min")
+        run = cls.from_url(url, storage_options=options, keep_last=last, keep_best=best,
+                           monitor=env.get("GRD_CHECKPOINT_MONITOR") or None,
+                           mode="max" if mode == "max" else "min")
+        run.mark_opened()
+        return run
+
+    def mark_opened(self) -> None:
+        """Leave the prefix's ``.opened`` marker (once): a command of the run opened its checkpoints, so an
+        attempt its budget stops before a save is worth a warning (orchestration/checkpoint_watch.py). Best
+        effort: a store that cannot take it only loses that warning, never the command."""
+        marker = join(self.path, OPENED_NAME)
+        try:
+            with guard(self.url, f"write {OPENED_NAME}"):
+                if not self.fs.exists(marker):
+                    if self._local:
+                        self.fs.makedirs(self.path, exist_ok=True)
+                    self.fs.pipe_file(marker, b"")
+        except Exception as exc:  # best effort, as said
+            logger.debug("could not leave %s in %s: %s", OPENED_NAME, self.url, exc)
 
     @classmethod
     def under(

@@ -3,12 +3,16 @@
 Invariant: an attempt *committed* only when its prefix (``{store}/{run_key}/commands/{phase}.{command}``)
 holds, after it ended, a committed checkpoint newer than the newest it held when the attempt started; both are
 read through the store's LATEST.json (with its fallback scan), so the command's output and exit code play no
-part. A TIMEOUT attempt that committed nothing is *stalled*: one WARNING line in the run's log, and the same
-text in its row's note, name the command, its budget, how long it ran, when its first checkpoint came before
-(the last attempt that committed one: its time to first save; or that it never saved) and the fix (raise that
-budget's timeout, or save earlier); ``stalled_attempts`` counts consecutive stalled attempts, carried from the
-previous attempt's row in the run's progress, so a retry loop that never gets past start-up reads "no progress
-in N attempts". A store that cannot be read leaves the row as it was (never a failure of the command).
+part. A TIMEOUT attempt that committed nothing, of a command that uses its checkpoints (its prefix holds one,
+or some attempt opened it under grd: ``RunCheckpoints.from_env`` leaves a ``.opened`` marker there), is
+*stalled*: one WARNING line in the run's log, and the same text in its row's note, name the command, its
+budget, how long it ran, when its first checkpoint came before (the last attempt that committed one: its time
+to first save; or that it never saved) and the fix (raise that budget's timeout, or save earlier);
+``stalled_attempts`` counts consecutive stalled attempts, carried from the previous attempt's row in the run's
+progress, so a retry loop that never gets past start-up reads "no progress in N attempts". A command grd has
+never seen open its checkpoints (a plain shell command) is just a timeout: no line, nothing counted; so is a
+first attempt stopped before it opened them (the marker is there from the first attempt that did).
+A store that cannot be read leaves the row as it was (never a failure of the command).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class CheckpointPrefix(Protocol):
 
     def latest(self) -> CheckpointRef | None: ...
     def first_after(self, ref: CheckpointRef | None) -> CheckpointRef | None: ...
+    def was_opened(self) -> bool: ...
 
 
 CommandPrefixes = Callable[[str], CheckpointPrefix]
@@ -88,6 +93,7 @@ def judge(seen: Watch, row: CommandReport, previous: CommandReport | None, *, ph
         after = seen.prefix.latest()
         committed = after is not None and (seen.before is None or after.order > seen.before.order)
         first = _first_commit(seen, row.attempts) if committed else (None, None)
+        checkpoints_used = after is not None or seen.prefix.was_opened()
     except (GrdError, OSError) as exc:
         logger.debug("could not read the checkpoints of %s after it ended: %s", label, exc)
         return row, None
@@ -95,7 +101,7 @@ def judge(seen: Watch, row: CommandReport, previous: CommandReport | None, *, ph
     if not committed and carried is not None:
         first = carried.first_commit_s, carried.first_commit_attempt
     stalled = 0
-    if not committed and row.status is Status.TIMEOUT:
+    if not committed and row.status is Status.TIMEOUT and checkpoints_used:
         stalled = 1 + (carried.stalled_attempts if carried is not None else 0)
     progress = CheckpointProgress(committed=committed, latest=None if after is None else after.name,
                                   first_commit_s=first[0], first_commit_attempt=first[1],

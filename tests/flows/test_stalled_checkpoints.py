@@ -81,3 +81,24 @@ def test_attempts_stopped_before_their_first_save_say_so_and_count_on(
                "timeout above the time to its first checkpoint, or save earlier" in lines[-1]
         assert row.checkpoints is not None and row.checkpoints.stalled_attempts == attempt - 1
         assert row.checkpoints.latest == "step_1"
+
+
+def test_a_plain_command_stopped_by_its_budget_is_just_a_timeout_in_every_attempt(
+    tmp_path: Path, flow_log: Records
+) -> None:
+    """A command that never opens its checkpoints (a shell `sleep`, a compiler) gets no "no new checkpoint"
+    line, note or count, in its first attempt or a resumed one (what `make demo`'s timed-out row showed)."""
+    spec = """
+        name: plain
+        phases:
+          - name: build
+            commands:
+              - {name: compile, run: "sleep 30", timeout: 1s, grace: 0s}
+        """
+    first = run_spec(tmp_path, spec, run_key="plain-1").command("build", "compile")
+    again = run_spec(tmp_path, spec, run_key=None, resume_from="plain-1").command("build", "compile")
+    for attempt, row in ((1, first), (2, again)):
+        assert row.status is Status.TIMEOUT and row.attempts == attempt
+        assert row.note is None or "checkpoint" not in row.note, row.note
+        assert row.checkpoints is not None and row.checkpoints.stalled_attempts == 0
+    assert _stall_lines(flow_log) == []

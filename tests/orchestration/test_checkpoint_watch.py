@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from grd_blocks.checkpoint import RunCheckpoints
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.orchestration.checkpoint_watch import CheckpointPrefix, judge, watch
@@ -24,9 +26,13 @@ def _prefixes(tmp_path: Path) -> tuple[RunCheckpoints, dict[str, RunCheckpoints]
     return prefix, {"train.fit": prefix}
 
 
-def test_a_timeout_that_never_saved_says_so_with_the_fix(tmp_path: Path) -> None:
-    _, prefixes = _prefixes(tmp_path)
+def test_a_timeout_that_opened_its_checkpoints_but_never_saved_says_so_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix, prefixes = _prefixes(tmp_path)
     seen = watch(prefixes.__getitem__, "train.fit")
+    monkeypatch.setenv("GRD_CHECKPOINT_URL", prefix.url)
+    RunCheckpoints.from_env()  # what the command did during its attempt: opened, then ran out of time
     assert seen is not None and seen.before is None
     row, line = judge(seen, _stopped(1), None, phase="train")
     assert line is not None and row.note == line
@@ -62,6 +68,30 @@ def test_stalled_attempts_count_on_and_name_the_last_first_save(tmp_path: Path) 
     assert line is not None and "; no progress in 2 attempts: " in line
 
 
+def test_a_timeout_of_a_command_that_never_opened_its_checkpoints_is_just_a_timeout(tmp_path: Path) -> None:
+    """A plain command (``sleep``, a compiler) stopped by its budget: no stall line, nothing counted."""
+    prefix, prefixes = _prefixes(tmp_path)
+    seen = watch(prefixes.__getitem__, "train.fit")
+    assert seen is not None and not prefix.was_opened()
+    row, line = judge(seen, _stopped(1), None, phase="train")
+    assert line is None and row.note is None
+    assert row.checkpoints is not None and row.checkpoints.stalled_attempts == 0
+    assert not row.checkpoints.committed
+
+
+def test_only_opening_under_grd_leaves_the_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "store" / "run-1" / "commands" / "p.c")
+    RunCheckpoints.from_url(url)
+    RunCheckpoints.from_env(default=url)  # outside grd: no GRD_CHECKPOINT_URL
+    assert not RunCheckpoints.from_url(url).was_opened()
+    monkeypatch.setenv("GRD_CHECKPOINT_URL", url)
+    opened = RunCheckpoints.from_env()
+    RunCheckpoints.from_env()  # a second rank, or a second open: still one empty marker
+    marker = tmp_path / "store" / "run-1" / "commands" / "p.c" / ".opened"
+    assert opened.was_opened() and marker.stat().st_size == 0
+    assert opened.latest() is None and not opened.hints().has_checkpoint  # the marker is not a checkpoint
+
+
 def test_a_checkpoint_older_than_the_newest_at_start_is_no_progress(tmp_path: Path) -> None:
     prefix, prefixes = _prefixes(tmp_path)
     prefix.save({"step": 5}, step=5)
@@ -91,6 +121,9 @@ class _Unreachable:
 
     def first_after(self, ref: CheckpointRef | None) -> CheckpointRef | None:
         raise OSError("connection refused")
+
+    def was_opened(self) -> bool:
+        return False
 
 
 def test_a_store_that_cannot_be_read_leaves_the_row_as_it_was(tmp_path: Path) -> None:

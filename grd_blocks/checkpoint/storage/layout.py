@@ -18,10 +18,12 @@ from typing import Final
 from grd_blocks.checkpoint.payload.manifest import UNITS, Unit
 from grd_blocks.errors import InvalidRunKey
 
-__all__ = ["LATEST_NAME", "LOCK_NAME", "MANIFEST_NAME", "OLD_PREFIX", "TMP_PREFIX", "UNITS", "Unit",
-           "basename", "checkpoint_dirname", "join", "parse_dirname", "validate_run_key"]
+__all__ = ["LATEST_NAME", "LOCK_NAME", "MANIFEST_NAME", "OLD_PREFIX", "OPENED_NAME", "TMP_PREFIX", "UNITS",
+           "Unit", "basename", "checkpoint_dirname", "join", "parse_dirname", "validate_run_key"]
 MANIFEST_NAME: Final = "MANIFEST.json"
 LATEST_NAME: Final = "LATEST.json"
+OPENED_NAME: Final = ".opened"
+"""An empty marker a command leaves in its prefix when it opens its checkpoints under grd (``from_env``)."""
 TMP_PREFIX: Final = ".tmp-"
 """Prefix of a local commit's staging directory / file (inside the run directory, never elsewhere)."""
 LOCK_NAME: Final = ".LATEST.lock"
