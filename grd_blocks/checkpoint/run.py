@@ -165,10 +165,14 @@ class RunCheckpoints(RunReader):
         monitor: str | None = None,
         mode: Mode = "min",
     ) -> RunCheckpoints:
-        """Open the run prefix ``url`` (any fsspec URL or local path)."""
+        """Open the run prefix ``url`` (any fsspec URL or local path). The prefix grd gave this command
+        (``url`` is ``$GRD_CHECKPOINT_URL``) gets its ``.opened`` marker (``mark_opened``)."""
         fs, path = open_fs(url, storage_options)
         policy = RetentionPolicy(keep_last=keep_last, keep_best=keep_best, monitor=monitor, mode=mode)
-        return cls(url, fs=fs, path=path, storage_options=storage_options, retention=policy)
+        run = cls(url, fs=fs, path=path, storage_options=storage_options, retention=policy)
+        if url == os.environ.get("GRD_CHECKPOINT_URL"):
+            run.mark_opened()
+        return run
 
     @overload
     @classmethod
@@ -223,11 +227,12 @@ class RunCheckpoints(RunReader):
         run = cls.from_url(url, storage_options=options, keep_last=last, keep_best=best,
                            monitor=env.get("GRD_CHECKPOINT_MONITOR") or None,
                            mode="max" if mode == "max" else "min")
-        run.mark_opened()
+        run.mark_opened()  # done by from_url too when ``environ`` is this process's environment
         return run
 
     def mark_opened(self) -> None:
-        """Leave the prefix's ``.opened`` marker (once): a command of the run opened its checkpoints, so an
+        """Leave the prefix's ``.opened`` marker (once; ``from_env``, and ``from_url`` of the URL grd gave
+        the command): a command of the run opened its checkpoints, so an
         attempt its budget stops before a save is worth a warning (orchestration/checkpoint_watch.py). Best
         effort: a store that cannot take it only loses that warning, never the command."""
         marker = join(self.path, OPENED_NAME)

@@ -79,13 +79,20 @@ def test_a_timeout_of_a_command_that_never_opened_its_checkpoints_is_just_a_time
     assert not row.checkpoints.committed
 
 
-def test_only_opening_under_grd_leaves_the_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("opening", ["from_env", "from_url"])
+def test_only_opening_the_prefix_grd_gave_leaves_the_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opening: str
+) -> None:
+    """``from_env()``, or ``from_url($GRD_CHECKPOINT_URL)`` as the examples do; not another URL (a resume
+    source), not outside grd."""
     url = str(tmp_path / "store" / "run-1" / "commands" / "p.c")
     RunCheckpoints.from_url(url)
     RunCheckpoints.from_env(default=url)  # outside grd: no GRD_CHECKPOINT_URL
+    monkeypatch.setenv("GRD_CHECKPOINT_URL", str(tmp_path / "store" / "run-1" / "commands" / "other"))
+    RunCheckpoints.from_url(url)
     assert not RunCheckpoints.from_url(url).was_opened()
     monkeypatch.setenv("GRD_CHECKPOINT_URL", url)
-    opened = RunCheckpoints.from_env()
+    opened = RunCheckpoints.from_env() if opening == "from_env" else RunCheckpoints.from_url(url)
     RunCheckpoints.from_env()  # a second rank, or a second open: still one empty marker
     marker = tmp_path / "store" / "run-1" / "commands" / "p.c" / ".opened"
     assert opened.was_opened() and marker.stat().st_size == 0
