@@ -140,7 +140,7 @@ class RunReader:
             return read_remote(self.fs, join(self.path, *parts), cap, join(self.url, *parts))
 
     def was_opened(self) -> bool:
-        """Whether a command ever opened this prefix under grd (``RunCheckpoints.from_env`` left its
+        """Whether a command ever opened this prefix under grd (``RunCheckpoints.mark_opened`` left its
         ``.opened`` marker); False when that cannot be read."""
         try:
             with guard(self.url, f"look for {OPENED_NAME}", missing_ok=True):

@@ -227,14 +227,15 @@ class RunCheckpoints(RunReader):
         run = cls.from_url(url, storage_options=options, keep_last=last, keep_best=best,
                            monitor=env.get("GRD_CHECKPOINT_MONITOR") or None,
                            mode="max" if mode == "max" else "min")
-        run.mark_opened()  # done by from_url too when ``environ`` is this process's environment
+        if url != os.environ.get("GRD_CHECKPOINT_URL"):  # else from_url left it already
+            run.mark_opened()
         return run
 
     def mark_opened(self) -> None:
         """Leave the prefix's ``.opened`` marker (once; ``from_env``, and ``from_url`` of the URL grd gave
-        the command): a command of the run opened its checkpoints, so an
-        attempt its budget stops before a save is worth a warning (orchestration/checkpoint_watch.py). Best
-        effort: a store that cannot take it only loses that warning, never the command."""
+        the command): a command of the run opened its checkpoints, so an attempt its budget stops before a
+        save is worth a warning (orchestration/checkpoint_watch.py). Best effort: a store that cannot take
+        it only loses that warning, never the command."""
         marker = join(self.path, OPENED_NAME)
         try:
             with guard(self.url, f"write {OPENED_NAME}"):

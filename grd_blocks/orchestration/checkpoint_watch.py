@@ -4,16 +4,15 @@ Invariant: an attempt *committed* only when its prefix (``{store}/{run_key}/comm
 holds, after it ended, a committed checkpoint newer than the newest it held when the attempt started; both are
 read through the store's LATEST.json (with its fallback scan), so the command's output and exit code play no
 part. A TIMEOUT attempt that committed nothing, of a command that uses its checkpoints (its prefix holds one,
-or some attempt opened it under grd: ``RunCheckpoints.from_env`` or ``from_url`` of
-``$GRD_CHECKPOINT_URL`` leave a ``.opened`` marker there), is
-*stalled*: one WARNING line in the run's log, and the same text in its row's note, name the command, its
-budget, how long it ran, when its first checkpoint came before (the last attempt that committed one: its time
-to first save; or that it never saved) and the fix (raise that budget's timeout, or save earlier);
-``stalled_attempts`` counts consecutive stalled attempts, carried from the previous attempt's row in the run's
-progress, so a retry loop that never gets past start-up reads "no progress in N attempts". A command grd has
-never seen open its checkpoints (a plain shell command) is just a timeout: no line, nothing counted; so is a
-first attempt stopped before it opened them (the marker is there from the first attempt that did).
-A store that cannot be read leaves the row as it was (never a failure of the command).
+or some attempt opened it under grd: ``RunCheckpoints.from_env`` or ``from_url`` of ``$GRD_CHECKPOINT_URL``
+leave a ``.opened`` marker there), is *stalled*: one WARNING line in the run's log, and the same text in its
+row's note, name the command, its budget, how long it ran, when its first checkpoint came before (the last
+attempt that committed one: its time to first save; or that it never saved) and the fix (raise that budget's
+timeout, or save earlier); ``stalled_attempts`` counts consecutive stalled attempts, carried from the previous
+attempt's row in the run's progress, so a retry loop that never gets past start-up reads "no progress in N
+attempts". A command grd has never seen open its checkpoints (a plain shell command) is just a timeout: no
+line, nothing counted; so is a first attempt stopped before it opened them (the marker is there from the first
+attempt that did). A store that cannot be read leaves the row as it was (never a failure of the command).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ __all__ = ["LATEST_NAME", "LOCK_NAME", "MANIFEST_NAME", "OLD_PREFIX", "OPENED_NA
 MANIFEST_NAME: Final = "MANIFEST.json"
 LATEST_NAME: Final = "LATEST.json"
 OPENED_NAME: Final = ".opened"
-"""An empty marker a command leaves in its prefix when it opens its checkpoints under grd (``from_env``)."""
+"""An empty marker a command leaves in its prefix when it opens the prefix grd gave it (run.py)."""
 TMP_PREFIX: Final = ".tmp-"
 """Prefix of a local commit's staging directory / file (inside the run directory, never elsewhere)."""
 LOCK_NAME: Final = ".LATEST.lock"
