@@ -134,8 +134,9 @@ class Keeper:
             self.namespace = message.get("namespace")
             self.cgroup = Path(message["cgroup"]) if message.get("cgroup") else None
             self.ready = self.problem is None
+            # a reused keeper says ``ready`` again from the same process: its start time is known already
             if self.pid is not None and (self._start_time is None or self.pid != self._stat_pid):
-                self._stat_pid = self.pid  # a reused keeper: the same process, its start time already read
+                self._stat_pid = self.pid
                 stat = procfs.read_stat(int(self.pid))
                 self._start_time = stat.start if stat is not None else None
         elif event == "exit":
