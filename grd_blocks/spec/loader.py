@@ -35,7 +35,7 @@ from grd_blocks.spec.models import (
     WarnSpec,
     model_fields_at,
 )
-from grd_blocks.spec.plain import plain_data
+from grd_blocks.spec.plain import BAD_VALUE, plain_data, raw_key, raw_value
 
 __all__ = ["MAX_DEPTH", "dotted", "load_spec", "parse_spec"]
 
@@ -47,16 +47,11 @@ commands. Only a spec it parses without an error takes its result; anything it r
 as lone surrogates) is parsed again by PyYAML's own parser, whose errors and limits the spec errors are made
 from, so the messages do not depend on how PyYAML was built."""
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
 _MAX_NODES = 100_000
 """Most nodes an alias may make the composer build again (an alias bomb expands exponentially); a document
 without aliases builds each node once, and its size is bounded by ``MAX_SPEC_BYTES``."""
 MAX_DEPTH = 32
 """Deepest nesting of mappings and lists a spec may have (a real one needs 6: phases, commands, run)."""
-# What building a YAML value may raise: PyYAML's constructors trust their tag, so an explicit tag with a
-# payload it cannot take fails inside them (``!!bool maybe``: KeyError; ``!!int ''``: IndexError;
-# ``!!timestamp 30s``: AttributeError).
-_BAD_VALUE = (yaml.YAMLError, ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
 _LOADER_FIELDS = {"source", "base_dir"}
 
 
@@ -117,7 +112,7 @@ class _Tree:
                 self.lines[(*loc, i)] = item.start_mark.line + 1
                 items.append(self.build(item, (*loc, i), inner))
             return items
-        if len(loc) >= 2 and loc[-2] == "env" and node.tag in _RAW_TAGS:
+        if raw_value(loc, node.tag):
             return str(node.value)  # keep exactly what the user wrote: 01, 1e-3, yes
         return self._construct(node, loc)
 
@@ -125,7 +120,7 @@ class _Tree:
         """The Python value of a scalar node (a timestamp like 2020-02-30 or ``!!int zz`` is a SpecError)."""
         try:
             return self.loader.construct_object(node, deep=True)
-        except _BAD_VALUE as exc:
+        except BAD_VALUE as exc:
             tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
             if isinstance(exc, KeyError | IndexError | AttributeError):  # the constructor's own failure
                 problem, fix = f"it is not a valid {tag}", f"remove the tag {tag} or quote the value"
@@ -158,7 +153,7 @@ class _Tree:
             line = key_node.start_mark.line + 1
             key: Any = None
             if isinstance(key_node, yaml.ScalarNode):
-                raw = loc[-1:] == ("env",) and key_node.tag in _RAW_TAGS  # env: {ON: 1} keeps "ON"
+                raw = raw_key(loc, key_node.tag)
                 key = str(key_node.value) if raw else self._construct(key_node, loc)
             if not isinstance(key, str):
                 raise SpecError(
@@ -381,18 +376,15 @@ def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | No
     error, goes through the node tree, whose lines the error names."""
     if base_dir is None:
         base_dir = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
-    try:
-        _check_events(text, source, _FAST_LOADER or yaml.SafeLoader)
-    except (yaml.YAMLError, UnicodeError, SpecError):
-        pass  # the composer below says what is wrong, as PyYAML's own parser would
-    else:
-        data = plain_data(text, loader=_FAST_LOADER or yaml.SafeLoader, max_depth=MAX_DEPTH)
-        if isinstance(data, dict) and not _LOADER_FIELDS & data.keys():
-            try:
-                return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
-            except ValidationError:
-                pass  # the composer's lines name where
-        del data
+    # plain_data is iterative and checks the depth itself: a syntax error or a document too deep is
+    # NOT_PLAIN, and the composer (after its own event pass) says what is wrong
+    data = plain_data(text, loader=_FAST_LOADER or yaml.SafeLoader, max_depth=MAX_DEPTH)
+    if isinstance(data, dict) and not _LOADER_FIELDS & data.keys():
+        try:
+            return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
+        except ValidationError:
+            pass  # the composer's lines name where
+    del data
     return _parse_composed(text, source, Path(base_dir))
 
 

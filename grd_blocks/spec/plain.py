@@ -16,13 +16,27 @@ from typing import Any, Final
 
 import yaml
 
-__all__ = ["NOT_PLAIN", "plain_data"]
+__all__ = ["BAD_VALUE", "NOT_PLAIN", "plain_data", "raw_key", "raw_value"]
 
 NOT_PLAIN: Final = object()
 """What ``plain_data`` returns for a document it leaves to the composer."""
 
 _TAGS = {f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "timestamp")}
 _RAW_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+# What building a YAML value may raise: PyYAML's constructors trust their tag, so an explicit tag with a
+# payload it cannot take fails inside them (``!!bool maybe``: KeyError; ``!!int ''``: IndexError;
+# ``!!timestamp 30s``: AttributeError).
+BAD_VALUE = (yaml.YAMLError, ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def raw_key(parent: tuple[str | int, ...], tag: str) -> bool:
+    """A key of an ``env`` mapping that YAML reads as a number or boolean keeps its text (``ON: 1``)."""
+    return parent[-1:] == ("env",) and tag in _RAW_TAGS
+
+
+def raw_value(loc: tuple[str | int, ...], tag: str) -> bool:
+    """A value of an ``env`` entry that YAML reads as a number or boolean keeps its text (``SEED: 01``)."""
+    return len(loc) >= 2 and loc[-2] == "env" and tag in _RAW_TAGS
 
 
 class _NotPlain(Exception):
@@ -75,22 +89,18 @@ class _Builder:
             raise _NotPlain
         parent = self.stack[-1] if self.stack else None
         if parent is not None and isinstance(parent[0], dict) and not parent[2]:  # a key
-            raw = parent[1][-1:] == ("env",) and tag in _RAW_TAGS  # env: {ON: 1} keeps "ON"
-            key = event.value if raw else self._construct(tag, event)
+            key = event.value if raw_key(parent[1], tag) else self._construct(tag, event)
             if not isinstance(key, str) or key in parent[0]:
                 raise _NotPlain
             parent[2].append(key)
             return
-        loc = self._value_loc()
-        raw = len(loc) >= 2 and loc[-2] == "env" and tag in _RAW_TAGS  # keep exactly what the user wrote
-        self._attach(event.value if raw else self._construct(tag, event))
+        self._attach(event.value if raw_value(self._value_loc(), tag) else self._construct(tag, event))
 
     def _construct(self, tag: str, event: yaml.ScalarEvent) -> Any:
         node = yaml.ScalarNode(tag, event.value, None, None, event.style)  # errors fall back: no marks needed
         try:
             return self.constructor.yaml_constructors[tag](self.constructor, node)
-        except (yaml.YAMLError, ValueError, OverflowError, TypeError, KeyError, IndexError,
-                AttributeError) as exc:
+        except BAD_VALUE as exc:
             raise _NotPlain from exc  # the composer names the value and the line
 
     def _attach(self, value: Any) -> None:
