@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +57,12 @@ def child(n: int, work: Path) -> dict[str, Any]:
         if recorded[0] % max(1, n // 8) == 0:
             marks[recorded[0]] = _status_mb("VmRSS")
 
-    def around(owner: Any, name: str) -> None:
-        inner = getattr(owner, name)
-
-        def measured(*args: Any, **kwargs: Any) -> Any:
-            result = inner(*args, **kwargs)
-            steps.append((name, _status_mb("VmRSS"), _status_mb("VmHWM")))
-            return result
-
-        setattr(owner, name, measured)
-
     parts = _time_parts(benchmark_flow)
     run_module.BenchmarkRun.record = counting  # type: ignore[method-assign]
     for owner, name in ((run_module.BenchmarkRun, "phase_report"), (run_module.BenchmarkRun, "report"),
                         (engine, "write_report"), (benchmark_flow, "publish_results")):
-        around(owner, name)
+        _wrap(owner, name,
+              lambda _seconds, name=name: steps.append((name, _status_mb("VmRSS"), _status_mb("VmHWM"))))
     started = time.perf_counter()
     benchmark_flow.benchmark(spec_path=str(spec), run_key="scale", store=str(work / "ckpt"),
                              report_path=str(work / "report.json"), return_state=True)
@@ -92,18 +84,9 @@ def _time_parts(benchmark_flow: Any) -> dict[str, tuple[float, int]]:
 
     totals: dict[str, tuple[float, int]] = {}
 
-    def timed(owner: Any, name: str, label: str) -> None:
-        inner = getattr(owner, name)
-
-        def measured(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                total, calls = totals.get(label, (0.0, 0))
-                totals[label] = (total + time.perf_counter() - began, calls + 1)
-
-        setattr(owner, name, measured)
+    def add(label: str, seconds: float) -> None:
+        total, calls = totals.get(label, (0.0, 0))
+        totals[label] = (total + seconds, calls + 1)
 
     for owner, name, label in (
         (benchmark_flow, "execute", "execute (the task's body)"),
@@ -115,8 +98,22 @@ def _time_parts(benchmark_flow: Any) -> dict[str, tuple[float, int]]:
         (runner._Supervised, "_wait", "wait for the exit"),
         (keepers, "give_back", "give the keeper back"),
     ):
-        timed(owner, name, label)
+        _wrap(owner, name, lambda seconds, label=label: add(label, seconds))
     return totals
+
+
+def _wrap(owner: Any, name: str, after: Callable[[float], None]) -> None:
+    """Replace ``owner.name`` by a call of it that then calls ``after`` with the seconds it took."""
+    inner = getattr(owner, name)
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            after(time.perf_counter() - began)
+
+    setattr(owner, name, measured)
 
 
 def main() -> int:
