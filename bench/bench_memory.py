@@ -17,6 +17,7 @@ the keeper back). Prints JSON lines; writes nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -61,8 +62,7 @@ def child(n: int, work: Path) -> dict[str, Any]:
     run_module.BenchmarkRun.record = counting  # type: ignore[method-assign]
     for owner, name in ((run_module.BenchmarkRun, "phase_report"), (run_module.BenchmarkRun, "report"),
                         (engine, "write_report"), (benchmark_flow, "publish_results")):
-        _wrap(owner, name,
-              lambda _seconds, name=name: steps.append((name, _status_mb("VmRSS"), _status_mb("VmHWM"))))
+        _wrap(owner, name, functools.partial(_rss_after, steps, name))
     started = time.perf_counter()
     benchmark_flow.benchmark(spec_path=str(spec), run_key="scale", store=str(work / "ckpt"),
                              report_path=str(work / "report.json"), return_state=True)
@@ -98,8 +98,12 @@ def _time_parts(benchmark_flow: Any) -> dict[str, tuple[float, int]]:
         (runner._Supervised, "_wait", "wait for the exit"),
         (keepers, "give_back", "give the keeper back"),
     ):
-        _wrap(owner, name, lambda seconds, label=label: add(label, seconds))
+        _wrap(owner, name, functools.partial(add, label))
     return totals
+
+
+def _rss_after(steps: list[tuple[str, float, float]], name: str, _seconds: float) -> None:
+    steps.append((name, _status_mb("VmRSS"), _status_mb("VmHWM")))
 
 
 def _wrap(owner: Any, name: str, after: Callable[[float], None]) -> None:
