@@ -310,22 +310,24 @@ class RunCheckpoints(RunReader):
         pooled for the next). A failure of a background save is raised by the next ``save``, ``save_async``
         or ``flush`` (once). Call ``flush()`` to wait for the last one (also done at interpreter exit).
         """
-        pending = self._prepare(state, step, epoch, metrics, metadata, copy=self._snapshots.copy)
+        staged: list[Any] = []  # the host tensors of this save's snapshot, given back once it is written
+        pending = self._prepare(state, step, epoch, metrics, metadata,
+                                copy=functools.partial(self._snapshots.copy, owned=staged))
 
         def write_then_recycle() -> CheckpointRef:
             try:
                 return self._write(pending)
             finally:  # the write has read the snapshot: its buffers serve a later save_async
-                self._snapshots.release(pending.payload)
+                self._snapshots.release(staged)
 
         try:
             self._writer.submit(
                 write_then_recycle,
                 what=checkpoint_dirname(pending.unit, pending.index),
-                dropped=lambda: self._snapshots.release(pending.payload),
+                dropped=functools.partial(self._snapshots.release, staged),
             )
         except BaseException:  # an earlier save's failure: this one is not queued
-            self._snapshots.release(pending.payload)
+            self._snapshots.release(staged)
             raise
         if pending.unit == "step":
             self._async_step = max(self._async_step, pending.index)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+from typing import Any
+
+import pytest
 import torch
 
 from grd_blocks.checkpoint.payload.snapshot import SnapshotBuffers
@@ -73,3 +79,105 @@ def test_each_async_save_written_holds_the_state_of_its_call_and_the_newest_is_a
     for step in committed:
         loaded = run.load(step=step)
         assert loaded is not None and torch.equal(loaded["w"], torch.full((4096,), float(step)))
+
+
+def _model_like_state(params: int) -> dict[str, Any]:
+    """A model's state_dict and Adam's state for it: ``4 * params`` tensors of mixed sizes and dtypes, with
+    0-dim steps, an empty tensor, a bool mask, a parameter that requires grad and a tied (shared) one."""
+    sizes = [16 + 4096 * (i % 7) for i in range(params)]
+    model: dict[str, Any] = {f"layer{i}.weight": torch.randn(size) for i, size in enumerate(sizes)}
+    model["layer0.weight"].requires_grad_(True)
+    model["embed.tied"] = model["layer1.weight"]
+    model["mask"] = torch.rand(333) > 0.5
+    model["empty"] = torch.empty(0, 3)
+    model["ids"] = torch.arange(1000, dtype=torch.int64).reshape(10, 100)
+    moments = {i: {"step": torch.tensor(float(i)), "exp_avg": torch.randn(size),
+                   "exp_avg_sq": torch.rand(size, dtype=torch.float64)} for i, size in enumerate(sizes)}
+    optim = {"state": moments,
+             "param_groups": [{"lr": 1e-3, "params": list(range(params))}]}
+    return {"model": model, "optim": optim, "epoch": 3}
+
+
+def _host_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _host_tensors(item)]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _host_tensors(item)]
+    return []
+
+
+def _assert_exact_copy(copy: Any, state: Any) -> None:
+    """``copy`` has the same structure and values as ``state``, and no tensor of it shares memory with one of
+    ``state`` (checked pair by pair, by an independent walk)."""
+    copied, original = _host_tensors(copy), _host_tensors(state)
+    assert len(copied) == len(original)
+    for host, source in zip(copied, original, strict=True):
+        assert host.dtype == source.dtype and host.shape == source.shape and not host.requires_grad
+        assert torch.equal(host, source.detach())
+        assert source.numel() == 0 or host.data_ptr() != source.data_ptr()
+    assert copy["optim"]["param_groups"] == state["optim"]["param_groups"] and copy["epoch"] == 3
+
+
+def test_a_model_sized_state_is_copied_exactly_in_one_batch_and_every_buffer_is_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A state of 2,000 tensors (5 MiB, enough to split the copy over the caller's and the helper's thread)
+    is copied exactly; ``owned`` gets every host tensor; released, each buffer serves the next copy and no
+    new one is allocated."""
+    state = _model_like_state(500)
+    buffers = SnapshotBuffers()
+    owned: list[Any] = []
+    copy = buffers.copy(state, owned)
+    _assert_exact_copy(copy, state)
+    made = {t.data_ptr() for t in _host_tensors(copy) if t.numel()}
+    assert {t.data_ptr() for t in owned if t.numel()} == made
+
+    buffers.release(owned)
+    for tensor in _host_tensors(state):  # the loop updates every tensor in place before the next save
+        tensor.detach().add_(1) if tensor.dtype != torch.bool else tensor.logical_not_()
+    allocated = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    again: list[Any] = []
+    second = buffers.copy(state, again)
+
+    _assert_exact_copy(second, state)
+    assert allocated == []
+    assert {t.data_ptr() for t in again} == {t.data_ptr() for t in owned}
+
+
+def test_the_copy_split_over_two_threads_covers_every_tensor_once() -> None:
+    """Tensors of very different sizes (one holding most of the bytes, at either end): the two halves meet
+    without a gap or an overlap."""
+    for order in (1, -1):
+        tensors = [torch.randn(2**20), *(torch.randn(17) for _ in range(50)), torch.randn(3 * 2**20)][::order]
+        copy = SnapshotBuffers().copy({"t": tensors})
+        assert all(torch.equal(host, source) for host, source in zip(copy["t"], tensors, strict=True))
+
+
+def test_a_forked_child_copies_with_a_helper_thread_of_its_own() -> None:
+    """The helper thread does not survive a fork: a child of a process that has copied before copies too
+    (it would wait forever on the parent's thread)."""
+    buffers = SnapshotBuffers()
+    state = _model_like_state(500)
+    buffers.copy(state)  # the parent's helper thread exists now
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            copy = buffers.copy(state)
+            _assert_exact_copy(copy, state)
+            os.write(writer, b"ok")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        with os.fdopen(reader, "rb") as answer:
+            ready, _, _ = select.select([answer], [], [], 60)
+            said = answer.read() if ready else b"no answer in 60 s"
+    finally:
+        os.kill(child, signal.SIGKILL) if said != b"ok" else None
+        os.waitpid(child, 0)
+    assert said == b"ok"

@@ -23,6 +23,7 @@ from grd_blocks.checkpoint.payload.serialization import JsonText, json_text
 from grd_blocks.errors import CheckpointError, UsageError
 
 _PLAIN_LEAVES = (str, int, float, bool, type(None))
+_PLAIN_KEYS = _PLAIN_LEAVES
 
 
 def loaded_torch() -> ModuleType | None:
@@ -270,7 +271,22 @@ def check_plain(value: Any, where: str) -> None:
     in C, is; anything else is walked, to name what is wrong)."""
     if isinstance(value, dict | list) and json_text(value) is not None:
         return
-    _check_plain_walk(value, where)
+    torch = loaded_torch()
+    leaves = (*_PLAIN_LEAVES, torch.Tensor, torch.dtype, torch.device) if torch is not None else _PLAIN_LEAVES
+    if not _is_plain(value, leaves):  # the walk that names what is wrong runs only then
+        _check_plain_walk(value, where)
+
+
+def _is_plain(value: Any, leaves: tuple[type, ...]) -> bool:
+    """Whether ``value`` is plain data (``_check_plain_walk``'s rule, without building a name per value: a
+    model's state holds thousands of tensors)."""
+    if isinstance(value, leaves):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(key, _PLAIN_KEYS) and _is_plain(item, leaves) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_plain(item, leaves) for item in value)
+    return False
 
 
 def _check_plain_walk(value: Any, where: str) -> None:
@@ -278,7 +294,7 @@ def _check_plain_walk(value: Any, where: str) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str | int | float | bool | type(None)):
+            if not isinstance(key, _PLAIN_KEYS):
                 raise UsageError(
                     f"state {where} has key {key!r} of type {type(key).__name__}; use str or int keys"
                 )

@@ -10,13 +10,21 @@ three times the copy itself (the kernel zero-fills every new page on first touch
 buffers of the previous save when their dtype and shape match. The pool keeps at most the buffers of the
 last released payload (about one state's size in host memory) and is freed with its owner. Buffers for
 tensors that live on a GPU are page-locked (pinned), which speeds up the device-to-host copy.
+
+A real model's state is hundreds to thousands of tensors, so a copy first walks the whole state, taking a
+buffer for each tensor, and then copies every host tensor in one ``torch._foreach_copy_`` call (split in two
+halves of about the same bytes, one on a helper thread, when torch may use two threads): one call releases
+the GIL once, where a copy per tensor released and took it back per tensor, and each time waited for a
+background write's Python to give it up (several milliseconds each while a write was in flight).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from grd_blocks.checkpoint.payload.handlers import loaded_torch
@@ -26,52 +34,31 @@ __all__ = ["SnapshotBuffers"]
 _Key = tuple[Any, tuple[int, ...], bool]  # (dtype, shape, pinned)
 
 
+_SPLIT_BYTES = 4 * 2**20  # below this a copy runs on the caller's thread alone
+
+
 class SnapshotBuffers:
     """Copies plain state (dicts, lists, tuples, tensors, leaves) with tensors in reused host buffers."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._free: dict[_Key, list[Any]] = {}
+        self._helper: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, it)
 
-    def copy(self, value: Any) -> Any:
-        """A deep copy of the containers in ``value`` with every tensor copied to host memory."""
-        torch = loaded_torch()
-        if torch is not None and isinstance(value, torch.Tensor):
-            return self._copy_tensor(torch, value)
-        if isinstance(value, dict):
-            return {key: self.copy(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self.copy(item) for item in value]
-        if isinstance(value, tuple):
-            return tuple(self.copy(item) for item in value)
-        return value
+    def copy(self, value: Any, owned: list[Any] | None = None) -> Any:
+        """A deep copy of the containers in ``value`` with every tensor copied to host memory; every host
+        tensor made is appended to ``owned`` (what to ``release``), when given."""
+        return self._stage(value, owned, sharded=False)
 
     def copy_sharded(self, state: Any, owned: list[Any]) -> Any:
         """Like ``copy``, for a DCP state dict: a DTensor keeps its spec with a host copy of its local shard;
         values that are not containers or tensors are deep-copied. Every host tensor made is appended to
         ``owned`` (what to ``release``)."""
-        torch = loaded_torch()
-        if torch is not None:
-            from torch.distributed.tensor import DTensor
-
-            if isinstance(state, DTensor):
-                local = self.copy(state.to_local())
-                owned.append(local)
-                return DTensor(local, state._spec, requires_grad=False)  # type: ignore[no-untyped-call]
-            if isinstance(state, torch.Tensor):
-                host = self.copy(state)
-                owned.append(host)
-                return host
-        if isinstance(state, Mapping):
-            return {key: self.copy_sharded(value, owned) for key, value in state.items()}
-        if isinstance(state, list):
-            return [self.copy_sharded(value, owned) for value in state]
-        if isinstance(state, tuple):
-            return tuple(self.copy_sharded(value, owned) for value in state)
-        return copy.deepcopy(state)
+        return self._stage(state, owned, sharded=True)
 
     def release(self, payload: Any) -> None:
-        """Take back the tensors of a payload ``copy`` returned; its write must have finished."""
+        """Take back the tensors of a payload ``copy`` returned (or the ``owned`` list it filled); its write
+        must have finished."""
         free: dict[_Key, list[Any]] = {}
         torch = loaded_torch()
         if torch is not None:
@@ -87,25 +74,110 @@ class SnapshotBuffers:
         with self._lock:
             return sum(t.numel() * t.element_size() for buffers in self._free.values() for t in buffers)
 
-    def _copy_tensor(self, torch: Any, tensor: Any) -> Any:
-        source = tensor.detach()
-        if not _poolable(torch, source) or source.device.type not in ("cpu", "cuda"):
-            return source.to("cpu", copy=True)
-        pinned = source.device.type == "cuda"
-        buffer = self._take(_key(source, pinned))
-        if buffer is None:
-            buffer = torch.empty(source.shape, dtype=source.dtype, pin_memory=pinned)
-        buffer.copy_(source)
-        return buffer
+    def _stage(self, value: Any, owned: list[Any] | None, *, sharded: bool) -> Any:
+        torch = loaded_torch()
+        staging = _Staging(torch, self._free, sharded=sharded)
+        with self._lock:  # the walk takes buffers from the pool; release() replaces the pool meanwhile
+            copied = staging.walk(value)
+        if torch is not None:
+            with torch.no_grad():  # the copies are detached: no graph links them to the sources
+                self._copy_all(torch, staging)
+        if owned is not None:
+            owned.extend(staging.made)
+        return copied
 
-    def _take(self, key: _Key) -> Any:
-        with self._lock:
-            buffers = self._free.get(key)
-            return buffers.pop() if buffers else None
+    def _copy_all(self, torch: Any, staging: _Staging) -> None:
+        for target, source in staging.device_pairs:  # from a GPU, into pinned buffers: one copy each
+            target.copy_(source)
+        targets, sources = staging.targets, staging.sources
+        split = staging.nbytes >= _SPLIT_BYTES and torch.get_num_threads() > 1
+        half = _half(sources, staging.nbytes) if split else len(sources)
+        if 0 < half < len(sources):  # the second half on the helper thread, the first on this one
+            other = self._helping().submit(_copy_many, torch, targets[half:], sources[half:])
+            _copy_many(torch, targets[:half], sources[:half])
+            other.result()
+        elif targets:
+            _copy_many(torch, targets, sources)
+
+    def _helping(self) -> ThreadPoolExecutor:
+        """The helper thread's executor, made by the first copy that needs it, in the loop's thread (so its
+        thread has the loop's priority, not the writer's), and made again in a forked child (where the
+        parent's thread does not exist)."""
+        if self._helper is None or self._helper[0] != os.getpid():
+            self._helper = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="grd-snapshot"))
+        return self._helper[1]
+
+
+class _Staging:
+    """One copy's walk: the copied containers, and a host buffer for each tensor (taken from ``free`` when
+    one matches, else new) with the tensor it is to hold; the bytes themselves are copied after the walk."""
+
+    def __init__(self, torch: Any, free: dict[_Key, list[Any]], *, sharded: bool) -> None:
+        self.torch = torch
+        self.free = free
+        self.sharded = sharded
+        self.targets: list[Any] = []
+        self.sources: list[Any] = []
+        self.nbytes = 0
+        self.device_pairs: list[tuple[Any, Any]] = []
+        self.made: list[Any] = []
+        self.dtensor: Any = None
+        if torch is not None and sharded:
+            from torch.distributed.tensor import DTensor
+
+            self.dtensor = DTensor
+
+    def walk(self, value: Any) -> Any:
+        torch = self.torch
+        if torch is not None and isinstance(value, torch.Tensor):
+            if self.dtensor is not None and isinstance(value, self.dtensor):
+                local = self._host(value.to_local())
+                return self.dtensor(local, value._spec, requires_grad=False)
+            return self._host(value)
+        if isinstance(value, dict) or (self.sharded and isinstance(value, Mapping)):
+            return {key: self.walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.walk(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self.walk(item) for item in value)
+        return copy.deepcopy(value) if self.sharded else value
+
+    def _host(self, tensor: Any) -> Any:
+        torch = self.torch
+        device = tensor.device.type
+        if device not in ("cpu", "cuda") or not _poolable(torch, tensor):
+            host = tensor.detach().to("cpu", copy=True)
+            self.made.append(host)
+            return host
+        pinned = device == "cuda"
+        buffers = self.free.get(_key(tensor, pinned))
+        host = buffers.pop() if buffers else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pinned)
+        self.made.append(host)
+        if pinned:
+            self.device_pairs.append((host, tensor))
+        else:
+            self.targets.append(host)
+            self.sources.append(tensor)
+            self.nbytes += tensor.numel() * tensor.element_size()
+        return host
+
+
+def _half(sources: list[Any], nbytes: int) -> int:
+    """How many of ``sources``, from the first, hold at least half of their ``nbytes`` bytes."""
+    count, counted = 0, 0
+    while counted * 2 < nbytes:
+        counted += sources[count].numel() * sources[count].element_size()
+        count += 1
+    return count
+
+
+def _copy_many(torch: Any, targets: list[Any], sources: list[Any]) -> None:
+    """Copy ``sources`` into ``targets`` (host tensors of the same dtype and shape), in one call."""
+    torch._foreach_copy_(targets, sources)
 
 
 def _key(tensor: Any, pinned: bool) -> _Key:
-    return (tensor.dtype, tuple(tensor.shape), pinned)
+    return (tensor.dtype, tensor.shape, pinned)  # a torch.Size hashes and compares as the tuple it is
 
 
 def _poolable(torch: Any, tensor: Any) -> bool:
