@@ -3,7 +3,9 @@ and latest() requests/time with 1, 100 and 10,000 checkpoints (pointer vs a full
 
 Async: the loop is blocked while the state is copied to host memory. The first ``save_async`` of a run
 allocates its snapshot buffers (``first_*``); later ones copy into the buffers the previous save released
-(``async_blocked_s``, the median over the rest), which is the steady state of a training loop.
+(``async_blocked_s``, the median over the rest), which is the steady state of a training loop. It is timed
+for a state of one tensor and for a model-shaped state of the same size (``model_state``: 1,200 tensors, a
+state_dict and Adam's state for it), where the per-tensor cost of staging shows.
 
 Save/load pairs run in turns (grd, baseline, grd, ...) and report medians; each side deletes its save from
 two turns before (untimed), as a run that keeps its last two checkpoints does, so both write into freed blocks
@@ -278,8 +280,26 @@ def _peak_rss(root: pathlib.Path, size_mib: int) -> dict[str, float]:
     return out
 
 
-def bench_async(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str, Any]:
-    state = {"w": torch.randn(size_mib * MiB // 4)}
+MODEL_PARAMS = 300
+"""The model-shaped async state: this many weights of mixed sizes, with Adam's two moments and step each."""
+
+
+def model_state(size_mib: int, params: int = MODEL_PARAMS) -> dict[str, Any]:
+    """A training loop's state of about ``size_mib`` MiB: a model's state_dict of ``params`` float32 weights
+    (sizes from 0.2x to 1.8x the mean) and an Adam optimizer's state_dict for it (two moments and a 0-dim
+    step per weight): ``4 * params`` tensors, as a real loop hands ``save_async``."""
+    mean = size_mib * MiB // 4 // 3 // params
+    sizes = [max(16, int(mean * (0.2 + 1.6 * (i % 7) / 6))) for i in range(params)]
+    moments = {i: {"step": torch.tensor(float(i)), "exp_avg": torch.randn(size),
+                   "exp_avg_sq": torch.randn(size)} for i, size in enumerate(sizes)}
+    return {"model": {f"layers.{i}.weight": torch.randn(size) for i, size in enumerate(sizes)},
+            "optimizer": {"state": moments, "param_groups": [{"lr": 1e-3, "params": list(range(params))}]}}
+
+
+def bench_async(root: pathlib.Path, size_mib: int, repeats: int, shape: str = "one tensor") -> dict[str, Any]:
+    """Blocked time of ``save_async`` against a synchronous ``save`` of the same state: ``shape`` is "one
+    tensor" (a single float32 tensor) or "model" (``model_state``)."""
+    state = model_state(size_mib) if shape == "model" else {"w": torch.randn(size_mib * MiB // 4)}
     run = CheckpointEngine(str(root / "async")).run("bench")
     step = iter(range(10**6))
     sync = _median(lambda: run.save(state, step=next(step)), repeats)
@@ -303,6 +323,8 @@ def bench_async(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str, An
     back_to_back_blocked = statistics.median(back_to_back)
     return {
         "size_mib": size_mib,
+        "state": shape,
+        "tensors": len(_tensors_of(state)),
         "sync_save_s": sync,
         "async_blocked_s": async_blocked,
         "blocked_ratio": async_blocked / sync,
@@ -315,6 +337,14 @@ def bench_async(root: pathlib.Path, size_mib: int, repeats: int) -> dict[str, An
         "first_async_blocked_s": blocked[0],
         "first_blocked_ratio": blocked[0] / sync,
     }
+
+
+def _tensors_of(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [tensor for item in value.values() for tensor in _tensors_of(item)]
+    return []
 
 
 class CountingFS:
@@ -421,7 +451,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")) as tmp:
         root = pathlib.Path(tmp)
         results["save_load"] = [bench_save_load(root, size, repeats) for size in sizes]
-        results["async"] = [bench_async(root, size, max(repeats, 3)) for size in sizes if size <= 512]
+        results["async"] = [bench_async(root, size, max(repeats, 3), shape)
+                            for shape in ("one tensor", "model") for size in sizes if size <= 512]
         latest = []
         for count in (1, 100, 10_000):
             latest.append(bench_latest("local", str(root / f"latest-{count}"), count))

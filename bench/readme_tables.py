@@ -209,6 +209,30 @@ def _memory_rows(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+
+def _async_lines(shape: str, asyncs: list[dict[str, Any]]) -> list[str]:
+    """The README's sentences on ``save_async``'s blocked time for the state of ``shape``."""
+    what = ("a state of one tensor" if shape == "one tensor"
+            else f"a model-shaped state ({asyncs[0]['tensors']:,} tensors: a state_dict and Adam's state)")
+    parts = ", ".join(f"{item['blocked_ratio']:.1%} at {item['size_mib']} MiB "
+                      f"({_met(item['blocked_ratio'] <= 0.1)})" for item in asyncs)
+    first = " / ".join(f"{item['first_blocked_ratio']:.0%}" for item in asyncs)
+    lines = ["", f"With {what}, `save_async` blocks the loop for {parts} of a synchronous save (goal at most "
+                 "10%), measured with the writer idle before each save, once the run handle has snapshot "
+                 f"buffers to reuse (the first async save of a handle allocates them: {first})."]
+    chained = [item for item in asyncs if "back_to_back_ratio" in item]
+    if chained:
+        parts = ", ".join(
+            f"{item['back_to_back_ratio']:.1%} at {item['size_mib']} MiB "
+            f"({_met(item['back_to_back_ratio'] <= 0.1)}; {item['back_to_back_written']} of "
+            f"{item['back_to_back_saves']} written, the last one "
+            f"{'among them' if item['back_to_back_last_written'] else '**missing**'})"
+            for item in chained)
+        lines += ["", "Back to back (one `save_async` right after another, a loop saving faster than "
+                      f"the disk), the median call blocks for {parts} of a synchronous save; a save "
+                      "still waiting when a newer one comes is superseded, never written."]
+    return lines
+
 def render_checkpoint(data: dict[str, Any]) -> str:
     """Issue #31's local goals, each verdict computed from the figures: save >= 0.5x the disk's direct write
     and >= 1.5x torch.save + fsync + rename; verified load + touch >= 0.9x torch.load(mmap=True) + touch; peak
@@ -230,24 +254,8 @@ def render_checkpoint(data: dict[str, Any]) -> str:
         *_memory_rows(rows),
     ]
     asyncs = data.get("async") or []
-    if asyncs:
-        parts = ", ".join(f"{item['blocked_ratio']:.1%} at {item['size_mib']} MiB "
-                          f"({_met(item['blocked_ratio'] <= 0.1)})" for item in asyncs)
-        first = " / ".join(f"{item['first_blocked_ratio']:.0%}" for item in asyncs)
-        lines += ["", f"`save_async` blocks the loop for {parts} of a synchronous save (goal at most 10%), "
-                      "measured with the writer idle before each save, once the run handle has snapshot "
-                      f"buffers to reuse (the first async save of a handle allocates them: {first})."]
-        chained = [item for item in asyncs if "back_to_back_ratio" in item]
-        if chained:
-            parts = ", ".join(
-                f"{item['back_to_back_ratio']:.1%} at {item['size_mib']} MiB "
-                f"({_met(item['back_to_back_ratio'] <= 0.1)}; {item['back_to_back_written']} of "
-                f"{item['back_to_back_saves']} written, the last one "
-                f"{'among them' if item['back_to_back_last_written'] else '**missing**'})"
-                for item in chained)
-            lines += ["", "Back to back (one `save_async` right after another, a loop saving faster than "
-                          f"the disk), the median call blocks for {parts} of a synchronous save; a save "
-                          "still waiting when a newer one comes is superseded, never written."]
+    for shape in dict.fromkeys(item.get("state", "one tensor") for item in asyncs):
+        lines += _async_lines(shape, [item for item in asyncs if item.get("state", "one tensor") == shape])
     local = {row["checkpoints"]: row for row in data.get("latest") or [] if row["backend"] == "local"}
     if local:
         most = max(local)
