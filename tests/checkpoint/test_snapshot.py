@@ -150,11 +150,16 @@ def test_a_model_sized_state_is_copied_exactly_in_one_batch_and_every_buffer_is_
 
 def test_the_copy_split_over_two_threads_covers_every_tensor_once() -> None:
     """Tensors of very different sizes (one holding most of the bytes, at either end): the two halves meet
-    without a gap or an overlap."""
+    without a gap or an overlap, and the copies made on the helper's thread are detached too (grad mode is
+    per thread)."""
     for order in (1, -1):
         tensors = [torch.randn(2**20), *(torch.randn(17) for _ in range(50)), torch.randn(3 * 2**20)][::order]
+        for tensor in (tensors[0], tensors[-1]):  # a parameter at each end: one of them in the helper's half
+            tensor.requires_grad_(True)
         copy = SnapshotBuffers().copy({"t": tensors})
-        assert all(torch.equal(host, source) for host, source in zip(copy["t"], tensors, strict=True))
+        pairs = zip(copy["t"], tensors, strict=True)
+        assert all(torch.equal(host, source.detach()) for host, source in pairs)
+        assert not any(host.requires_grad or host.grad_fn is not None for host in copy["t"])
 
 
 def test_a_forked_child_copies_with_a_helper_thread_of_its_own() -> None:

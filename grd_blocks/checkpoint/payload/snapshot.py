@@ -76,19 +76,18 @@ class SnapshotBuffers:
 
     def _stage(self, value: Any, owned: list[Any] | None, *, sharded: bool) -> Any:
         torch = loaded_torch()
-        staging = _Staging(torch, self._free, sharded=sharded)
         with self._lock:  # the walk takes buffers from the pool; release() replaces the pool meanwhile
+            staging = _Staging(torch, self._free, sharded=sharded)
             copied = staging.walk(value)
         if torch is not None:
-            with torch.no_grad():  # the copies are detached: no graph links them to the sources
-                self._copy_all(torch, staging)
+            self._copy_all(torch, staging)
         if owned is not None:
             owned.extend(staging.made)
         return copied
 
     def _copy_all(self, torch: Any, staging: _Staging) -> None:
         for target, source in staging.device_pairs:  # from a GPU, into pinned buffers: one copy each
-            target.copy_(source)
+            target.copy_(source.detach())
         targets, sources = staging.targets, staging.sources
         split = staging.nbytes >= _SPLIT_BYTES and torch.get_num_threads() > 1
         half = _half(sources, staging.nbytes) if split else len(sources)
@@ -172,8 +171,10 @@ def _half(sources: list[Any], nbytes: int) -> int:
 
 
 def _copy_many(torch: Any, targets: list[Any], sources: list[Any]) -> None:
-    """Copy ``sources`` into ``targets`` (host tensors of the same dtype and shape), in one call."""
-    torch._foreach_copy_(targets, sources)
+    """Copy ``sources`` into ``targets`` (host tensors of the same dtype and shape), in one call, without
+    autograd (grad mode is per thread: the copies must stay detached on the helper's thread too)."""
+    with torch.no_grad():
+        torch._foreach_copy_(targets, sources)
 
 
 def _key(tensor: Any, pinned: bool) -> _Key:
