@@ -14,8 +14,8 @@ tensors that live on a GPU are page-locked (pinned), which speeds up the device-
 A real model's state is hundreds to thousands of tensors, so a copy first walks the whole state, taking a
 buffer for each tensor, and then copies every host tensor in one ``torch._foreach_copy_`` call (split in two
 halves of about the same bytes, one on a helper thread, when torch may use two threads): one call releases
-the GIL once, where a copy per tensor released and took it back per tensor, and each time waited for a
-background write's Python to give it up (several milliseconds each while a write was in flight).
+the GIL once, where a copy per tensor released it and took it back per tensor, each time waiting for a
+background write's Python to give it up (README, Checkpoint benchmarks: the model-shaped rows).
 """
 
 from __future__ import annotations
