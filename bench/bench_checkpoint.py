@@ -296,10 +296,11 @@ def model_state(size_mib: int, params: int = MODEL_PARAMS) -> dict[str, Any]:
             "optimizer": {"state": moments, "param_groups": [{"lr": 1e-3, "params": list(range(params))}]}}
 
 
-def bench_async(root: pathlib.Path, size_mib: int, repeats: int, shape: str = "one tensor") -> dict[str, Any]:
+def bench_async(root: pathlib.Path, size_mib: int, repeats: int, shape: str = "one tensor",
+                params: int = MODEL_PARAMS) -> dict[str, Any]:
     """Blocked time of ``save_async`` against a synchronous ``save`` of the same state: ``shape`` is "one
-    tensor" (a single float32 tensor) or "model" (``model_state``)."""
-    state = model_state(size_mib) if shape == "model" else {"w": torch.randn(size_mib * MiB // 4)}
+    tensor" (a single float32 tensor) or "model" (``model_state`` of ``params`` weights)."""
+    state = model_state(size_mib, params) if shape == "model" else {"w": torch.randn(size_mib * MiB // 4)}
     run = CheckpointEngine(str(root / "async")).run("bench")
     step = iter(range(10**6))
     sync = _median(lambda: run.save(state, step=next(step)), repeats)
@@ -433,10 +434,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="64 MiB only")
     parser.add_argument("--sizes", default="64,512,4096", help="state sizes in MiB for save and load")
+    parser.add_argument("--async-only", action="store_true",
+                        help="only save_async's blocked time of the model-shaped state; prints, writes nothing")
+    parser.add_argument("--params", type=int, default=MODEL_PARAMS,
+                        help="weights of the model-shaped state (4 tensors each)")
     args = parser.parse_args()
     sizes = [64] if args.quick else [int(size) for size in args.sizes.split(",")]
     repeats = 7
     import logging
+
+    if args.async_only:  # e.g. the same command on two checkouts, alternating, for an A/B of staging
+        with tempfile.TemporaryDirectory(dir=os.environ.get("GRD_BENCH_DIR")) as tmp:
+            for size in sizes:
+                print(json.dumps(bench_async(pathlib.Path(tmp), size, repeats, "model", args.params)))
+        return
 
     logging.getLogger("grd.checkpoint").setLevel(logging.ERROR)  # the scan baseline warns by design
     results: dict[str, Any] = {
