@@ -435,7 +435,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 MiB only")
     parser.add_argument("--sizes", default="64,512,4096", help="state sizes in MiB for save and load")
     parser.add_argument("--async-only", action="store_true",
-                        help="only save_async's blocked time of the model-shaped state; prints, writes nothing")
+                        help="only save_async's blocked time, model-shaped state; prints, writes nothing")
     parser.add_argument("--params", type=int, default=MODEL_PARAMS,
                         help="weights of the model-shaped state (4 tensors each)")
     args = parser.parse_args()
