@@ -261,53 +261,46 @@ def handler_named(type_name: str) -> Handler:
     return handler
 
 
-def _is_torch_leaf(value: object) -> bool:
-    torch = loaded_torch()
-    return torch is not None and isinstance(value, torch.Tensor | torch.dtype | torch.device | torch.Size)
-
-
 def check_plain(value: Any, where: str) -> None:
     """Raise ``UsageError`` naming ``where`` if ``value`` holds anything but plain data (JSON data, checked
     in C, is; anything else is walked, to name what is wrong)."""
     if isinstance(value, dict | list) and json_text(value) is not None:
         return
     torch = loaded_torch()
-    leaves = (*_PLAIN_LEAVES, torch.Tensor, torch.dtype, torch.device) if torch is not None else _PLAIN_LEAVES
-    if not _is_plain(value, leaves):  # the walk that names what is wrong runs only then
-        _check_plain_walk(value, where)
+    leaves = _PLAIN_LEAVES if torch is None else (
+        *_PLAIN_LEAVES, torch.Tensor, torch.dtype, torch.device, torch.Size)
+    found = _problem(value, leaves)
+    if found is not None:
+        path, what = found
+        raise UsageError(f"state {where}{''.join(reversed(path))} {what}")
 
 
-def _is_plain(value: Any, leaves: tuple[type, ...]) -> bool:
-    """Whether ``value`` is plain data (``_check_plain_walk``'s rule, without building a name per value: a
-    model's state holds thousands of tensors)."""
+def _problem(value: Any, leaves: tuple[type, ...]) -> tuple[list[str], str] | None:
+    """None if ``value`` is plain data; else the path to the first value that is not (innermost item first)
+    and what is wrong with it. The path is built only on the way out of a failure: a model's state holds
+    thousands of tensors, and naming each one cost more than checking it."""
     if isinstance(value, leaves):
-        return True
-    if isinstance(value, dict):
-        return all(isinstance(key, _PLAIN_KEYS) and _is_plain(item, leaves) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return all(_is_plain(item, leaves) for item in value)
-    return False
-
-
-def _check_plain_walk(value: Any, where: str) -> None:
-    if isinstance(value, _PLAIN_LEAVES) or _is_torch_leaf(value):
-        return
+        return None
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, _PLAIN_KEYS):
-                raise UsageError(
-                    f"state {where} has key {key!r} of type {type(key).__name__}; use str or int keys"
-                )
-            _check_plain_walk(item, f"{where}[{key!r}]")
-        return
+                return [], f"has key {key!r} of type {type(key).__name__}; use str or int keys"
+            found = _problem(item, leaves)
+            if found is not None:
+                found[0].append(f"[{key!r}]")
+                return found
+        return None
     if isinstance(value, list | tuple):
         for position, item in enumerate(value):
-            _check_plain_walk(item, f"{where}[{position}]")
-        return
-    raise UsageError(
-        f"state {where} is a {type(value).__module__}.{type(value).__qualname__}, which a checkpoint cannot "
-        "hold (loading never unpickles arbitrary objects); store tensors, numbers, strings, lists and dicts, "
-        "or a module/optimizer/scheduler/GradScaler object"
+            found = _problem(item, leaves)
+            if found is not None:
+                found[0].append(f"[{position}]")
+                return found
+        return None
+    return [], (
+        f"is a {type(value).__module__}.{type(value).__qualname__}, which a checkpoint cannot hold (loading "
+        "never unpickles arbitrary objects); store tensors, numbers, strings, lists and dicts, or a "
+        "module/optimizer/scheduler/GradScaler object"
     )
 
 
