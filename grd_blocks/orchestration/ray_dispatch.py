@@ -17,6 +17,10 @@ Invariants (beyond ``remote_driver``'s):
   ``ray[client]`` here; without it every command is FAILED saying so. ``max_parallel`` is the phase's
   concurrency on the whole cluster (the engine runs at most that many at once); ``num_cpus``/``num_gpus``
   are the task's Ray resources, so Ray places it where they are free.
+- The driver's signals stay the run's: Ray's C++ failure signal handler (absl's) is not installed in the
+  process that connects. In a driver it turns the SIGTERM of a cancel into a crash report in the run's log and
+  an abort ~3 s later (its alarm), which cut the run's stop path (kill ladders, report, cleanups) short. A
+  process that called ``ray.init`` itself before grd keeps what Ray installed there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from typing import Any
 
 import ray
+import ray._private.ray_constants as ray_constants
 from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -112,6 +117,7 @@ class RayDispatch(RemoteDriver[Any]):
             )
         try:
             if not ray.is_initialized():
+                ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the driver connects
                 ray.init(address=address, namespace="grd", log_to_driver=False, configure_logging=False)
             here = ray.get_runtime_context().get_node_id()
             self.hub: Any = Hub.options(  # on the driver's node when it is one of the cluster's

@@ -171,6 +171,7 @@ def test_cancel_clicked_in_the_ui_stops_a_remote_tree_with_no_survivors(
     except AssertionError:
         raise AssertionError(f"survivors of the cancelled remote tree: {marked(str(pid_dir))}\n"
                              f"{deployed.logs_tail()}") from None
+    assert report_path.exists(), f"the cancelled run wrote no report\n{deployed.logs_tail()}"
     report = read_json(report_path)
     (row,) = report["phases"][0]["commands"]
     assert report["status"] == "CANCELLED" and row["status"] == "CANCELLED", report
