@@ -5,8 +5,9 @@ Invariants:
 
 * A sharded save of ``{unit}_{N}`` is one commit of the run's commit protocol (storage/commit.py), the same
   as a single-file save: rank 0 creates a fresh staging folder (``CommitProtocol.stage``: unique to this
-  save, never reused, invisible to readers); every rank writes its DCP shards into it (each file fsynced by
-  DCP) and hashes the files it wrote itself (the store's digest, payload/hashes.py); the entries are gathered
+  save, never reused, invisible to readers); every rank writes its DCP shards into it and hashes the files it
+  wrote itself (the store's digest, payload/hashes.py), each file fsynced while it is hashed (before the
+  gather: every shard is durable before the manifest can name it); the entries are gathered
   on every rank; rank 0 then writes DCP's ``.metadata`` (fsynced), hashes it and commits ``MANIFEST.json``,
   which lists every file of every rank (``commit_staged``: one rename on local disk); only after that does
   LATEST.json move (never backwards), and retention and the staging sweep run (run.py). A rank that dies at
@@ -79,6 +80,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import fsspec
@@ -265,8 +267,9 @@ def _writer(run: RunCheckpoints, plan: _Plan) -> Any:
         save's token, so no earlier version's object is ever overwritten."""
 
         def __init__(self) -> None:
-            super().__init__(plan.staged, single_file_per_rank=True, sync_files=not plan.in_place,
-                             overwrite=False)  # an object's PUT is durable: no fsync (os.sync) there
+            # no fsync by DCP: on local disk _hash_written fsyncs each shard while hashing it (the hash
+            # overlaps the wait for the disk); an object's PUT is durable already
+            super().__init__(plan.staged, single_file_per_rank=True, sync_files=False, overwrite=False)
             self.sent: dict[str, FileEntry] = {}  # files already hashed on their way up (S3)
             if plan.in_place:
                 self.fs, self.path = _fsspec_filesystem(run.fs, self.sent, plan.digest), plan.staged
@@ -446,7 +449,8 @@ def _hash_written(
 ) -> dict[str, FileEntry]:
     """The ``FileEntry`` of each file this rank wrote: on S3 the one hashed as it went up (``sent``: each part
     carries a CRC32 the server checks, so the chunks hashed are the ones stored, as for single-file saves),
-    hashed from the file on local disk, from the object read back on other object stores."""
+    hashed from the file on local disk (made durable meanwhile: its fsync runs while its chunks are hashed),
+    from the object read back on other object stores."""
     entries: dict[str, FileEntry] = {}
     for name in names:
         path = join(plan.staged, name)
@@ -459,7 +463,7 @@ def _hash_written(
             continue
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            entries[name] = entry_of_fd(fd, plan.digest)
+            entries[name] = entry_of_fd(fd, plan.digest, meanwhile=partial(os.fsync, fd))
         finally:
             os.close(fd)
     return entries

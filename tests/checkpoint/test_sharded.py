@@ -104,6 +104,33 @@ def test_single_process_round_trip_and_plain_load_refuses_a_sharded_checkpoint(t
     assert len(problems) == 1 and "step_4/__0_0.distcp" in problems[0], problems
 
 
+def test_every_shard_is_fsynced_before_the_manifest_that_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut cannot be caused here, so the calls are watched instead: ``os.fsync`` is wrapped to note
+    which file each descriptor names (/proc/self/fd) and then does its work. Every shard file of the
+    committed checkpoint was fsynced in its staging folder, and before the manifest was."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def noting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    run = RunCheckpoints.from_url(str(tmp_path / "run"))
+    state = {"weights": torch.arange(3 * 2**20, dtype=torch.float32), "extra": {"epoch": 1}}
+    ref = run.save_sharded(state, step=1)
+    monkeypatch.undo()
+    folder = tmp_path / "run" / ref.name
+    assert checkpoint_problem(folder) is None
+    names = [name for name in os.listdir(folder) if name.endswith(".distcp")]
+    manifest_at = next(i for i, path in enumerate(synced) if path.endswith("/MANIFEST.json"))
+    for name in names:
+        at = [i for i, path in enumerate(synced) if "/.tmp-step_1-" in path and path.endswith(f"/{name}")]
+        assert at and at[0] < manifest_at, (name, synced)
+
+
 def test_no_checkpoint_loads_nothing_and_leaves_the_state_alone(tmp_path: Path) -> None:
     state: dict[str, Any] = {"weights": torch.ones(2)}
     assert RunCheckpoints.from_url(str(tmp_path / "run")).load_sharded(state) is None

@@ -287,27 +287,38 @@ def verify_fd(fd: int, entry: FileEntry, where: str) -> None:
     check_sha256(digest, entry, where)
 
 
-def entry_of_fd(fd: int, algorithm: str) -> FileEntry:
+def entry_of_fd(fd: int, algorithm: str, *, meanwhile: Callable[[], None] | None = None) -> FileEntry:
     """The format-2 ``FileEntry`` of the file open as ``fd`` (a file another writer wrote, such as a DCP
     shard): every ``CHUNK`` hashed with ``algorithm`` on the hasher pool, straight from a read-only mapping
-    where the file can be mapped (else read with ``pread``), its whole-file value derived from the chunks."""
+    where the file can be mapped (else read with ``pread``), its whole-file value derived from the chunks.
+    ``meanwhile`` (such as the file's fsync, which waits on the disk) runs in this thread while the chunks are
+    hashed; its exception is raised once every chunk's task has ended."""
     function = hashes.function(algorithm)
     size = os.fstat(fd).st_size
     starts = range(0, size, CHUNK)
     mapping = _mapping(fd, size)
     if mapping is None:
         found = [_later(_chunk_digest, function, fd, start, min(CHUNK, size - start)) for start in starts]
-        wait(found)
+        _run_then_wait(meanwhile, found)
     else:
         with mapping:  # every task is waited for before the mapping closes
             found = [_later(_mapped_digest, function, mapping, start, min(CHUNK, size - start))
                      for start in starts]
-            wait(found)
+            _run_then_wait(meanwhile, found)
     chunks = tuple(piece.result() for piece in found)
     if any(chunk is None for chunk in chunks):
         raise CheckpointCorrupt(f"file descriptor {fd} shrank while it was hashed (another writer?)")
     digests = tuple(str(chunk) for chunk in chunks)
     return FileEntry(size, hashes.combine(algorithm, digests), CHUNK, digests, digest=algorithm)
+
+
+def _run_then_wait(meanwhile: Callable[[], None] | None, tasks: list[Future[Any]]) -> None:
+    """Call ``meanwhile`` (if any), then wait for every task, even when ``meanwhile`` raised."""
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        wait(tasks)
 
 
 class InOrderHasher:
