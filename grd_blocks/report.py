@@ -28,6 +28,7 @@ __all__ = [
     "ended_with",
     "last_written",
     "render_summary",
+    "table_left_out",
     "table_rows",
     "write_report",
 ]
@@ -280,20 +281,47 @@ def _rows(report: BenchmarkReport) -> Iterable[tuple[str, str, CommandReport]]:
         yield "-", f"{report.cleanup.name} (cleanup)", report.cleanup
 
 
-def table_rows(report: BenchmarkReport) -> list[dict[str, str]]:
-    """Rows for a Prefect table artifact: one per command, TIMEOUT rows marked with ⏱."""
-    return [
-        {
-            "phase": phase,
-            "command": command,
-            "status": _MARK[row.status],
-            "returncode": "-" if row.returncode is None else str(row.returncode),
-            "elapsed": _seconds(row.elapsed_s),
-            "attempts": str(row.attempts),
-            "note": _note(row),
-        }
-        for phase, command, row in _rows(report)
-    ]
+TABLE_ROWS = 1_000
+"""The most rows a results table holds: a run of more commands shows every one that did not complete and as
+many completed ones as fit (a table of 10,000 rows is no help in the UI, and costs the flow process some 10 MB
+to build and send); the report file holds them all."""
+
+
+def table_rows(report: BenchmarkReport, limit: int | None = None) -> list[dict[str, str]]:
+    """Rows for a Prefect table artifact, in the report's order, TIMEOUT rows marked with ⏱: one per command
+    (cleanups included) up to ``limit`` (``TABLE_ROWS`` when None); past it, every row not COMPLETED first
+    (up to ``limit``), then the first COMPLETED ones until ``limit`` rows are chosen (``table_left_out``
+    counts the others)."""
+    chosen = _chosen(report, TABLE_ROWS if limit is None else limit)
+    return [_table_row(phase, command, row) for number, (phase, command, row) in enumerate(_rows(report))
+            if chosen is None or number in chosen]
+
+
+def table_left_out(report: BenchmarkReport, limit: int | None = None) -> int:
+    """How many of the report's rows ``table_rows`` leaves out."""
+    return max(0, sum(1 for _ in _rows(report)) - (TABLE_ROWS if limit is None else limit))
+
+
+def _chosen(report: BenchmarkReport, limit: int) -> frozenset[int] | None:
+    """The numbers (in ``_rows`` order) of the rows a table of at most ``limit`` rows shows (None: all)."""
+    statuses = [row.status for _, _, row in _rows(report)]
+    if len(statuses) <= limit:
+        return None
+    first = [number for number, status in enumerate(statuses) if status is not Status.COMPLETED][:limit]
+    rest = [number for number, status in enumerate(statuses) if status is Status.COMPLETED]
+    return frozenset(first + rest[: limit - len(first)])
+
+
+def _table_row(phase: str, command: str, row: CommandReport) -> dict[str, str]:
+    return {
+        "phase": phase,
+        "command": command,
+        "status": _MARK[row.status],
+        "returncode": "-" if row.returncode is None else str(row.returncode),
+        "elapsed": _seconds(row.elapsed_s),
+        "attempts": str(row.attempts),
+        "note": _note(row),
+    }
 
 
 def render_summary(report: BenchmarkReport) -> str:

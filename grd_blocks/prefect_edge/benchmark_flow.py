@@ -317,7 +317,7 @@ def benchmark(
     report, stop = finished.report, finished.stop
     if finished.gone is not None:
         return _api_gone(report, finished.gone, logger)
-    publish_results(report, logger)
+    publish_results(report, logger, finished.path)
     _log_outcome(logger, report, finished.path)
     if stop is not None:
         return _stopped(report, stop, logger)

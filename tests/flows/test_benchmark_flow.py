@@ -26,13 +26,42 @@ from tests.process.helpers import marked
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-async def _artifact_rows(key: str) -> list[dict[str, str]]:
+async def _artifact(key: str) -> tuple[list[dict[str, str]], str]:
+    """The latest results table under ``key``: its rows and its description, as the UI reads them."""
     async with get_client() as client:
         found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     data = found[0].data if found else "[]"
     raw = json.loads(data) if isinstance(data, str) else data
     rows = cast(list[dict[str, str]], raw or [])
+    return rows, (found[0].description or "") if found else ""
+
+
+async def _artifact_rows(key: str) -> list[dict[str, str]]:
+    rows, _ = await _artifact(key)
     return rows
+
+
+def test_a_results_table_past_its_limit_shows_every_failure_and_names_the_report_with_all_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("grd_blocks.report.TABLE_ROWS", 3)  # the limit is 1,000: 5 rows make the same point
+    result = run_spec(tmp_path, """
+        name: capped
+        phases:
+          - name: p
+            commands:
+              - {name: a, run: "true"}
+              - {name: b, run: "true"}
+              - {name: c, run: "exit 2"}
+              - {name: d, run: "true"}
+              - {name: e, run: "exit 3"}
+        """)
+    assert [row.status for row in result.phase("p").commands].count(Status.COMPLETED) == 3
+    rows, description = asyncio.run(_artifact(results_artifact_key("capped")))
+    assert [(r["command"], r["status"]) for r in rows] == [("a", "✅ COMPLETED"), ("c", "❌ FAILED"),
+                                                          ("e", "❌ FAILED")]
+    assert "the table shows 3 of 5 commands" in description, description
+    assert str(result.report_path) in description, description
 
 
 def test_a_90s_command_in_a_phase_with_2s_is_stopped_and_reported_inherited(tmp_path: Path) -> None:

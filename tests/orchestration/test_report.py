@@ -8,11 +8,13 @@ from pathlib import Path
 
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import (
+    TABLE_ROWS,
     BenchmarkReport,
     CommandReport,
     PhaseReport,
     TimeoutInfo,
     render_summary,
+    table_left_out,
     table_rows,
     write_report,
 )
@@ -55,6 +57,27 @@ def test_summary_and_artifact_rows_make_timeouts_visible() -> None:
     assert "TIMEOUT" in text and "phase deadline (inherited)" in text and "exit code 124" in text
     rows = table_rows(_report())
     assert [r["status"] for r in rows] == ["✅ COMPLETED", "⏱ TIMEOUT"]
+
+
+def test_a_table_past_its_limit_keeps_every_row_that_did_not_complete_in_the_reports_order() -> None:
+    statuses = [Status.COMPLETED] * 1_500
+    for number, status in ((3, Status.FAILED), (700, Status.TIMEOUT), (1_499, Status.SKIPPED)):
+        statuses[number] = status
+    rows = [CommandReport(name=f"c{i}", status=status) for i, status in enumerate(statuses)]
+    report = BenchmarkReport(benchmark="wide", status=Status.FAILED, run_key="r", exit_code=1,
+                             phases=[PhaseReport(name="p", status=Status.FAILED, commands=rows)])
+    table = table_rows(report)
+    assert len(table) == TABLE_ROWS == 1_000 and table_left_out(report) == 500
+    numbers = [int(row["command"][1:]) for row in table]
+    assert numbers == sorted(set(numbers))  # the report's order, no row twice
+    assert {3, 700, 1_499} <= set(numbers)  # every row that did not complete
+    completed = [i for i, status in enumerate(statuses) if status is Status.COMPLETED]
+    assert [i for i in numbers if i not in {3, 700, 1_499}] == completed[: TABLE_ROWS - 3]  # then the first
+    assert table_rows(report, limit=2) == [row for row in table if row["command"] in {"c3", "c700"}]
+    few = [PhaseReport(name="p", status=Status.FAILED, commands=rows[:9])]
+    small = report.model_copy(update={"phases": few})
+    assert [row["command"] for row in table_rows(small)] == [f"c{i}" for i in range(9)]
+    assert table_left_out(small) == 0
 
 
 def test_a_launcher_wrapped_budget_stop_reads_as_stopped_itself_with_the_launchers_code() -> None:
