@@ -6,12 +6,11 @@ scan counts."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.cli.helpers import grd_env
+from tests.cli.helpers import grd_env, sigtermed_grd_run
 from tests.fixtures.dask_cluster import DaskCluster
 from tests.process.helpers import TREE_CHILD, marked, wait_for
 
@@ -34,20 +33,9 @@ phases:
       - {{name: a, run: "echo done-a"}}
       - {{name: tree, run: [{argv}], grace: 0.5s}}
 """)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grd_blocks.cli", "run", "spec.yaml", "--store", "./ck", "--run-key", "rem"],
-        cwd=tmp_path, env=grd_env(api_url, GRD_DASK_SCHEDULER=dask_cluster.address),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert wait_for((pid_dir / "ready").exists, 120), "the remote tree never started"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, stderr
+    returncode, stderr = sigtermed_grd_run(tmp_path, "rem", pid_dir / "ready", api_url,
+                                           GRD_DASK_SCHEDULER=dask_cluster.address)
+    assert returncode == 143, stderr
     assert marked(str(pid_dir)) == []  # gone before grd exited: it waited for the worker's ladder
     report = json.loads((tmp_path / "reports" / "rem" / "report.json").read_text())
     rows = {row["name"]: row for row in report["phases"][0]["commands"]}

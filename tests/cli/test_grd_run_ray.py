@@ -8,14 +8,12 @@ report and the cleanups. Survivors are counted by an independent /proc scan."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.cli.helpers import grd_env
+from tests.cli.helpers import sigtermed_grd_run
 from tests.fixtures.ray_cluster import RayCluster
-from tests.process.helpers import TREE_CHILD, marked, wait_for
+from tests.process.helpers import TREE_CHILD, marked
 
 GRACE_S = 5.0  # longer than the ~3 s after which Ray's handler aborted a signalled driver
 
@@ -34,22 +32,9 @@ phases:
       - {{name: tree, run: [{argv}], grace: {GRACE_S:g}s}}
 cleanup: {{name: after, run: "touch {tmp_path}/cleaned"}}
 """)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grd_blocks.cli", "run", "spec.yaml", "--store", "./ck",
-         "--run-key", "ray-term"],
-        cwd=tmp_path, env=grd_env(api_url, GRD_RAY_ADDRESS=ray_cluster.address),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert wait_for((pid_dir / "ready").exists, 120), "the remote tree never started"
-        assert marked(str(pid_dir)) != []
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
+    returncode, stderr = sigtermed_grd_run(tmp_path, "ray-term", pid_dir / "ready", api_url,
+                                           GRD_RAY_ADDRESS=ray_cluster.address)
+    assert returncode == 143, (returncode, stderr[-3000:])
     assert "SIGTERM received" not in stderr, stderr[-3000:]  # Ray's crash report of the signal
     assert marked(str(pid_dir)) == []  # gone before grd exited: it waited for the node's ladder
     report = json.loads((tmp_path / "reports" / "ray-term" / "report.json").read_text())
