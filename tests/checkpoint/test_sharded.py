@@ -131,6 +131,43 @@ def test_every_shard_is_fsynced_before_the_manifest_that_names_it(
         assert at and at[0] < manifest_at, (name, synced)
 
 
+def _resident_pages(path: Path) -> tuple[int, int]:
+    """How many of ``path``'s pages the page cache holds, and how many it has: the kernel's own answer
+    (mincore(2) on a private mapping, which reads no page in)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size, page = path.stat().st_size, os.sysconf("SC_PAGE_SIZE")
+    pages = (size + page - 1) // page
+    vector = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as mapping:
+        view = (ctypes.c_char * size).from_buffer(mapping)
+        try:
+            assert libc.mincore(ctypes.c_void_p(ctypes.addressof(view)), ctypes.c_size_t(size), vector) == 0
+        finally:
+            del view
+    return sum(flags & 1 for flags in vector), pages
+
+
+def test_a_committed_shard_leaves_the_page_cache_unless_direct_io_is_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = RunCheckpoints.from_url(str(tmp_path / "run"))
+    state = {"weights": torch.arange(3 * 2**20, dtype=torch.float32)}  # 12 MiB
+    dropped = run.save_sharded(state, step=1)
+    monkeypatch.setenv("GRD_CHECKPOINT_DIRECT_IO", "0")
+    kept = run.save_sharded(state, step=2)
+    for ref, expect_cached in ((dropped, False), (kept, True)):
+        shards = sorted((tmp_path / "run" / ref.name).glob("*.distcp"))
+        assert shards
+        for shard in shards:
+            resident, pages = _resident_pages(shard)
+            assert pages > 3_000 and (resident == pages if expect_cached else resident == 0), (
+                ref.name, shard.name, resident, pages)
+    assert run.load_sharded({"weights": torch.zeros(3 * 2**20)}) == kept
+
+
 def test_no_checkpoint_loads_nothing_and_leaves_the_state_alone(tmp_path: Path) -> None:
     state: dict[str, Any] = {"weights": torch.ones(2)}
     assert RunCheckpoints.from_url(str(tmp_path / "run")).load_sharded(state) is None
