@@ -101,6 +101,7 @@ from grd_blocks.checkpoint.payload.manifest import (
 from grd_blocks.checkpoint.payload.serialization import PieceStream, without_zip_crc
 from grd_blocks.checkpoint.refs import CheckpointRef
 from grd_blocks.checkpoint.storage import s3parts
+from grd_blocks.checkpoint.storage.commit import page_cache_kept
 from grd_blocks.checkpoint.storage.fsio import guard
 from grd_blocks.checkpoint.storage.layout import MANIFEST_NAME, checkpoint_dirname, join
 from grd_blocks.checkpoint.storage.safe_io import open_local
@@ -476,7 +477,7 @@ def _leave_page_cache(fd: int) -> None:
     writes around it with ``O_DIRECT``): the memory goes back to the loop and the next save, which otherwise
     waited for the kernel to reclaim it (A/B in README, Checkpoint benchmarks); ``GRD_CHECKPOINT_DIRECT_IO=0``
     keeps them (a load right after the save then reads from memory)."""
-    if os.environ.get("GRD_CHECKPOINT_DIRECT_IO", "1") != "0" and hasattr(os, "posix_fadvise"):
+    if not page_cache_kept() and hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 

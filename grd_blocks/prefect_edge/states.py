@@ -17,7 +17,6 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Completed, Failed
 
-from grd_blocks import report as reports
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.api_outage import outage_line, unreachable, with_retries
 from grd_blocks.prefect_edge.artifacts import results_artifact_key
@@ -43,20 +42,20 @@ def final_state(status: Status, data: Any, message: str) -> State[Any]:
 
 def publish_results(report: BenchmarkReport, logger: Any, report_path: Path | str) -> None:
     """Create the results table artifact of ``report`` (TIMEOUT rows show as ``⏱ TIMEOUT``; past
-    ``TABLE_ROWS`` rows, every row that did not complete and the first completed ones, the description naming
-    how many were left out and ``report_path``, which has them all), asked again while the API does not
-    answer (api_outage.py); if it never does, one WARNING line: the report file has every row, and the run's
-    outcome does not depend on its table."""
+    ``report.TABLE_ROWS`` rows, every row that did not complete and the first completed ones, the description
+    naming how many were left out and ``report_path``, which has them all), asked again while the API does
+    not answer (api_outage.py); if it never does, one WARNING line: the report file has every row, and the
+    run's outcome does not depend on its table."""
     description = (f"grd benchmark **{report.benchmark}**: {report.status.value} in {report.elapsed_s:.1f}s, "
                    f"run key `{report.run_key}`, exit code {report.exit_code}")
+    table = table_rows(report)  # built once, whatever the retries below
     left_out = table_left_out(report)
     if left_out:
-        shown = reports.TABLE_ROWS
-        description += (f"; the table shows {shown:,} of {shown + left_out:,} commands (every one that did "
-                        f"not complete first), the report `{report_path}` has them all")
+        description += (f"; the table shows {len(table):,} of {len(table) + left_out:,} commands (every one "
+                        f"that did not complete first), the report `{report_path}` has them all")
     try:
         with_retries(lambda: create_table_artifact(
-            table=table_rows(report),
+            table=table,
             key=results_artifact_key(report.benchmark),
             description=description,
         ))

@@ -223,11 +223,17 @@ _DIRECT_ALIGN = 4096
 """Alignment of an ``O_DIRECT`` write's buffer, length and offset that every Linux filesystem accepts."""
 
 
+def page_cache_kept() -> bool:
+    """Whether ``GRD_CHECKPOINT_DIRECT_IO=0`` asks local saves to leave what they write in the page cache
+    (no ``O_DIRECT`` for single-file saves, no dropped pages for sharded ones)."""
+    return os.environ.get("GRD_CHECKPOINT_DIRECT_IO", "1") == "0"
+
+
 def _open_direct(path: str) -> int | None:
     """An ``O_DIRECT`` descriptor for writing the existing file ``path``, or None where the filesystem or
-    the platform has none (``GRD_CHECKPOINT_DIRECT_IO=0`` also says none)."""
+    the platform has none (``page_cache_kept()`` also says none)."""
     flag = getattr(os, "O_DIRECT", None)
-    if flag is None or os.environ.get("GRD_CHECKPOINT_DIRECT_IO", "1") == "0":
+    if flag is None or page_cache_kept():
         return None
     try:
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
