@@ -40,7 +40,7 @@ from grd_blocks.orchestration.plan import (
 from grd_blocks.orchestration.run import BenchmarkRun, PhaseRun
 from grd_blocks.orchestration.scheduler import run_commands
 from grd_blocks.orchestration.status import interrupt_exit_code
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, write_report
+from grd_blocks.report import BenchmarkReport, CommandReport, CommandRows, PhaseReport, write_report
 
 __all__ = [  # the engine's public interface: all the edge may use of the loop's internals
     "DASK_ENV",
@@ -116,7 +116,7 @@ def _command(
 def _phase_body(run: BenchmarkRun, runner: Runner, phase: PhasePlan) -> Callable[[], PhaseReport]:
     def body() -> PhaseReport:
         phase_run = run.begin_phase(phase)
-        rows: list[CommandReport] = []
+        rows = CommandRows()
         cleanup: CommandReport | None = None
         try:
             rows = run_commands(

@@ -20,8 +20,9 @@ snapshot write before the process was killed hard (SIGKILL, power loss) may be m
 simply runs again on resume. A command reported COMPLETED whose row reached the store is always skipped on
 resume.
 
-Cost: each row is encoded to JSON once, when it is recorded (``JsonText``); a snapshot joins those texts, so
-its CPU is a string join and a digest of the snapshot, not an encode, decode and compare of every row.
+Cost: each row is encoded to JSON once (``CommandReport.json_text``: the same bytes its phase report keeps);
+a snapshot joins those texts, so its CPU is a string join and a digest of the snapshot, not an encode, decode
+and compare of every row, and a row costs the run its text once, not once for the report and once here.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ProgressLog:
         self.errors: list[str] = []
         self._cond = threading.Condition()
         self._rows: dict[str, JsonText] = {}  # recorded by this process (encoded once), newest attempt wins
+        self._phase_texts: dict[str, JsonText] = {}
         self._version = 0  # bumped by every record
         self._saved_version = 0  # version of the last snapshot that reached the store
         self._attempted_version = 0  # version of the last snapshot tried
@@ -136,7 +138,8 @@ class ProgressLog:
         """Keep ``row`` (the final result of one attempt of ``phase.row.name``) for the next snapshot."""
         if self.root is None or row.status is Status.SKIPPED:
             return
-        entry = JsonText({"phase": phase, "row": row.model_dump(mode="json")})
+        # the row's own text (the one its phase report keeps) inside {"phase": ..., "row": ...}: not a copy
+        entry = JsonText.joined({"phase": self._phase_text(phase), "row": row.json_text()})
         with self._cond:
             self._rows[f"{phase}.{row.name}"] = entry
             self._version += 1
@@ -145,6 +148,12 @@ class ProgressLog:
                 self._writer.start()
                 _OPEN.add(self)
             self._cond.notify_all()
+
+    def _phase_text(self, phase: str) -> JsonText:
+        text = self._phase_texts.get(phase)
+        if text is None:
+            text = self._phase_texts[phase] = JsonText(phase)
+        return text
 
     def _has_work(self) -> bool:
         return self._version > self._attempted_version or self._flush_wanted

@@ -29,7 +29,7 @@ from grd_blocks.orchestration.policy import PhaseGate, RunGate, Skip
 from grd_blocks.orchestration.progress import ProgressLog, ProgressPrefix
 from grd_blocks.orchestration.scheduler import skipped_row
 from grd_blocks.orchestration.status import Status, exit_code, interrupt_exit_code, rollup
-from grd_blocks.report import BenchmarkReport, CommandReport, PhaseReport, ProgressInfo
+from grd_blocks.report import BenchmarkReport, CommandReport, CommandRows, PhaseReport, ProgressInfo
 from grd_blocks.spec import BenchmarkSpec
 
 __all__ = ["BenchmarkRun", "PhaseRun"]
@@ -68,7 +68,7 @@ class BenchmarkRun:
     gate: RunGate = field(init=False)
     progress: ProgressLog = field(init=False)
     parent_env: dict[str, str] = field(init=False)
-    _previous: dict[str, CommandReport | None] = field(init=False, default_factory=dict)
+    _previous: dict[str, CommandReport] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _resume_note: str | None = field(init=False, default=None)
 
@@ -104,8 +104,9 @@ class BenchmarkRun:
             if key in self._previous:
                 return self._previous[key]
         row = self.progress.previous(phase, command)
-        with self._lock:
-            self._previous[key] = row
+        if row is not None:  # a miss costs a dict lookup: not kept (a fresh run would keep one per command)
+            with self._lock:
+                self._previous[key] = row
         return row
 
     def reusable(self, phase: str, command: str) -> CommandReport | None:
@@ -212,7 +213,7 @@ class BenchmarkRun:
 
     # --- reports ----------------------------------------------------------------------------------------
 
-    def phase_report(self, phase_run: PhaseRun, rows: list[CommandReport],
+    def phase_report(self, phase_run: PhaseRun, rows: CommandRows,
                      cleanup: CommandReport | None) -> PhaseReport:
         """The report of a phase that ran."""
         statuses = [r.status for r in rows] + ([cleanup.status] if cleanup is not None else [])
@@ -231,7 +232,8 @@ class BenchmarkRun:
             name=phase.name,
             status=skip.status,
             timeout_s=phase.timeout_s,
-            commands=[self.reusable(phase.name, c.name) or skipped_row(c.name, skip) for c in phase.commands],
+            commands=CommandRows(self.reusable(phase.name, c.name) or skipped_row(c.name, skip)
+                                 for c in phase.commands),
         )
 
     def lost_phase(self, phase: PhasePlan, reason: str) -> PhaseReport:
@@ -241,7 +243,8 @@ class BenchmarkRun:
         lost = Status.CANCELLED if self.stopped else Status.FAILED
         rows = [self._kept(phase.name, c.name) or CommandReport(name=c.name, status=lost, reason=reason)
                 for c in phase.commands]
-        return PhaseReport(name=phase.name, status=rollup([row.status for row in rows]), commands=rows)
+        return PhaseReport(name=phase.name, status=rollup([row.status for row in rows]),
+                           commands=CommandRows(rows))
 
     def unrun_phases(self, phases: tuple[PhasePlan, ...], reason: str) -> list[PhaseReport]:
         """Reports of phases that could not start (``reason``: why): FAILED, except commands an earlier
@@ -252,7 +255,7 @@ class BenchmarkRun:
             rows = [self.reusable(phase.name, c.name)
                     or CommandReport(name=c.name, status=Status.FAILED, reason=why) for c in phase.commands]
             status = rollup([row.status for row in rows])
-            reports.append(PhaseReport(name=phase.name, status=status, commands=rows))
+            reports.append(PhaseReport(name=phase.name, status=status, commands=CommandRows(rows)))
         return reports
 
     def _kept(self, phase: str, command: str) -> CommandReport | None:
@@ -267,11 +270,11 @@ class BenchmarkRun:
             PhaseReport(
                 name=phase.name,
                 status=Status.CANCELLED,
-                commands=[
+                commands=CommandRows(
                     self.progress.finished(phase.name, command.name)
                     or CommandReport(name=command.name, status=Status.CANCELLED, reason=reason)
                     for command in phase.commands
-                ],
+                ),
             )
             for phase in phases
         ]

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol, TypeVar
 
+from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration.policy import Skip
 from grd_blocks.orchestration.status import Status
-from grd_blocks.report import CommandReport
+from grd_blocks.report import CommandReport, CommandRows
 
 __all__ = ["Gate", "run_commands", "skipped_row"]
 
@@ -54,39 +55,41 @@ def run_commands(
     max_parallel: int = 1,
     reuse: Callable[[T], CommandReport | None] | None = None,
     done: Callable[[T, CommandReport], None] | None = None,
-) -> list[CommandReport]:
+) -> CommandRows:
     """Run ``commands`` with ``start`` (called in a worker thread with a copy of the caller's context).
 
     ``reuse`` may return a finished row for a command (resume), which is then not started; ``done`` is called
     in the waiting thread with each row as it ends, before the next command is considered.
     """
-    rows: dict[int, CommandReport] = {}
-    pending = list(enumerate(commands))
-    pending.reverse()
+    # a row is kept as its JSON text (CommandRows) as soon as it ends, and the commands still to start are
+    # an index: nothing per command is held as objects while a long phase runs
+    rows: list[JsonText | None] = [None] * len(commands)
+    parallel = max(1, max_parallel)
+    following = 0  # index of the next command to consider
     running: dict[Future[CommandReport], int] = {}
 
     def finish(index: int, row: CommandReport) -> None:
-        rows[index] = row
+        rows[index] = row.json_text()
         if done is not None:
             done(commands[index], row)
 
-    with ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="grd-command") as pool:
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="grd-command") as pool:
         try:
-            while pending or running:
-                while pending and len(running) < max(1, max_parallel):
-                    index, command = pending[-1]
+            while following < len(commands) or running:
+                while following < len(commands) and len(running) < parallel:
+                    index, command = following, commands[following]
                     previous = reuse(command) if reuse is not None else None
                     if previous is not None:
-                        pending.pop()
+                        following += 1
                         finish(index, previous)
                         continue
                     skip = gate.skip()
                     if skip is not None:
-                        for index, command in reversed(pending):
-                            rows[index] = skipped_row(command.name, skip)
-                        pending.clear()
+                        for index in range(following, len(commands)):
+                            rows[index] = skipped_row(commands[index].name, skip).json_text()
+                        following = len(commands)
                         break
-                    pending.pop()
+                    following += 1
                     context = contextvars.copy_context()
                     running[pool.submit(context.run, start, command)] = index
                 if not running:
@@ -100,4 +103,7 @@ def run_commands(
         except BaseException:
             on_interrupt()
             raise
-    return [rows[i] for i in range(len(commands))]
+    kept = [text for text in rows if text is not None]
+    if len(kept) != len(commands):  # every command ends with a row, or the loop raised
+        raise RuntimeError(f"{len(commands) - len(kept)} of {len(commands)} commands ended with no row")
+    return CommandRows(kept)

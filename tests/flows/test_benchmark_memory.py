@@ -1,5 +1,6 @@
-"""What a long phase keeps in the flow process: nothing per command beyond its report row (#30's memory
-goal). Counted independently: live objects by type from the garbage collector, while the phase runs."""
+"""What a long phase keeps in the flow process: nothing per command beyond its report row, kept as its JSON
+text, not as a model (#30's memory goal). Counted independently: live objects by type from the garbage
+collector, while the phase runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, cast
 import pytest
 from prefect.client.schemas.objects import State
 
+from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration import run as run_module
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport
@@ -26,7 +28,7 @@ def _live(kind: type) -> int:
     return sum(isinstance(obj, kind) for obj in gc.get_objects())
 
 
-def test_a_phase_keeps_no_prefect_state_per_command_it_ran(
+def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counts: dict[int, tuple[int, int]] = {}
@@ -37,7 +39,7 @@ def test_a_phase_keeps_no_prefect_state_per_command_it_ran(
         record(self, phase, row)
         recorded[0] += 1
         if recorded[0] in (EARLY, LATE):
-            counts[recorded[0]] = (_live(State), _live(CommandReport))
+            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText))
 
     monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
     commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
@@ -49,9 +51,11 @@ def test_a_phase_keeps_no_prefect_state_per_command_it_ran(
 {commands}
     """)
     assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
-    (states_early, rows_early), (states_late, rows_late) = counts[EARLY], counts[LATE]
-    assert rows_late - rows_early >= LATE - EARLY  # the rows the report needs are alive (the count works)
+    states_early, models_early, texts_early = counts[EARLY]
+    states_late, models_late, texts_late = counts[LATE]
+    assert texts_late - texts_early >= LATE - EARLY  # the rows the report needs are alive (the count works)
     assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
+    assert models_late - models_early < 10, (models_early, models_late)  # was one per command run
 
 
 def test_a_row_handed_back_after_its_runner_stopped_waiting_is_dropped_not_kept() -> None:

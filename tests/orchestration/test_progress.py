@@ -176,3 +176,13 @@ def test_an_unreadable_store_is_never_a_committed_outcome(tmp_path: Path) -> Non
     assert log.previous("p", "a") is None
     log.close()  # nothing recorded, but earlier attempts' rows could not be read: a resume would miss them
     assert log.outcome() == (False, "read: store unreachable")
+
+
+def test_a_recorded_rows_progress_entry_holds_the_rows_own_text_not_a_copy(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    row = _row("fit")
+    log.record("train", row)
+    entry = log._rows["train.fit"]
+    assert any(piece is row.json_text().encoded() for piece in entry._pieces)
+    log.close()
+    assert _log(tmp_path).previous("train", "fit") == row

@@ -11,6 +11,7 @@ from grd_blocks.report import (
     TABLE_ROWS,
     BenchmarkReport,
     CommandReport,
+    CommandRows,
     PhaseReport,
     TimeoutInfo,
     render_summary,
@@ -109,3 +110,29 @@ def test_a_written_report_is_the_models_json_and_never_holds_every_row_at_once(t
         tracemalloc.stop()
     assert path.read_text(encoding="utf-8") == whole  # byte for byte what encoding the whole report gives
     assert peak < len(whole.encode()) / 10, (peak, len(whole))  # encoding it whole: several times its size
+
+
+def test_rows_kept_as_text_read_back_equal_and_dump_as_the_models_did() -> None:
+    report = _report()
+    rows = report.phases[0].commands
+    assert isinstance(rows, CommandRows)
+    models = [row for row in rows]
+    assert [row.name for row in models] == ["hello", "train"] and rows[1].timeout is not None
+    assert rows == models and rows == CommandRows(models) and rows[0:1] == models[:1]
+    # a pydantic dump lists each row in the model's field order, nested blocks included, as before
+    dumped = report.model_dump(mode="json")["phases"][0]["commands"]
+    assert dumped == [m.model_dump(mode="json") for m in models] and list(dumped[0])[:2] == ["name", "status"]
+    assert report.model_dump()["phases"][0]["commands"][1]["status"] is Status.TIMEOUT
+    again = BenchmarkReport.model_validate_json(report.to_json())
+    assert again == report and again.phases[0].commands == models
+
+
+def test_a_rows_text_is_the_one_its_progress_holds_and_a_copy_has_its_own() -> None:
+    row = CommandReport(name="c", status=Status.COMPLETED, returncode=0)
+    text = row.json_text()
+    assert row.json_text() is text  # encoded once
+    assert CommandRows([row]).texts()[0] is text  # the phase report keeps those very bytes
+    assert json.loads(text.encoded()) == row.model_dump(mode="json")
+    changed = row.model_copy(update={"resumed": True})
+    assert changed.json_text() is not text and json.loads(changed.json_text().encoded())["resumed"] is True
+    assert row == CommandReport(name="c", status=Status.COMPLETED, returncode=0)  # the cache is not compared

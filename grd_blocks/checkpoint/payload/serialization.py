@@ -31,6 +31,7 @@ thread's torch.save, are left as they are.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import mmap
@@ -553,7 +554,7 @@ class JsonText:
         """The JSON object of ``members`` (keys sorted, like ``json_text``)."""
         pieces = [b"{"]
         for index, key in enumerate(sorted(members)):
-            pieces.append(f"{', ' if index else ''}{json.dumps(key)}: ".encode("ascii"))
+            pieces.append(_key_piece(key, index > 0))
             pieces.extend(members[key]._pieces)
         pieces.append(b"}")
         joined = cls.__new__(cls)
@@ -579,6 +580,13 @@ class JsonText:
 
     def __hash__(self) -> int:
         return hash(self.encoded())
+
+
+@functools.lru_cache(maxsize=256)
+def _key_piece(key: str, after_another: bool) -> bytes:
+    """``"key": `` (after ``, `` unless first) as ASCII bytes; the few keys joined again and again (those of
+    every progress row's entry) share one object each."""
+    return f"{', ' if after_another else ''}{json.dumps(key)}: ".encode("ascii")
 
 
 def _payload_json(payload: Mapping[str, Any]) -> JsonText | None:
