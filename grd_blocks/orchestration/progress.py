@@ -195,7 +195,8 @@ class ProgressLog:
                 self._loaded_texts = {key: JsonText(entry) for key, entry in loaded.items()}
             # each row was encoded once when it was recorded: a snapshot joins texts, it does not re-encode
             # (and decode, to check) every row of the run at every write
-            snapshot = {"format": FORMAT, "rows": JsonText.joined({**self._loaded_texts, **rows})}
+            members = {**self._loaded_texts, **rows} if self._loaded_texts else rows  # the writer's own copy
+            snapshot = {"format": FORMAT, "rows": JsonText.joined(members)}
             self.root.save(snapshot, step=self._step + 1)
         except Exception as exc:
             self._fail("commit", exc)

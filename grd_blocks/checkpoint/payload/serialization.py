@@ -145,7 +145,8 @@ size of the state; torch.save waits for a buffer beyond that."""
 
 class PieceStream:
     """A torch payload still being serialized: a producer thread runs torch.save into ``piece_size`` pieces
-    (``PIECE_BYTES`` unless told) and readers take each piece, in order, as soon as it is complete.
+    (``PIECE_BYTES`` unless told) and readers take each piece, in order, as soon as it is complete. A
+    ``JsonText`` payload is written as it is (its pieces joined into the stream's).
 
     ``piece(n)`` waits for piece ``n`` (None once the payload turned out to have fewer); ``complete()`` waits
     for all of it. Either raises the producer's error if serializing failed before that piece. ``stop()``
@@ -203,7 +204,10 @@ class PieceStream:
         error: BaseException | None = None
         writer = self._writer()
         try:
-            _torch_save(payload, writer)
+            if isinstance(payload, JsonText):
+                payload.write_to(writer)
+            else:
+                _torch_save(payload, writer)
             writer.close()
         except BaseException as exc:  # handed to the readers, raised where they wait
             error = writer.failure or exc
@@ -537,8 +541,9 @@ class JsonText:
     bytes (json's default escapes the rest), and a joined text keeps its members' bytes, not a copy of
     them: the payload's bytes are the one full-size copy a save makes."""
 
-    __slots__ = ("_pieces", "size")
-    _pieces: tuple[bytes, ...]
+    __slots__ = ("_members", "_pieces", "size")
+    _pieces: tuple[bytes | JsonText, ...]
+    _members: tuple[list[str], Mapping[str, JsonText]] | None  # a large joined object: written when asked
     size: int
 
     def __init__(self, value: Any) -> None:
@@ -546,30 +551,53 @@ class JsonText:
         if text is None:
             raise UsageError(f"{type(value).__name__} value is not JSON data (string keys, lists, finite "
                              "numbers): pass plain data")
-        self._pieces = (text.encode("ascii"),)
-        self.size = len(self._pieces[0])
+        self._pieces, self._members = (text.encode("ascii"),), None
+        self.size = len(text)
 
     @classmethod
     def joined(cls, members: Mapping[str, JsonText]) -> JsonText:
-        """The JSON object of ``members`` (keys sorted, like ``json_text``)."""
-        pieces = [b"{"]
-        for index, key in enumerate(sorted(members)):
-            pieces.append(_key_piece(key, index > 0))
-            pieces.extend(members[key]._pieces)
-        pieces.append(b"}")
+        """The JSON object of ``members`` (keys sorted, like ``json_text``). It refers to the members, not
+        to copies: a small object lists their texts as its pieces; a large one (a run's progress rows) keeps
+        ``members`` itself, which the caller then leaves unchanged, and writes each key when asked, so the
+        object costs no memory per member beyond the caller's mapping."""
+        keys = sorted(members)
         joined = cls.__new__(cls)
-        joined._pieces, joined.size = tuple(pieces), sum(map(len, pieces))
+        joined.size = 2 + sum(len(_key_piece(key, index > 0)) + members[key].size
+                              for index, key in enumerate(keys))
+        if len(keys) > _LISTED_MEMBERS:
+            joined._pieces, joined._members = (), (keys, members)
+            return joined
+        pieces: list[bytes | JsonText] = [b"{"]
+        for index, key in enumerate(keys):
+            pieces += (_key_piece(key, index > 0), members[key])
+        pieces.append(b"}")
+        joined._pieces, joined._members = tuple(pieces), None
         return joined
 
     def encoded(self) -> bytes:
         """The JSON text as bytes: a joined text's are written into one growing buffer (``bytes.join`` of
         many pieces allocates a buffer descriptor per piece, ~80 bytes each: as much again as the rows)."""
-        if len(self._pieces) == 1:
+        if self._members is None and len(self._pieces) == 1 and isinstance(self._pieces[0], bytes):
             return self._pieces[0]
         out = io.BytesIO()
-        for piece in self._pieces:
-            out.write(piece)
+        self.write_to(out)
         return out.getvalue()
+
+    def write_to(self, out: IO[bytes] | _PieceWriter) -> None:
+        """Write the JSON text into ``out`` as it is made up (no copy of it in memory)."""
+        if self._members is not None:
+            keys, members = self._members
+            out.write(b"{")
+            for index, key in enumerate(keys):
+                out.write(_key_piece(key, index > 0))
+                members[key].write_to(out)
+            out.write(b"}")
+            return
+        for piece in self._pieces:
+            if isinstance(piece, JsonText):
+                piece.write_to(out)
+            else:
+                out.write(piece)
 
     def value(self) -> Any:
         """The value the text encodes."""
@@ -580,6 +608,10 @@ class JsonText:
 
     def __hash__(self) -> int:
         return hash(self.encoded())
+
+
+_LISTED_MEMBERS = 16
+"""A joined object of more members keeps their mapping rather than a list of its pieces."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -628,6 +660,12 @@ def serialize(
     else:
         spliced = _payload_json(payload)
         if spliced is not None and spliced.size <= MAX_JSON_BYTES:
+            if stream and spliced.size > piece_size:
+                # a large plain state of texts (a run's progress rows) goes to the store as its texts are
+                # joined, a window of pieces at a time: never a copy of the whole payload in memory
+                joined = PieceStream(spliced, readers=2, window=window, aligned=aligned,
+                                     piece_size=piece_size)
+                return {JSON_FILE: joined}, "json"
             return {JSON_FILE: spliced.encoded()}, "json"
     payload = _decoded(payload)
     if stream:
