@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from grd_blocks.checkpoint import CheckpointEngine
-from grd_blocks.checkpoint.payload.serialization import JSON_FILE, JsonText, deserialize, serialize
+from grd_blocks.checkpoint.payload.serialization import (
+    JSON_FILE,
+    JsonText,
+    PieceStream,
+    deserialize,
+    serialize,
+)
 
 ROWS: dict[str, Any] = {
     f"p.c{i}": {"phase": "p", "row": {"name": f"c{i}", "status": "COMPLETED", "returncode": 0, "x": None,
@@ -64,3 +70,19 @@ def test_a_snapshot_of_joined_rows_allocates_one_copy_of_its_size_when_serialize
     size = len(files[JSON_FILE])
     assert json.loads(files[JSON_FILE])["rows"]["p.c19999"]["row"]["name"] == "c19999"
     assert peak < 2 * size, (peak, size)  # one copy, its keys and piece list (three copies before: 3.0x)
+
+
+def test_a_large_joined_payload_streams_the_bytes_of_encoding_it_whole_a_window_at_a_time() -> None:
+    rows = {f"p.c{i}": JsonText({**ROWS["p.c1"], "row": {**ROWS["p.c1"]["row"], "name": f"c{i}"}})
+            for i in range(3_000)}
+    whole, _ = serialize({"format": "f/1", "rows": {key: text.value() for key, text in rows.items()}})
+    files, payload_format = serialize({"format": "f/1", "rows": JsonText.joined(rows)}, stream=True,
+                                      window=2, piece_size=2**16)
+    stream = files[JSON_FILE]
+    assert payload_format == "json" and isinstance(stream, PieceStream)
+    received = bytearray()
+    for number, piece in enumerate(stream):
+        received += bytes(piece)
+        stream.release(number)  # the two readers a commit has: the store and the digest
+        stream.release(number)
+    assert bytes(received) == whole[JSON_FILE] and len(received) > 4 * 2**16  # several windows' worth
