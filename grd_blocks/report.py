@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TextIO, overload
@@ -19,6 +20,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration.status import EXIT_TIMEOUT, Status, exit_code
+from grd_blocks.row_texts import RowTexts
 
 __all__ = [
     "BenchmarkReport",
@@ -131,41 +133,54 @@ class CommandReport(_Model):
         default=None, description="The machine that ran it, on a Dask runner (null: the machine running grd)."
     )
     worker: str | None = Field(default=None, description="The Dask worker that ran it (its address).")
-    _text: JsonText | None = PrivateAttr(default=None)
+    _kept: tuple[RowTexts, int] | None = PrivateAttr(default=None)
 
-    def json_text(self) -> JsonText:
-        """The row's JSON data (``model_dump(mode="json")``), encoded once: the text the run's progress
-        commits and its phase report keeps. A row is not changed once made (``model_copy`` makes a new row,
-        which encodes its own text)."""
-        if self._text is None:
-            self._text = JsonText(self.model_dump(mode="json"))
-        return self._text
+    def kept_in(self, store: RowTexts) -> int:
+        """The number of this row's JSON text (``model_dump(mode="json")``) in ``store``, added there once:
+        the run's progress and its phase report keep the same text. A row is not changed once made
+        (``model_copy`` makes a new row, which is kept anew)."""
+        kept = self._kept
+        if kept is not None and kept[0] is store:
+            return kept[1]
+        number = store.add(JsonText(self.model_dump(mode="json")).encoded())
+        self._kept = (store, number)
+        return number
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
-        copy._text = None
+        copy._kept = None
         return copy
 
     def __eq__(self, other: object) -> bool:
-        """Equal fields (whether the text was encoded yet does not count)."""
+        """Equal fields (where the row is kept does not count)."""
         return type(other) is type(self) and self.__dict__ == other.__dict__
 
 
 class CommandRows(Sequence[CommandReport]):
-    """A phase's command rows in spec order, each kept as its JSON text (``CommandReport.json_text``: the very
-    bytes its progress commit holds) and read back as a ``CommandReport`` when asked for.
+    """A phase's command rows in spec order, each kept as its JSON text in the run's ``RowTexts`` (the text
+    its progress commit refers to, compressed with its neighbours) and read back as a ``CommandReport`` when
+    asked for.
 
     Invariant: ``rows[i]`` equals the row that was kept at ``i``. A run of 10,000 short commands keeps some
-    0.5 KB per row this way, against some 1.3 KB for a model and another 0.5 KB for its progress text. In a
-    pydantic model it validates from any sequence of rows (or their dicts) and dumps as a list of them."""
+    50 bytes per row this way, against some 1.3 KB for a model and another 0.5 KB for its progress text. In a
+    pydantic model it validates from any sequence of rows (or their dicts) and dumps as a list of them; it
+    pickles as the rows' texts."""
 
-    __slots__ = ("_texts",)
+    __slots__ = ("_numbers", "_store")
 
-    def __init__(self, rows: Iterable[CommandReport | JsonText] = ()) -> None:
-        self._texts = [row if isinstance(row, JsonText) else row.json_text() for row in rows]
+    def __init__(self, rows: Iterable[CommandReport] = (), *, store: RowTexts | None = None) -> None:
+        self._store = RowTexts() if store is None else store
+        self._numbers = array("I", (row.kept_in(self._store) for row in rows))
+
+    @classmethod
+    def kept(cls, store: RowTexts, numbers: Iterable[int]) -> CommandRows:
+        """The rows ``store`` keeps as ``numbers``, in that order."""
+        rows = cls(store=store)
+        rows._numbers = array("I", numbers)
+        return rows
 
     def __len__(self) -> int:
-        return len(self._texts)
+        return len(self._numbers)
 
     @overload
     def __getitem__(self, index: int) -> CommandReport: ...
@@ -174,15 +189,24 @@ class CommandRows(Sequence[CommandReport]):
 
     def __getitem__(self, index: int | slice) -> CommandReport | list[CommandReport]:
         if isinstance(index, slice):
-            return [_read(text) for text in self._texts[index]]
-        return _read(self._texts[index])
+            return [self._read(number) for number in self._numbers[index]]
+        return self._read(self._numbers[index])
 
     def __iter__(self) -> Iterator[CommandReport]:
-        return (_read(text) for text in self._texts)
+        return (self._read(number) for number in self._numbers)
+
+    def _read(self, number: int) -> CommandReport:
+        row = CommandReport.model_validate_json(self._store.text(number))
+        row._kept = (self._store, number)
+        return row
+
+    def texts(self) -> list[bytes]:
+        """Each row's JSON text, in order."""
+        return [self._store.text(number) for number in self._numbers]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CommandRows):
-            return self._texts == other._texts
+            return self.texts() == other.texts()
         return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
@@ -190,9 +214,8 @@ class CommandRows(Sequence[CommandReport]):
     def __repr__(self) -> str:
         return f"CommandRows({list(self)!r})"
 
-    def texts(self) -> list[JsonText]:
-        """Each row's JSON text, in order."""
-        return list(self._texts)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rows_of_texts, (self.texts(),)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -215,10 +238,10 @@ class CommandRows(Sequence[CommandReport]):
         return [row.model_dump(mode=mode) for row in self]  # the model's key order, not the text's sorted one
 
 
-def _read(text: JsonText) -> CommandReport:
-    row = CommandReport.model_validate_json(text.encoded())
-    row._text = text
-    return row
+def _rows_of_texts(texts: list[bytes]) -> CommandRows:
+    """The rows of ``texts`` (what a pickled ``CommandRows`` holds)."""
+    store = RowTexts()
+    return CommandRows.kept(store, [store.add(text) for text in texts])
 
 
 class PhaseReport(_Model):

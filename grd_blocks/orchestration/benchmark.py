@@ -127,6 +127,7 @@ def _phase_body(run: BenchmarkRun, runner: Runner, phase: PhasePlan) -> Callable
                 max_parallel=phase.max_parallel,
                 reuse=lambda command: run.reusable(phase.name, command.name),
                 done=lambda command, row: run.observe(phase_run, command, row),
+                texts=run.progress.texts,
             )
         finally:
             run.flush_progress()

@@ -33,11 +33,13 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport
+from grd_blocks.row_texts import RowTexts, StoredText
 
 __all__ = ["COST_FACTOR", "DEFAULT_INTERVAL_S", "FORMAT", "ProgressLog", "ProgressPrefix"]
 
@@ -59,13 +61,14 @@ class ProgressLog:
     """Reads and commits command rows of one run under ``root`` (None: progress is not kept). Thread-safe."""
 
     def __init__(self, root: ProgressPrefix | None, *, logger: logging.Logger | logging.LoggerAdapter[Any],
-                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
+                 interval_s: float = DEFAULT_INTERVAL_S, texts: RowTexts | None = None) -> None:
         self.root = root
         self.logger = logger
         self.interval_s = interval_s
         self.errors: list[str] = []
         self._cond = threading.Condition()
-        self._rows: dict[str, JsonText] = {}  # recorded by this process (encoded once), newest attempt wins
+        self.texts = RowTexts() if texts is None else texts  # every row's text: the run's phase reports too
+        self._rows: dict[str, dict[str, int]] = {}  # phase -> command -> its newest row's number in texts
         self._phase_texts: dict[str, JsonText] = {}
         self._version = 0  # bumped by every record
         self._saved_version = 0  # version of the last snapshot that reached the store
@@ -129,8 +132,8 @@ class ProgressLog:
     def finished(self, phase: str, command: str) -> CommandReport | None:
         """The row kept for ``phase.command`` (recorded by this attempt or loaded from an earlier one)."""
         with self._cond:
-            entry = self._rows.get(f"{phase}.{command}")
-        return None if entry is None else CommandReport.model_validate(entry.value()["row"])
+            number = self._rows.get(phase, {}).get(command)
+        return None if number is None else CommandReport.model_validate_json(self.texts.text(number))
 
     # --- writing ----------------------------------------------------------------------------------------
 
@@ -138,10 +141,9 @@ class ProgressLog:
         """Keep ``row`` (the final result of one attempt of ``phase.row.name``) for the next snapshot."""
         if self.root is None or row.status is Status.SKIPPED:
             return
-        # the row's own text (the one its phase report keeps) inside {"phase": ..., "row": ...}: not a copy
-        entry = JsonText.joined({"phase": self._phase_text(phase), "row": row.json_text()})
+        number = row.kept_in(self.texts)  # the text its phase report keeps: not a copy
         with self._cond:
-            self._rows[f"{phase}.{row.name}"] = entry
+            self._rows.setdefault(phase, {})[row.name] = number
             self._version += 1
             if self._writer is None and not self._stopping:
                 self._writer = threading.Thread(target=self._write_loop, name="grd-progress", daemon=True)
@@ -171,7 +173,8 @@ class ProgressLog:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                version, rows = self._version, dict(self._rows)
+                version = self._version
+                rows = {phase: dict(numbers) for phase, numbers in self._rows.items()}
                 self._flush_wanted = False
                 self._started += 1
             began = time.monotonic()
@@ -185,7 +188,7 @@ class ProgressLog:
                 self._last_write = time.monotonic()
                 self._cond.notify_all()
 
-    def _write(self, rows: dict[str, JsonText]) -> bool:
+    def _write(self, rows: dict[str, dict[str, int]]) -> bool:
         assert self.root is not None
         loaded = self._load()
         if loaded is None:
@@ -195,8 +198,8 @@ class ProgressLog:
                 self._loaded_texts = {key: JsonText(entry) for key, entry in loaded.items()}
             # each row was encoded once when it was recorded: a snapshot joins texts, it does not re-encode
             # (and decode, to check) every row of the run at every write
-            members = {**self._loaded_texts, **rows} if self._loaded_texts else rows  # the writer's own copy
-            snapshot = {"format": FORMAT, "rows": JsonText.joined(members)}
+            members = _Entries(self._loaded_texts, rows, self._phase_text, self.texts)
+            snapshot = {"format": FORMAT, "rows": JsonText.joined(members, sort=False)}
             self.root.save(snapshot, step=self._step + 1)
         except Exception as exc:
             self._fail("commit", exc)
@@ -251,6 +254,40 @@ class ProgressLog:
             self.logger.error("progress NOT committed (%s): %d command result(s) of this attempt are not in "
                               "the store; the run exits non-zero", error, lost)
         self._closed = True
+
+
+class _Entries(Mapping[str, JsonText]):
+    """A snapshot's rows: ``{"phase": ..., "row": ...}`` under ``phase.command``, the earlier attempts' first
+    (those this attempt did not record again), then this attempt's in the order they were first recorded
+    (the order their texts were kept in: reading them decompresses each block once); each entry is made as
+    it is read, so a snapshot of a long run holds no object per row."""
+
+    def __init__(self, loaded: dict[str, JsonText], rows: dict[str, dict[str, int]],
+                 phase_text: Callable[[str], JsonText], texts: RowTexts) -> None:
+        self._loaded, self._rows, self._phase_text, self._texts = loaded, rows, phase_text, texts
+        mine = {f"{phase}.{name}" for phase, names in rows.items() for name in names} if loaded else set()
+        self._earlier = [key for key in loaded if key not in mine]
+
+    def __len__(self) -> int:
+        return len(self._earlier) + sum(map(len, self._rows.values()))
+
+    def items(self) -> Iterator[tuple[str, JsonText]]:  # type: ignore[override]
+        for key in self._earlier:
+            yield key, self._loaded[key]
+        for phase, numbers in self._rows.items():
+            phase_text = self._phase_text(phase)
+            for name, number in numbers.items():
+                yield f"{phase}.{name}", JsonText.joined({"phase": phase_text,
+                                                          "row": StoredText(self._texts, number)})
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.items())
+
+    def __getitem__(self, key: str) -> JsonText:
+        for name, text in self.items():
+            if name == key:
+                return text
+        raise KeyError(key)
 
 
 _OPEN: weakref.WeakSet[ProgressLog] = weakref.WeakSet()

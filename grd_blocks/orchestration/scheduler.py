@@ -10,14 +10,15 @@ kill ladder, and the threads are joined before the interruption propagates: no p
 from __future__ import annotations
 
 import contextvars
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol, TypeVar
 
-from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration.policy import Skip
 from grd_blocks.orchestration.status import Status
 from grd_blocks.report import CommandReport, CommandRows
+from grd_blocks.row_texts import RowTexts
 
 __all__ = ["Gate", "run_commands", "skipped_row"]
 
@@ -55,21 +56,24 @@ def run_commands(
     max_parallel: int = 1,
     reuse: Callable[[T], CommandReport | None] | None = None,
     done: Callable[[T, CommandReport], None] | None = None,
+    texts: RowTexts | None = None,
 ) -> CommandRows:
     """Run ``commands`` with ``start`` (called in a worker thread with a copy of the caller's context).
 
     ``reuse`` may return a finished row for a command (resume), which is then not started; ``done`` is called
-    in the waiting thread with each row as it ends, before the next command is considered.
+    in the waiting thread with each row as it ends, before the next command is considered; the rows are kept
+    in ``texts`` (the run's, which its progress shares; a store of their own when None).
     """
-    # a row is kept as its JSON text (CommandRows) as soon as it ends, and the commands still to start are
-    # an index: nothing per command is held as objects while a long phase runs
-    rows: list[JsonText | None] = [None] * len(commands)
+    # a row is kept as its JSON text in ``texts`` (CommandRows) as soon as it ends, and the commands still to
+    # start are an index: nothing per command is held as an object while a long phase runs
+    store = RowTexts() if texts is None else texts
+    rows = array("q", [-1]) * len(commands)
     parallel = max(1, max_parallel)
     following = 0  # index of the next command to consider
     running: dict[Future[CommandReport], int] = {}
 
     def finish(index: int, row: CommandReport) -> None:
-        rows[index] = row.json_text()
+        rows[index] = row.kept_in(store)
         if done is not None:
             done(commands[index], row)
 
@@ -86,7 +90,7 @@ def run_commands(
                     skip = gate.skip()
                     if skip is not None:
                         for index in range(following, len(commands)):
-                            rows[index] = skipped_row(commands[index].name, skip).json_text()
+                            rows[index] = skipped_row(commands[index].name, skip).kept_in(store)
                         following = len(commands)
                         break
                     following += 1
@@ -103,7 +107,7 @@ def run_commands(
         except BaseException:
             on_interrupt()
             raise
-    kept = [text for text in rows if text is not None]
-    if len(kept) != len(commands):  # every command ends with a row, or the loop raised
-        raise RuntimeError(f"{len(commands) - len(kept)} of {len(commands)} commands ended with no row")
-    return CommandRows(kept)
+    missing = sum(1 for number in rows if number < 0)
+    if missing:  # every command ends with a row, or the loop raised
+        raise RuntimeError(f"{missing} of {len(commands)} commands ended with no row")
+    return CommandRows.kept(store, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import tracemalloc
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from grd_blocks.report import (
     table_rows,
     write_report,
 )
+from grd_blocks.row_texts import RowTexts
 
 
 def _report() -> BenchmarkReport:
@@ -127,12 +129,14 @@ def test_rows_kept_as_text_read_back_equal_and_dump_as_the_models_did() -> None:
     assert again == report and again.phases[0].commands == models
 
 
-def test_a_rows_text_is_the_one_its_progress_holds_and_a_copy_has_its_own() -> None:
+def test_a_row_is_kept_once_per_store_and_a_copy_is_kept_anew() -> None:
+    store = RowTexts()
     row = CommandReport(name="c", status=Status.COMPLETED, returncode=0)
-    text = row.json_text()
-    assert row.json_text() is text  # encoded once
-    assert CommandRows([row]).texts()[0] is text  # the phase report keeps those very bytes
-    assert json.loads(text.encoded()) == row.model_dump(mode="json")
+    number = row.kept_in(store)
+    assert row.kept_in(store) == number and len(store) == 1  # the progress and the report share it
+    assert CommandRows([row], store=store).texts() == [store.text(number)] and len(store) == 1
+    assert json.loads(store.text(number)) == row.model_dump(mode="json")
     changed = row.model_copy(update={"resumed": True})
-    assert changed.json_text() is not text and json.loads(changed.json_text().encoded())["resumed"] is True
-    assert row == CommandReport(name="c", status=Status.COMPLETED, returncode=0)  # the cache is not compared
+    assert json.loads(store.text(changed.kept_in(store)))["resumed"] is True and len(store) == 2
+    assert row == CommandReport(name="c", status=Status.COMPLETED, returncode=0)  # its store is not compared
+    assert pickle.loads(pickle.dumps(CommandRows([row, changed]))) == [row, changed]

@@ -533,17 +533,18 @@ def json_text(value: Any) -> str | None:
 class JsonText:
     """A plain value already encoded as JSON text, spliced into a JSON payload as it is.
 
-    Made only by ``JsonText(value)`` (checked like any plain state: the text reads back equal to ``value``)
-    or ``JsonText.joined`` (an object whose members are such texts, joined: valid by construction), so a
-    payload holding them is exactly what encoding the values whole would give. It lets a caller that saves
-    one large value again and again with a few new members (a run's progress rows) encode each member once,
-    instead of encoding, decoding and comparing the whole value at every save. The text is kept as ASCII
-    bytes (json's default escapes the rest), and a joined text keeps its members' bytes, not a copy of
-    them: the payload's bytes are the one full-size copy a save makes."""
+    Made only by ``JsonText(value)`` (checked like any plain state: the text reads back equal to ``value``),
+    ``JsonText.joined`` (an object whose members are such texts, joined: valid by construction) or a
+    subclass that writes the bytes such a text encoded, kept elsewhere (``row_texts.StoredText``: a row kept
+    compressed), so a payload holding them is exactly what encoding the values whole would give. It lets a
+    caller that saves one large value again and again with a few new members (a run's progress rows) encode
+    each member once, instead of encoding, decoding and comparing the whole value at every save. The text
+    is kept as ASCII bytes (json's default escapes the rest), and a joined text refers to its members, not
+    to copies of them: a save writes the payload's bytes from them, piece by piece."""
 
     __slots__ = ("_members", "_pieces", "size")
     _pieces: tuple[bytes | JsonText, ...]
-    _members: tuple[list[str], Mapping[str, JsonText]] | None  # a large joined object: written when asked
+    _members: tuple[list[str] | None, Mapping[str, JsonText]] | None  # a large object: written when asked
     size: int
 
     def __init__(self, value: Any) -> None:
@@ -555,18 +556,22 @@ class JsonText:
         self.size = len(text)
 
     @classmethod
-    def joined(cls, members: Mapping[str, JsonText]) -> JsonText:
-        """The JSON object of ``members`` (keys sorted, like ``json_text``). It refers to the members, not
-        to copies: a small object lists their texts as its pieces; a large one (a run's progress rows) keeps
-        ``members`` itself, which the caller then leaves unchanged, and writes each key when asked, so the
-        object costs no memory per member beyond the caller's mapping."""
-        keys = sorted(members)
+    def joined(cls, members: Mapping[str, JsonText], *, sort: bool = True) -> JsonText:
+        """The JSON object of ``members`` (keys sorted, like ``json_text``, unless ``sort`` is False: then in
+        the mapping's order). It refers to the members, not to copies: a small object lists their texts as
+        its pieces; a large one (a run's progress rows) keeps ``members`` itself, which the caller then leaves
+        unchanged, and writes each key when asked, so the object costs no memory per member beyond the
+        caller's mapping (nor that, for a mapping that makes its members as its ``items()`` are read)."""
         joined = cls.__new__(cls)
+        if len(members) > _LISTED_MEMBERS:
+            keys = sorted(members) if sort else None
+            joined._pieces, joined._members = (), (keys, members)
+            joined.size = 2 + sum(len(_key_piece(key, index > 0)) + text.size
+                                  for index, (key, text) in enumerate(joined._member_items()))
+            return joined
+        keys = sorted(members) if sort else list(members)
         joined.size = 2 + sum(len(_key_piece(key, index > 0)) + members[key].size
                               for index, key in enumerate(keys))
-        if len(keys) > _LISTED_MEMBERS:
-            joined._pieces, joined._members = (), (keys, members)
-            return joined
         pieces: list[bytes | JsonText] = [b"{"]
         for index, key in enumerate(keys):
             pieces += (_key_piece(key, index > 0), members[key])
@@ -583,14 +588,18 @@ class JsonText:
         self.write_to(out)
         return out.getvalue()
 
+    def _member_items(self) -> Iterator[tuple[str, JsonText]]:
+        assert self._members is not None
+        keys, members = self._members
+        return iter(members.items()) if keys is None else ((key, members[key]) for key in keys)
+
     def write_to(self, out: IO[bytes] | _PieceWriter) -> None:
         """Write the JSON text into ``out`` as it is made up (no copy of it in memory)."""
         if self._members is not None:
-            keys, members = self._members
             out.write(b"{")
-            for index, key in enumerate(keys):
+            for index, (key, text) in enumerate(self._member_items()):
                 out.write(_key_piece(key, index > 0))
-                members[key].write_to(out)
+                text.write_to(out)
             out.write(b"}")
             return
         for piece in self._pieces:
