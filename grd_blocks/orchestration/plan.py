@@ -106,7 +106,7 @@ def ray_address(environ: Mapping[str, str]) -> str | None:
     return value.strip()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedCommand:
     """One command (or cleanup) with its settings resolved; ``phase`` is its phase's name, or the benchmark's
     for the benchmark's own cleanup."""

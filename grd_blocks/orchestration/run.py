@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class PhaseRun:
 class BenchmarkRun:
     """The live state of one run of ``spec`` under ``run_key``."""
 
-    spec: BenchmarkSpec
+    spec: InitVar[BenchmarkSpec]  # planned at init; the run keeps its plan, not the spec's models
     run_key: str
     logs_dir: Path
     timeouts: bool = True
@@ -72,8 +72,8 @@ class BenchmarkRun:
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _resume_note: str | None = field(init=False, default=None)
 
-    def __post_init__(self) -> None:
-        self.plan = plan_benchmark(self.spec, timeouts=self.timeouts, dask=self.dask, ray=self.ray)
+    def __post_init__(self, spec: BenchmarkSpec) -> None:
+        self.plan = plan_benchmark(spec, timeouts=self.timeouts, dask=self.dask, ray=self.ray)
         self.timeouts = self.plan.timeouts
         self.budget = planning.benchmark_budget(self.plan, clock=self.clock, limit_s=self.limit_s)
         self.gate = RunGate(self.budget)
@@ -294,14 +294,14 @@ class BenchmarkRun:
             status = Status.FAILED
         interrupted = interrupt_exit_code(stopped_by) if stopped_by is not None else None
         return BenchmarkReport(
-            benchmark=self.spec.name,
+            benchmark=self.plan.name,
             status=status,
             run_key=self.run_key,
             flow_run_id=flow_run_id,
             elapsed_s=round(self.clock() - self.budget.started_at, 3),
             exit_code=interrupted if interrupted is not None else exit_code(status),
             timeouts=self.timeouts,
-            spec=str(self.spec.source),
+            spec=self.plan.source,
             phases=phases,
             cleanup=cleanup,
             progress=ProgressInfo(committed=committed, error=error, note=self._resume_note),

@@ -307,7 +307,8 @@ def benchmark(
                        store=opened.access, progress_root=opened.progress, command_prefixes=opened.commands,
                        logger=logger, resume_from=resume_from or None, dask=dask,
                        ray=ray)
-    logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", spec.name, key,
+    del spec  # the run has its plan: the spec's models (a 10,000-command spec's are ~7 MB) can go
+    logger.info("benchmark %s: run key %s, timeouts %s, logs in %s", run.plan.name, key,
                 "on" if run.timeouts else "OFF", logs_dir)
     _announce_resume(run)
     mark("run")
@@ -323,13 +324,13 @@ def benchmark(
         return _stopped(report, stop, logger)
     if report.status in (Status.FAILED, Status.TIMEOUT) and retries_left() > 0:
         incomplete = BenchmarkIncomplete(
-            f"benchmark {spec.name!r} attempt ended {report.status.value}; retrying under run key {key!r}, "
-            "which skips every command that completed"
+            f"benchmark {run.plan.name!r} attempt ended {report.status.value}; retrying under run key "
+            f"{key!r}, which skips every command that completed"
         )
         logger.warning("%s", incomplete)  # the one line; Prefect's traceback of it is filtered
         raise incomplete
     return final_state(report.status, report,
-                       f"benchmark {spec.name}: {report.status.value}, exit code {report.exit_code}")
+                       f"benchmark {run.plan.name}: {report.status.value}, exit code {report.exit_code}")
 
 
 def _kept(report: BenchmarkReport, retry: str) -> str:

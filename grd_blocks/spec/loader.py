@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import errno
-import functools
+import hashlib
 import os
 import stat
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -466,8 +468,24 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
     return _parsed(text, str(file), file.resolve().parent)
 
 
-@functools.lru_cache(maxsize=4)
+_PARSED: dict[tuple[bytes, str, Path], weakref.ref[BenchmarkSpec]] = {}
+_PARSED_LOCK = threading.Lock()
+
+
 def _parsed(text: str, source: str, base_dir: Path) -> BenchmarkSpec:
-    """A file's text is parsed once per process (the CLI's preflight and the flow it starts read the same
-    file): the same text at the same place gives the same (frozen) spec; changed text is parsed anew."""
-    return parse_spec(text, source=source, base_dir=base_dir)
+    """A file's text is parsed once per process while its spec is in use (the CLI's preflight and the flow it
+    starts read the same file): the same text at the same place gives the same (frozen) spec; changed text
+    is parsed anew. The spec is held weakly, by its text's digest: once its holders let it go (a run keeps
+    its plan, not its spec), a 10,000-command spec's models are freed for the run's own use."""
+    key = (hashlib.sha256(text.encode()).digest(), source, base_dir)
+    with _PARSED_LOCK:
+        held = _PARSED.get(key)
+        spec = held() if held is not None else None
+    if spec is not None:
+        return spec
+    spec = parse_spec(text, source=source, base_dir=base_dir)
+    with _PARSED_LOCK:
+        for stale in [stale for stale, ref in _PARSED.items() if ref() is None]:
+            del _PARSED[stale]
+        _PARSED[key] = weakref.ref(spec)
+    return spec

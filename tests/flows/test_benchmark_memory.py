@@ -5,7 +5,6 @@ by type from the garbage collector, while the phase runs."""
 from __future__ import annotations
 
 import gc
-import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,7 +39,7 @@ def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
         record(self, phase, row)
         recorded[0] += 1
         if recorded[0] in (EARLY, LATE):
-            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText), _live(uuid.UUID))
+            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText))
 
     monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
     commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
@@ -52,9 +51,9 @@ def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
 {commands}
     """)
     assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
-    states_early, models_early, texts_early, ids_early = counts[EARLY]
-    states_late, models_late, texts_late, ids_late = counts[LATE]
-    assert ids_late - ids_early >= LATE - EARLY  # the count sees what does grow: Prefect's ids of task runs
+    states_early, models_early, texts_early = counts[EARLY]
+    states_late, models_late, texts_late = counts[LATE]
+    assert models_early >= 1 and models_late >= 1  # the scan sees the row being recorded (the count works)
     assert texts_late - texts_early < 10, (texts_early, texts_late)  # was one per command run
     assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
     assert models_late - models_early < 10, (models_early, models_late)  # was one per command run

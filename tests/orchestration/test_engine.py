@@ -3,9 +3,11 @@ and the plan are the core's own; each command is resolved once; a plan entry run
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,6 +129,17 @@ def test_each_command_is_resolved_once_for_the_whole_run(
     monkeypatch.setattr(plan_module, "resolve_command", counting)
     run_benchmark(_run(tmp_path), InPlace(), report_path=tmp_path / "report.json")
     assert sorted(calls) == ["a", "b", "c", "d", "final", "tidy"]
+
+
+def test_a_run_keeps_its_plan_not_its_specs_models(tmp_path: Path) -> None:
+    spec = parse_spec(SPEC)
+    held = weakref.ref(spec)
+    run = BenchmarkRun(spec=spec, run_key="engine-1", logs_dir=tmp_path / "logs")
+    del spec
+    gc.collect()
+    assert held() is None  # a 10,000-command spec's models are some 7 MB the run no longer needs
+    report = run_benchmark(run, InPlace(), report_path=tmp_path / "report.json").report
+    assert report.benchmark == "engine" and report.status is Status.COMPLETED
 
 
 def test_a_stop_cancels_the_running_command_through_its_budget_and_still_runs_the_cleanups(

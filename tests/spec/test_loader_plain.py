@@ -100,7 +100,6 @@ def test_any_mutation_of_the_example_is_built_as_the_composer_builds_it_or_left_
 
 def test_parsing_an_8000_command_spec_peaks_under_twice_what_the_spec_keeps() -> None:
     text = _generated(8_000)  # 88,000 values: under the composer's node limit, so the old path loads it too
-    loader._parsed.cache_clear()
     gc.collect()
     tracemalloc.start()
     try:
