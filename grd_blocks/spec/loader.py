@@ -380,7 +380,8 @@ def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | No
         base_dir = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
     # plain_data is iterative and checks the depth itself: a syntax error or a document too deep is
     # NOT_PLAIN, and the composer (after its own event pass) says what is wrong
-    data = plain_data(text, loader=_FAST_LOADER or yaml.SafeLoader, max_depth=MAX_DEPTH)
+    data = plain_data(text, loader=_FAST_LOADER or yaml.SafeLoader, max_depth=MAX_DEPTH,
+                      finish=_command_model)
     if isinstance(data, dict) and not _LOADER_FIELDS & data.keys():
         try:
             return BenchmarkSpec.model_validate({**data, "source": source, "base_dir": Path(base_dir)})
@@ -388,6 +389,15 @@ def parse_spec(text: str, *, source: str = "<string>", base_dir: str | Path | No
             pass  # the composer's lines name where
     del data
     return _parse_composed(text, source, Path(base_dir))
+
+
+def _command_model(loc: tuple[str | int, ...], value: Any) -> Any:
+    """A phase's command as its model as soon as its mapping is read (``plain_data``'s ``finish``): the
+    values of a 10,000-command spec and its models are then never all alive at once. A command that does
+    not validate makes the document go the composer's way, whose error names its line."""
+    if len(loc) == 4 and loc[0] == "phases" and loc[2] == "commands" and isinstance(value, dict):
+        return CommandSpec.model_validate(value)
+    return value
 
 
 def _parse_composed(text: str, source: str, base_dir: Path) -> BenchmarkSpec:

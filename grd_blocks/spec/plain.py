@@ -8,15 +8,20 @@ built twice: the composer's limit on alias expansion has nothing to count). For 
 the parser refuses, it returns ``NOT_PLAIN`` and the composer, whose errors name lines, has the whole say. It
 holds one value per open mapping or list, so a spec of 10,000 commands never has its ~60,000 YAML nodes (and
 two position marks each) alive at once: parsing it that way peaked at about 5x the memory of the spec kept.
+With ``finish`` (the loader's), each completed mapping or list may be replaced as it completes: each
+command's values become its model there, so the values of all commands and their models never coexist.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import yaml
 
 __all__ = ["BAD_VALUE", "NOT_PLAIN", "plain_data", "raw_key", "raw_value"]
+
+Finish = Callable[[tuple[str | int, ...], Any], Any]
 
 NOT_PLAIN: Final = object()
 """What ``plain_data`` returns for a document it leaves to the composer."""
@@ -46,8 +51,9 @@ class _NotPlain(Exception):
 class _Builder:
     """Values of a plain document, built event by event with an explicit stack (no recursion)."""
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, finish: Finish | None = None) -> None:
         self.max_depth = max_depth
+        self.finish = finish
         self.constructor = yaml.SafeLoader("")  # its resolver and scalar constructors; it parses nothing
         self.stack: list[tuple[Any, tuple[str | int, ...], list[Any]]] = []  # (value, loc, [pending key])
         self.root: Any = NOT_PLAIN
@@ -63,10 +69,10 @@ class _Builder:
             loc = self._value_loc()
             self.stack.append(({} if isinstance(event, yaml.MappingStartEvent) else [], loc, []))
         elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            value, _, pending = self.stack.pop()
+            value, loc, pending = self.stack.pop()
             if pending:  # a mapping cannot end between a key and its value
                 raise _NotPlain
-            self._attach(value)
+            self._attach(value if self.finish is None else self.finish(loc, value))
         elif isinstance(event, yaml.DocumentStartEvent) and self.root is not NOT_PLAIN:
             raise _NotPlain  # a second document: the composer says what is wrong
 
@@ -114,9 +120,13 @@ class _Builder:
             parent[pending.pop()] = value
 
 
-def plain_data(text: str, *, loader: type[yaml.SafeLoader], max_depth: int) -> Any:
-    """The values of ``text`` if it is a plain document (see the module docstring), else ``NOT_PLAIN``."""
-    builder = _Builder(max_depth)
+def plain_data(text: str, *, loader: type[yaml.SafeLoader], max_depth: int,
+               finish: Finish | None = None) -> Any:
+    """The values of ``text`` if it is a plain document (see the module docstring), else ``NOT_PLAIN``.
+    ``finish(loc, value)``, if given, replaces each mapping or list as soon as it is complete (the loader
+    makes each command's model as it is read, so the spec's values and its models are never all alive at
+    once); a ``ValueError`` it raises makes the document ``NOT_PLAIN``."""
+    builder = _Builder(max_depth, finish)
     try:
         for event in yaml.parse(text, Loader=loader):
             builder.event(event)

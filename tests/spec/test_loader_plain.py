@@ -98,7 +98,7 @@ def test_any_mutation_of_the_example_is_built_as_the_composer_builds_it_or_left_
             assert _comparable(data) == _comparable(composed), text
 
 
-def test_parsing_an_8000_command_spec_peaks_under_twice_what_the_spec_keeps() -> None:
+def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec_keeps() -> None:
     text = _generated(8_000)  # 88,000 values: under the composer's node limit, so the old path loads it too
     gc.collect()
     tracemalloc.start()
@@ -109,7 +109,8 @@ def test_parsing_an_8000_command_spec_peaks_under_twice_what_the_spec_keeps() ->
         tracemalloc.stop()
     assert len(spec.phases[0].commands) == 8_000 and spec.phases[0].commands[7_999].env == {"N": "7999",
                                                                                             "ON": "yes"}
-    assert peak < 2 * kept, (peak, kept)
+    # each command becomes its model as it is read: its values and all the models never coexist (1.64x before)
+    assert peak < 1.25 * kept, (peak, kept)
 
 
 def test_a_plain_spec_of_more_than_100000_values_loads_whole() -> None:
