@@ -1,5 +1,6 @@
 """Where a grd benchmark flow's memory goes as its commands run: RSS at every eighth of a phase of ``n``
-commands of ``true``, then after the run's last steps (the phase's report, the run's report, writing it,
+commands of ``true``, the highest RSS of each stage (spec parse, commands, end steps; sampled every 20 ms),
+then after the run's last steps (the phase's report, the run's report, writing it,
 publishing the results table), on a real `prefect server` (SQLite) started for each ``--ref``.
 
 Each reference (``--ref`` names a checkout, default this one) runs in a fresh child process on a fresh
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,14 +53,27 @@ def child(n: int, work: Path) -> dict[str, Any]:
     steps: list[tuple[str, float, float]] = []
     record = run_module.BenchmarkRun.record
     recorded = [0]
+    stage = ["before the flow"]
+    peaks = _sample_peaks(stage)
 
     def counting(self: Any, phase: str, row: Any) -> None:
         record(self, phase, row)
         recorded[0] += 1
+        stage[0] = "commands"
         if recorded[0] % max(1, n // 8) == 0:
             marks[recorded[0]] = _status_mb("VmRSS")
 
     parts = _time_parts(benchmark_flow)
+    load_spec = vars(benchmark_flow)["load_spec"]
+
+    def loading(path: Any) -> Any:
+        stage[0] = "spec parse"
+        try:
+            return load_spec(path)
+        finally:
+            stage[0] = "after the spec, before the first command"
+
+    setattr(benchmark_flow, "load_spec", loading)  # noqa: B010  (the module re-exports nothing)
     run_module.BenchmarkRun.record = counting  # type: ignore[method-assign]
     for owner, name in ((run_module.BenchmarkRun, "phase_report"), (run_module.BenchmarkRun, "report"),
                         (engine, "write_report"), (benchmark_flow, "publish_results")):
@@ -66,11 +81,13 @@ def child(n: int, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     benchmark_flow.benchmark(spec_path=str(spec), run_key="scale", store=str(work / "ckpt"),
                              report_path=str(work / "report.json"), return_state=True)
+    stage[0] = "end steps"
     counts = sorted(marks)
     first, last = counts[0], counts[-1]
     return {"commands": n, "wall_s": round(time.perf_counter() - started, 1), "rss_mb_at": marks,
             "kb_per_command": round((marks[last] - marks[first]) * 1024 / (last - first), 2),
             "after_step_rss_hwm_mb": steps, "peak_rss_mb": _status_mb("VmHWM"),
+            "peak_rss_mb_by_stage": dict(peaks),
             "ms_per_command_in": {name: round(total / max(1, calls) * 1000, 3)
                                   for name, (total, calls) in parts.items()}}
 
@@ -100,6 +117,21 @@ def _time_parts(benchmark_flow: Any) -> dict[str, tuple[float, int]]:
     ):
         _wrap(owner, name, functools.partial(add, label))
     return totals
+
+
+def _sample_peaks(stage: list[str]) -> dict[str, float]:
+    """The highest VmRSS seen in each stage (``stage[0]`` names the current one), sampled every 20 ms by a
+    daemon thread: a stage's transient peaks, which the marks at command counts miss."""
+    peaks: dict[str, float] = {}
+
+    def sample() -> None:
+        while True:
+            now, rss = stage[0], _status_mb("VmRSS")
+            peaks[now] = max(peaks.get(now, 0.0), rss)
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, name="rss-sampler", daemon=True).start()
+    return peaks
 
 
 def _rss_after(steps: list[tuple[str, float, float]], name: str, _seconds: float) -> None:

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 
 from grd_blocks.checkpoint.payload.serialization import JsonText
 from grd_blocks.orchestration import run as run_module
@@ -28,10 +29,10 @@ def _live(kind: type) -> int:
     return sum(isinstance(obj, kind) for obj in gc.get_objects())
 
 
-def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
+def test_a_phase_keeps_no_prefect_state_asset_entry_or_row_model_per_command_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counts: dict[int, tuple[int, int]] = {}
+    counts: dict[int, tuple[int, int, int, int]] = {}
     record = run_module.BenchmarkRun.record
     recorded = [0]
 
@@ -39,7 +40,9 @@ def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
         record(self, phase, row)
         recorded[0] += 1
         if recorded[0] in (EARLY, LATE):
-            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText))
+            context = FlowRunContext.get()
+            assets = len(context.task_run_assets) if context is not None else -1
+            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText), assets)
 
     monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
     commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
@@ -51,8 +54,10 @@ def test_a_phase_keeps_no_prefect_state_and_no_row_model_per_command_it_ran(
 {commands}
     """)
     assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
-    states_early, models_early, texts_early = counts[EARLY]
-    states_late, models_late, texts_late = counts[LATE]
+    states_early, models_early, texts_early, assets_early = counts[EARLY]
+    states_late, models_late, texts_late, assets_late = counts[LATE]
+    # Prefect's asset map of the phase's flow run (an empty entry per command task before)
+    assert assets_early >= 0 and assets_late - assets_early < 10, (assets_early, assets_late)
     assert models_early >= 1 and models_late >= 1  # the scan sees the row being recorded (the count works)
     assert texts_late - texts_early < 10, (texts_early, texts_late)  # was one per command run
     assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
