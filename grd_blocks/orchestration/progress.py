@@ -20,9 +20,10 @@ snapshot write before the process was killed hard (SIGKILL, power loss) may be m
 simply runs again on resume. A command reported COMPLETED whose row reached the store is always skipped on
 resume.
 
-Cost: each row is encoded to JSON once (``CommandReport.json_text``: the same bytes its phase report keeps);
-a snapshot joins those texts, so its CPU is a string join and a digest of the snapshot, not an encode, decode
-and compare of every row, and a row costs the run its text once, not once for the report and once here.
+Cost: each row is encoded to JSON once and kept compressed in the run's ``RowTexts``
+(``CommandReport.kept_in``: the text its phase report keeps too); a snapshot is written from those texts as
+it goes to the store, so its CPU is a join and a digest of the snapshot, not an encode, decode and compare
+of every row, and a row costs the run its text once, not once for the report and once here.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import mmap
 import os
 import pickle
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -563,20 +563,19 @@ class JsonText:
         unchanged, and writes each key when asked, so the object costs no memory per member beyond the
         caller's mapping (nor that, for a mapping that makes its members as its ``items()`` are read)."""
         joined = cls.__new__(cls)
+        keys = sorted(members) if sort else None
         if len(members) > _LISTED_MEMBERS:
-            keys = sorted(members) if sort else None
             joined._pieces, joined._members = (), (keys, members)
-            joined.size = 2 + sum(len(_key_piece(key, index > 0)) + text.size
-                                  for index, (key, text) in enumerate(joined._member_items()))
-            return joined
-        keys = sorted(members) if sort else list(members)
-        joined.size = 2 + sum(len(_key_piece(key, index > 0)) + members[key].size
-                              for index, key in enumerate(keys))
-        pieces: list[bytes | JsonText] = [b"{"]
-        for index, key in enumerate(keys):
-            pieces += (_key_piece(key, index > 0), members[key])
-        pieces.append(b"}")
-        joined._pieces, joined._members = tuple(pieces), None
+            items: Iterable[tuple[str, JsonText]] = joined._member_items()
+        else:
+            items = list(members.items()) if keys is None else [(key, members[key]) for key in keys]
+            pieces: list[bytes | JsonText] = [b"{"]
+            for index, (key, text) in enumerate(items):
+                pieces += (_key_piece(key, index > 0), text)
+            pieces.append(b"}")
+            joined._pieces, joined._members = tuple(pieces), None
+        joined.size = 2 + sum(len(_key_piece(key, index > 0)) + text.size
+                              for index, (key, text) in enumerate(items))
         return joined
 
     def encoded(self) -> bytes:
