@@ -383,6 +383,7 @@ class RunCheckpoints(RunReader):
             window=self._commit.stream_window,
             aligned=self._commit.aligned_pieces,
             piece_size=self._commit.piece_size(tensor_bytes(payload)),
+            text_piece_size=self._commit.text_piece_size,
         )
         try:
             digests = {file_name: digest_later(data, pending.digest) for file_name, data in files.items()}

@@ -58,6 +58,13 @@ local save of a smaller state uses smaller ones (``piece_size_for``)."""
 MIN_PIECE_BYTES = 2**20
 """The smallest piece ``piece_size_for`` chooses (a multiple of any ``O_DIRECT`` alignment)."""
 
+TEXT_PIECE_BYTES = 2**17
+"""The piece size of a JSON payload a local save streams (a run's progress snapshots: JSON of up to a few MB,
+saved again and again while the run goes on): such a save never holds a buffer larger than this, nor more
+than ``STREAM_WINDOW`` of them (pooled: half a MiB). With 1 MiB pieces, or the whole text encoded at once
+below that, each snapshot freed a block larger than glibc's mmap threshold, which raises the threshold, and
+the flow process's heaps then grew with the run's length."""
+
 
 def piece_size_for(state_bytes: int) -> int:
     """The piece size for a local save of a state holding ``state_bytes`` bytes of tensors: the largest power
@@ -656,11 +663,13 @@ def serialize(
     window: int | None = STREAM_WINDOW,
     aligned: bool = False,
     piece_size: int = PIECE_BYTES,
+    text_piece_size: int | None = None,
 ) -> tuple[dict[str, Payload], str]:
     """Return ``({file name: content}, payload_format)`` for the plain ``payload``; with ``stream`` a torch
     payload is a ``PieceStream`` still being produced, holding at most ``window`` pieces of ``piece_size``
     (page-aligned ones with ``aligned``), read by two readers (the digest and the store: each must
-    ``release`` every piece; the caller must ``stop()`` it if it gives up)."""
+    ``release`` every piece; the caller must ``stop()`` it if it gives up); so is a payload of JSON texts
+    larger than one piece of ``text_piece_size`` (default ``piece_size``)."""
     if not any(isinstance(value, JsonText) for value in payload.values()):
         text = json_text(payload)
         if text is not None and len(text) <= MAX_JSON_BYTES:  # a larger plain state goes the torch way
@@ -668,11 +677,12 @@ def serialize(
     else:
         spliced = _payload_json(payload)
         if spliced is not None and spliced.size <= MAX_JSON_BYTES:
-            if stream and spliced.size > piece_size:
+            text_piece_size = piece_size if text_piece_size is None else text_piece_size
+            if stream and spliced.size > text_piece_size:
                 # a large plain state of texts (a run's progress rows) goes to the store as its texts are
                 # joined, a window of pieces at a time: never a copy of the whole payload in memory
                 joined = PieceStream(spliced, readers=2, window=window, aligned=aligned,
-                                     piece_size=piece_size)
+                                     piece_size=text_piece_size)
                 return {JSON_FILE: joined}, "json"
             return {JSON_FILE: spliced.encoded()}, "json"
     payload = _decoded(payload)

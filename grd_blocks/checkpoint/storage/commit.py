@@ -71,6 +71,7 @@ from grd_blocks.checkpoint.payload.manifest import parse_manifest
 from grd_blocks.checkpoint.payload.serialization import (
     PIECE_BYTES,
     STREAM_WINDOW,
+    TEXT_PIECE_BYTES,
     Blob,
     Payload,
     PieceStream,
@@ -124,6 +125,11 @@ class CommitProtocol(ABC):
     def piece_size(self, state_bytes: int) -> int:
         """The piece size of a stream given to ``commit`` for a state of ``state_bytes`` bytes of tensors."""
         return PIECE_BYTES  # an S3 part (at least 5 MiB but the last): s3parts sends each piece as one
+
+    @property
+    def text_piece_size(self) -> int:
+        """The piece size of a stream of JSON text given to ``commit`` (a run's progress snapshot)."""
+        return PIECE_BYTES
 
     @property
     def aligned_pieces(self) -> bool:
@@ -362,6 +368,10 @@ class RenameCommit(CommitProtocol):
 
     def piece_size(self, state_bytes: int) -> int:
         return piece_size_for(state_bytes)  # the stream's memory a small share of a small state too
+
+    @property
+    def text_piece_size(self) -> int:
+        return TEXT_PIECE_BYTES  # no buffer of a progress snapshot large enough to raise mmap's threshold
 
     def commit(self, ckpt_dir: str, files: Mapping[str, Payload], manifest: ManifestFor) -> None:
         run_dir, name = os.path.dirname(ckpt_dir), basename(ckpt_dir)
