@@ -242,7 +242,11 @@ def test_a_snapshot_holds_every_row_recorded_before_it_in_order_while_commands_k
     def during() -> int:  # 100 more commands finish on another thread while this snapshot is written
         before = recorded[0]
         batch = rows[before:before + 100]
-        worker = threading.Thread(target=lambda: [log.record("p", row) for row in batch])
+        def finish() -> None:
+            for row in batch:
+                log.record("p", row)
+
+        worker = threading.Thread(target=finish)
         worker.start()
         worker.join()
         recorded[0] += len(batch)
@@ -304,5 +308,6 @@ def test_a_local_save_streams_a_json_payload_in_pieces_of_128_kib(tmp_path: Path
     manifest = json.loads((tmp_path / "store" / "run" / "step_1" / "MANIFEST.json").read_bytes())
     (entry,) = manifest["files"].values()
     assert entry["chunk_size"] == TEXT_PIECE_BYTES == 128 * 1024 and len(entry["chunks"]) > 3
-    assert run.load()["rows"] == {key: text.value() for key, text in rows.items()}
+    loaded = run.load()
+    assert loaded is not None and loaded["rows"] == {key: text.value() for key, text in rows.items()}
     assert run.verify("step_1") == []
