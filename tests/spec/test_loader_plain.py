@@ -113,6 +113,24 @@ def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec
     assert peak < 1.25 * kept, (peak, kept)
 
 
+def test_commands_setting_the_same_fields_share_one_fields_set_and_still_dump_and_copy_as_their_own() -> None:
+    text = _generated(2_000).replace("{name: c7, run", "{name: c7, cwd: sub, run")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        spec = loader.parse_spec(text, source="many.yaml", base_dir=ROOT)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    commands = spec.phases[0].commands
+    assert len({id(command.model_fields_set) for command in commands}) == 2  # c7 sets cwd too
+    assert kept / len(commands) < 1_100, kept / len(commands)  # 1,021 bytes; 1,253 with a set of its own
+    assert commands[7].model_dump(exclude_unset=True)["cwd"] == "sub"
+    assert "cwd" not in commands[8].model_dump(exclude_unset=True)
+    copied = commands[8].model_copy(update={"cwd": "elsewhere"})
+    assert "cwd" in copied.model_fields_set and "cwd" not in commands[9].model_fields_set
+
+
 def test_a_plain_spec_of_more_than_100000_values_loads_whole() -> None:
     spec = loader.parse_spec(_generated(12_000), source="many.yaml", base_dir=ROOT)  # 132,000 values
     assert [command.name for command in spec.phases[0].commands] == [f"c{i}" for i in range(12_000)]
