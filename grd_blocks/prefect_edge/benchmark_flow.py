@@ -56,6 +56,7 @@ from grd_blocks.orchestration.runkey import resolve_run_key
 from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.api_outage import outage_line, unreachable
 from grd_blocks.prefect_edge.approval import approval_asker
+from grd_blocks.prefect_edge.event_backlog import wait_for_event_delivery
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
 from grd_blocks.prefect_edge.process_log import process_log_to
@@ -233,6 +234,7 @@ class PrefectRunner:
         raise LostPhase(f"the phase flow ended as {state.name}: {state.message}")
 
     def command(self, plan: CommandPlan, backstop_s: float | None) -> CommandReport:
+        wait_for_event_delivery()  # memory stays bounded when commands end faster than the API takes events
         _HANDOFF.expect(plan)
         try:
             state = _command_runner(backstop_s)(quote(plan), return_state=True)
