@@ -193,27 +193,14 @@ def test_a_recorded_rows_text_is_the_one_its_phase_report_keeps_not_a_copy(tmp_p
 
 
 def test_a_large_snapshot_goes_to_the_store_without_a_copy_of_it_in_memory(tmp_path: Path) -> None:
-    log = _log(tmp_path)
-    rows = [_row(f"c{i}") for i in range(8_000)]
-    for row in rows[:-1]:
-        log.record("p", row)
-    log.flush()  # the rows' texts and the writer thread exist before the measured snapshot
-    log.record("p", rows[-1])
-    tracemalloc.start()
-    try:
-        log.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    log.close()
+    peak = _snapshot_peak(tmp_path, 8_000)
     files = sorted((tmp_path / "ckpt" / "run-1" / "progress").glob("*/*.json"))
     snapshot = max((f for f in files if f.name != "MANIFEST.json"), key=lambda f: f.stat().st_size)
     size = snapshot.stat().st_size
     assert size > 2 * 2**20  # more than one piece of a local save's stream
-    # joined into one buffer it cost 1.6 times its size; now the writer's copy of the row index and the keys
-    assert peak < size / 2, (peak, size)
+    assert peak < size / 2, (peak, size)  # joined into one buffer it cost 1.6 times its size
     again = _log(tmp_path)
-    assert again.previous("p", "c0") == rows[0] and again.previous("p", "c7999") == rows[-1]
+    assert again.previous("p", "c0") == _row("c0") and again.previous("p", "c7999") == _row("c7999")
     assert len(json.loads(snapshot.read_bytes())["rows"]) == 8_000
 
 

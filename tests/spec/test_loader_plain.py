@@ -98,8 +98,8 @@ def test_any_mutation_of_the_example_is_built_as_the_composer_builds_it_or_left_
             assert _comparable(data) == _comparable(composed), text
 
 
-def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec_keeps() -> None:
-    text = _generated(8_000)  # 88,000 values: under the composer's node limit, so the old path loads it too
+def _traced_parse(text: str) -> tuple[Any, int, int]:
+    """The spec of ``text``, the bytes it keeps and the parse's peak (tracemalloc)."""
     gc.collect()
     tracemalloc.start()
     try:
@@ -107,6 +107,12 @@ def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec
         kept, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return spec, kept, peak
+
+
+def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec_keeps() -> None:
+    # 88,000 values: under the composer's node limit, so the old path loads it too
+    spec, kept, peak = _traced_parse(_generated(8_000))
     assert len(spec.phases[0].commands) == 8_000 and spec.phases[0].commands[7_999].env == {"N": "7999",
                                                                                             "ON": "yes"}
     # each command becomes its model as it is read: its values and all the models never coexist (1.64x before)
@@ -114,14 +120,7 @@ def test_parsing_an_8000_command_spec_peaks_within_a_quarter_above_what_the_spec
 
 
 def test_commands_setting_the_same_fields_share_one_fields_set_and_still_dump_and_copy_as_their_own() -> None:
-    text = _generated(2_000).replace("{name: c7, run", "{name: c7, cwd: sub, run")
-    gc.collect()
-    tracemalloc.start()
-    try:
-        spec = loader.parse_spec(text, source="many.yaml", base_dir=ROOT)
-        kept, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    spec, kept, _ = _traced_parse(_generated(2_000).replace("{name: c7, run", "{name: c7, cwd: sub, run"))
     commands = spec.phases[0].commands
     assert len({id(command.model_fields_set) for command in commands}) == 2  # c7 sets cwd too
     assert kept / len(commands) < 1_100, kept / len(commands)  # 1,021 bytes; 1,253 with a set of its own
