@@ -4,11 +4,11 @@ end faster than the API takes their events.
 Invariant: before a command's task run starts, while more than ``EVENT_BACKLOG`` of this process's Prefect
 events wait to be sent, the command waits, woken each time one is taken for sending, for at most
 ``MAX_WAIT_S`` (then it starts anyway: an API that takes no events at all is the outage handling's to report,
-not a reason to stall a phase). Prefect's ``EventsWorker`` queues each event with a copy of the context it was
-emitted in (the task run's context with it), about 14 KB an event; a task run emits three or more, and a
-phase of short commands run 8 at a time made them faster than a SQLite server on two cores took them: 5,500
-events waited at 10,000 x ``true``, and the flow's RSS grew by ~80 MB. Waiting here costs no wall time on the
-whole: the flow's events are sent before its process exits either way.
+not a reason to stall a phase). Why: Prefect's ``EventsWorker`` queues each event with a copy of the context
+it was emitted in (the task run's context with it) and a task run emits three or more, so a phase of short
+commands run several at a time, faster than the API takes their events, grew the flow's memory with its
+length (figures: README, Scale). Where the API is the bottleneck a phase now goes at the pace it takes
+events; the flow's events are sent before its process exits either way.
 
 Reads Prefect's queue of events through ``QueueService`` internals (``_instances`` and the
 ``queue.Queue`` ``_queue``, whose ``not_full`` condition each ``get`` notifies, even of an unbounded queue);
@@ -25,7 +25,7 @@ from typing import Any
 __all__ = ["EVENT_BACKLOG", "MAX_WAIT_S", "event_queues", "wait_for_event_delivery"]
 
 EVENT_BACKLOG = 500
-"""Most events of this process waiting to be sent before the next command waits (~7 MB of them)."""
+"""Most events of this process waiting to be sent before the next command waits."""
 
 MAX_WAIT_S = 5.0
 """Longest a command waits for the backlog to shrink."""
