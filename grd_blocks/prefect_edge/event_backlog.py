@@ -13,7 +13,7 @@ events; the flow's events are sent before its process exits either way.
 Reads Prefect's queue of events through ``QueueService`` internals (``_instances`` and the
 ``queue.Queue`` ``_queue``, whose ``not_full`` condition each ``get`` notifies, even of an unbounded queue);
 when they are not as expected (another Prefect) it does not wait, and tests/prefect_edge/test_event_backlog.py
-fails, naming what changed.
+fails: it finds no queue of events in a real flow run.
 """
 
 from __future__ import annotations
