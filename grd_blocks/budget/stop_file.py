@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 __all__ = ["TIMEOUT_FILE_ENV", "budget_stop_marked", "forget", "fresh_timeout_file", "mark_budget_stop"]
 
@@ -32,7 +31,7 @@ _lock = threading.Lock()
 _folder: str | None = None
 
 
-def fresh_timeout_file() -> Path:
+def fresh_timeout_file() -> str:
     """A path for one attempt's mark that no other attempt is given and that does not exist yet (about 10 us:
     one private directory per grd process, not one per attempt). ``OSError`` if no temporary directory can
     be made."""
@@ -42,10 +41,10 @@ def fresh_timeout_file() -> Path:
             _folder = tempfile.mkdtemp(prefix="grd-timeout-files-")
             atexit.register(shutil.rmtree, _folder, True)
         folder = _folder
-    return Path(folder) / f"{secrets.token_hex(16)}.stopped-for-budget"
+    return os.path.join(folder, f"{secrets.token_hex(16)}.stopped-for-budget")  # a str: see exclusive.claim
 
 
-def forget(path: Path) -> None:
+def forget(path: str | os.PathLike[str]) -> None:
     """Remove an attempt's mark once its row is written (nothing if it was never made)."""
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -62,6 +61,6 @@ def mark_budget_stop(env: Mapping[str, str] | None = None) -> bool:
     return False
 
 
-def budget_stop_marked(path: Path) -> bool:
+def budget_stop_marked(path: str | os.PathLike[str]) -> bool:
     """True when a process of the command created ``path`` (a regular file or anything else: it is a mark)."""
     return os.path.lexists(path)

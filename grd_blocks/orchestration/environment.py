@@ -93,7 +93,7 @@ def command_env(
     base: Mapping[str, str] | None = None,
     warn_s: float | None = None,
     warn_signal: int | None = None,
-    timeout_file: Path | None = None,
+    timeout_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """The full environment of one command (``GRD_TIME_LEFT_S`` and ``GRD_DEADLINE_UNIX`` are ``inf`` when
     it has no deadline; ``GRD_WARN_S`` and ``GRD_WARN_SIGNAL`` only when a warning is configured;

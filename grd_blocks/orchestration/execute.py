@@ -48,7 +48,7 @@ class CommandPlan:
     configured_s: float | None
     run_key: str
     attempt: int
-    log_path: Path
+    log_path: str  # a str, as every per-command path: pathlib interns a path's names, see exclusive.claim
     cwd: Path | None = None
     spec_env: Mapping[str, str] = field(default_factory=dict)
     store: StoreAccess | None = None

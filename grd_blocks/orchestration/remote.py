@@ -218,7 +218,8 @@ def _local_plan(request: RemoteRequest, budget: Budget, log_path: Path) -> Comma
     return CommandPlan(
         phase=request.phase, name=request.name, run=request.run, budget=budget, grace_s=request.grace_s,
         configured_s=request.configured_s, run_key=request.run_key, attempt=request.attempt,
-        log_path=log_path, cwd=request.cwd, spec_env=request.spec_env, store=request.store, warn=request.warn,
+        log_path=str(log_path), cwd=request.cwd, spec_env=request.spec_env, store=request.store,
+        warn=request.warn,
     )
 
 

@@ -208,7 +208,7 @@ class RemoteDriver(ABC, Generic[H]):
         """Run ``plan`` on the cluster to its end and return its row (never raises ``GrdError``)."""
         granted = plan.budget.remaining()
         self.enter()
-        log = DriverLog(plan.log_path)
+        log = DriverLog(Path(plan.log_path))
         try:
             return self._run(plan, granted, on_line, log)
         finally:

@@ -308,11 +308,11 @@ class BenchmarkRun:
         )
 
 
-def _attempt_log(logs_dir: Path, stem: str, attempt: int) -> Path:
+def _attempt_log(logs_dir: Path, stem: str, attempt: int) -> str:
     """``<stem>.attempt-<N>.log`` for this attempt, or the next N whose file does not exist yet: an attempt
     never overwrites an earlier one's log (a cleanup runs in every attempt; a row may have been lost)."""
     while True:
-        path = logs_dir / f"{stem}.attempt-{attempt}.log"
-        if not path.exists():
+        path = os.path.join(logs_dir, f"{stem}.attempt-{attempt}.log")  # a str: a Path interns its name
+        if not os.path.exists(path):
             return path
         attempt += 1

@@ -114,7 +114,14 @@ class PhaseResult:
         return f"PhaseResult({self.report.name}: {self.report.status.value})"
 
 
-@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False,
+# The command task's result is never persisted (its row goes to its runner in the process), yet Prefect makes
+# a result record for each task run, keyed by a fresh uuid that resolving it as a path interns: the
+# interpreter's table of interned strings fills with dead keys until it is rebuilt, at twice its size (~2 MB
+# at ~7,500 commands). One fixed key (``COMMAND_RESULT_KEY``) interns nothing new.
+COMMAND_RESULT_KEY = "grd-command-result-not-persisted"
+
+
+@task(name="grd-command", cache_policy=NO_CACHE, persist_result=False, result_storage_key=COMMAND_RESULT_KEY,
       task_run_name="{plan.phase}.{plan.name}")
 def command_task(plan: CommandPlan) -> State[Any]:
     """Run one dispatched command plan (a cleanup's budget is shielded: a cancel of the run does not stop it).

@@ -5,6 +5,7 @@ by type from the garbage collector, while the phase runs."""
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +63,45 @@ def test_a_phase_keeps_no_prefect_state_asset_entry_or_row_model_per_command_it_
     assert texts_late - texts_early < 10, (texts_early, texts_late)  # was one per command run
     assert states_late - states_early < 10, (states_early, states_late)  # was one per command run
     assert models_late - models_early < 10, (models_early, models_late)  # was one per command run
+
+
+def test_a_phase_interns_no_new_string_per_command_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interned strings live in one interpreter-wide table that is rebuilt at twice its size once dead names
+    fill it: pathlib interned four per command (its log, lock and budget-stop file names, and the path of
+    Prefect's result record of its task run, keyed by a fresh uuid): ~2 MB more at ~7,500 commands. Counted
+    at ``sys.intern``, which pathlib calls, between two points of a phase."""
+    record = run_module.BenchmarkRun.record
+    recorded = [0]
+    seen: set[str] = set()  # every string interned so far
+    new: set[str] = set()  # those first interned while commands EARLY to LATE ran
+    intern = sys.intern
+
+    def counting_intern(text: str) -> str:
+        if text not in seen:
+            seen.add(text)
+            if EARLY <= recorded[0] < LATE:
+                new.add(text)
+        return intern(text)
+
+    def counting(self: run_module.BenchmarkRun, phase: str, row: CommandReport) -> None:
+        record(self, phase, row)
+        recorded[0] += 1
+
+    monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
+    monkeypatch.setattr(sys, "intern", counting_intern)
+    commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
+    result = run_spec(tmp_path, f"""
+        name: long-phase
+        phases:
+          - name: p
+            commands:
+{commands}
+    """)
+    assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
+    assert len(seen) > 10, seen  # the count sees pathlib's calls
+    assert len(new) < 10, sorted(new)  # was four per command run
 
 
 def test_a_row_handed_back_after_its_runner_stopped_waiting_is_dropped_not_kept() -> None:
