@@ -147,13 +147,15 @@ class ProgressLog:
             return
         number = row.kept_in(self.texts)  # the text its phase report keeps: not a copy
         with self._cond:
+            idle = not self._has_work()  # the writer waits for work, not for its interval to pass
             self._recorded.keep(phase, row.name, number)
             self._version += 1
             if self._writer is None and not self._stopping:
                 self._writer = threading.Thread(target=self._write_loop, name="grd-progress", daemon=True)
                 self._writer.start()
                 _OPEN.add(self)
-            self._cond.notify_all()
+            if idle:  # waking it for every row would cost a thread switch per command; mid-interval it
+                self._cond.notify_all()  # wakes at the interval's end anyway, and a write takes every row
 
     def _phase_text(self, phase: str) -> JsonText:
         text = self._phase_texts.get(phase)
