@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,20 +31,15 @@ def _live(kind: type) -> int:
     return sum(isinstance(obj, kind) for obj in gc.get_objects())
 
 
-def test_a_phase_keeps_no_prefect_state_asset_entry_or_row_model_per_command_it_ran(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    counts: dict[int, tuple[int, int, int, int]] = {}
+def _run_long_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: Callable[[int], None]) -> None:
+    """A phase of ``COMMANDS`` x ``true``; ``recorded(n)`` is called in the run as its nth row is recorded."""
     record = run_module.BenchmarkRun.record
-    recorded = [0]
+    count = [0]
 
     def counting(self: run_module.BenchmarkRun, phase: str, row: CommandReport) -> None:
         record(self, phase, row)
-        recorded[0] += 1
-        if recorded[0] in (EARLY, LATE):
-            context = FlowRunContext.get()
-            assets = len(context.task_run_assets) if context is not None else -1
-            counts[recorded[0]] = (_live(State), _live(CommandReport), _live(JsonText), assets)
+        count[0] += 1
+        recorded(count[0])
 
     monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
     commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
@@ -55,6 +51,20 @@ def test_a_phase_keeps_no_prefect_state_asset_entry_or_row_model_per_command_it_
 {commands}
     """)
     assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
+
+
+def test_a_phase_keeps_no_prefect_state_asset_entry_or_row_model_per_command_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts: dict[int, tuple[int, int, int, int]] = {}
+
+    def count_live(recorded: int) -> None:
+        if recorded in (EARLY, LATE):
+            context = FlowRunContext.get()
+            assets = len(context.task_run_assets) if context is not None else -1
+            counts[recorded] = (_live(State), _live(CommandReport), _live(JsonText), assets)
+
+    _run_long_phase(tmp_path, monkeypatch, count_live)
     states_early, models_early, texts_early, assets_early = counts[EARLY]
     states_late, models_late, texts_late, assets_late = counts[LATE]
     # Prefect's asset map of the phase's flow run (an empty entry per command task before)
@@ -72,7 +82,6 @@ def test_a_phase_interns_no_new_string_per_command_it_ran(
     fill it: pathlib interned four per command (its log, lock and budget-stop file names, and the path of
     Prefect's result record of its task run, keyed by a fresh uuid): ~2 MB more at ~7,500 commands. Counted
     at ``sys.intern``, which pathlib calls, between two points of a phase."""
-    record = run_module.BenchmarkRun.record
     recorded = [0]
     seen: set[str] = set()  # every string interned so far
     new: set[str] = set()  # those first interned while commands EARLY to LATE ran
@@ -85,21 +94,8 @@ def test_a_phase_interns_no_new_string_per_command_it_ran(
                 new.add(text)
         return intern(text)
 
-    def counting(self: run_module.BenchmarkRun, phase: str, row: CommandReport) -> None:
-        record(self, phase, row)
-        recorded[0] += 1
-
-    monkeypatch.setattr(run_module.BenchmarkRun, "record", counting)
     monkeypatch.setattr(sys, "intern", counting_intern)
-    commands = "\n".join(f"              - {{name: c{i}, run: 'true'}}" for i in range(COMMANDS))
-    result = run_spec(tmp_path, f"""
-        name: long-phase
-        phases:
-          - name: p
-            commands:
-{commands}
-    """)
-    assert [row.status for row in result.phase("p").commands] == [Status.COMPLETED] * COMMANDS
+    _run_long_phase(tmp_path, monkeypatch, lambda n: recorded.__setitem__(0, n))
     assert len(seen) > 10, seen  # the count sees pathlib's calls
     assert len(new) < 10, sorted(new)  # was four per command run
 

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -289,22 +288,33 @@ def test_a_snapshot_holds_every_row_recorded_before_it_in_order_while_commands_k
 
 
 def _snapshot_peak(tmp_path: Path, count: int) -> int:
-    """Bytes a snapshot of ``count`` rows allocates at its peak (its pieces are ``mmap``s: not counted)."""
-    log = _log(tmp_path)
-    rows = [_row(f"c{i}") for i in range(count)]
-    for row in rows[:-1]:
-        log.record("p", row)
-    log.flush()  # the rows' texts and the writer thread exist before the measured snapshot
-    log.record("p", rows[-1])
-    tracemalloc.start()
-    try:
-        log.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
+    """Bytes a snapshot of ``count`` rows allocates at its peak (its pieces are ``mmap``s: not counted),
+    measured in a process of its own: tracemalloc counts every thread's allocations, and in a test worker
+    other tests' threads (Prefect's event and log workers) may allocate meanwhile."""
+    script = textwrap.dedent(f"""
+        import logging, sys, tracemalloc
+        sys.path.insert(0, {str(ROOT)!r})
+        from grd_blocks.orchestration.progress import ProgressLog
+        from grd_blocks.prefect_edge.store import open_store
+        from grd_blocks.report import CommandReport
+        log = ProgressLog(open_store({str(tmp_path / "ckpt")!r}, "run-1")[1], logger=logging.getLogger("t"))
+        rows = [CommandReport(name=f"c{{i}}", status="COMPLETED", returncode=0, attempts=1,
+                              stdout_tail=f"c{{i}} out\\n") for i in range({count})]
+        for row in rows[:-1]:
+            log.record("p", row)
+        log.flush()  # the rows' texts and the writer thread exist before the measured snapshot
+        log.record("p", rows[-1])
+        tracemalloc.start()
+        assert log.flush()
+        print("PEAK", tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    log.close()
+        log.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
     assert len(_log(tmp_path)._load() or {}) == count
-    return peak
+    return int(done.stdout.split("PEAK", 1)[1].split()[0])
 
 
 def test_what_a_snapshot_allocates_does_not_grow_with_the_runs_length(tmp_path: Path) -> None:
