@@ -13,8 +13,8 @@ last error; the report carries it and the run then exits non-zero (run.py).
 
 Writes are coalesced by one background thread: the first row is written at once, later ones at most every
 ``interval_s`` (default 0.5 s; stretched to ``COST_FACTOR`` times the last write's duration, so snapshot
-writes of a huge run stay under ~10% of one core) while rows keep arriving (a row wakes the writer only when it
-waits for work, never while it waits out the interval), and at once on ``flush()`` (the
+writes of a huge run stay under ~10% of one core) while rows keep arriving (a row wakes the writer only when
+it waits for work, never while it waits out the interval), and at once on ``flush()`` (the
 flows flush at the end of each phase), ``close()`` (end of the run, also on SIGTERM or Ctrl-C through the
 flows' ``finally``) and at interpreter exit. Window: a command that ended less than one interval plus one
 snapshot write before the process was killed hard (SIGKILL, power loss) may be missing from the store; it then
