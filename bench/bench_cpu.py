@@ -8,7 +8,7 @@ named by Python's thread names; pool threads summed under their prefix). All per
 each side; the figures move by 10-20% from run to run on a loaded two-core machine. Prints JSON lines;
 writes nothing.
 
-    python bench/bench_cpu.py --n 3000 [--command true] [--parallel 1]
+    python bench/bench_cpu.py --n 3000 [--command true] [--parallel 1] [--quick: 300 commands]
 """
 
 from __future__ import annotations
@@ -118,8 +118,11 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--command", default="true")
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="300 commands (make bench's short variant)")
     parser.add_argument("--child", choices=["bare", "grd"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.n = 300
     if args.child:
         print(json.dumps(child(args.child, args.n, args.command.split(), args.parallel)))
         return 0
