@@ -59,6 +59,7 @@ from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.event_backlog import wait_for_event_delivery
 from grd_blocks.prefect_edge.events import command_failed, command_timed_out, phase_completed, run_resumed
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
+from grd_blocks.prefect_edge.heartbeats import install as prompt_heartbeats
 from grd_blocks.prefect_edge.process_log import process_log_to
 from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected, report_of
 from grd_blocks.prefect_edge.states import final_state, publish_results
@@ -69,6 +70,8 @@ from grd_blocks.spec import BenchmarkSpec, load_spec
 from grd_blocks.timeline import mark
 
 __all__ = ["PrefectRunner", "benchmark", "command_task"]
+
+prompt_heartbeats()  # each phase subflow's end, and the run's, waits for no heartbeat sleep (heartbeats.py)
 
 
 class _Handoff:

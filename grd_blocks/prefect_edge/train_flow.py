@@ -31,6 +31,7 @@ from grd_blocks.orchestration.status import Status
 from grd_blocks.prefect_edge.approval import approval_asker
 from grd_blocks.prefect_edge.checkpoint_index import TrainingArtifacts
 from grd_blocks.prefect_edge.forms import OptionalText, Title, unset_if_blank
+from grd_blocks.prefect_edge.heartbeats import install as prompt_heartbeats
 from grd_blocks.prefect_edge.run_end import MISTAKES, REFUSALS, quiet_run_ends, rejected
 from grd_blocks.prefect_edge.states import final_state
 from grd_blocks.prefect_edge.stops import cancel_requested, flow_run_id, retries_left, supervisor_owns_stop
@@ -39,6 +40,8 @@ from grd_blocks.training.config import TrainConfig
 from grd_blocks.training.long_run import approve_training
 from grd_blocks.training.reference import train_mlp
 from grd_blocks.training.resume import CheckpointUrl, is_url, split_checkpoint_url
+
+prompt_heartbeats()  # the run's end waits for no heartbeat sleep (heartbeats.py)
 
 
 def _ended(exc: TrainingInterrupted) -> State[Any]:
