@@ -12,7 +12,7 @@ the steps of a command inside the flow (wall-clock, per command: the task's body
 runner's own steps: taking a keeper, creating the log file, sending the start, waiting for the exit, giving
 the keeper back). Prints JSON lines; writes nothing.
 
-    python bench/bench_memory.py --n 4000 --ref /path/to/old/checkout --ref .
+    python bench/bench_memory.py --n 4000 --ref /path/to/old/checkout --ref .   [--quick: 500 commands]
 """
 
 from __future__ import annotations
@@ -157,8 +157,11 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--ref", action="append", help="a checkout of grd to measure (default: this one)")
+    parser.add_argument("--quick", action="store_true", help="500 commands (make bench's short variant)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.n = 500
     if args.child:
         print(json.dumps(child(args.n, Path(args.child))), flush=True)
         return 0
