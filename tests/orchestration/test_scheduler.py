@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass
 
@@ -119,3 +120,52 @@ def test_an_interruption_sets_cancel_and_joins_running_commands_first() -> None:
         run_commands([Cmd("slow"), Cmd("fast")], start=start, gate=Gate(), on_interrupt=cancel.set,
                      max_parallel=2, done=done)
     assert cancel.is_set() and sorted(finished) == ["fast", "slow"]
+
+
+class _Interrupted(Exception):
+    """What the test's signal handler raises in the waiting thread (a Ctrl-C or a backstop, as Prefect's)."""
+
+
+def test_an_interrupted_waiting_thread_cancels_the_running_command_joins_it_and_starts_no_other() -> None:
+    cancel = threading.Event()
+    started: list[str] = []
+    finished: list[str] = []
+    waiting_thread = threading.main_thread().ident
+    assert threading.get_ident() == waiting_thread  # signal handlers run in the main thread only
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    def start(cmd: Cmd) -> CommandReport:
+        started.append(cmd.name)
+        assert waiting_thread is not None
+        signal.pthread_kill(waiting_thread, signal.SIGUSR1)  # the waiting thread is interrupted now
+        assert cancel.wait(30), "cancel was never set"
+        finished.append(cmd.name)
+        return _ok(cmd)
+
+    before = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            run_commands([Cmd("a"), Cmd("b"), Cmd("c")], start=start, gate=Gate(), on_interrupt=cancel.set)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert cancel.is_set()
+    assert started == ["a"] and finished == ["a"]  # joined before the interruption propagated; b, c never ran
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("grd-command")]
+
+
+def test_a_sequential_phase_runs_every_command_in_one_thread_with_no_hand_off() -> None:
+    threads: list[int] = []
+
+    def start(cmd: Cmd) -> CommandReport:
+        threads.append(threading.get_ident())
+        return _ok(cmd)
+
+    def done(cmd: Cmd, row: CommandReport) -> None:
+        threads.append(threading.get_ident())
+
+    rows = run_commands([Cmd(str(i)) for i in range(10)], start=start, gate=Gate(), on_interrupt=lambda: None,
+                        done=done)
+    assert len(rows) == 10 and len(threads) == 20
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
