@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def child(side: str, n: int, argv: list[str], parallel: int) -> dict[str, Any]:
 
     from tests.fixtures.prefect_server import running_server
 
-    home = Path(tempfile.mkdtemp(prefix="grd-bench-cpu-"))
+    home = Path(tempfile.mkdtemp(prefix="grd-bench-cpu-"))  # removed below, its server's database with it
     (home / "server").mkdir()
     with running_server(home / "server", database_url=None, backend="sqlite") as server:
         os.environ.update(server.env)
@@ -83,6 +84,7 @@ def child(side: str, n: int, argv: list[str], parallel: int) -> dict[str, Any]:
         wall, busy, after = time.perf_counter() - started, _machine_busy_s() - busy, _processes()
         stop.set()
         sampler.join()
+    shutil.rmtree(home, ignore_errors=True)
     me, per = os.getpid(), 1000.0 / n
     mine = {pid for pid, (_, parent, _) in after.items() if parent == me}
     processes: dict[str, float] = {}

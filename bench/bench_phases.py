@@ -68,19 +68,20 @@ def _spec(path: Path, phases: int) -> Path:
 def _one(side: str, phases: int) -> dict[str, Any]:
     from tests.fixtures.prefect_server import running_server
 
-    home = Path(tempfile.mkdtemp(prefix="grd-bench-phases-"))
-    (home / "server").mkdir()
     load = os.getloadavg()[0]
-    with running_server(home / "server", database_url=None, backend="sqlite") as server:
-        env = {**os.environ, **server.env, "PYTHONPATH": str(ROOT)}
-        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        if side == "grd":
-            argv = ["-c", GRD_SIDE, str(_spec(home / "spec.yaml", phases)), str(home / "store"),
-                    str(home / "report.json")]
-        else:
-            argv = ["-c", BARE_SIDE, str(phases)]
-        done = subprocess.run([sys.executable, *argv], env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=1800, check=False)
+    with tempfile.TemporaryDirectory(prefix="grd-bench-phases-") as tmp:  # its server's database with it
+        home = Path(tmp)
+        (home / "server").mkdir()
+        with running_server(home / "server", database_url=None, backend="sqlite") as server:
+            env = {**os.environ, **server.env, "PYTHONPATH": str(ROOT)}
+            env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+            if side == "grd":
+                argv = ["-c", GRD_SIDE, str(_spec(home / "spec.yaml", phases)), str(home / "store"),
+                        str(home / "report.json")]
+            else:
+                argv = ["-c", BARE_SIDE, str(phases)]
+            done = subprocess.run([sys.executable, *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=1800, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{side} side exited {done.returncode}: {done.stderr[-2000:]}")

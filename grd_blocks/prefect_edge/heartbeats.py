@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["HEARTBEAT_THREAD", "JOIN_BOUND_S", "install", "installed"]
+__all__ = ["HEARTBEAT_THREAD", "JOIN_BOUND_S", "install"]
 
 HEARTBEAT_THREAD = "grd-flow-run-heartbeat"
 JOIN_BOUND_S = 2.0  # how long a run's end waits for an emit already under way (Prefect's bound)
@@ -64,15 +64,6 @@ def _heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
         ended.set()
         if join_on_exit:
             thread.join(JOIN_BOUND_S)
-
-
-def installed() -> bool:
-    """Whether Prefect's flow engine runs its heartbeats through grd's prompt-ending thread."""
-    try:
-        from prefect import flow_engine
-    except ImportError:
-        return False
-    return getattr(flow_engine, "_send_heartbeats", None) is _heartbeats
 
 
 def install() -> bool:
