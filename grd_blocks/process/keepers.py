@@ -6,8 +6,9 @@ their EOF tells the supervisors that grd died. A keeper is handed out only after
 joined, its namespace made), so a command never starts half-contained; one is made ahead per mode, so a
 command's start costs one message, not a fork, a namespace and a cgroup move. A keeper goes back to the pool
 for another command (``give_back``) only after its command exited, its tree was reported empty without grd
-having to signal it, and the keeper itself agreed (``reset``: its containment is as it was made, see
-``supervisor.keeper``); anything else releases it, and the guardian removes its cgroup. At most
+having to signal it, and the keeper itself agreed (it says ``ready`` again, unasked, after its last message
+about the command, once it found its containment as it was made, see ``supervisor.keeper``; otherwise it
+exits); anything else releases it, and the guardian removes its cgroup. At most
 ``MAX_IDLE`` wait per mode. ``live()`` is an independent count: it reads /proc and the cgroup, not what the
 keeper says.
 
@@ -97,7 +98,7 @@ class Keeper:
         self.backstop: dict[str, float] = {}  # the ladder steps the keeper took itself: "term"/"kill" -> time
         self.signalled = False  # grd asked for a signal or a kill: the tree did not end on its own
         self.served = 0  # commands it finished (it is reused after each, if it may)
-        self._recycling = False  # reset sent, ``ready`` not yet back
+        self._recycling = False  # given back before its renewal (``ready``) came: what comes first is stale
         self._start_time: int | None = None
         self._stat_pid: int | None = None  # the pid ``_start_time`` was read for
         self._replies: list[int] = []
@@ -125,8 +126,7 @@ class Keeper:
     def _handle(self, message: dict[str, Any]) -> None:
         event = message.get("event")
         if self._recycling and event != "ready":
-            return  # about the previous command (its ``empty`` may follow its ``exit``): the reset's answer,
-            # ``ready``, comes after every message about it
+            return  # about the previous command: its renewal, ``ready``, comes after every message about it
         if event == "ready":
             self._recycling = False
             self.problem = message.get("problem")
@@ -193,6 +193,7 @@ class Keeper:
     ) -> None:
         """Have the keeper start the command; raises ``ProcessError`` if the keeper is gone. ``backstop_at``
         (CLOCK_MONOTONIC): when the keeper runs the ladder itself if grd has not begun it."""
+        self.ready = False  # busy: the keeper says ``ready`` again once it may serve another command
         message = {
             "op": "run",
             "exe": exe,
@@ -333,23 +334,18 @@ class Keeper:
     @property
     def reusable(self) -> bool:
         """Its command ended on its own (exited with its tree reported empty, or never started) and nothing
-        was signalled or lost: it may serve another command if it agrees (``recycle``)."""
+        was signalled or lost: it may serve another command once it says ``ready`` again (``recycle``)."""
         ended = (self.exited and self.empty) or (self.spawn_error is not None and not self.exited)
-        return ended and self.ready and not (self.lost or self.stopping or self.signalled or self.backstop)
+        bad = self.lost or self.stopping or self.signalled or self.backstop or self.problem is not None
+        return ended and not bad
 
     def recycle(self) -> bool:
-        """Ask the keeper to serve another command (it answers ``ready`` again, or exits if its containment
-        changed); False, with nothing sent, unless ``reusable``."""
+        """Forget the command it served, to hand it out again once it says ``ready`` (it does so unasked, or
+        exits if its containment changed); False, with nothing changed, unless ``reusable``."""
         if not self.reusable:
             return False
-        try:
-            wire.send(self.sock, {"op": "reset"})
-        except OSError:
-            self.lost = True
-            return False
         self.served += 1
-        self._recycling = True
-        self.ready = False
+        self._recycling = not self.ready  # its renewal not read yet: messages before it are the old command's
         self.returncode = None
         self.exited = self.empty = False
         self.left = 0
@@ -559,7 +555,7 @@ class _Supervision:
 
 
 def _take(pool: list[Keeper]) -> Keeper | None:
-    """The first keeper of ``pool`` (the one given back last: its reset answer is a round trip away), after
+    """The first keeper of ``pool`` (the one given back last: it renewed itself as its command ended), after
     dropping those found gone."""
     for keeper in list(pool):
         keeper.pump()

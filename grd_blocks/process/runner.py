@@ -231,7 +231,7 @@ class _Supervised:
             if not stopped:  # interrupted (KeyboardInterrupt, a cancellation exception): kill, re-raise
                 keeper.kill()
                 keeper.wait_empty(KILL_WAIT_S)
-            if not keeper.exited:
+            if not keeper.exited and keeper.spawn_error is None:
                 keeper.wait(lambda: keeper.exited, KILL_WAIT_S)
             stopped_by = "grd" if reason == "deadline" else None
             if stopped and keeper.backstop and reason in (None, "deadline"):  # grd missed its deadline; its
@@ -239,7 +239,8 @@ class _Supervised:
             returncode, pid = keeper.returncode, keeper.main_pid
             taken_over = keeper.stopping and reason is None
             keepers.give_back(keeper)  # it may serve another command from here on: read it no more
-            self.output.finish(DRAIN_S)
+            if keeper.spawn_error is None or not stopped:
+                self.output.finish(DRAIN_S)
         return CommandOutcome(
             returncode=returncode,
             timed_out=reason == "deadline",
@@ -291,8 +292,7 @@ class _Supervised:
         errno, text, cwd_failed = self.keeper.spawn_error
         code, message = _describe_spawn_error(errno, text, self.label, cwd_failed)
         log.warning("%s: %s", self.label, message)
-        keepers.give_back(self.keeper)
-        self.output.finish(0.0)
+        self.output.finish(0.0)  # nothing ran: no output to wait for; the keeper is given back as usual
         _write_log(log_str, message)
         return _not_started(log_str, returncode=code, spawn_error=message)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from grd_blocks.process import CommandOutcome, keepers, run_command
+from grd_blocks.process import CommandOutcome, keepers, run_command, wire
 from grd_blocks.process.cgroup import cgroup2_mount
 from grd_blocks.process.exclusive import runtime_dir
 from grd_blocks.process.supervisor.keeper import STOP_MARK, STOP_MARK_OFFSET, TAKEOVER_SIGNAL
@@ -205,6 +205,37 @@ def test_a_keeper_whose_command_was_stopped_is_never_reused(containment: str, pi
     assert outcome.timed_out and marked(str(pid_dir)) == []
     stopped = (pid_dir / "served").read_text().strip()
     assert stopped not in {_served_by(containment) for _ in range(3)}
+
+
+def test_a_command_costs_its_keeper_one_message_and_the_keeper_renews_itself(
+    containment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grd's only message to a keeper per command is its start: the keeper says ``ready`` again by itself once
+    the tree ended on its own (no ``reset`` round trip), and the next command runs on it."""
+    first = _served_by(containment)
+    sent: list[object] = []
+    real_send = wire.send
+
+    def counting_send(sock: object, message: dict[str, object], fds: object = ()) -> None:
+        if message.get("op") not in ("keeper", "guard"):  # requests to the guardian, not to a keeper
+            sent.append(message.get("op"))
+        real_send(sock, message, fds)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire, "send", counting_send)
+    assert [_served_by(containment) for _ in range(4)] == [first] * 4
+    assert sent == ["run"] * 4
+
+
+def test_a_command_that_could_not_start_hands_its_keeper_on(containment: str, tmp_path: Path) -> None:
+    """An executable the kernel refuses (no known format: ENOEXEC in the keeper's spawn) is reported as such,
+    and the keeper serves the next command."""
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01\x02 not a program\n")
+    junk.chmod(0o755)
+    first = _served_by(containment)
+    outcome = run_command([str(junk)])
+    assert outcome.returncode == 126 and "Exec format error" in (outcome.spawn_error or "")
+    assert _served_by(containment) == first
 
 
 def _reporting(mode: str, pid_dir: Path, *kinds: str) -> list[str]:

@@ -8,13 +8,18 @@ orphans are reparented to it, and a process can change its parent only by its pa
 empty exactly when the keeper has no child left (``waitpid`` says ECHILD), which is when it reports ``empty``;
 the exit status it reports is the kernel's for the command's main process.
 
-Reuse: a keeper serves one command at a time, and serves another only when grd asks (``reset``) and the
-previous tree is gone (``waitpid`` says ECHILD), no stop was asked for, and its containment is as it was made:
-in ``namespace`` mode the same mount table (a command's mounts must not reach the next command), with a cgroup
-the same cgroup, no other member in it and no cgroup below it. Otherwise it exits as on ``release``. What it
-held for a command (its lock) it closes once that command's tree is gone, just before it reports ``empty``
-(or an ``exit`` that says nothing is left), or by exiting, so a lock is never released while a member of its
-tree is alive, and a retry of the command that starts once grd heard the tree end finds the lock free.
+Reuse: a keeper serves one command at a time. When a tree ends on its own (``waitpid`` says ECHILD, or the
+command could not start) with nothing signalled, no stop asked for and no backstop taken, the keeper makes
+itself ready for another command, unasked, and says ``ready`` again after every message about that command,
+so grd learns the end and the renewal without a round trip of its own; but only if its containment is as it
+was made: in ``namespace`` mode the same mount table (a command's mounts must not reach the next command),
+with a cgroup the same cgroup, no other member in it and no cgroup below it, and no newer start marked the
+lock it held. Otherwise it exits at once (grd, which cannot know, sees its socket close). A keeper whose
+command grd signalled, a stop asked for or its backstop ran waits for grd's ``release`` (grd never reuses it).
+What it held for a command (its lock) it closes once that command's tree is gone, just before it reports the
+tree's end (an ``exit`` that says nothing is left, or ``empty``), or by exiting, so a lock is never released
+while a member of its tree is alive, and a retry of the command that starts once grd heard the tree end
+finds the lock free.
 
 Signals: the keeper ignores every signal it can, except SIGCHLD (reaping), SIGTERM and ``TAKEOVER_SIGNAL``.
 SIGTERM (sent by the kernel when the guardian dies) and EOF on its socket (grd died, however it died) both
@@ -27,9 +32,10 @@ own, stdin from /dev/null, stdout and stderr on the descriptors grd sent.
 
 Protocol (``wire`` messages). From grd: ``run`` (exe, argv, env, cwd, grace, umask, ``backstop_at``;
 descriptors stdout, stderr and optionally a lock it holds until the tree is gone), ``signal`` (a signal to
-every member), ``kill``, ``release``, ``reset`` (serve another command). To grd: ``ready`` (host pid, mode,
-namespace, cgroup; again after each ``reset``), ``spawn_error`` (errno), ``exit`` (the main process's
-returncode, Popen style, and how many members are left), ``signalled`` (a reply), ``empty``, ``stopping`` (a
+every member), ``kill``, ``release``. To grd: ``ready`` (host pid, mode, namespace, cgroup; again after each
+command it may serve another after), ``spawn_error`` (errno), ``exit`` (the main process's returncode, Popen
+style, and how many members are left: none means the tree is gone), ``signalled`` (a reply), ``empty`` (the
+tree is gone, after an ``exit`` that left members), ``stopping`` (a
 SIGTERM asked it to stop the tree), ``backstop`` (a ladder step the keeper took itself: ``term`` or ``kill``,
 its CLOCK_MONOTONIC time, how many processes got it).
 
@@ -52,7 +58,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from grd_blocks.process import cgroup, linux, procfs, wire
 
@@ -96,6 +102,8 @@ class Keeper:
         self.grace_s = 5.0
         self.held: list[int] = []  # descriptors kept open until exit (a lock)
         self.stop_asked = False
+        self.signalled = False  # grd asked for a signal or a kill: the tree did not end on its own
+        self.renew_due = False  # the command ended: decide whether to serve another (``_renew``)
         self.takeover_check = False
         self.host_pid = os.getpid()
         # The deadline backstop: grd's own deadline plus a margin, on CLOCK_MONOTONIC (one clock for every
@@ -201,6 +209,8 @@ class Keeper:
             for fd, _event in ready:
                 if fd == self.sock.fileno():
                     self._handle_message()
+            if self.renew_due:
+                self._renew()
 
     def _handle_message(self) -> None:
         received = wire.poll(self.sock)
@@ -218,6 +228,8 @@ class Keeper:
             os.close(fd)
         if op == "kill" or (op == "signal" and int(message["sig"]) == signal.SIGTERM):
             self.backstop_at = self.backstop_kill_at = None  # grd runs the ladder itself: alive and on time
+        if op in ("signal", "kill"):
+            self.signalled = True
         if op == "signal":
             count = self._signal(int(message["sig"]))
             self._send({"event": "signalled", "sig": int(message["sig"]), "count": count})
@@ -226,12 +238,18 @@ class Keeper:
             self._send({"event": "signalled", "sig": int(signal.SIGKILL), "count": count})
         elif op == "release":
             self._release()
-        elif op == "reset":
-            self._reap()
-            if not (self.childless and not self.stop_asked and not self._stop_marked() and self._pristine()
-                    and not self.backstopped):
-                self._release()
-            self._next_command()
+
+    def _renew(self) -> None:
+        """The command ended on its own terms: serve another if nothing of it can reach the next one (see the
+        module docstring); exit if only this keeper can tell it must not (grd would otherwise wait for its
+        ``ready``); wait for ``release`` if grd knows already (it signalled, or the backstop ran)."""
+        self.renew_due = False
+        if self.stop_asked or self.signalled or self.backstopped or not self.childless:
+            return
+        if self._stop_marked() or not self._pristine():
+            self._close_held()
+            self._exit()
+        self._next_command()
 
     def _release(self) -> None:
         if not self.childless:
@@ -248,6 +266,7 @@ class Keeper:
         self.returncode = None
         self.exit_sent = self.empty_sent = False
         self.childless = True
+        self.signalled = False
         self.grace_s = 5.0
         self.backstop_at = self.backstop_kill_at = None
         self._send_ready()
@@ -308,6 +327,7 @@ class Keeper:
                     "cwd_failed": bool(cwd) and exc.filename == cwd,
                 }
             )
+            self.renew_due = True
         finally:
             os.close(stdout)
             os.close(stderr)
@@ -329,12 +349,13 @@ class Keeper:
                 self.returncode = os.waitstatus_to_exitcode(status)
         if self.returncode is not None and not self.exit_sent:
             self.exit_sent = True
-            if self.childless:  # grd takes an exit with nothing left as the tree's end: the lock goes first
+            if self.childless:  # an exit with nothing left is the tree's end: the lock goes first
                 self._close_held()
+                self.empty_sent = self.renew_due = True
             left = 0 if self.childless else len(self._members())
             self._send({"event": "exit", "returncode": self.returncode, "left": left})
         if self.exit_sent and self.childless and not self.empty_sent:
-            self.empty_sent = True
+            self.empty_sent = self.renew_due = True
             self._close_held()  # the tree is gone: its lock is free before grd hears so (a retry takes it)
             self._send({"event": "empty"})
 
@@ -445,7 +466,7 @@ class Keeper:
                 self._wait_childless(KILL_WAIT_S)
         self._exit()
 
-    def _exit(self) -> None:
+    def _exit(self) -> NoReturn:
         """Exit 0 when the tree is gone, 3 when a member outlived every kill (the guardian then looks for
         orphans; in ``namespace`` mode the kernel kills them as this init exits)."""
         os._exit(0 if self.childless else 3)
