@@ -111,7 +111,8 @@ class Keeper:
         self.backstop_at: float | None = None
         self.backstop_kill_at: float | None = None
         self.backstopped = False  # it ran a ladder step itself: never reused
-        self.made_as: tuple[str, ...] = ()  # what ``_containment_state`` read once set up
+        self.made_as: tuple[bytes | str, ...] = ()  # what ``_containment_state`` read once set up
+        self._mounts: select.poll | None = None  # namespace mode: polls its mount table for a change
         self._home = -1  # the directory it started in, and its umask: restored between commands
         self._umask = 0o022
 
@@ -143,6 +144,9 @@ class Keeper:
             if self.mode == "namespace":
                 linux.unshare(linux.CLONE_NEWNS)
                 linux.mount_private_proc()
+                mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)  # open for life
+                self._mounts = select.poll()
+                self._mounts.register(mountinfo, select.POLLPRI)
             else:
                 linux.set_child_subreaper(True)
         except OSError as exc:
@@ -164,30 +168,31 @@ class Keeper:
             }
         )
 
-    def _containment_state(self) -> tuple[str, ...]:
-        """What a command could change about this keeper that the next command would inherit: its mount
-        table (``namespace`` mode: the namespace is the keeper's, shared with its commands), its cgroup
-        membership, and what a root process can set on another one (rlimits, OOM score, niceness, CPU
-        affinity)."""
-        mounts = _read("/proc/self/mountinfo") if self.mode == "namespace" else ""
-        groups = _read("/proc/self/cgroup") if self.cgroup_dir is not None else ""
+    def _containment_state(self) -> tuple[bytes | str, ...]:
+        """What a command could change about this keeper that the next command would inherit, read as a
+        value: what a root process can set on another one (rlimits, OOM score, niceness, CPU affinity). Its
+        mount table and cgroup membership are checked in ``_pristine``."""
         limits = _read("/proc/self/limits") + _read("/proc/self/oom_score_adj")
         scheduling = f"{os.getpriority(os.PRIO_PROCESS, 0)} {sorted(os.sched_getaffinity(0))}"
-        return mounts, groups, limits, scheduling
+        return limits, scheduling
 
     def _pristine(self) -> bool:
-        """True if the containment is as it was made: same mounts and cgroup, the keeper alone in its cgroup
-        and no cgroup made below it."""
+        """True if the containment is as it was made: no mount or unmount in its namespace since it was made
+        (the kernel marks an open ``mountinfo`` when the table changes: ``POLLPRI``), the same rlimits, OOM
+        score, niceness and affinity, and with a cgroup: the keeper its only member (so it was not moved out,
+        and nothing else was moved in) and no cgroup made below it."""
+        if self._mounts is not None and self._mounts.poll(0):
+            return False
         if self._containment_state() != self.made_as:
             return False
         if self.cgroup_dir is None:
             return True
         try:
             nested = any(entry.is_dir(follow_symlinks=False) for entry in os.scandir(self.cgroup_dir))
-            members = [line for line in _read(str(self.cgroup_dir / "cgroup.procs")).split() if line]
+            members = _read(str(self.cgroup_dir / "cgroup.procs")).split()
         except OSError:
             return False
-        return not nested and len(members) == 1
+        return not nested and members == [str(os.getpid()).encode()]  # pids as seen from its namespace
 
     # --- loop ---------------------------------------------------------------------------------------
 
@@ -489,9 +494,15 @@ class Keeper:
             wire.send(self.sock, message)
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _noop(_signum: int, _frame: object) -> None:
