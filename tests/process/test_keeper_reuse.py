@@ -93,6 +93,18 @@ def test_a_mount_made_by_one_command_never_reaches_the_next(
     assert wait_for(lambda: not _cgroup_dir(first).exists(), SLACK_S)
 
 
+def test_a_keeper_whose_command_mounted_and_unmounted_something_is_retired_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its mount table reads as it was made, but it changed while the command ran (the kernel says so): a
+    mount a command undid is still a change the keeper does not hand on."""
+    _use("namespace", monkeypatch)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    first = _served_by("namespace", before=f"mount -t tmpfs grd-test {target} && umount {target}")
+    assert _served_by("namespace") != first
+
+
 @pytest.mark.parametrize("mode", CGROUP_MODES)
 def test_a_command_that_moves_its_keeper_out_of_its_cgroup_never_gets_it_again(
     mode: str, monkeypatch: pytest.MonkeyPatch, pid_dir: Path
