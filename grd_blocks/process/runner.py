@@ -239,8 +239,7 @@ class _Supervised:
             returncode, pid = keeper.returncode, keeper.main_pid
             taken_over = keeper.stopping and reason is None
             keepers.give_back(keeper)  # it may serve another command from here on: read it no more
-            if keeper.spawn_error is None or not stopped:
-                self.output.finish(DRAIN_S)
+            self.output.finish(0.0 if keeper.spawn_error is not None else DRAIN_S)  # nothing ran: no wait
         return CommandOutcome(
             returncode=returncode,
             timed_out=reason == "deadline",
@@ -292,7 +291,6 @@ class _Supervised:
         errno, text, cwd_failed = self.keeper.spawn_error
         code, message = _describe_spawn_error(errno, text, self.label, cwd_failed)
         log.warning("%s: %s", self.label, message)
-        self.output.finish(0.0)  # nothing ran: no output to wait for; the keeper is given back as usual
         _write_log(log_str, message)
         return _not_started(log_str, returncode=code, spawn_error=message)
 

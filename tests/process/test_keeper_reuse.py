@@ -245,8 +245,9 @@ def test_a_command_that_could_not_start_hands_its_keeper_on(containment: str, tm
     junk.write_bytes(b"\x00\x01\x02 not a program\n")
     junk.chmod(0o755)
     first = _served_by(containment)
-    outcome = run_command([str(junk)])
+    outcome = run_command([str(junk)], log_path=tmp_path / "junk.log")
     assert outcome.returncode == 126 and "Exec format error" in (outcome.spawn_error or "")
+    assert "Exec format error" in (tmp_path / "junk.log").read_text()  # its log says why
     assert _served_by(containment) == first
 
 
